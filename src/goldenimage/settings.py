@@ -1,0 +1,153 @@
+"""Environment settings: `inventories/<env>/goldenimage.yml`, validated with file/field errors.
+
+An environment is a directory under `inventories/` holding an Ansible inventory (hosts file
+and group_vars) and the toolkit's own settings for that environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, NotFoundError
+
+SETTINGS_FILE = "goldenimage.yml"
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Model):
+    """One image the environment can bake: a playbook run against inventory groups."""
+
+    playbook: str = Field(description="playbook path, relative to the project root")
+    groups: list[str] = Field(default_factory=list, description="inventory groups of the build host")
+    disk_size: str = Field(default="4G", pattern=r"^[0-9]+[MG]$")
+
+
+class BaseImageSpec(_Model):
+    """Where the local target's base disk comes from.
+
+    Default: built from the Debian archive with mmdebstrap. Or a cloud image the user
+    points at: `url` (http(s) URL or local path) with its `checksum` ("sha256:<hex>").
+    """
+
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    packages: list[str] = Field(default_factory=list, description="extra packages in the base")
+    size: str = Field(default="3G", pattern=r"^[0-9]+[MG]$")
+    url: str | None = None
+    checksum: str | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", v):
+            raise ValueError("must be 'sha256:' followed by 64 hex digits")
+        return v
+
+
+class QemuSpec(_Model):
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    cpus: int = Field(default=2, ge=1, le=64)
+    memory: int = Field(default=1024, ge=256, description="MiB")
+    boot_timeout: int = Field(default=600, ge=10, description="seconds to wait for SSH")
+
+
+class Settings(_Model):
+    target: Literal["local", "aws", "sandbox"] = "local"
+    images: dict[str, ImageSpec]
+    base: BaseImageSpec = BaseImageSpec()
+    qemu: QemuSpec = QemuSpec()
+    region: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="target-specific settings")
+
+
+class Environment:
+    """A loaded environment: its name, directories and validated settings."""
+
+    def __init__(self, root: Path, name: str, settings: Settings) -> None:
+        self.root = root
+        self.name = name
+        self.settings = settings
+
+    @property
+    def directory(self) -> Path:
+        return self.root / "inventories" / self.name
+
+    @property
+    def settings_file(self) -> Path:
+        return self.directory / SETTINGS_FILE
+
+    def image(self, name: str) -> ImageSpec:
+        try:
+            return self.settings.images[name]
+        except KeyError:
+            known = ", ".join(sorted(self.settings.images)) or "none"
+            raise NotFoundError(
+                f"unknown image {name!r} in {self.rel(self.settings_file)} (known: {known})"
+            ) from None
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def project_root() -> Path:
+    """The project checkout: $GOLDENIMAGE_ROOT, else the directory holding tasks.py."""
+    env = os.environ.get("GOLDENIMAGE_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "inventories").is_dir() and (d / "packer").is_dir():
+            return d
+    raise ConfigError(f"no project here: {here} has no inventories/ and packer/")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_environment(name: str, root: Path | None = None) -> Environment:
+    root = root or project_root()
+    inv = root / "inventories"
+    if not NAME_RE.match(name) or not (inv / name).is_dir():
+        known = sorted(p.name for p in inv.iterdir() if (p / SETTINGS_FILE).is_file()) if inv.is_dir() else []
+        raise NotFoundError(
+            f"unknown environment {name!r}: no inventories/{name}/{SETTINGS_FILE} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
+    path = inv / name / SETTINGS_FILE
+    rel = f"inventories/{name}/{SETTINGS_FILE}"
+    if not path.is_file():
+        raise NotFoundError(f"unknown environment {name!r}: {rel} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{rel}{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{rel}: expected a mapping at the top level")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{rel}: field {_field_path(err['loc'])}: {err['msg']}") from None
+    for image, spec in settings.images.items():
+        if not NAME_RE.match(image):
+            raise ConfigError(f"{rel}: field images.{image}: image names are [a-z][a-z0-9-]*")
+        if not (root / spec.playbook).is_file():
+            raise ConfigError(f"{rel}: field images.{image}.playbook: {spec.playbook} does not exist")
+    return Environment(root, name, settings)
