@@ -29,10 +29,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE_ENV = "GOLDENIMAGE_BASE_IMAGE"
 SSH_OPTIONS = [
-    "-o", "BatchMode=yes",
-    "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "LogLevel=ERROR",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
 ]
 EXTRA_VARS = {
     "hygiene_enabled": False,
@@ -59,9 +63,22 @@ class Vm:
 
     def ssh(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ssh", *SSH_OPTIONS, "-o", "ConnectTimeout=10", "-i", str(self.key),
-             "-p", str(self.port), f"{self.user}@127.0.0.1", *command],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                "ssh",
+                *SSH_OPTIONS,
+                "-o",
+                "ConnectTimeout=10",
+                "-i",
+                str(self.key),
+                "-p",
+                str(self.port),
+                f"{self.user}@127.0.0.1",
+                *command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
 
@@ -81,14 +98,18 @@ def make_seed(directory: Path, user: str, pubkey: str) -> Path:
     meta_data = directory / "meta-data"
     user_data.write_text(
         "#cloud-config\n"
-        + json.dumps({
-            "users": [{
-                "name": user,
-                "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "shell": "/bin/bash",
-                "ssh_authorized_keys": [pubkey],
-            }],
-        })
+        + json.dumps(
+            {
+                "users": [
+                    {
+                        "name": user,
+                        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                        "shell": "/bin/bash",
+                        "ssh_authorized_keys": [pubkey],
+                    }
+                ],
+            }
+        )
         + "\n"
     )
     meta_data.write_text(f"instance-id: i-{uuid.uuid4().hex}\n")
@@ -112,20 +133,40 @@ def free_port() -> int:
 
 
 @contextmanager
-def booted(disk: Path, seed: Path, key: Path, user: str, workdir: Path,
-           boot_timeout: float = 600) -> Iterator[Vm]:
+def booted(
+    disk: Path, seed: Path, key: Path, user: str, workdir: Path, boot_timeout: float = 600
+) -> Iterator[Vm]:
     """Boots disk with the seed attached; yields once SSH answers; always stops QEMU."""
     port = free_port()
     console = workdir / f"console-{port}.log"
     accel = os.environ.get("GOLDENIMAGE_QEMU_ACCEL", "tcg")
     proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "2",
-         "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-         "-drive", f"file={disk},if=virtio",
-         "-drive", f"file={seed},media=cdrom",
-         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-         "-device", "virtio-net-pci,netdev=n0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            accel,
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{console}",
+            "-drive",
+            f"file={disk},if=virtio",
+            "-drive",
+            f"file={seed},media=cdrom",
+            "-netdev",
+            f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     vm = Vm(user=user, port=port, key=key, console=console)
@@ -155,19 +196,30 @@ def booted(disk: Path, seed: Path, key: Path, user: str, workdir: Path,
 
 
 def write_inventory(path: Path, vm: Vm) -> Path:
-    inventory = {"all": {"children": {"web": {"hosts": {"build": {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": vm.port,
-        "ansible_user": vm.user,
-        "ansible_ssh_private_key_file": str(vm.key),
-        "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
-    }}}}}}
+    inventory = {
+        "all": {
+            "children": {
+                "web": {
+                    "hosts": {
+                        "build": {
+                            "ansible_host": "127.0.0.1",
+                            "ansible_port": vm.port,
+                            "ansible_user": vm.user,
+                            "ansible_ssh_private_key_file": str(vm.key),
+                            "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
+                        }
+                    }
+                }
+            }
+        }
+    }
     path.write_text(json.dumps(inventory))
     return path
 
 
-def run_playbook(inventory: Path, extra_vars: dict[str, object],
-                 timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def run_playbook(
+    inventory: Path, extra_vars: dict[str, object], timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -177,9 +229,20 @@ def run_playbook(inventory: Path, extra_vars: dict[str, object],
         "ANSIBLE_STDOUT_CALLBACK": "default",
     }
     return subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
-         "-e", json.dumps(extra_vars), str(REPO / "playbooks" / "web.yml")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            str(inventory),
+            "-e",
+            json.dumps(extra_vars),
+            str(REPO / "playbooks" / "web.yml"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -194,7 +257,7 @@ def changed_tasks(output: str) -> list[str]:
     names, task = [], ""
     for line in output.splitlines():
         if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line[line.index("[") + 1:line.rindex("]")]
+            task = line[line.index("[") + 1 : line.rindex("]")]
         elif line.startswith("changed:"):
             names.append(task)
     return names
@@ -233,6 +296,5 @@ def test_base_and_web_are_idempotent(base_image: Path, tmp_path: Path) -> None:
         assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
         second_recap = recap(second.stdout)
         assert second_recap["changed"] == 0, (
-            f"second run changed {second_recap['changed']} task(s): "
-            f"{changed_tasks(second.stdout)}"
+            f"second run changed {second_recap['changed']} task(s): {changed_tasks(second.stdout)}"
         )

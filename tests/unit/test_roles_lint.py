@@ -27,7 +27,9 @@ PLAYBOOK = REPO / "playbooks" / "web.yml"
 INVENTORY = REPO / "inventories" / "local" / "hosts.yml"
 ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if (p / "tasks" / "main.yml").is_file())
 TASK_FILES = sorted(
-    p for role in ROLES for sub in ("tasks", "handlers")
+    p
+    for role in ROLES
+    for sub in ("tasks", "handlers")
     for p in (ROLES_DIR / role / sub).glob("*.yml")
 )
 # Keys of a task whose value is a bare Jinja expression rather than a templated string.
@@ -207,15 +209,19 @@ def test_role_uses_only_its_own_variables(role: str) -> None:
         if role_of(path) == role:
             for task in iter_tasks(load_yaml(path)):
                 body = {k: v for k, v in task.items() if k not in BLOCK_KEYS}
-                used[str(path.relative_to(ROLES_DIR))] = (
-                    used.get(str(path.relative_to(ROLES_DIR)), set()) | names_in_value(body)
-                )
+                used[str(path.relative_to(ROLES_DIR))] = used.get(
+                    str(path.relative_to(ROLES_DIR)), set()
+                ) | names_in_value(body)
     for path in sorted((ROLES_DIR / role / "templates").glob("*.j2")):
         used[str(path.relative_to(ROLES_DIR))] = jinja_names(path.read_text())
     foreign = {
-        where: sorted(n for n in names
-                      if not prefixed(n, role) and not n.startswith("ansible_")
-                      and n not in ALLOWED_UNPREFIXED)
+        where: sorted(
+            n
+            for n in names
+            if not prefixed(n, role)
+            and not n.startswith("ansible_")
+            and n not in ALLOWED_UNPREFIXED
+        )
         for where, names in used.items()
     }
     assert {k: v for k, v in foreign.items() if v} == {}
@@ -261,8 +267,18 @@ def test_hygiene_removes_the_build_key_last() -> None:
 def test_playbook_syntax_check() -> None:
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"}
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "--syntax-check",
-         "-i", str(INVENTORY), str(PLAYBOOK)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "--syntax-check",
+            "-i",
+            str(INVENTORY),
+            str(PLAYBOOK),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
