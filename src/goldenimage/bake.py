@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,6 @@ def now_utc() -> dt.datetime:
 def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
     env = load_environment(env_name)
     name = pick_image(env, image)
-    spec = env.image(name)
     if env.settings.target not in ("local", "sandbox"):
         raise ConfigError(f"{env.rel(env.settings_file)}: field target: bake of target "
                           f"{env.settings.target!r} is not available in this version (local, sandbox)")
@@ -97,6 +97,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
     lock = store.root / "locks" / f"{name}.lock"
     waiting = lambda: reporter.info(f"another bake of {name!r} is running; waiting for it to finish")  # noqa: E731
     with file_lock(lock, on_wait=waiting):
+        check_templates(env, name, tools)
         with reporter.phase("base", "base disk image"):
             base = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter)
             accel = qemu.choose_accelerator(env.settings.qemu.accelerator, base.path, data_home(), reporter)
@@ -122,7 +123,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 return result
 
         with store.workspace() as ws:
-            record, manifest = _build_validate(env, name, spec.groups, spec.disk_size, base, accel, tools,
+            record, manifest = _build_validate(env, name, base, accel, tools,
                                                inputs, fp, ws, reporter, result)
             with reporter.phase("register"):
                 manifest["durations"] = dict(reporter.durations)
@@ -141,8 +142,35 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
             return result
 
 
+def check_templates(env: Environment, name: str, tools: Tools) -> None:
+    """`packer validate` the staged templates with placeholder values: Packer's own file:line
+    for a malformed template, before any slow step."""
+    with tempfile.TemporaryDirectory(prefix="goldenimage-check-") as tmp:
+        work = Path(tmp)
+        staged = tools.packer.stage(env.root / "packer", work / "packer")
+        var_file = work / "check.pkrvars.json"
+        placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check"}
+        atomic_write_json(var_file, _packer_vars(env, name, work, **placeholders))
+        tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
+
+
+def _packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> dict[str, Any]:
+    spec, q = env.image(name), env.settings.qemu
+    doc: dict[str, Any] = {
+        "image_name": name, "playbook": str(env.root / spec.playbook),
+        "inventory_directory": str(ws / "inventory"), "groups": spec.groups,
+        "extra_vars_file": str(ws / "extra-vars.json"), "roles_path": str(env.root / "roles"),
+        "manifest_path": str(ws / "packer-manifest.json"), "ssh_username": BUILD_USER,
+        "output_directory": str(ws / "output"), "disk_size": spec.disk_size,
+        "cpus": q.cpus, "memory": q.memory, "ssh_timeout": f"{q.boot_timeout}s",
+        "serial_log": str(ws / "build-serial.log"),
+    }
+    doc.update(values)
+    return doc
+
+
 def _build_validate(
-    env: Environment, name: str, groups: list[str], disk_size: str, base: baseimage.BaseImage,
+    env: Environment, name: str, base: baseimage.BaseImage,
     accel: str, tools: Tools, inputs: list[fingerprint.FingerprintInput], fp: str, ws: Path,
     reporter: Reporter, result: dict[str, Any],
 ) -> tuple[ImageRecord, dict[str, Any]]:
@@ -168,17 +196,11 @@ def _build_validate(
             "goldenimage_fingerprint": fp, "goldenimage_build_time": build_time,
         })
         var_file = ws / "build.pkrvars.json"
-        atomic_write_json(var_file, {
-            "image_name": name, "image_id": image_id, "fingerprint": fp,
-            "playbook": str(root / env.image(name).playbook), "inventory_directory": str(inventory),
-            "groups": groups, "extra_vars_file": str(extra_vars), "roles_path": str(root / "roles"),
-            "manifest_path": str(ws / "packer-manifest.json"), "ssh_username": BUILD_USER,
-            "base_image": str(base.path), "base_image_checksum": base.identity,
-            "output_directory": str(ws / "output"), "disk_size": disk_size, "accelerator": accel,
-            "cpus": q.cpus, "memory": q.memory, "ssh_private_key_file": str(key),
-            "seed_files": [str(s) for s in seeds], "ssh_timeout": f"{q.boot_timeout}s",
-            "serial_log": str(ws / "build-serial.log"),
-        })
+        atomic_write_json(var_file, _packer_vars(
+            env, name, ws, image_id=image_id, fingerprint=fp, base_image=str(base.path),
+            base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
+            seed_files=[str(s) for s in seeds],
+        ))
         tools.packer.validate(staged, var_file, "qemu.local", rel_to=root, work=ws)
         tools.packer.build(staged, var_file, "qemu.local", reporter=reporter, work=ws,
                            log=image_dir / "build.log")
