@@ -27,10 +27,16 @@ def bake(c, env="local", image=None, force=False, json=False, debug=False):
     run(lambda r: _bake.bake(env, image, force, r), json_out=json, debug=debug, human=_bake.human_bake)
 
 
+@task(help={**COMMON, "image_id": "the image to boot and test again"})
+def validate(c, image_id, env="local", json=False, debug=False):
+    """Boot a registered image and run the testinfra suite (tests/image) again."""
+    run(lambda r: _bake.validate(env, image_id, r), json_out=json, debug=debug, human=_bake.human_validate)
+
+
 @task(help={**COMMON, "image": "only images of this name"})
 def images(c, env="local", image=None, json=False, debug=False):
     """List images: id, name, fingerprint, created, status, channels."""
     run(lambda r: _bake.images(image, r), json_out=json, debug=debug, human=_bake.human_images)
 
 
-ns = Collection(setup, bake, images)
+ns = Collection(setup, bake, validate, images)

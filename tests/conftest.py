@@ -37,3 +37,20 @@ def run_invoke(*args: str, root: Path = ROOT, home: Path | None = None,
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One base-disk cache for the whole session: the base is built at most once per run."""
+    return tmp_path_factory.mktemp("base-cache")
+
+
+@pytest.fixture(scope="session")
+def base_image(base_cache: Path) -> Path:
+    """The default base disk (built from the Debian archive with mmdebstrap on first use)."""
+    from goldenimage.adapters.baseimage import ensure_base_image
+    from goldenimage.progress import Reporter
+    from goldenimage.settings import load_environment
+
+    env = load_environment("local", ROOT)
+    return ensure_base_image(env.settings.base, base_cache, Reporter()).path

@@ -181,7 +181,6 @@ def _build_validate(
     build_time = created.isoformat().replace("+00:00", "Z")
     image_dir = ws / "image"
     image_dir.mkdir()
-    q = env.settings.qemu
 
     with reporter.phase("build", f"packer build of {name} ({image_id})"):
         staged = tools.packer.stage(root / "packer", ws / "packer")
@@ -213,17 +212,10 @@ def _build_validate(
         shutil.copy2(ws / "packer-manifest.json", image_dir / "packer-manifest.json")
 
     with reporter.phase("validate", "boot the final image and run tests/image"):
-        vm_dir = ws / "validate"
-        with qemu.boot(image_dir / "disk.qcow2", vm_dir, accelerator=accel, cpus=q.cpus, memory=q.memory,
-                       timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
-            pub = Path(f"{vm.key}.pub").read_text().strip()
-            suite = testinfra.run_suite(root / "tests" / "image", vm, {
-                "image_name": name, "image_id": image_id, "fingerprint": fp, "build_time": build_time,
-                "validation_user": BUILD_USER, "validation_pubkey": pub,
-            }, vm_dir, reporter)
-            packages = _packages(vm)
+        suite, packages = validate_disk(env, image_dir / "disk.qcow2", accel, {
+            "image_name": name, "image_id": image_id, "fingerprint": fp, "build_time": build_time,
+        }, ws / "validate", reporter)
         shutil.copy2(suite.junit, image_dir / "junit.xml")
-        reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
 
     status = "validated" if suite.ok else "quarantined"
     manifest: dict[str, Any] = {
@@ -241,6 +233,47 @@ def _build_validate(
     record = ImageRecord(id=image_id, name=name, env=env.name, fingerprint=fp, created=build_time,
                          status=status, artifact="disk.qcow2")
     return record, manifest
+
+
+def validate_disk(
+    env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
+) -> tuple[testinfra.SuiteResult, list[tuple[str, str, str]]]:
+    """Boot `disk` through an overlay with a fresh key and run `tests/image/` against it."""
+    q = env.settings.qemu
+    with qemu.boot(disk, work, accelerator=accel, cpus=q.cpus, memory=q.memory,
+                   timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
+        pub = Path(f"{vm.key}.pub").read_text().strip()
+        suite = testinfra.run_suite(env.root / "tests" / "image", vm, {
+            **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
+        }, work, reporter)
+        packages = _packages(vm)
+    reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+    return suite, packages
+
+
+def validate(env_name: str, image_id: str, reporter: Reporter) -> dict[str, Any]:
+    """`invoke validate`: boot a registered image again and rerun the image suite."""
+    env = load_environment(env_name)
+    detect_tools()
+    store = LocalStore(store_dir())
+    rec = store.get(image_id)
+    manifest = store.manifest(image_id)
+    disk = store.image_dir(image_id) / rec.artifact
+    accel = qemu.choose_accelerator(env.settings.qemu.accelerator, disk, data_home(), reporter)
+    with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run tests/image"):
+        suite, _ = validate_disk(env, disk, accel, {
+            "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
+            "build_time": manifest["created"],
+        }, ws, reporter)
+    return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
+            "durations": reporter.durations, "exit_code": 0 if suite.ok else 1}
+
+
+def human_validate(result: dict[str, Any]) -> list[str]:
+    c = result["checks"]
+    verdict = "passed" if result["ok"] else "FAILED"
+    lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
+    return lines + [f"  {f}" for f in c["failures"]]
 
 
 def _packages(vm: qemu.Vm) -> list[tuple[str, str, str]]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import urllib.request
 import uuid
@@ -191,7 +192,7 @@ def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
     with raw.open("wb") as fh:
         fh.truncate(_size_bytes(spec.size))
     reporter.step("partitioning (MBR, one bootable ext4 partition)")
-    sfdisk = proc.subprocess.run(
+    sfdisk = subprocess.run(
         ["sfdisk", "--quiet", str(raw)], input=f"label: dos\nstart={PART_START}, type=83, bootable\n",
         capture_output=True, text=True,
     )
