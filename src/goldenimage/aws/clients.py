@@ -3,17 +3,58 @@
 Clients are created from an `AwsContext` (profile, region, endpoint) when a command runs,
 never at import time, and injected into the code that uses them. Retries use botocore's
 `standard` mode.
+
+`register_hook(event, handler)` attaches a botocore event handler to every session created
+from then on (until removed): the least-privilege call recorder and the throttling
+injector of the test suite use it, and so can a `--debug` tracer.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
 
 SERVICES = ("ec2", "autoscaling", "ssm", "cloudwatch", "elbv2", "sts", "iam")
+
+# client service name -> IAM action prefix (they differ for elbv2)
+IAM_PREFIX = {
+    "ec2": "ec2",
+    "autoscaling": "autoscaling",
+    "ssm": "ssm",
+    "cloudwatch": "cloudwatch",
+    "elbv2": "elasticloadbalancing",
+    "sts": "sts",
+    "iam": "iam",
+}
+
+Hook = Callable[..., Any]
+_hooks: list[tuple[str, Hook]] = []
+_hooks_lock = threading.Lock()
+
+
+def register_hook(event: str, handler: Hook) -> Callable[[], None]:
+    """Attach `handler` to `event` on every session created from now on; returns a remover."""
+    entry = (event, handler)
+    with _hooks_lock:
+        _hooks.append(entry)
+
+    def remove() -> None:
+        with _hooks_lock:
+            if entry in _hooks:
+                _hooks.remove(entry)
+
+    return remove
+
+
+def iam_action(model: Any) -> str:
+    """The IAM action of a botocore OperationModel: `ec2:DescribeImages`."""
+    service = model.service_model.service_name
+    return f"{IAM_PREFIX.get(service, service)}:{model.name}"
 
 
 @dataclass(frozen=True)
@@ -24,6 +65,10 @@ class AwsContext:
     max_attempts: int = 5
     credentials: dict[str, str] | None = None  # explicit keys (the sandbox uses dummies)
 
+    @property
+    def is_sandbox(self) -> bool:
+        return self.endpoint_url is not None
+
 
 @dataclass
 class Clients:
@@ -32,6 +77,11 @@ class Clients:
     ctx: AwsContext
     _session: Any = None
     _cache: dict[str, Any] = field(default_factory=dict)
+    last_action: str | None = None  # the IAM action of the latest call (for error messages)
+
+    def _record(self, model: Any = None, **_: Any) -> None:
+        if model is not None:
+            self.last_action = iam_action(model)
 
     def _sess(self) -> Any:
         if self._session is None:
@@ -40,7 +90,13 @@ class Clients:
                 kw["profile_name"] = self.ctx.profile
             if self.ctx.credentials:
                 kw.update(self.ctx.credentials)
-            self._session = boto3.session.Session(**kw)
+            session = boto3.session.Session(**kw)
+            session.events.register("before-call", self._record)
+            with _hooks_lock:
+                hooks = list(_hooks)
+            for event, handler in hooks:
+                session.events.register(event, handler)
+            self._session = session
         return self._session
 
     def client(self, service: str) -> Any:
@@ -70,3 +126,7 @@ class Clients:
     @property
     def elbv2(self) -> Any:
         return self.client("elbv2")
+
+    @property
+    def sts(self) -> Any:
+        return self.client("sts")
