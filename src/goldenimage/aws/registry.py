@@ -19,6 +19,7 @@ manifest), plus promote, revoke and channel history.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -533,7 +534,14 @@ class AwsRegistry:
                     }
                 ],
             )["ImageId"]
-            ec2.create_tags(Resources=[ami, snapshot], Tags=tags)
+            # moto ignores BlockDeviceMappings and makes its own snapshot: tag what the AMI
+            # really references as well as ours
+            refs = {
+                bdm["Ebs"]["SnapshotId"]
+                for bdm in self._describe([], [ami])[0].get("BlockDeviceMappings", [])
+                if bdm.get("Ebs", {}).get("SnapshotId")
+            }
+            ec2.create_tags(Resources=[ami, snapshot, *sorted(refs - {snapshot})], Tags=tags)
         except BaseException:
             self._discard(ami, snapshot)
             raise
@@ -542,15 +550,15 @@ class AwsRegistry:
         return str(ami)
 
     def _discard(self, ami: str | None, snapshot: str | None = None) -> None:
-        """Best-effort removal of a half-registered AMI (and its snapshot)."""
+        """Best-effort removal of a half-registered AMI and the snapshots it references."""
         ec2 = self.clients.ec2
-        try:
+        snapshots = {snapshot} if snapshot else set()
+        with contextlib.suppress(ClientError, IndexError):
             if ami:
-                if snapshot is None:
-                    for bdm in self._describe([], [ami])[0].get("BlockDeviceMappings", []):
-                        snapshot = bdm.get("Ebs", {}).get("SnapshotId") or snapshot
+                for bdm in self._describe([], [ami])[0].get("BlockDeviceMappings", []):
+                    if bdm.get("Ebs", {}).get("SnapshotId"):
+                        snapshots.add(bdm["Ebs"]["SnapshotId"])
                 ec2.deregister_image(ImageId=ami)
-            if snapshot:
-                ec2.delete_snapshot(SnapshotId=snapshot)
-        except ClientError:
-            pass
+        for snap in sorted(snapshots):
+            with contextlib.suppress(ClientError):
+                ec2.delete_snapshot(SnapshotId=snap)
