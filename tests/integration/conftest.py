@@ -71,8 +71,9 @@ def moto_endpoint(moto_server: str) -> str:
 
 @pytest.fixture
 def aws_context(moto_endpoint: str) -> AwsContext:
-    return AwsContext(region=REGION, endpoint_url=moto_endpoint, max_attempts=1,
-                      credentials=dict(CREDENTIALS))
+    return AwsContext(
+        region=REGION, endpoint_url=moto_endpoint, max_attempts=1, credentials=dict(CREDENTIALS)
+    )
 
 
 @pytest.fixture
@@ -82,8 +83,11 @@ def aws_clients(aws_context: AwsContext) -> Clients:
 
 @pytest.fixture
 def retrying_clients(moto_endpoint: str) -> Clients:
-    return Clients(AwsContext(region=REGION, endpoint_url=moto_endpoint, max_attempts=5,
-                              credentials=dict(CREDENTIALS)))
+    return Clients(
+        AwsContext(
+            region=REGION, endpoint_url=moto_endpoint, max_attempts=5, credentials=dict(CREDENTIALS)
+        )
+    )
 
 
 @pytest.fixture
@@ -102,8 +106,11 @@ def moto_client(moto_endpoint: str) -> Callable[[str], Any]:
 
 @pytest.fixture
 def seeded_fleet(moto_client: Callable[[str], Any], moto_endpoint: str) -> dict[str, Any]:
-    clients = Clients(AwsContext(region=REGION, endpoint_url=moto_endpoint, max_attempts=1,
-                                 credentials=dict(CREDENTIALS)))
+    clients = Clients(
+        AwsContext(
+            region=REGION, endpoint_url=moto_endpoint, max_attempts=1, credentials=dict(CREDENTIALS)
+        )
+    )
     return seed_fleet(clients, SeedSettings(), env="sandbox")
 
 
@@ -113,8 +120,7 @@ def throttle(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThrottleInjector]:
     (the retry decisions and the retry quota are botocore's own)."""
     from botocore.retries import standard
 
-    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount",
-                        lambda self, context: 0.01)
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.01)
     with ThrottleInjector(rate=0.3, seed=20261126) as inj:
         yield inj
 
@@ -160,7 +166,8 @@ def _calls_are_in_iam_list(request: pytest.FixtureRequest) -> Iterator[None]:
     if unlisted:
         pytest.fail(
             f"API calls not in goldenimage/aws/iam.py ACTIONS: {', '.join(unlisted)} "
-            "(add them with the code that calls them)", pytrace=False,
+            "(add them with the code that calls them)",
+            pytrace=False,
         )
 
 
