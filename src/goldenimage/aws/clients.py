@@ -4,9 +4,9 @@ Clients are created from an `AwsContext` (profile, region, endpoint) when a comm
 never at import time, and injected into the code that uses them. Retries use botocore's
 `standard` mode.
 
-`register_hook(event, handler)` attaches a botocore event handler to every session created
-from then on (until removed): the least-privilege call recorder and the throttling
-injector of the test suite use it, and so can a `--debug` tracer.
+`register_hook(event, handler)` attaches a botocore event handler to every `Clients`
+session, existing or future, until removed: the least-privilege call recorder and the
+fault injectors of the test suite use it, and so can a `--debug` tracer.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ _hooks: list[tuple[str, Hook]] = []
 _hooks_lock = threading.Lock()
 
 
+# botocore events a hook may attach to (or to a more specific name: "before-send.ec2")
+DISPATCHED = ("before-call", "before-send", "after-call", "after-call-error", "needs-retry")
+
+
 def register_hook(event: str, handler: Hook) -> Callable[[], None]:
-    """Attach `handler` to `event` on every session created from now on; returns a remover."""
+    """Attach `handler` to `event` on every `Clients` session; returns a remover."""
+    if event.split(".", 1)[0] not in DISPATCHED:
+        raise ValueError(f"hooks attach to {', '.join(DISPATCHED)} (or a narrower name)")
     entry = (event, handler)
     with _hooks_lock:
         _hooks.append(entry)
@@ -49,6 +55,19 @@ def register_hook(event: str, handler: Hook) -> Callable[[], None]:
                 _hooks.remove(entry)
 
     return remove
+
+
+def _dispatch(**kwargs: Any) -> Any:
+    """Run the registered hooks matching this event; the first answer wins."""
+    name = str(kwargs.get("event_name", ""))
+    with _hooks_lock:
+        hooks = list(_hooks)
+    for event, handler in hooks:
+        if name == event or name.startswith(event + "."):
+            answer = handler(**kwargs)
+            if answer is not None:
+                return answer
+    return None
 
 
 def iam_action(model: Any) -> str:
@@ -92,10 +111,8 @@ class Clients:
                 kw.update(self.ctx.credentials)
             session = boto3.session.Session(**kw)
             session.events.register("before-call", self._record)
-            with _hooks_lock:
-                hooks = list(_hooks)
-            for event, handler in hooks:
-                session.events.register(event, handler)
+            for event in DISPATCHED:
+                session.events.register(event, _dispatch)
             self._session = session
         return self._session
 
