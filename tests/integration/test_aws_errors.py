@@ -53,7 +53,7 @@ def test_no_credentials(no_aws_config: None, moto_endpoint: str) -> None:
         Clients(AwsContext(region="us-east-1", endpoint_url=moto_endpoint, max_attempts=1)), "prod"
     )
     with pytest.raises(
-        ConfigError, match="^no AWS credentials for profile 'default': run `aws configure"
+        ConfigError, match=r"^no AWS credentials for profile 'default': run `aws configure"
     ):
         reg.list()
 
@@ -62,7 +62,7 @@ def test_unknown_profile(no_aws_config: None, moto_endpoint: str) -> None:
     reg = AwsRegistry(
         Clients(AwsContext(region="us-east-1", profile="nope", endpoint_url=moto_endpoint)), "prod"
     )
-    with pytest.raises(ConfigError, match="^unknown AWS profile 'nope'"):
+    with pytest.raises(ConfigError, match=r"^unknown AWS profile 'nope'"):
         reg.list()
 
 
