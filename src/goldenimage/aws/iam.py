@@ -46,6 +46,8 @@ ACTIONS: dict[str, str] = {
     "ec2:AuthorizeSecurityGroupIngress": "validate: allow SSH from the runner's address",
     "ec2:DeleteSecurityGroup": "validate: clean up the security group",
     "ec2:DescribeSubnets": "validate: the subnet's VPC for the security group",
+    "ec2:DescribeSecurityGroups": "validate: find leftovers of killed runs",
+    "ec2:DescribeKeyPairs": "validate: find leftovers of killed runs",
 }
 
 SANDBOX_ONLY: dict[str, str] = {
