@@ -64,7 +64,7 @@ def test_a_failing_check_is_validation_failed_and_cleans_up(
     aws_clients: Clients, seeded_fleet: dict[str, Any], moto_client: Callable[[str], Any]
 ) -> None:
     check = FakeCheck(CheckResult(passed=False, failures=["FAILED test_nginx_running"]))
-    with pytest.raises(ValidationFailed, match="1 failure.*test_nginx_running") as err:
+    with pytest.raises(ValidationFailed, match=r"1 failure.*test_nginx_running") as err:
         validate_ami(
             aws_clients,
             seeded_fleet["images"]["web"],

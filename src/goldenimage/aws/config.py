@@ -7,8 +7,9 @@ as the rest of the settings. Other keys of `extra` belong to other parts of the 
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -77,17 +78,64 @@ class ValidationSpec(_Model):
     boot_timeout: int = Field(default=600, ge=10)
 
 
+class BaseAmiSpec(_Model):
+    """The AMI the amazon-ebs build starts from, resolved with boto3 before the build."""
+
+    id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    owners: list[str] = Field(default_factory=lambda: ["136693071363"])  # Debian's account
+    name: str = "debian-12-amd64-*"
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+
+
+class BuildSpec(_Model):
+    """How the amazon-ebs source builds (instance, network, encryption, distribution)."""
+
+    instance_type: str = "t3.small"
+    subnet: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]+$")
+    ssh_username: str = "admin"
+    ssh_cidrs: list[str] = Field(
+        default_factory=list, description="the runner's address: the build SG admits only it"
+    )
+    volume_size: int = Field(default=8, ge=1, le=16384)
+    encrypt_boot: bool = True
+    kms_key_id: str | None = None
+    ami_regions: list[str] = Field(default_factory=list)
+    ami_users: list[str] = Field(default_factory=list)
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{c!r} is not a CIDR block: {exc}") from None
+        return v
+
+    @field_validator("ami_users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not re.fullmatch(r"[0-9]{12}", u):
+                raise ValueError(f"{u!r} is not a 12-digit AWS account id")
+        return v
+
+
 class AwsSettings(_Model):
     profile: str | None = None
     max_attempts: int = Field(default=5, ge=1, le=20, description="botocore standard retries")
     parameter_prefix: str = Field(default=PARAMETER_PREFIX, pattern=r"^/[A-Za-z0-9_.\-/]*[^/]$")
     channel_data_type: str = Field(default="aws:ec2:image", pattern=r"^(aws:ec2:image|text)$")
-    subnets: list[str] = Field(default_factory=list)
+    subnets: list[str] = Field(
+        default_factory=list, description="default subnets for validation and builds"
+    )
+    base_ami: BaseAmiSpec = BaseAmiSpec()
+    build: BuildSpec = BuildSpec()
     validation: ValidationSpec = ValidationSpec()
-    ami_regions: list[str] = Field(default_factory=list)
-    ami_users: list[str] = Field(default_factory=list)
-    kms_key_id: str | None = None
     deprecate_revoked: bool = True
+    groups: dict[str, Any] = Field(
+        default_factory=dict, description="auto-scaling groups to rotate: the rotator validates"
+    )
 
     @field_validator("subnets")
     @classmethod

@@ -57,9 +57,12 @@ def registry_for(
     """The AMI registry of an aws or sandbox environment."""
     e = environment(env, root)
     aws = aws_settings(e)
+    c = clients or clients_for(e)
     return AwsRegistry(
-        clients or clients_for(e),
+        c,
         e.name,
         prefix=aws.parameter_prefix,
         channel_data_type=aws.channel_data_type,
+        # moto (the sandbox) has no EnableImageDeprecation
+        supports_deprecation=aws.deprecate_revoked and not c.ctx.is_sandbox,
     )
