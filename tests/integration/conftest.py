@@ -24,6 +24,7 @@ sandbox-only seed list) fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import urllib.request
@@ -51,6 +52,8 @@ def moto_server() -> Iterator[str]:
     """The session's moto server; prefer `moto_endpoint`, which also resets it."""
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

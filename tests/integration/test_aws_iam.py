@@ -53,15 +53,57 @@ def test_calls_are_recorded_and_unlisted_ones_are_caught(
     aws_clients: Clients, allow_unlisted_calls: None
 ) -> None:
     with CallRecorder() as rec:
-        aws_clients.ec2.describe_key_pairs()
+        aws_clients.ec2.describe_regions()
         aws_clients.elbv2.describe_target_groups()
         aws_clients.ec2.describe_images(Owners=["self"])
     assert rec.calls == [
-        "ec2:DescribeKeyPairs",
+        "ec2:DescribeRegions",
         "elasticloadbalancing:DescribeTargetGroups",
         "ec2:DescribeImages",
     ]
     assert [c for c in rec.calls if not iam.allowed(c)] == [
-        "ec2:DescribeKeyPairs",
+        "ec2:DescribeRegions",
         "elasticloadbalancing:DescribeTargetGroups",
     ]
+
+
+def test_a_test_making_an_unlisted_call_fails(tmp_path: Path) -> None:
+    """The suite's guard itself: run a tiny test with this directory's fixtures."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "test_unlisted.py").write_text(
+        "def test_calls_describe_regions(aws_clients):\n"
+        "    aws_clients.ec2.describe_regions()\n\n"
+        "def test_listed_only(aws_clients):\n"
+        "    aws_clients.ec2.describe_images(Owners=['self'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.integration.conftest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path / "test_unlisted.py"),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "API calls not in goldenimage/aws/iam.py ACTIONS: ec2:DescribeRegions" in proc.stdout
+    assert "2 passed, 1 error" in proc.stdout  # the call passes, its teardown errs
