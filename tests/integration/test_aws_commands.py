@@ -173,3 +173,30 @@ def test_packer_vars_need_the_runner_address(sandbox_project: Path) -> None:
         match=r"field extra.aws.build.ssh_cidrs: Value error, '203.0.113.7/33' is not a CIDR",
     ):
         packer_vars(load_environment("prod"), "ami-0123456789abcdef0", image="web", fingerprint="x")
+
+
+def test_every_sandbox_command_completes_under_throttling(
+    sandbox_project: Path, throttle: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """30% of the calls of up (seeding), status, images, promote, revoke, down throttled."""
+    up = sandbox.sandbox_up("sandbox", Reporter(quiet=True))
+    try:
+        base = up["seed"]["images"]["web"]
+        assert up["groups"]["web"]["in_service"] == 6
+        rec = ImageRecord(
+            id="web-t",
+            name="web",
+            env="sandbox",
+            fingerprint="sha256:" + "d" * 64,
+            created="2026-11-26T12:00:00Z",
+            status="validated",
+            artifact="",
+        )
+        ami = commands.register_baked_image("sandbox", rec, {})["image"]["id"]
+        assert commands.promote("sandbox", ami, "stable")["previous"] == base
+        assert commands.revoke("sandbox", ami, "throttled")["channels_moved"] == {"stable": base}
+        assert len(commands.images("sandbox")["images"]) == 2
+        assert sandbox.sandbox_status("sandbox")["groups"]["web"]["healthy"] == 6
+    finally:
+        sandbox.sandbox_down("sandbox")
+    assert throttle.injected > 10

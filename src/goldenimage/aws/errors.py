@@ -7,6 +7,7 @@ registry's methods. Errors the toolkit raised on purpose pass through untouched.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from botocore.exceptions import (  # type: ignore[import-untyped]
@@ -64,7 +65,7 @@ def error_message(exc: ClientError) -> str:
 def translate(exc: BaseException, clients: Clients | None = None) -> BaseException:
     """The toolkit error for a botocore exception (or `exc` itself when not botocore's)."""
     ctx = clients.ctx if clients is not None else None
-    profile = (ctx.profile if ctx else None) or "default"
+    profile = (ctx.profile if ctx else None) or os.environ.get("AWS_PROFILE") or "default"
     where = f" at {ctx.endpoint_url}" if ctx and ctx.endpoint_url else ""
     if isinstance(exc, ProfileNotFound):
         return ConfigError(
