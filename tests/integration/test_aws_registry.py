@@ -69,6 +69,8 @@ def test_put_registers_a_tagged_ami_from_a_snapshot_and_leaves_no_volume(
     assert ec2.describe_volumes()["Volumes"] == []
     assert registry.manifest(rec.id)["inputs"] == {"roles/web/tasks/main.yml": "sha256:..."}
     assert registry.manifest(rec.id)["ami_id"] == rec.id
+    again = registry.put(record("web-20261126-a"), manifest("web-20261126-a"))  # a retried bake
+    assert again.id == rec.id and len(ec2.describe_images(Owners=["self"])["Images"]) == 1
 
 
 def test_put_adopts_an_ami_packer_built(

@@ -453,6 +453,14 @@ class AwsRegistry:
         if not ami and re.fullmatch(r"[a-z0-9-]+:ami-[0-9a-f]+", artifact_id):
             ami = artifact_id.split(":", 1)[1]
         tags = self._fact_tags(record, manifest)
+        if not ami:
+            # a retried bake registers its image once: the same local id is the same image
+            same = self._describe([
+                {"Name": f"tag:{TAG}env", "Values": [self.env]},
+                {"Name": f"tag:{TAG}local-id", "Values": [record.id]},
+            ])
+            if same:
+                return self.get(same[0]["ImageId"])
         if ami:
             check_ami_id(ami)
             self.clients.ec2.create_tags(Resources=[ami], Tags=tags)

@@ -88,7 +88,7 @@ def _is_our_server(pid: int) -> bool:
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=timeout) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -236,6 +236,7 @@ def _status_result(env: Environment, state: dict[str, Any], *, counts: bool = Tr
         "started": state.get("started"),
         "log": state.get("log"),
         "state_file": str(state_path(env.name)),
+        "seeded": bool(state.get("seeded")),
         "seed": state.get("seed", {}),
     }
     if counts and alive["answers"]:
