@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, NotFoundError
 from ..settings import SETTINGS_FILE, Environment

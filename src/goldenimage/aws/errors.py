@@ -10,7 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from botocore.exceptions import (  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     BotoCoreError,
     ClientError,
     EndpointConnectionError,

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, ValidationFailed
 from ..progress import Reporter
