@@ -455,10 +455,12 @@ class AwsRegistry:
         tags = self._fact_tags(record, manifest)
         if not ami:
             # a retried bake registers its image once: the same local id is the same image
-            same = self._describe([
-                {"Name": f"tag:{TAG}env", "Values": [self.env]},
-                {"Name": f"tag:{TAG}local-id", "Values": [record.id]},
-            ])
+            same = self._describe(
+                [
+                    {"Name": f"tag:{TAG}env", "Values": [self.env]},
+                    {"Name": f"tag:{TAG}local-id", "Values": [record.id]},
+                ]
+            )
             if same:
                 return self.get(same[0]["ImageId"])
         if ami:
