@@ -121,3 +121,29 @@ def test_leftovers_of_a_killed_run_are_found_by_tag(
         ],
     )
     assert leftovers(aws_clients)["key_pairs"] == ["goldenimage-validate-dead"]
+
+
+def test_ctrl_c_during_cleanup_is_held_until_cleanup_is_done(
+    aws_clients: Clients, seeded_fleet: dict[str, Any], moto_client: Callable[[str], Any]
+) -> None:
+    import os
+    import signal
+
+    from goldenimage.aws.clients import register_hook
+
+    def interrupt(**_: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while we clean up
+
+    check = FakeCheck(CheckResult(passed=True))
+    remove = register_hook("before-call.ec2.TerminateInstances", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            validate_ami(
+                aws_clients,
+                seeded_fleet["images"]["web"],
+                subnet=seeded_fleet["subnets"][0],
+                check=check,
+            )
+    finally:
+        remove()
+    assert_clean(aws_clients, moto_client, check)  # the group and key pair went too
