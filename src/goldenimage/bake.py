@@ -149,7 +149,11 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
         work = Path(tmp)
         staged = tools.packer.stage(env.root / "packer", work / "packer")
         var_file = work / "check.pkrvars.json"
-        placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check"}
+        (work / "inventory").mkdir()
+        key = work / "check_key"
+        qemu.make_key(key)
+        placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check", "ssh_private_key_file": str(key),
+                        "base_image": str(work / "base.qcow2"), "base_image_checksum": "sha256:" + "0" * 64}
         atomic_write_json(var_file, _packer_vars(env, name, work, **placeholders))
         tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
 

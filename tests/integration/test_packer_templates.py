@@ -89,3 +89,11 @@ def test_packer_env_puts_ansible_on_path(packer: Packer, tmp_path: Path) -> None
     env = packer.env(tmp_path)
     first = env["PATH"].split(os.pathsep)[0]
     assert (Path(first) / "ansible-playbook").exists()
+
+
+def test_the_bakes_template_check_passes_on_the_real_templates() -> None:
+    from goldenimage.bake import check_templates, detect_tools
+    from goldenimage.settings import load_environment
+
+    env = load_environment("local", ROOT)
+    check_templates(env, "web", detect_tools())  # raises TemplateError on any complaint
