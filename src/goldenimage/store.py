@@ -22,14 +22,18 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import channels as ch
 from .errors import ConfigError, NotFoundError
 from .fsutil import atomic_write_json, file_lock
 
 CATALOG_VERSION = 1
 STATUSES = ("validated", "quarantined", "revoked")
+
+ChannelHistory = list[dict[str, Any]]  # an alias: inside the classes `list` is a method
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,23 @@ class Registry(Protocol):
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
 
     def manifest(self, image_id: str) -> dict[str, Any]: ...
+
+    def promote(self, image_id: str, channel: str, user: str, now: datetime) -> dict[str, Any]:
+        """Point `channel` of the image's name at a validated, non-revoked image."""
+        ...
+
+    def revoke(self, image_id: str, reason: str, user: str, now: datetime) -> dict[str, Any]:
+        """Mark an image revoked; channels on it fall back to their newest earlier valid
+        entry. The result's `moved` lists `{channel, from, to}`."""
+        ...
+
+    def history(self, name: str, channel: str) -> ChannelHistory:
+        """Every move of the channel, oldest first; the last entry is the current one."""
+        ...
+
+    def previous(self, name: str, channel: str) -> dict[str, Any] | None:
+        """The entry before the current one: the exact rollback target."""
+        ...
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,6 +216,102 @@ class LocalStore:
         base = self.quarantine_dir if rec.status == "quarantined" else self.images_dir
         doc: dict[str, Any] = json.loads((base / image_id / "manifest.json").read_text())
         return doc
+
+    # -- channels and revocation ---------------------------------------------------------
+    def _usable(self, doc: dict[str, Any], image_id: str) -> dict[str, Any]:
+        """The catalog entry of an image that may be promoted; ConfigError otherwise."""
+        entry = doc["images"].get(image_id)
+        if entry is None:
+            rec = self.get(image_id)  # NotFoundError if unknown; a quarantined record else
+            raise ConfigError(
+                f"image {image_id} is {rec.status}: it failed validation and can never be promoted"
+            )
+        status = entry.get("status")
+        if status == "revoked":
+            why = entry.get("revoked_reason", "")
+            raise ConfigError(
+                f"image {image_id} is revoked{f' ({why})' if why else ''}: it can never be promoted"
+            )
+        if status != "validated":
+            raise ConfigError(
+                f"image {image_id} is {status}: only validated images can be promoted"
+            )
+        return dict(entry)
+
+    def promote(self, image_id: str, channel: str, user: str, now: datetime) -> dict[str, Any]:
+        """Point `channel` at `image_id`; a no-op (`changed: false`) if it already does."""
+        ch.check_channel(channel)
+        with self.locked() as doc:
+            entry = self._usable(doc, image_id)
+            name = entry["name"]
+            hist = doc["channels"].setdefault(name, {}).setdefault(channel, [])
+            move = ch.promote_entry(hist, image_id, user, now)
+            if move is not None:
+                hist.append(move)
+            elif not hist:  # never happens: promote_entry only skips the current image
+                doc["channels"][name].pop(channel)
+        return {
+            "image_id": image_id,
+            "name": name,
+            "channel": channel,
+            "from": move["from"] if move else image_id,
+            "to": image_id,
+            "changed": move is not None,
+            "at": move["at"] if move else ch.timestamp(now),
+            "user": user,
+        }
+
+    def revoke(self, image_id: str, reason: str, user: str, now: datetime) -> dict[str, Any]:
+        """Revoke an image for good; move every channel on it back (see `channels`)."""
+        reason = ch.clean_reason(reason)
+        moved: ChannelHistory = []
+        with self.locked() as doc:
+            entry = doc["images"].get(image_id)
+            if entry is None:
+                rec = self.get(image_id)  # NotFoundError if unknown
+                raise ConfigError(
+                    f"image {image_id} is {rec.status}: it was never registered as usable, "
+                    "there is nothing to revoke"
+                )
+            name = entry["name"]
+            if entry.get("status") == "revoked":
+                return {
+                    "image_id": image_id, "name": name, "status": "revoked", "changed": False,
+                    "reason": entry.get("revoked_reason", ""), "at": entry.get("revoked_at"),
+                    "user": entry.get("revoked_by"), "moved": [],
+                }
+            at = ch.timestamp(now)
+            entry.update(status="revoked", revoked_reason=reason, revoked_at=at, revoked_by=user)
+
+            def valid(other: str) -> bool:
+                e = doc["images"].get(other)
+                return e is not None and e.get("status") == "validated"
+
+            for channel, hist in sorted(doc["channels"].get(name, {}).items()):
+                move = ch.fallback_entry(hist, image_id, valid, user, now, reason)
+                if move is not None:
+                    hist.append(move)
+                    moved.append({"channel": channel, "from": image_id, "to": move["image_id"]})
+        return {
+            "image_id": image_id, "name": name, "status": "revoked", "changed": True,
+            "reason": reason, "at": at, "user": user, "moved": moved,
+        }
+
+    def history(self, name: str, channel: str) -> ChannelHistory:
+        ch.check_channel(channel)
+        hist = self._read()["channels"].get(name, {}).get(channel, [])
+        return [dict(e) for e in hist]
+
+    def previous(self, name: str, channel: str) -> dict[str, Any] | None:
+        return ch.previous(self.history(name, channel))
+
+    def channel_map(self, name: str | None = None) -> dict[str, dict[str, str | None]]:
+        """`{image name: {channel: current image id or None}}`."""
+        chans = self._read()["channels"]
+        return {
+            n: {c: ch.current(h) for c, h in sorted(chans[n].items())}
+            for n in sorted(chans) if name is None or n == name
+        }
 
     def image_dir(self, image_id: str) -> Path:
         rec = self.get(image_id)
