@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from goldenimage.store import ImageRecord, LocalStore
 
 PLUGINS = """\
 packer {
@@ -136,3 +139,24 @@ def make_project(root: Path, files: dict[str, str] | None = None) -> Path:
         if (root / rel).exists():
             os.chmod(root / rel, 0o755)
     return root
+
+
+def register(
+    store: LocalStore,
+    image_id: str,
+    status: str = "validated",
+    name: str = "web",
+    *,
+    fingerprint: str = "f" * 64,
+    manifest: dict[str, Any] | None = None,
+    env: str = "local",
+) -> ImageRecord:
+    """Put an image into `store` the way the bake does (files moved in, catalog indexed)."""
+    files = store.root / "work" / image_id
+    files.mkdir(parents=True)
+    (files / "disk.qcow2").write_bytes(b"qcow")
+    rec = ImageRecord(id=image_id, name=name, env=env, fingerprint=fingerprint,
+                      created="2026-11-26T08:00:00Z", status=status, artifact="disk.qcow2")
+    doc = {"id": image_id, "name": name, "env": env, "fingerprint": fingerprint,
+           "created": rec.created, "artifact": rec.artifact, **(manifest or {})}
+    return store.put(rec, doc, files)

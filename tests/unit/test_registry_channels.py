@@ -13,21 +13,10 @@ import pytest
 
 from goldenimage import channels as ch
 from goldenimage.errors import ConfigError, NotFoundError
-from goldenimage.store import ImageRecord, LocalStore
+from goldenimage.store import LocalStore
+from tests.unit.fp_helpers import register
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
-
-
-def register(
-    store: LocalStore, image_id: str, status: str = "validated", name: str = "web"
-) -> None:
-    files = store.root / "work" / image_id
-    files.mkdir(parents=True)
-    (files / "disk.qcow2").write_bytes(b"qcow")
-    rec = ImageRecord(id=image_id, name=name, env="local", fingerprint="f" * 64,
-                      created="2026-11-26T08:00:00Z", status=status, artifact="disk.qcow2")
-    store.put(rec, {"name": name, "env": "local", "fingerprint": rec.fingerprint,
-                    "created": rec.created, "artifact": rec.artifact, "id": image_id}, files)
 
 
 @pytest.fixture
