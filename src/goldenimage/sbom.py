@@ -101,4 +101,5 @@ def build(
     )
     bom.register_dependency(image, components)  # the image contains every package
     doc: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
+    doc.setdefault("components", [])  # the serializer omits an empty list
     return doc
