@@ -39,6 +39,7 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -182,12 +183,41 @@ _EXEC = b"x\0"
 _PLAIN = b"-\0"
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's executable bit and bytes (mtime, owner and the rest ignored)."""
-    with open(path, "rb") as fh:
-        mode = os.fstat(fh.fileno()).st_mode
-        h = hashlib.sha256(_EXEC if mode & stat.S_IXUSR else _PLAIN)
-        return hashlib.file_digest(fh, lambda: h).hexdigest()
+_BUFFER_SIZE = 1 << 20
+_local = threading.local()
+
+
+def _buffer() -> tuple[bytearray, memoryview]:
+    """A read buffer per thread, reused for every file (no allocation per file)."""
+    got: tuple[bytearray, memoryview] | None = getattr(_local, "buf", None)
+    if got is None:
+        buf = bytearray(_BUFFER_SIZE)
+        got = _local.buf = (buf, memoryview(buf))
+    return got
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's executable bit and bytes (mtime, owner and the rest ignored).
+
+    Raises OSError (IsADirectoryError, ... ) for anything but a regular file, so that a
+    FIFO in a role never blocks a bake.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file", os.fspath(path))
+        h = hashlib.sha256(_EXEC if st.st_mode & stat.S_IXUSR else _PLAIN)
+        buf, view = _buffer()
+        left = st.st_size
+        while n := os.readv(fd, [buf]):
+            h.update(view[:n])  # hashlib releases the GIL for large updates
+            left -= n
+            if 0 < n < _BUFFER_SIZE and left <= 0:
+                break  # a short read at the size fstat gave: end of file, skip one syscall
+        return h.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def bytes_digest(data: bytes, executable: bool = False) -> str:
@@ -206,44 +236,64 @@ def ignored(name: str) -> bool:
     )
 
 
-def walk_files(top: Path) -> Iterator[Path]:
-    """Every file under `top` that can shape an image, in a stable order.
-
-    Symlinked directories are followed once; VCS, editor and bytecode files are skipped.
-    """
+def _walk(top: str) -> Iterator[str]:
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen:  # a symlink loop, or a directory reached twice
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS and not ignored(d))
         for f in sorted(filenames):
             if not ignored(f):
-                yield Path(dirpath, f)
+                yield os.path.join(dirpath, f)
+
+
+def walk_files(top: Path) -> Iterator[Path]:
+    """Every file under `top` that can shape an image, in a stable order.
+
+    Symlinked directories are followed once; VCS, editor and bytecode files are skipped.
+    """
+    return (Path(p) for p in _walk(os.fspath(top)))
 
 
 def hash_files(
-    paths: Sequence[Path], root: Path, workers: int | None = None
+    paths: Sequence[str | os.PathLike[str]], root: Path, workers: int | None = None
 ) -> list[FingerprintInput]:
-    """File inputs named relative to `root`, hashed in a thread pool (hashlib and reads
-    release the GIL, so this scales with cores and hides I/O latency)."""
+    """File inputs named relative to `root` (POSIX paths).
 
-    def one(p: Path) -> FingerprintInput:
-        rel = p.relative_to(root).as_posix()
-        try:
-            return FingerprintInput(rel, file_digest(p))
-        except FileNotFoundError:
-            raise ConfigError(f"{rel}: broken symlink or file vanished while hashing") from None
-        except OSError as exc:
-            raise ConfigError(f"{rel}: cannot read: {exc.strerror}") from None
+    Large sets are hashed by a few threads, each taking a batch of files: reads and
+    hashlib release the GIL, and one task per batch (not per file) keeps the pool's own
+    locking out of the way. `workers=1` hashes in this thread.
+    """
+    prefix = os.fspath(root).rstrip(os.sep) + os.sep
 
-    if len(paths) < 64:
-        return [one(p) for p in paths]
-    n = workers or min(16, (os.cpu_count() or 1) * 4)
+    def rel_of(p: str) -> str:
+        if p.startswith(prefix):
+            return p[len(prefix):].replace(os.sep, "/")
+        return Path(p).relative_to(root).as_posix()
+
+    def batch(items: Sequence[str]) -> list[FingerprintInput]:
+        out = []
+        for p in items:
+            rel = rel_of(p)
+            try:
+                out.append(FingerprintInput(rel, file_digest(p)))
+            except FileNotFoundError:
+                raise ConfigError(f"{rel}: broken symlink, or it vanished while hashing") from None
+            except OSError as exc:
+                raise ConfigError(f"{rel}: cannot read: {exc.strerror}") from None
+        return out
+
+    items = [os.fspath(p) for p in paths]
+    n = workers or min(4, os.cpu_count() or 1)
+    if n <= 1 or len(items) < 512:
+        return batch(items)
+    size = max(128, -(-len(items) // (n * 4)))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fingerprint") as pool:
-        return list(pool.map(one, paths, chunksize=64))
+        return [x for part in pool.map(batch, chunks) for x in part]
 
 
 # -- collectors --------------------------------------------------------------------------
@@ -271,7 +321,7 @@ def collect_packer(root: Path) -> list[FingerprintInput]:
     return out + hash_files(raw, root)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Safe YAML that tolerates Ansible's tags (`!vault`, `!unsafe`) as opaque values."""
 
 
@@ -331,7 +381,7 @@ class _PlaybookWalk:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.files: set[Path] = set()
+        self.files: set[str] = set()
         self.role_dirs: dict[str, Path] = {}
         self._playbooks: set[Path] = set()
         self._search: list[Path] = []
@@ -352,12 +402,12 @@ class _PlaybookWalk:
         if path in self._playbooks:
             return
         self._playbooks.add(path)
-        self.files.add(path)
+        self.files.add(os.fspath(path))
         pdir = path.parent
         self._search = [pdir / "roles", self.root / "roles", pdir]
         for vars_dir in ("group_vars", "host_vars"):
             if (pdir / vars_dir).is_dir():
-                self.files.update(walk_files(pdir / vars_dir))
+                self.files.update(_walk(os.fspath(pdir / vars_dir)))
         plays = _load_yaml(path, self.root)
         if plays is None:
             return
@@ -376,7 +426,7 @@ class _PlaybookWalk:
                     f = self._inside(pdir / vf, "vars file", self.rel(path))
                     if not f.is_file():
                         raise ConfigError(f"{self.rel(path)}: vars_files: {vf} does not exist")
-                    self.files.add(f)
+                    self.files.add(os.fspath(f))
             for entry in play.get("roles") or []:
                 name = _role_name(entry)
                 if name is None:
@@ -402,7 +452,7 @@ class _PlaybookWalk:
             raise ConfigError(f"{self.rel(used_by)}: role {name!r} not found under roles/")
         d = self._inside(d, "role", self.rel(used_by))
         self.role_dirs[name] = d
-        files = list(walk_files(d))
+        files = list(_walk(os.fspath(d)))
         self.files.update(files)
         meta = d / "meta" / "main.yml"
         if not meta.is_file():
@@ -415,11 +465,14 @@ class _PlaybookWalk:
                 if dep_name is None:
                     raise ConfigError(f"{self.rel(meta)}: dependencies: cannot read entry {dep!r}")
                 self.role(dep_name, meta)
+        prefix = os.fspath(d) + os.sep
         for f in files:
-            parts = f.relative_to(d).parts
-            if parts[0] in ("tasks", "handlers") and f.suffix in (".yml", ".yaml"):
-                for ref in _role_refs(_load_yaml(f, self.root)):
-                    self.role(ref, f)
+            sub = f[len(prefix):]
+            if sub.startswith(("tasks" + os.sep, "handlers" + os.sep)) and f.endswith(
+                (".yml", ".yaml")
+            ):
+                for ref in _role_refs(_load_yaml(Path(f), self.root)):
+                    self.role(ref, Path(f))
 
 
 def collect_playbook(root: Path, playbook: str) -> tuple[list[FingerprintInput], list[str]]:
@@ -428,7 +481,7 @@ def collect_playbook(root: Path, playbook: str) -> tuple[list[FingerprintInput],
     walk.playbook(walk.root / playbook)
     cfg = walk.root / "ansible.cfg"
     if cfg.is_file():
-        walk.files.add(cfg)
+        walk.files.add(os.fspath(cfg))
     return hash_files(sorted(walk.files), walk.root), sorted(walk.role_dirs)
 
 
@@ -454,7 +507,8 @@ def collect_inventory(env: Environment) -> list[FingerprintInput]:
     that shape images (see `settings_inputs`)."""
     root = env.root.resolve()
     top = root / "inventories" / env.name
-    files = [p for p in walk_files(top) if p != top / SETTINGS_FILE]
+    skip = os.fspath(top / SETTINGS_FILE)
+    files = [p for p in _walk(os.fspath(top)) if p != skip]
     return hash_files(files, root)
 
 

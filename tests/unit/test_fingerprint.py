@@ -295,3 +295,15 @@ def test_thread_pool_path_matches_serial(copy: Path) -> None:
     pooled = fp.hash_files(paths, copy)
     serial = [FingerprintInput(p.relative_to(copy).as_posix(), fp.file_digest(p)) for p in paths]
     assert pooled == serial
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 5 * (1 << 20) + 7])
+def test_file_digest_any_size(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    assert fp.file_digest(write(tmp_path, "blob", data)) == fp.bytes_digest(data)
+
+
+def test_fifo_in_a_role_is_an_error_not_a_hang(copy: Path) -> None:
+    os.mkfifo(copy / "roles/web/files/pipe")
+    with pytest.raises(ConfigError, match=r"roles/web/files/pipe: cannot read: not a regular"):
+        fingerprint(copy)
