@@ -17,7 +17,9 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +88,27 @@ def build_tree(root: Path, files: int, total: int, roles: int = 100, seed: int =
     return written
 
 
+FRESH = """
+from goldenimage import cli, commands
+cli.run(lambda r: commands.fingerprint_cmd("local", "web", False, None, r), json_out=True)
+"""
+
+
+def fresh_process(root: Path, home: Path) -> tuple[float, float]:
+    """Wall and CPU (user+sys) seconds of a new Python process computing the fingerprint
+    the way `invoke fingerprint` does (imports, settings, packer version, collect, store
+    lookup)."""
+    env = {**os.environ, "GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(home),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", FRESH], env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
@@ -99,14 +122,15 @@ def main() -> None:
         os.sync()  # measure hashing, not the kernel writing the fresh tree back to disk
         setup = time.perf_counter() - t
         env = load_environment("local", root)
-        runs, hash_serial, hash_pool = [], [], []
+        runs, cpu, hash_serial, hash_pool = [], [], [], []
         value = ""
         inputs: list[fp.FingerprintInput] = []
         for _ in range(args.runs):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             inputs = fp.collect(env, "web", EXTRA)
             value = fp.compute(inputs)
             runs.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         paths = list(fp.walk_files(root / "roles"))
         for _ in range(args.runs):
             t = time.perf_counter()
@@ -115,6 +139,7 @@ def main() -> None:
             t = time.perf_counter()
             fp.hash_files(paths, root)
             hash_pool.append(time.perf_counter() - t)
+        fresh = [fresh_process(root, root / ".home") for _ in range(args.runs)]
         role_files = sum(1 for i in inputs if i.name.startswith("roles/"))
         print(json.dumps({
             "benchmark": "fingerprint collect+compute, synthetic roles tree",
@@ -127,10 +152,14 @@ def main() -> None:
             "goal_seconds": 1.0,
             "hash_only_serial_median_seconds": round(statistics.median(hash_serial), 3),
             "hash_only_pool_median_seconds": round(statistics.median(hash_pool), 3),
+            "cpu_seconds_median": round(statistics.median(cpu), 3),
+            "fresh_process_median_seconds": round(statistics.median(w for w, _ in fresh), 3),
+            "fresh_process_cpu_median_seconds": round(statistics.median(c for _, c in fresh), 3),
             "mb_per_second": round(role_bytes / statistics.median(runs) / 1e6, 1),
             "setup_seconds": round(setup, 2),
             "fingerprint": value,
             "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "cache": "warm (tree just written)",
         }, indent=2))
