@@ -137,6 +137,18 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _is_block(value: Any) -> bool:
+    """A block as python-hcl2 serialises it: `{..., "__is_block__": true}`, wrapped in one
+    single-key dict per label. A list of objects in a var file is a value, not blocks."""
+    while isinstance(value, dict):
+        if value.get("__is_block__") is True:
+            return True
+        if len(value) != 1:
+            return False
+        value = next(iter(value.values()))
+    return False
+
+
 def _sort_top_level_blocks(doc: dict[str, Any]) -> dict[str, Any]:
     """Top-level blocks of one kind (`variable`, `source`, `build`...) in a stable order.
 
@@ -146,7 +158,7 @@ def _sort_top_level_blocks(doc: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if isinstance(value, list) and value and all(_is_block(v) for v in value):
             out[key] = sorted(value, key=_canonical)
         else:
             out[key] = value
@@ -384,7 +396,6 @@ class _PlaybookWalk:
         self.files: set[str] = set()
         self.role_dirs: dict[str, Path] = {}
         self._playbooks: set[Path] = set()
-        self._search: list[Path] = []
 
     def rel(self, p: Path) -> str:
         return p.relative_to(self.root).as_posix()
@@ -404,7 +415,7 @@ class _PlaybookWalk:
         self._playbooks.add(path)
         self.files.add(os.fspath(path))
         pdir = path.parent
-        self._search = [pdir / "roles", self.root / "roles", pdir]
+        search = [pdir / "roles", self.root / "roles", pdir]  # as ansible-playbook looks
         for vars_dir in ("group_vars", "host_vars"):
             if (pdir / vars_dir).is_dir():
                 self.files.update(_walk(os.fspath(pdir / vars_dir)))
@@ -422,21 +433,27 @@ class _PlaybookWalk:
                     self.playbook(pdir / target, self.rel(path))
             vars_files = play.get("vars_files") or []
             for vf in vars_files if isinstance(vars_files, list) else [vars_files]:
-                if isinstance(vf, str) and "{{" not in vf:
-                    f = self._inside(pdir / vf, "vars file", self.rel(path))
-                    if not f.is_file():
-                        raise ConfigError(f"{self.rel(path)}: vars_files: {vf} does not exist")
-                    self.files.add(os.fspath(f))
+                # an entry may itself be a list: the first file found is loaded
+                candidates = vf if isinstance(vf, list) else [vf]
+                for c in candidates:
+                    if not isinstance(c, str) or "{{" in c:
+                        continue
+                    f = self._inside(pdir / c, "vars file", self.rel(path))
+                    if f.is_file():
+                        self.files.add(os.fspath(f))
+                        break
+                    if not isinstance(vf, list):
+                        raise ConfigError(f"{self.rel(path)}: vars_files: {c} does not exist")
             for entry in play.get("roles") or []:
                 name = _role_name(entry)
                 if name is None:
                     raise ConfigError(f"{self.rel(path)}: roles: cannot read entry {entry!r}")
-                self.role(name, path)
+                self.role(name, path, search)
             for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
                 for name in _role_refs(play.get(section)):
-                    self.role(name, path)
+                    self.role(name, path, search)
 
-    def role(self, name: str, used_by: Path) -> None:
+    def role(self, name: str, used_by: Path, search: list[Path]) -> None:
         if "{{" in name:
             raise ConfigError(
                 f"{self.rel(used_by)}: role name {name!r} is templated; the fingerprint "
@@ -444,7 +461,7 @@ class _PlaybookWalk:
             )
         if name in self.role_dirs:
             return
-        for base in self._search:
+        for base in search:
             d = base / name
             if d.is_dir():
                 break
@@ -452,6 +469,7 @@ class _PlaybookWalk:
             raise ConfigError(f"{self.rel(used_by)}: role {name!r} not found under roles/")
         d = self._inside(d, "role", self.rel(used_by))
         self.role_dirs[name] = d
+        search = [d.parent, *search]  # a role's dependencies may be its siblings
         files = list(_walk(os.fspath(d)))
         self.files.update(files)
         meta = d / "meta" / "main.yml"
@@ -464,7 +482,7 @@ class _PlaybookWalk:
                 dep_name = _role_name(dep)
                 if dep_name is None:
                     raise ConfigError(f"{self.rel(meta)}: dependencies: cannot read entry {dep!r}")
-                self.role(dep_name, meta)
+                self.role(dep_name, meta, search)
         prefix = os.fspath(d) + os.sep
         for f in files:
             sub = f[len(prefix):]
@@ -472,7 +490,7 @@ class _PlaybookWalk:
                 (".yml", ".yaml")
             ):
                 for ref in _role_refs(_load_yaml(Path(f), self.root)):
-                    self.role(ref, Path(f))
+                    self.role(ref, Path(f), search)
 
 
 def collect_playbook(root: Path, playbook: str) -> tuple[list[FingerprintInput], list[str]]:

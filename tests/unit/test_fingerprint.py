@@ -307,3 +307,33 @@ def test_fifo_in_a_role_is_an_error_not_a_hang(copy: Path) -> None:
     os.mkfifo(copy / "roles/web/files/pipe")
     with pytest.raises(ConfigError, match=r"roles/web/files/pipe: cannot read: not a regular"):
         fingerprint(copy)
+
+
+def test_imported_playbooks_vars_files_and_vault_tags_are_followed(copy: Path) -> None:
+    write(copy, "playbooks/web.yml", FILES["playbooks/web.yml"] + (
+        "- ansible.builtin.import_playbook: extra.yml\n"
+    ))
+    write(copy, "playbooks/extra.yml", (
+        "- hosts: all\n"
+        "  vars:\n    secret: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      6162\n"
+        "  vars_files:\n    - vars/common.yml\n    - [vars/missing.yml, vars/fallback.yml]\n"
+        "  roles: [extra]\n"
+    ))
+    write(copy, "playbooks/vars/common.yml", "a: 1\n")
+    write(copy, "playbooks/vars/fallback.yml", "b: 1\n")
+    write(copy, "playbooks/roles/extra/tasks/main.yml", "- ansible.builtin.debug: {}\n")
+    got = names_of(copy)
+    assert {"playbooks/extra.yml", "playbooks/vars/common.yml", "playbooks/vars/fallback.yml",
+            "playbooks/roles/extra/tasks/main.yml"} <= got
+
+
+def test_missing_vars_file_is_an_error(copy: Path) -> None:
+    write(copy, "playbooks/web.yml", "- hosts: all\n  vars_files: [nope.yml]\n")
+    with pytest.raises(ConfigError, match=r"playbooks/web\.yml: vars_files: nope\.yml"):
+        fingerprint(copy)
+
+
+def test_invalid_playbook_yaml_names_file_and_line(copy: Path) -> None:
+    write(copy, "playbooks/web.yml", "- hosts: all\n  roles: [a\n")
+    with pytest.raises(ConfigError, match=r"^playbooks/web\.yml:\d+: invalid YAML"):
+        fingerprint(copy)

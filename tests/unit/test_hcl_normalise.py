@@ -189,3 +189,10 @@ def test_malformed_template_names_file_and_line(text: str, line: int) -> None:
     assert "\n" not in msg
     assert int(msg.split(":")[1]) == line, msg
     assert err.value.exit_code == 2
+
+
+def test_list_of_objects_in_a_var_file_keeps_its_order() -> None:
+    """Only blocks are sorted; a list of objects is a value (e.g. disk mappings)."""
+    a = 'disks = [{ name = "a", size = 1 }, { name = "b", size = 2 }]\n'
+    b = 'disks = [{ name = "b", size = 2 }, { name = "a", size = 1 }]\n'
+    assert normalise_hcl(a, "x.pkrvars.hcl") != normalise_hcl(b, "x.pkrvars.hcl")
