@@ -248,8 +248,6 @@ class LocalStore:
             move = ch.promote_entry(hist, image_id, user, now)
             if move is not None:
                 hist.append(move)
-            elif not hist:  # never happens: promote_entry only skips the current image
-                doc["channels"][name].pop(channel)
         return {
             "image_id": image_id,
             "name": name,
