@@ -127,7 +127,7 @@ def main() -> None:
         inputs: list[fp.FingerprintInput] = []
         for _ in range(args.runs):
             t, c = time.perf_counter(), time.process_time()
-            inputs = fp.collect(env, "web", EXTRA)
+            inputs = fp.collect(root, env, "web", EXTRA)
             value = fp.compute(inputs)
             runs.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)

@@ -166,7 +166,7 @@ def fingerprint_cmd(
     for name in names:
         env.image(name)  # NotFoundError naming the settings file
         with reporter.phase("fingerprint", name):
-            inputs = fp.collect(env, name, resolve(env, name))
+            inputs = fp.collect(env.root, env, name, resolve(env, name))
             value = fp.compute(inputs)
         row: Result = {"image": name, "fingerprint": value, "inputs": len(inputs)}
         if reg is not None:

@@ -520,10 +520,10 @@ def _model_digest(data: Any) -> str:
     return sha256_text(_canonical(data))
 
 
-def collect_inventory(env: Environment) -> list[FingerprintInput]:
+def collect_inventory(root: Path, env: Environment) -> list[FingerprintInput]:
     """Every file of the environment's inventory; the settings file reduced to its parts
     that shape images (see `settings_inputs`)."""
-    root = env.root.resolve()
+    root = root.resolve()
     top = root / "inventories" / env.name
     skip = os.fspath(top / SETTINGS_FILE)
     files = [p for p in _walk(os.fspath(top)) if p != skip]
@@ -531,15 +531,16 @@ def collect_inventory(env: Environment) -> list[FingerprintInput]:
 
 
 def collect(
-    env: Environment, image: str, extra: Mapping[str, str] | None = None
+    root: Path, env: Environment, image: str, extra: Mapping[str, str] | None = None
 ) -> list[FingerprintInput]:
-    """All inputs of `image` in `env`. `extra` holds what the caller resolved: the base
-    image identity (`base:image`) and tool versions (`tool:packer`, `tool:ansible-core`)."""
-    root = env.root.resolve()
+    """All inputs of `image` in `env` of the project at `root`. `extra` holds what the
+    caller resolved: the base image identity (`base:image`) and tool versions
+    (`tool:packer`, `tool:ansible-core`)."""
+    root = root.resolve()
     spec = env.image(image)
     found = collect_packer(root)
     found += collect_playbook(root, spec.playbook)[0]
-    found += collect_inventory(env)
+    found += collect_inventory(root, env)
     found += settings_inputs(env, image)
     for name, value in sorted((extra or {}).items()):
         if ":" not in name or "/" in name.split(":", 1)[0]:

@@ -40,7 +40,7 @@ def quiet() -> Reporter:
 
 
 def current_inputs(root: Path, image: str = "web") -> list[fp.FingerprintInput]:
-    return fp.collect(load_environment("local", root), image, EXTRA)
+    return fp.collect(root, load_environment("local", root), image, EXTRA)
 
 
 def fingerprint(root: Path, store: LocalStore, **kw: Any) -> dict[str, Any]:

@@ -104,11 +104,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fingerprint(root: Path, image: str = "web", extra: dict[str, str] | None = None) -> str:
     env = load_environment("local", root)
-    return fp.compute(fp.collect(env, image, EXTRA if extra is None else extra))
+    return fp.compute(fp.collect(root, env, image, EXTRA if extra is None else extra))
 
 
 def names_of(root: Path, image: str = "web") -> set[str]:
-    return {i.name for i in fp.collect(load_environment("local", root), image, EXTRA)}
+    return {i.name for i in fp.collect(root, load_environment("local", root), image, EXTRA)}
 
 
 def test_collect_follows_playbook_roles_dependencies_and_includes(project: Path) -> None:
