@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,24 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, wait: bool = True, what: str = "") -> Iterator[None]:
-    """An exclusive advisory lock on `path` (released by the kernel if the process dies)."""
+def file_lock(
+    path: Path, *, wait: bool = True, what: str = "", on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (released by the kernel if the process dies).
+
+    Held by someone else: with `wait`, call `on_wait` once and block; else fail at once.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:
-            fcntl.flock(fd, flags)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OperationFailed(f"{what or path} is locked by another process") from None
+            if not wait:
+                raise OperationFailed(f"{what or path} is locked by another process") from None
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

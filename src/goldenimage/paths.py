@@ -21,4 +21,6 @@ def store_dir() -> Path:
 
 
 def base_cache_dir() -> Path:
-    return data_home() / "base"
+    """Cached base disks: $GOLDENIMAGE_BASE_CACHE, else <data home>/base."""
+    env = os.environ.get("GOLDENIMAGE_BASE_CACHE")
+    return Path(env).expanduser().resolve() if env else data_home() / "base"

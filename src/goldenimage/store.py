@@ -15,6 +15,7 @@ atomic rewrite of the catalog, so a crash never leaves a half-registered image.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -316,9 +317,9 @@ class LocalStore:
         return (self.quarantine_dir if rec.status == "quarantined" else self.images_dir) / rec.id
 
     # -- work in progress ----------------------------------------------------------------
-    def sweep_stale(self) -> list[Path]:
+    def sweep_stale(self) -> builtins.list[Path]:
         """Remove work directories whose owning process is gone (a killed bake)."""
-        removed: list[Path] = []
+        removed: builtins.list[Path] = []
         if not self.tmp_dir.is_dir():
             return removed
         for d in self.tmp_dir.iterdir():

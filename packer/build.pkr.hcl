@@ -1,0 +1,32 @@
+# One build for every target: the image's playbook, run once at build time, then a
+# manifest that goldenimage reads the artifact from (never scraped from output).
+
+build {
+  sources = ["source.qemu.local", "source.amazon-ebs.aws"]
+
+  provisioner "ansible" {
+    playbook_file       = var.playbook
+    user                = var.ssh_username
+    use_proxy           = false
+    inventory_directory = var.inventory_directory
+    groups              = var.groups
+    extra_arguments     = ["--extra-vars", "@${var.extra_vars_file}"]
+    ansible_env_vars = [
+      "ANSIBLE_ROLES_PATH=${var.roles_path}",
+      "ANSIBLE_HOST_KEY_CHECKING=False",
+      "ANSIBLE_NOCOLOR=1",
+      "ANSIBLE_RETRY_FILES_ENABLED=False",
+      "ANSIBLE_SSH_ARGS=-o ControlMaster=auto -o ControlPersist=120s -o UserKnownHostsFile=/dev/null",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = true
+    custom_data = {
+      image_id    = var.image_id
+      image_name  = var.image_name
+      fingerprint = var.fingerprint
+    }
+  }
+}

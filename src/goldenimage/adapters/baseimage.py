@@ -1,0 +1,226 @@
+"""The local target's base disk: a self-booting Debian qcow2 built from the archive.
+
+The recipe (mmdebstrap root filesystem, MBR + one ext4 partition, extlinux boot loader,
+cloud-init for a NoCloud seed) is keyed by the hash of its inputs; the finished disk is
+cached under that key together with its own content hash, which is the base identity that
+image fingerprints use. A user may instead point the environment at a cloud image (path or
+URL plus checksum): then that file, verified, is the base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, OperationFailed
+from ..fsutil import atomic_write_json, file_lock, sha256_file
+from ..progress import Reporter
+from ..settings import BaseImageSpec
+from . import proc
+
+RECIPE_VERSION = "4"
+PACKAGES = (
+    "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo",
+    "linux-image-cloud-amd64", "ifupdown", "isc-dhcp-client", "iproute2", "netbase",
+    "cloud-init", "cloud-guest-utils", "ca-certificates", "curl",
+)
+PART_START = 2048  # sectors of 512 bytes
+MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
+ROOT_UUID = "5c8f3a1e-3d1b-4f0e-9b7a-60d1e11d0b45"  # fixed: the recipe is reproducible
+
+EXTLINUX_CONF = """\
+SERIAL 0 115200
+DEFAULT linux
+TIMEOUT 1
+PROMPT 0
+LABEL linux
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8 net.ifnames=0
+"""
+
+HOOKS = (
+    # cloud-init owns the network (a NoCloud seed or its fallback DHCP on eth0).
+    'echo "goldenimage" > "$1/etc/hostname"',
+    f'echo "UUID={ROOT_UUID} / ext4 defaults,errors=remount-ro 0 1" > "$1/etc/fstab"',
+    'printf "auto lo\\niface lo inet loopback\\n\\nsource /etc/network/interfaces.d/*\\n" '
+    '> "$1/etc/network/interfaces"',
+    'printf "datasource_list: [ NoCloud, None ]\\n" > "$1/etc/cloud/cloud.cfg.d/90-datasource.cfg"',
+    'printf "locale: C.UTF-8\\n" > "$1/etc/cloud/cloud.cfg.d/91-locale.cfg"',
+    'rm -f "$1"/etc/ssh/ssh_host_*',
+    ': > "$1/etc/machine-id"',
+    'rm -f "$1/var/lib/dbus/machine-id"',
+    'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
+)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    sha256: str
+    source: str  # "mmdebstrap:<recipe key>" or the user's url
+
+    @property
+    def identity(self) -> str:
+        return f"sha256:{self.sha256}"
+
+
+def recipe_key(spec: BaseImageSpec, mmdebstrap_version: str) -> str:
+    doc = {
+        "recipe": RECIPE_VERSION,
+        "suite": spec.suite,
+        "mirror": spec.mirror,
+        "packages": sorted({*PACKAGES, *spec.packages}),
+        "size": spec.size,
+        "hooks": list(HOOKS),
+        "mmdebstrap": mmdebstrap_version,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> BaseImage:
+    """Return the base disk for `spec`, building or fetching it only when not cached."""
+    if spec.url:
+        return _user_image(spec, cache, reporter)
+    version = proc.output([proc.which("mmdebstrap", "mmdebstrap"), "--version"]).split()[-1]
+    key = recipe_key(spec, version)
+    final = cache / key
+    with file_lock(cache / f"{key}.lock"):
+        meta = final / "base.json"
+        if meta.is_file():
+            doc = json.loads(meta.read_text())
+            reporter.info(f"    base image cached: {final / 'base.qcow2'}")
+            return BaseImage(final / "base.qcow2", doc["sha256"], f"mmdebstrap:{key}")
+        cache.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
+        try:
+            disk = _build(spec, work, reporter)
+            digest = sha256_file(disk)
+            atomic_write_json(work / "base.json", {
+                "sha256": digest, "recipe": key, "suite": spec.suite, "mirror": spec.mirror,
+                "packages": sorted({*PACKAGES, *spec.packages}), "mmdebstrap": version,
+            })
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(work, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return BaseImage(final / "base.qcow2", digest, f"mmdebstrap:{key}")
+
+
+def _user_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> BaseImage:
+    assert spec.url is not None
+    if not spec.checksum:
+        raise ConfigError("base.url is set but base.checksum is missing (sha256:<hex>)")
+    want = spec.checksum.split(":", 1)[1]
+    if spec.url.startswith(("http://", "https://")):
+        path = cache / "downloads" / want / Path(spec.url).name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            reporter.step(f"downloading {spec.url}")
+            try:
+                with urllib.request.urlopen(spec.url, timeout=60) as resp, tmp.open("wb") as fh:
+                    shutil.copyfileobj(resp, fh, 1 << 20)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise ConfigError(f"base.url {spec.url}: cannot download: {exc}") from None
+            os.replace(tmp, path)
+    else:
+        path = Path(spec.url).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"base.url {spec.url}: no such file")
+    got = sha256_file(path)
+    if got != want:
+        raise ConfigError(f"base.checksum: {path} has sha256:{got}, expected {spec.checksum}")
+    return BaseImage(path.resolve(), got, spec.url)
+
+
+@contextlib.contextmanager
+def _loop(raw: Path, offset: int) -> Iterator[str]:
+    dev = proc.output(["losetup", "-f", "--show", "-o", str(offset), str(raw)], what="losetup").strip()
+    try:
+        yield dev
+    finally:
+        proc.run(["losetup", "-d", dev])
+
+
+@contextlib.contextmanager
+def _mounted(dev: str, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    proc.output(["mount", dev, str(where)], what="mount")
+    try:
+        yield where
+    finally:
+        proc.run(["umount", "-l", str(where)])
+
+
+def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
+    if os.geteuid() != 0:
+        raise ConfigError("building the base image needs root (loop devices, mount): run as root "
+                          "or set base.url/base.checksum to a cloud image")
+    for tool in ("sfdisk", "losetup", "mkfs.ext4", "extlinux", "qemu-img", "mount"):
+        proc.which(tool, "via `invoke setup`")
+    if not MBR_BIN.is_file():
+        raise ConfigError(f"{MBR_BIN} missing: install syslinux-common (`invoke setup`)")
+    rootfs = work / "rootfs.tar"
+    packages = ",".join(sorted({*PACKAGES, *spec.packages}))
+    reporter.step(f"mmdebstrap {spec.suite} from {spec.mirror}")
+    argv = [
+        "mmdebstrap", "--variant=minbase", f"--include={packages}",
+        "--aptopt=Acquire::Retries \"3\"",
+        *[f"--customize-hook={h}" for h in HOOKS],
+        spec.suite, str(rootfs), spec.mirror,
+    ]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    res = proc.run(argv, env=env, on_line=lambda ln: reporter.step(f"mmdebstrap: {ln}"))
+    if res.returncode != 0:
+        last = "; ".join(ln.strip() for ln in res.lines[-5:] if ln.strip())
+        raise OperationFailed(f"mmdebstrap failed (exit {res.returncode}): {last}")
+
+    raw = work / "disk.raw"
+    with raw.open("wb") as fh:
+        fh.truncate(_size_bytes(spec.size))
+    reporter.step("partitioning (MBR, one bootable ext4 partition)")
+    sfdisk = subprocess.run(
+        ["sfdisk", "--quiet", str(raw)], input=f"label: dos\nstart={PART_START}, type=83, bootable\n",
+        capture_output=True, text=True,
+    )
+    if sfdisk.returncode != 0:
+        raise OperationFailed(f"sfdisk failed: {sfdisk.stderr.strip()}")
+    mnt = work / "mnt"
+    with _loop(raw, PART_START * 512) as dev:
+        proc.output(["mkfs.ext4", "-q", "-F", "-O", "^64bit,^metadata_csum", "-L", "root",
+                     "-U", ROOT_UUID, "-E", f"hash_seed={uuid.UUID(ROOT_UUID)}", dev], what="mkfs.ext4")
+        with _mounted(dev, mnt):
+            reporter.step("unpacking the root filesystem")
+            proc.output(["tar", "-C", str(mnt), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                         "-xf", str(rootfs)], what="tar")
+            boot = mnt / "boot" / "extlinux"
+            boot.mkdir(parents=True, exist_ok=True)
+            (boot / "extlinux.conf").write_text(EXTLINUX_CONF.format(uuid=ROOT_UUID))
+            reporter.step("installing extlinux")
+            proc.output(["extlinux", "--install", str(boot)], what="extlinux --install")
+    rootfs.unlink()
+    with raw.open("r+b") as fh:
+        fh.write(MBR_BIN.read_bytes()[:440])
+    disk = work / "base.qcow2"
+    reporter.step("converting to compressed qcow2")
+    proc.output(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], what="qemu-img convert")
+    raw.unlink()
+    return disk
+
+
+def _size_bytes(size: str) -> int:
+    unit = {"M": 1 << 20, "G": 1 << 30}[size[-1]]
+    return int(size[:-1]) * unit

@@ -1,0 +1,183 @@
+"""Packer: stage the HCL2 templates for the installed version, validate, build.
+
+`packer/` is split by block kind. `plugins.pkr.hcl` holds `required_plugins`, which Packer
+1.7+ needs and 1.6.x rejects, so for Packer < 1.7 the templates are staged into a private
+directory without it. Messages that name a staged file are mapped back to `packer/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildFailed, TemplateError
+from ..progress import Reporter
+from . import proc
+
+PLUGINS_FILE = "plugins.pkr.hcl"
+ONLY_NEW_PACKER = (PLUGINS_FILE,)  # files Packer < 1.7 must not see
+_ON_LINE = re.compile(r"^\s*on (\S+) line (\d+)")
+_STAGE = re.compile(r"^==> [\w.-]+: (.*)$")
+_MSG = re.compile(r"^\s{4}[\w.-]+: (.*)$")
+
+
+@dataclass(frozen=True)
+class Packer:
+    path: str
+    version: tuple[int, int, int]
+
+    @classmethod
+    def detect(cls) -> Packer:
+        path = proc.which("packer", "Debian's `packer` package")
+        out = proc.output([path, "version"], what="packer version")
+        m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+        if not m:
+            raise BuildFailed(f"cannot read the Packer version from {out.strip()!r}")
+        return cls(path, (int(m[1]), int(m[2]), int(m[3])))
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def stage(self, templates: Path, dest: Path) -> Path:
+        """Copy the templates this Packer understands into `dest`."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted(templates.glob("*.pkr.hcl")):
+            if self.version < (1, 7, 0) and f.name in ONLY_NEW_PACKER:
+                continue
+            shutil.copy2(f, dest / f.name)
+        return dest
+
+    def env(self, work: Path) -> dict[str, str]:
+        tmp = work / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        venv_bin = str(Path(sys.executable).parent)
+        return {
+            **os.environ,
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "PACKER_CACHE_DIR": str(work / "packer_cache"),
+            "TMPDIR": str(tmp),
+            "CHECKPOINT_DISABLE": "1",
+            "PACKER_NO_COLOR": "1",
+        }
+
+    def _args(self, staged: Path, var_file: Path, only: str) -> list[str]:
+        return [f"-only={only}", f"-var-file={var_file}", str(staged)]
+
+    def validate(self, staged: Path, var_file: Path, only: str, *, rel_to: Path, work: Path) -> None:
+        res = proc.run([self.path, "validate", *self._args(staged, var_file, only)],
+                       env=self.env(work), cwd=work)
+        if res.returncode != 0:
+            raise TemplateError(f"packer validate: {summarise_hcl_error(res.lines, staged, rel_to)}")
+
+    def build(
+        self, staged: Path, var_file: Path, only: str, *, reporter: Reporter, work: Path,
+        log: Path, on_line: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        argv = [self.path, "build", "-color=false", "-on-error=cleanup", *self._args(staged, var_file, only)]
+        with log.open("w") as fh:
+            def line(ln: str) -> None:
+                fh.write(ln + "\n")
+                fh.flush()
+                step = condense(ln)
+                if step:
+                    reporter.step(step)
+                if on_line:
+                    on_line(ln)
+            res = proc.run(argv, env=self.env(work), cwd=work, on_line=line,
+                           stop_signal=signal.SIGINT, grace=90)
+        if res.returncode != 0:
+            raise BuildFailed(f"packer build failed: {summarise_build_error(res.lines)} (log: {log})")
+        return res.lines
+
+
+def condense(line: str) -> str:
+    """The part of a Packer output line worth showing as the current step."""
+    m = _STAGE.match(line)
+    if m:
+        return m[1]
+    m = _MSG.match(line)
+    if m:
+        text = m[1].strip()
+        if text.startswith(("TASK [", "PLAY [", "RUNNING HANDLER [")):
+            return text.rstrip("* ").strip()
+        if text.startswith(("fatal:", "failed:")):
+            return text[:160]
+    return ""
+
+
+def summarise_hcl_error(lines: list[str], staged: Path, rel_to: Path) -> str:
+    """First error of `packer validate`, with its file:line mapped to the repository."""
+    msg, where, detail = "", "", ""
+    for i, ln in enumerate(lines):
+        if ln.startswith("Error:") and not msg:
+            msg = ln[len("Error:"):].strip()
+            for nxt in lines[i + 1:i + 12]:
+                m = _ON_LINE.match(nxt)
+                if m and not where:
+                    where = f"{_map_path(m[1], staged, rel_to)}:{m[2]}"
+                elif nxt.strip() and not nxt.startswith(("  ", "Error:")) and not detail:
+                    detail = nxt.strip()
+                if nxt.startswith("Error:"):
+                    break
+    if not msg:
+        tail = [ln.strip() for ln in lines if ln.strip()]
+        return tail[-1] if tail else "unknown error"
+    parts = [p for p in (where, msg, detail) if p]
+    return ": ".join(parts)
+
+
+def _map_path(name: str, staged: Path, rel_to: Path) -> str:
+    p = Path(name)
+    if not p.is_absolute():
+        p = staged / p
+    try:
+        return str(Path("packer") / p.relative_to(staged))
+    except ValueError:
+        try:
+            return str(p.relative_to(rel_to))
+        except ValueError:
+            return name
+
+
+def summarise_build_error(lines: list[str]) -> str:
+    """Name the failing Ansible task and host, or Packer's own error."""
+    task = ""
+    for ln in lines:
+        text = _MSG.match(ln)
+        body = text[1].strip() if text else ln.strip()
+        if body.startswith("TASK ["):
+            task = body[6:body.index("]")] if "]" in body else body
+        m = re.match(r"(fatal|failed): \[([^\]]+)\]:? .*?=> (\{.*\})\s*$", body)
+        if m:
+            reason = m[3]
+            try:
+                doc: dict[str, Any] = json.loads(reason)
+                reason = str(doc.get("msg") or doc.get("stderr") or reason)
+            except json.JSONDecodeError:
+                pass
+            reason = " ".join(reason.split())[:300]
+            return f"ansible task [{task}] failed on host {m[2]}: {reason}"
+    errs = [ln for ln in lines if "Build '" in ln and "errored" in ln]
+    if errs:
+        return errs[-1].split("errored", 1)[-1].strip(" :") or errs[-1].strip()
+    tail = [ln.strip() for ln in lines if ln.strip()]
+    return tail[-1] if tail else "no output"
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The last build recorded by the manifest post-processor."""
+    try:
+        doc = json.loads(path.read_text())
+        last: dict[str, Any] = doc["builds"][-1]
+    except (FileNotFoundError, KeyError, IndexError, json.JSONDecodeError) as exc:
+        raise BuildFailed(f"packer manifest {path} missing or unreadable: {exc}") from None
+    return last

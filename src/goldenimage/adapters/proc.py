@@ -1,0 +1,127 @@
+"""Child processes: streamed output, and no orphan left behind when we are interrupted.
+
+Every child runs in its own session (process group). On KeyboardInterrupt (SIGINT, or
+SIGTERM which the CLI turns into one) the whole group is asked to stop with the child's
+preferred signal (Packer cleans up its VM and output on SIGINT), given a grace period,
+then killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MissingToolError, OperationFailed
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    lines: list[str]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def which(tool: str, hint: str = "") -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise MissingToolError(
+            f"{tool} not found on PATH: run `invoke setup`" + (f" (or install {hint})" if hint else "")
+        )
+    return path
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 30.0) -> None:
+    """Stop a child's whole process group: `sig`, wait up to `grace` seconds, then SIGKILL."""
+    if proc.poll() is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a finished leader
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+    grace: float = 30.0,
+    keep: int = 400,
+    check: bool = False,
+    what: str = "",
+) -> Completed:
+    """Run `argv`, feeding each output line (stdout+stderr) to `on_line`; keep the last `keep`."""
+    tail: collections.deque[str] = collections.deque(maxlen=keep)
+    proc = subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+        proc.wait()
+    except BaseException:
+        stop_group(proc, stop_signal, grace)
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    done = Completed(list(argv), proc.returncode, list(tail))
+    if check and done.returncode != 0:
+        last = next((ln for ln in reversed(done.lines) if ln.strip()), "")
+        raise OperationFailed(f"{what or argv[0]} failed (exit {done.returncode}): {last.strip()}")
+    return done
+
+
+@contextlib.contextmanager
+def background(
+    argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, grace: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running child (a VM) whose output goes to `log`; stopped when the block exits."""
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None, start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop_group(proc, signal.SIGTERM, grace)
+
+
+def output(argv: Sequence[str], *, what: str = "") -> str:
+    """Run a short command and return its stdout; a failure is an OperationFailed."""
+    res = subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        err = (res.stderr or res.stdout).strip().splitlines()
+        raise OperationFailed(f"{what or argv[0]} failed: {err[-1] if err else f'exit {res.returncode}'}")
+    return res.stdout

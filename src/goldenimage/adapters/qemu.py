@@ -1,0 +1,209 @@
+"""QEMU: pick the accelerator, make NoCloud seeds, boot a disk and wait for SSH.
+
+A VM is always booted through a copy-on-write overlay, so the disk it starts from (the
+final artifact, during validation) is never written to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OperationFailed
+from ..fsutil import atomic_write_json
+from ..progress import Reporter
+from . import proc
+
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_version() -> str:
+    out = proc.output([proc.which(QEMU, "qemu-system-x86"), "--version"])
+    m = re.search(r"version (\S+)", out)
+    return m[1] if m else out.split("\n")[0]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_key(path: Path) -> str:
+    """A fresh ed25519 key pair; returns the public key line."""
+    proc.output(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "goldenimage-ephemeral",
+                 "-f", str(path)], what="ssh-keygen")
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def seed_files(directory: Path, user: str, pubkey: str, hostname: str) -> list[Path]:
+    """NoCloud `user-data` and `meta-data` granting `user` sudo and `pubkey`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    user_data = directory / "user-data"
+    meta_data = directory / "meta-data"
+    user_data.write_text(
+        "#cloud-config\n"
+        + json.dumps({
+            "users": [{
+                "name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True, "ssh_authorized_keys": [pubkey],
+            }],
+            "ssh_pwauth": False,
+        })
+        + "\n"
+    )
+    meta_data.write_text(f"instance-id: i-{uuid.uuid4().hex[:16]}\nlocal-hostname: {hostname}\n")
+    return [user_data, meta_data]
+
+
+def seed_iso(directory: Path, files: list[Path]) -> Path:
+    iso = directory / "seed.iso"
+    tool = proc.which("genisoimage", "genisoimage")
+    proc.output([tool, "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
+                 *map(str, files)], what="genisoimage")
+    return iso
+
+
+def overlay(base: Path, dest: Path) -> Path:
+    proc.output(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", "qcow2",
+                 str(dest)], what="qemu-img create")
+    return dest
+
+
+def choose_accelerator(setting: str, probe_disk: Path | None, cache: Path, reporter: Reporter) -> str:
+    """`kvm` only where a short probe boot reaches user space; else `tcg`. Cached per host."""
+    if setting in ("kvm", "tcg"):
+        return setting
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    key = f"{qemu_version()}|{platform.release()}"
+    cache_file = cache / "accelerator.json"
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+        doc = json.loads(cache_file.read_text())
+        if doc["key"] == key:
+            return str(doc["accelerator"])
+    accel = "tcg"
+    if probe_disk is not None:
+        reporter.step("probing kvm with a short boot")
+        accel = "kvm" if _probe_kvm(probe_disk, cache) else "tcg"
+        atomic_write_json(cache_file, {"key": key, "accelerator": accel})
+    return accel
+
+
+def _probe_kvm(disk: Path, work: Path, timeout: float = 45.0) -> bool:
+    work.mkdir(parents=True, exist_ok=True)
+    ov = overlay(disk, work / "probe-overlay.qcow2")
+    log = work / "probe-serial.log"
+    argv = [QEMU, "-accel", "kvm", "-m", "512", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{log}", "-drive", f"file={ov},if=virtio,format=qcow2", "-net", "none"]
+    try:
+        with proc.background(argv, log=work / "probe-qemu.log") as vm:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and vm.poll() is None:
+                with contextlib.suppress(FileNotFoundError):
+                    text = log.read_text(errors="replace")
+                    if "systemd[1]" in text or "Welcome to" in text or "login:" in text:
+                        return True
+                time.sleep(0.5)
+        return False
+    finally:
+        for f in (ov, log, work / "probe-qemu.log"):
+            f.unlink(missing_ok=True)
+
+
+@dataclass
+class Vm:
+    port: int
+    user: str
+    key: Path
+    ssh_config: Path
+    serial_log: Path
+    host: str = "target"
+
+    def ssh(self, command: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), self.host, command],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+
+def write_ssh_config(path: Path, port: int, user: str, key: Path, host: str = "target") -> Path:
+    path.write_text(
+        f"Host {host}\n"
+        f"  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n"
+        "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 5\n"
+        "  ControlMaster auto\n  ControlPath " + str(path.parent / "cm-%C") + "\n  ControlPersist 60\n"
+    )
+    return path
+
+
+@contextlib.contextmanager
+def boot(
+    disk: Path, work: Path, *, accelerator: str, cpus: int, memory: int, timeout: float,
+    reporter: Reporter, user: str = "gi",
+) -> Iterator[Vm]:
+    """Boot `disk` (through an overlay) with a fresh key; yield once SSH answers."""
+    work.mkdir(parents=True, exist_ok=True)
+    key = work / "id_ed25519"
+    pubkey = make_key(key)
+    iso = seed_iso(work, seed_files(work / "seed", user, pubkey, "validate"))
+    ov = overlay(disk, work / "overlay.qcow2")
+    port = free_port()
+    serial = work / "serial.log"
+    argv = [
+        QEMU, "-accel", accelerator, "-smp", str(cpus), "-m", str(memory),
+        "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
+        "-drive", f"file={ov},if=virtio,format=qcow2",
+        "-drive", f"file={iso},media=cdrom,format=raw,readonly=on",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=n0",
+    ]
+    if accelerator == "kvm":
+        argv += ["-cpu", "host"]
+    vm = Vm(port, user, key, write_ssh_config(work / "ssh_config", port, user, key), serial)
+    with proc.background(argv, log=work / "qemu.log") as child:
+        start = time.monotonic()
+        while True:
+            waited = time.monotonic() - start
+            if child.poll() is not None:
+                raise OperationFailed(
+                    f"the VM exited during boot (exit {child.returncode}): "
+                    f"{_tail(work / 'qemu.log') or _tail(serial)}"
+                )
+            if waited > timeout:
+                raise OperationFailed(
+                    f"no SSH after {timeout:.0f}s; last console line: {_tail(serial)} (log: {serial})"
+                )
+            reporter.step(f"booting, waiting for SSH on 127.0.0.1:{port} ({waited:.0f}s)")
+            try:
+                if vm.ssh("true", timeout=15).returncode == 0:
+                    break
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(2)
+        reporter.step(f"SSH up after {time.monotonic() - start:.0f}s")
+        try:
+            yield vm
+        finally:
+            subprocess.run(["ssh", "-F", str(vm.ssh_config), "-O", "exit", vm.host],
+                           capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1][:200] if lines else ""

@@ -1,0 +1,82 @@
+"""testinfra: run the image suite (`tests/image/`) against a booted VM over SSH."""
+
+from __future__ import annotations
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fsutil import atomic_write_json
+from ..progress import Reporter
+from . import proc
+from .qemu import Vm
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    passed: int
+    failed: int
+    errors: int
+    skipped: int
+    failures: list[str]
+    junit: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.errors == 0 and self.passed > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": self.failed, "errors": self.errors,
+                "skipped": self.skipped, "failures": self.failures}
+
+
+def run_suite(
+    suite: Path, vm: Vm, expect: dict[str, Any], work: Path, reporter: Reporter
+) -> SuiteResult:
+    """Run pytest-testinfra on `suite` against `vm`; expectations reach it as a JSON file."""
+    expect_file = work / "expect.json"
+    atomic_write_json(expect_file, expect)
+    junit = work / "junit.xml"
+    argv = [
+        sys.executable, "-m", "pytest", str(suite), f"--hosts=ssh://{vm.host}",
+        f"--ssh-config={vm.ssh_config}", "--sudo", f"--junitxml={junit}",
+        "-p", "no:cacheprovider", "-q", "-rN", "--color=no", "-o", "addopts=",
+    ]
+    env = {**os.environ, "GOLDENIMAGE_EXPECT": str(expect_file)}
+
+    def line(ln: str) -> None:
+        if ln.strip():
+            reporter.step(f"testinfra: {ln.strip()[:100]}")
+
+    res = proc.run(argv, env=env, cwd=suite.parent.parent, on_line=line)
+    if not junit.is_file():
+        tail = "; ".join(x.strip() for x in res.lines[-3:] if x.strip())
+        return SuiteResult(0, 0, 1, 0, [f"the image suite did not run: {tail}"], junit)
+    return parse_junit(junit)
+
+
+def parse_junit(path: Path) -> SuiteResult:
+    root = ET.parse(path).getroot()
+    passed = failed = errors = skipped = 0
+    failures: list[str] = []
+    for case in root.iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
+        bad = case.find("failure")
+        err = case.find("error")
+        if bad is not None or err is not None:
+            node = bad if bad is not None else err
+            assert node is not None
+            msg = (node.get("message") or node.text or "").strip().splitlines()
+            failures.append(f"{name}: {msg[0][:200] if msg else 'failed'}")
+            if bad is not None:
+                failed += 1
+            else:
+                errors += 1
+        elif case.find("skipped") is not None:
+            skipped += 1
+        else:
+            passed += 1
+    return SuiteResult(passed, failed, errors, skipped, failures, path)

@@ -1,0 +1,321 @@
+"""`invoke bake`: fingerprint → (skip if a validated image has it) → build → validate → register.
+
+The artifact that is validated is the artifact that is registered: the final qcow2, after
+the hygiene role, booted through an overlay with a fresh key. Everything a bake makes lives
+in a private workspace of the store until the last step moves it into place, so an
+interrupted or failed bake registers nothing and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, fingerprint
+from .adapters import baseimage, packer, proc, qemu, testinfra
+from .errors import ConfigError, TemplateError, ValidationFailed
+from .fsutil import atomic_write_json, file_lock, sha256_file
+from .paths import base_cache_dir, data_home, store_dir
+from .progress import Reporter
+from .settings import Environment, load_environment
+from .store import ImageRecord, LocalStore
+
+BUILD_USER = "gi"
+HOST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "genisoimage": "genisoimage",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+
+@dataclass(frozen=True)
+class Tools:
+    packer: packer.Packer
+    ansible: str
+    qemu: str
+
+    def versions(self) -> dict[str, str]:
+        return {"packer": self.packer.version_text, "ansible-core": self.ansible, "qemu": self.qemu,
+                "goldenimage": __version__}
+
+
+def detect_tools() -> Tools:
+    for tool, pkg in HOST_TOOLS.items():
+        proc.which(tool, pkg)
+    from ansible.release import __version__ as ansible_version
+
+    return Tools(packer.Packer.detect(), ansible_version, qemu.qemu_version())
+
+
+def pick_image(env: Environment, image: str | None) -> str:
+    if image:
+        env.image(image)
+        return image
+    names = sorted(env.settings.images)
+    if len(names) == 1:
+        return names[0]
+    if "web" in names:
+        return "web"
+    raise ConfigError(f"{env.rel(env.settings_file)} defines several images ({', '.join(names)}): "
+                      "choose one with --image")
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
+    env = load_environment(env_name)
+    name = pick_image(env, image)
+    if env.settings.target not in ("local", "sandbox"):
+        raise ConfigError(f"{env.rel(env.settings_file)}: field target: bake of target "
+                          f"{env.settings.target!r} is not available in this version (local, sandbox)")
+    tools = detect_tools()
+    store = LocalStore(store_dir())
+    result: dict[str, Any] = {"image": name, "env": env.name, "skipped": False}
+
+    lock = store.root / "locks" / f"{name}.lock"
+    waiting = lambda: reporter.info(f"another bake of {name!r} is running; waiting for it to finish")  # noqa: E731
+    with file_lock(lock, on_wait=waiting):
+        check_templates(env, name, tools)
+        with reporter.phase("base", "base disk image"):
+            base = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter)
+            accel = qemu.choose_accelerator(env.settings.qemu.accelerator, base.path, data_home(), reporter)
+            reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
+
+        with reporter.phase("fingerprint"):
+            inputs = fingerprint.collect(env.root, env, name, extra={
+                "base:image": base.identity,
+                "tool:packer": tools.packer.version_text,
+                "tool:ansible-core": tools.ansible,
+            })
+            fp = fingerprint.compute(inputs)
+            reporter.info(f"    fingerprint {fp}")
+        result["fingerprint"] = fp
+
+        if not force:
+            hit = store.find_by_fingerprint(name, fp)
+            if hit is not None:
+                reporter.info(f"up to date: {hit.id}")
+                result.update(skipped=True, image_id=hit.id, status=hit.status,
+                              artifact=str(store.image_dir(hit.id) / hit.artifact),
+                              durations=reporter.durations)
+                return result
+
+        with store.workspace() as ws:
+            record, manifest = _build_validate(env, name, base, accel, tools,
+                                               inputs, fp, ws, reporter, result)
+            with reporter.phase("register"):
+                manifest["durations"] = dict(reporter.durations)
+                store.put(record, manifest, ws / "image")
+            result.update(image_id=record.id, status=record.status,
+                          artifact=str(store.image_dir(record.id) / record.artifact),
+                          durations=reporter.durations)
+            if record.status != "validated":
+                exc = ValidationFailed(
+                    f"image {record.id} failed validation ({len(manifest['validation']['failures'])} "
+                    f"failing checks); quarantined at {store.image_dir(record.id)}",
+                    manifest["validation"]["failures"],
+                )
+                exc.result = {**result, "failures": manifest["validation"]["failures"]}  # type: ignore[attr-defined]
+                raise exc
+            return result
+
+
+def check_templates(env: Environment, name: str, tools: Tools) -> None:
+    """`packer validate` the staged templates with placeholder values: Packer's own file:line
+    for a malformed template, before any slow step."""
+    with tempfile.TemporaryDirectory(prefix="goldenimage-check-") as tmp:
+        work = Path(tmp)
+        staged = tools.packer.stage(env.root / "packer", work / "packer")
+        var_file = work / "check.pkrvars.json"
+        placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check"}
+        atomic_write_json(var_file, _packer_vars(env, name, work, **placeholders))
+        tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
+
+
+def _packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> dict[str, Any]:
+    spec, q = env.image(name), env.settings.qemu
+    doc: dict[str, Any] = {
+        "image_name": name, "playbook": str(env.root / spec.playbook),
+        "inventory_directory": str(ws / "inventory"), "groups": spec.groups,
+        "extra_vars_file": str(ws / "extra-vars.json"), "roles_path": str(env.root / "roles"),
+        "manifest_path": str(ws / "packer-manifest.json"), "ssh_username": BUILD_USER,
+        "output_directory": str(ws / "output"), "disk_size": spec.disk_size,
+        "cpus": q.cpus, "memory": q.memory, "ssh_timeout": f"{q.boot_timeout}s",
+        "serial_log": str(ws / "build-serial.log"),
+    }
+    doc.update(values)
+    return doc
+
+
+def _build_validate(
+    env: Environment, name: str, base: baseimage.BaseImage,
+    accel: str, tools: Tools, inputs: list[fingerprint.FingerprintInput], fp: str, ws: Path,
+    reporter: Reporter, result: dict[str, Any],
+) -> tuple[ImageRecord, dict[str, Any]]:
+    root = env.root
+    created = now_utc()
+    image_id = f"{name}-{created:%Y%m%d-%H%M%S}-{fp[:8]}"
+    result["image_id"] = image_id
+    build_time = created.isoformat().replace("+00:00", "Z")
+    image_dir = ws / "image"
+    image_dir.mkdir()
+
+    with reporter.phase("build", f"packer build of {name} ({image_id})"):
+        staged = tools.packer.stage(root / "packer", ws / "packer")
+        inventory = ws / "inventory"
+        shutil.copytree(env.directory, inventory)
+        key = ws / "build_key"
+        pubkey = qemu.make_key(key)
+        seeds = qemu.seed_files(ws / "seed", BUILD_USER, pubkey, name)
+        extra_vars = ws / "extra-vars.json"
+        atomic_write_json(extra_vars, {
+            "goldenimage_image_name": name, "goldenimage_image_id": image_id,
+            "goldenimage_fingerprint": fp, "goldenimage_build_time": build_time,
+        })
+        var_file = ws / "build.pkrvars.json"
+        atomic_write_json(var_file, _packer_vars(
+            env, name, ws, image_id=image_id, fingerprint=fp, base_image=str(base.path),
+            base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
+            seed_files=[str(s) for s in seeds],
+        ))
+        tools.packer.validate(staged, var_file, "qemu.local", rel_to=root, work=ws)
+        tools.packer.build(staged, var_file, "qemu.local", reporter=reporter, work=ws,
+                           log=image_dir / "build.log")
+        key.unlink()
+        pk_manifest = packer.read_manifest(ws / "packer-manifest.json")
+        artifact = ws / "output" / "disk.qcow2"
+        if not artifact.is_file():
+            raise TemplateError(f"packer reported success but {artifact.name} is missing")
+        shutil.move(str(artifact), image_dir / "disk.qcow2")
+        shutil.copy2(ws / "packer-manifest.json", image_dir / "packer-manifest.json")
+
+    with reporter.phase("validate", "boot the final image and run tests/image"):
+        suite, packages = validate_disk(env, image_dir / "disk.qcow2", accel, {
+            "image_name": name, "image_id": image_id, "fingerprint": fp, "build_time": build_time,
+        }, ws / "validate", reporter)
+        shutil.copy2(suite.junit, image_dir / "junit.xml")
+
+    status = "validated" if suite.ok else "quarantined"
+    manifest: dict[str, Any] = {
+        "id": image_id, "name": name, "env": env.name, "fingerprint": fp,
+        "fingerprint_inputs": fingerprint.as_manifest(inputs),
+        "created": build_time, "status": status, "artifact": "disk.qcow2",
+        "artifact_sha256": sha256_file(image_dir / "disk.qcow2"),
+        "base": {"source": base.source, "identity": base.identity, "path": str(base.path)},
+        "tools": tools.versions(), "accelerator": accel, "git": git_state(root),
+        "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "packages": [{"name": n, "version": v, "arch": a} for n, v, a in packages],
+        "validation": {"status": status, **suite.as_dict(), "junit": "junit.xml"},
+        "packer_manifest": pk_manifest,
+    }
+    record = ImageRecord(id=image_id, name=name, env=env.name, fingerprint=fp, created=build_time,
+                         status=status, artifact="disk.qcow2")
+    return record, manifest
+
+
+def validate_disk(
+    env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
+) -> tuple[testinfra.SuiteResult, list[tuple[str, str, str]]]:
+    """Boot `disk` through an overlay with a fresh key and run `tests/image/` against it."""
+    q = env.settings.qemu
+    with qemu.boot(disk, work, accelerator=accel, cpus=q.cpus, memory=q.memory,
+                   timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
+        pub = Path(f"{vm.key}.pub").read_text().strip()
+        suite = testinfra.run_suite(env.root / "tests" / "image", vm, {
+            **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
+        }, work, reporter)
+        packages = _packages(vm)
+    reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+    return suite, packages
+
+
+def validate(env_name: str, image_id: str, reporter: Reporter) -> dict[str, Any]:
+    """`invoke validate`: boot a registered image again and rerun the image suite."""
+    env = load_environment(env_name)
+    detect_tools()
+    store = LocalStore(store_dir())
+    rec = store.get(image_id)
+    manifest = store.manifest(image_id)
+    disk = store.image_dir(image_id) / rec.artifact
+    accel = qemu.choose_accelerator(env.settings.qemu.accelerator, disk, data_home(), reporter)
+    with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run tests/image"):
+        suite, _ = validate_disk(env, disk, accel, {
+            "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
+            "build_time": manifest["created"],
+        }, ws, reporter)
+    return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
+            "durations": reporter.durations, "exit_code": 0 if suite.ok else 1}
+
+
+def human_validate(result: dict[str, Any]) -> list[str]:
+    c = result["checks"]
+    verdict = "passed" if result["ok"] else "FAILED"
+    lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
+    return lines + [f"  {f}" for f in c["failures"]]
+
+
+def _packages(vm: qemu.Vm) -> list[tuple[str, str, str]]:
+    res = vm.ssh(r"dpkg-query -W -f '${Package}\t${Version}\t${Architecture}\n'")
+    out: list[tuple[str, str, str]] = []
+    for ln in res.stdout.splitlines():
+        parts = ln.split("\t")
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def human_bake(result: dict[str, Any]) -> list[str]:
+    if result.get("skipped"):
+        return [f"up to date: {result['image_id']} (fingerprint {result['fingerprint'][:12]})"]
+    d = result.get("durations", {})
+    phases = ", ".join(f"{k} {v:.0f}s" for k, v in d.items())
+    return [
+        f"{result['status']}: {result['image_id']}",
+        f"  fingerprint {result['fingerprint']}",
+        f"  artifact    {result['artifact']}",
+        f"  phases      {phases}",
+    ]
+
+
+def images(image: str | None, reporter: Reporter) -> dict[str, Any]:
+    store = LocalStore(store_dir())
+    recs = store.list(image)
+    return {"images": [r.summary() for r in recs], "store": str(store.root)}
+
+
+def human_images(result: dict[str, Any]) -> list[str]:
+    rows = result["images"]
+    if not rows:
+        return [f"no images in {result['store']}"]
+    head = f"{'ID':<34} {'NAME':<8} {'FINGERPRINT':<14} {'CREATED':<21} {'STATUS':<12} CHANNELS"
+    return [head] + [
+        f"{r['id']:<34} {r['name']:<8} {r['fingerprint'][:12]:<14} {r['created']:<21} {r['status']:<12} "
+        f"{','.join(r['channels']) or '-'}"
+        for r in rows
+    ]
+
+
+def dump(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a private project copy and toolkit home per test where needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INVOKE = [sys.executable, "-m", "invoke"]
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the project's inputs (templates, playbooks, roles, inventories, tests/image)."""
+    for part in ("packer", "playbooks", "roles", "inventories", "tests/image"):
+        src = ROOT / part
+        if src.exists():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "tasks.py", dest / "tasks.py")
+    return dest
+
+
+def run_invoke(*args: str, root: Path = ROOT, home: Path | None = None,
+               timeout: float = 3600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `invoke ARGS` as a user would, in `root`, with its own GOLDENIMAGE_HOME."""
+    e = {**os.environ, "GOLDENIMAGE_ROOT": str(root), **(env or {})}
+    if home is not None:
+        e["GOLDENIMAGE_HOME"] = str(home)
+    return subprocess.run([*INVOKE, *args], cwd=root, env=e, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One base-disk cache for the whole session: the base is built at most once per run."""
+    return tmp_path_factory.mktemp("base-cache")
+
+
+@pytest.fixture(scope="session")
+def base_image(base_cache: Path) -> Path:
+    """The default base disk (built from the Debian archive with mmdebstrap on first use)."""
+    from goldenimage.adapters.baseimage import ensure_base_image
+    from goldenimage.progress import Reporter
+    from goldenimage.settings import load_environment
+
+    env = load_environment("local", ROOT)
+    return ensure_base_image(env.settings.base, base_cache, Reporter()).path

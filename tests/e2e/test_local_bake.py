@@ -1,0 +1,148 @@
+"""The main job, end to end, for real: Packer + QEMU (TCG) + Ansible + testinfra.
+
+Marked slow: each test boots VMs. They share one base-disk cache (built once, ~1-2 min)
+and run in file order: an interrupted bake first, then the full bake that must succeed
+after it, then the failure paths on small playbooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, copy_project, run_invoke
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, base_cache: Path) -> dict[str, Path]:
+    return {"base": base_cache, "home": tmp_path_factory.mktemp("home")}
+
+
+def env_for(shared: dict[str, Path], home: Path | None = None) -> dict[str, str]:
+    return {"GOLDENIMAGE_BASE_CACHE": str(shared["base"]), "GOLDENIMAGE_HOME": str(home or shared["home"])}
+
+
+def qemu_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "qemu-system" in ln and marker in ln]
+
+
+def store_is_empty(home: Path) -> bool:
+    store = home / "store"
+    catalog = json.loads((store / "catalog.json").read_text()) if (store / "catalog.json").exists() else {}
+    tmp = list((store / ".tmp").iterdir()) if (store / ".tmp").exists() else []
+    images = list((store / "images").iterdir()) if (store / "images").exists() else []
+    return not catalog.get("images") and not tmp and not images
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_interrupted_bake_leaves_nothing(shared: dict[str, Path], sig: int) -> None:
+    home = shared["home"]
+    e = {**os.environ, "GOLDENIMAGE_ROOT": str(ROOT), **env_for(shared)}
+    log = home / "interrupted.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake"], cwd=ROOT, env=e,
+                                stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 1200
+        while "Waiting for SSH" not in log.read_text() and "TASK [" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(1)
+        time.sleep(5)
+        assert qemu_processes(str(home)), "the build VM should be running now"
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert rc == 1, text
+    assert "error: interrupted" in text
+    assert "Traceback" not in text
+    assert not qemu_processes(str(home)), "no VM may survive an interrupted bake"
+    assert store_is_empty(home)
+
+
+def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
+    res = run_invoke("bake", "--json", env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "validated" and doc["skipped"] is False
+    assert set(doc["durations"]) >= {"base", "fingerprint", "build", "validate", "register"}
+    image_dir = Path(doc["artifact"]).parent
+    assert Path(doc["artifact"]).stat().st_size > 50 * 2**20
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    assert manifest["fingerprint"] == doc["fingerprint"]
+    assert manifest["validation"]["status"] == "validated" and manifest["validation"]["failed"] == 0
+    assert manifest["validation"]["passed"] >= 10
+    assert {p["name"] for p in manifest["packages"]} >= {"nginx", "openssh-server", "systemd"}
+    assert manifest["tools"]["packer"] and manifest["tools"]["ansible-core"] and manifest["tools"]["qemu"]
+    assert manifest["base"]["identity"].startswith("sha256:")
+    assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40
+    assert manifest["packer_manifest"]["builder_type"] == "qemu"
+    assert (image_dir / "junit.xml").is_file()
+    assert not qemu_processes(str(shared["home"]))
+
+    listed = json.loads(run_invoke("images", "--json", env=env_for(shared)).stdout)
+    assert [i["id"] for i in listed["images"]] == [doc["image_id"]]
+    assert listed["images"][0]["status"] == "validated"
+
+    again = run_invoke("bake", "--json", env=env_for(shared))
+    assert again.returncode == 0, again.stderr
+    redo = json.loads(again.stdout)
+    assert redo["skipped"] is True and redo["image_id"] == doc["image_id"]
+    assert "up to date" in again.stderr
+
+
+def _small_project(tmp_path: Path, playbook: str) -> Path:
+    project = copy_project(tmp_path / "project")
+    (project / "playbooks" / "web.yml").write_text(playbook)
+    return project
+
+
+def test_failing_ansible_task_names_task_and_host(shared: dict[str, Path], tmp_path: Path) -> None:
+    project = _small_project(tmp_path, (
+        "- name: Broken image\n  hosts: all\n  become: true\n  tasks:\n"
+        "    - name: Fail on purpose\n      ansible.builtin.command: /bin/false\n"
+    ))
+    home = tmp_path / "home"
+    res = run_invoke("bake", root=project, env=env_for(shared, home))
+    assert res.returncode == 1, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr
+    assert "ansible task [Fail on purpose] failed on host default" in errors[0]
+    assert store_is_empty(home)
+    assert not qemu_processes(str(home))
+
+
+def test_failing_image_test_quarantines(shared: dict[str, Path], tmp_path: Path) -> None:
+    # an image without the web role: it boots, but the image suite must fail (no nginx)
+    project = _small_project(tmp_path, (
+        "- name: Image without nginx\n  hosts: all\n  become: true\n  roles:\n    - hygiene\n"
+    ))
+    home = tmp_path / "home"
+    res = run_invoke("bake", "--json", root=project, env=env_for(shared, home))
+    assert res.returncode == 1, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "failed validation" in errors[0] and "quarantined" in errors[0]
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["status"] == "quarantined"
+    assert any("nginx" in f for f in doc["failures"]), doc["failures"]
+    # kept in quarantine with its failing checks, never in the catalog
+    assert store_is_empty(home)
+    qdir = home / "store" / "quarantine" / doc["image_id"]
+    manifest = json.loads((qdir / "manifest.json").read_text())
+    assert manifest["status"] == "quarantined" and manifest["validation"]["failures"]
+    assert (qdir / "junit.xml").is_file()
+    listed = json.loads(run_invoke("images", "--json", root=project, env=env_for(shared, home)).stdout)
+    assert [i["status"] for i in listed["images"]] == ["quarantined"]

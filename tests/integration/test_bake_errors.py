@@ -1,0 +1,119 @@
+"""Bad input to `invoke bake`: one `error:` line naming the culprit, exit 2, nothing written.
+
+These run the real command line (invoke in a subprocess) on a copy of the project, and stop
+before any VM boots, so they are fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_invoke
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> str:
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    for f in fragments:
+        assert f in errors[0], errors[0]
+    return errors[0]
+
+
+def assert_nothing_written(home: Path) -> None:
+    store = home / "store"
+    assert not (store / "catalog.json").exists()
+    assert not (store / "images").exists() or not any((store / "images").iterdir())
+    assert not (store / ".tmp").exists() or not any((store / ".tmp").iterdir())
+
+
+def test_unknown_env(project: Path, tmp_path: Path) -> None:
+    res = run_invoke("bake", "--env", "prod", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "unknown environment 'prod'", "known: local")
+    assert_nothing_written(tmp_path / "home")
+
+
+def test_unknown_image(project: Path, tmp_path: Path) -> None:
+    res = run_invoke("bake", "--image", "db", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "unknown image 'db'", "inventories/local/goldenimage.yml")
+
+
+def test_unknown_env_in_json_mode_prints_a_json_error(project: Path, tmp_path: Path) -> None:
+    import json
+
+    res = run_invoke("bake", "--env", "prod", "--json", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and "prod" in doc["error"]
+
+
+def test_broken_settings_file(project: Path, tmp_path: Path) -> None:
+    (project / "inventories/local/goldenimage.yml").write_text("images: {web: {playbook: 3}\n")
+    res = run_invoke("bake", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "inventories/local/goldenimage.yml")
+
+
+def _path_without(tmp_path: Path, *tools: str) -> str:
+    """A PATH holding every tool of this PATH but `tools` (symlinked into one directory)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            target = Path(d) / name
+            if name in tools or (bindir / name).exists() or not os.access(target, os.X_OK):
+                continue
+            (bindir / name).symlink_to(target)
+    return str(bindir)
+
+
+@pytest.mark.parametrize(("tool", "hint"), [("packer", "packer"), ("qemu-system-x86_64", "qemu-system-x86")])
+def test_missing_host_tool(project: Path, tmp_path: Path, tool: str, hint: str) -> None:
+    res = run_invoke("bake", root=project, home=tmp_path / "home",
+                     env={"PATH": _path_without(tmp_path, tool)})
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, f"{tool} not found", "invoke setup", hint)
+    assert_nothing_written(tmp_path / "home")
+
+
+def test_malformed_template_shows_packer_file_and_line(project: Path, tmp_path: Path) -> None:
+    src = project / "packer/sources.pkr.hcl"
+    lines = src.read_text().splitlines()
+    idx = next(i for i, ln in enumerate(lines) if "output_directory" in ln)
+    lines[idx] = lines[idx] + " +"
+    src.write_text("\n".join(lines) + "\n")
+    res = run_invoke("bake", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, f"packer/sources.pkr.hcl:{idx + 1}", "Invalid expression")
+    assert_nothing_written(tmp_path / "home")
+
+
+def test_undeclared_variable_is_packers_error(project: Path, tmp_path: Path) -> None:
+    # the var file sets serial_log, which the templates no longer declare
+    (project / "packer/variables.pkr.hcl").write_text(
+        (project / "packer/variables.pkr.hcl").read_text().replace('variable "serial_log"', 'variable "serial_logg"')
+    )
+    res = run_invoke("bake", root=project, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "packer validate")
+
+
+def test_no_project_here(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[2] / "tasks.py", tmp_path / "empty" / "tasks.py")
+    env = {k: v for k, v in os.environ.items() if k != "GOLDENIMAGE_ROOT"}
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "invoke", "bake"], cwd=tmp_path / "empty", env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "no project here")

@@ -1,0 +1,82 @@
+"""Packer's output, condensed and summarised (pure functions over captured lines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from goldenimage.adapters.packer import Packer, condense, summarise_build_error, summarise_hcl_error
+
+HCL_ERROR = """\
+Error: Invalid expression
+
+  on sources.pkr.hcl line 5, in source "qemu" "local":
+   5:   output_directory = var.output_directory +
+   6:   iso_checksum     = var.base_image_checksum
+
+Expected the start of an expression, but found an invalid expression token.
+
+Error: Attribute redefined
+
+  on sources.pkr.hcl line 7, in source "qemu" "local":
+""".splitlines()
+
+ANSIBLE_FAIL = """\
+==> qemu.local: Provisioning with Ansible...
+    qemu.local: PLAY [Web image] ***************************************************************
+    qemu.local: TASK [Gathering Facts] *********************************************************
+    qemu.local: ok: [default]
+    qemu.local: TASK [web : Install nginx] *****************************************************
+    qemu.local: fatal: [default]: FAILED! => {"changed": false, "msg": "No package matching 'nginxx' is available"}
+    qemu.local: PLAY RECAP *********************************************************************
+==> qemu.local: Deleting output directory...
+Build 'qemu.local' errored: Error executing Ansible: Non-zero exit status: exit status 2
+""".splitlines()
+
+
+def test_hcl_error_names_repository_file_and_line(tmp_path: Path) -> None:
+    staged = tmp_path / "ws" / "packer"
+    msg = summarise_hcl_error(HCL_ERROR, staged, tmp_path)
+    assert msg == ("packer/sources.pkr.hcl:5: Invalid expression: Expected the start of an expression, "
+                   "but found an invalid expression token.")
+
+
+def test_hcl_error_with_absolute_staged_path(tmp_path: Path) -> None:
+    staged = tmp_path / "ws" / "packer"
+    lines = ["Error: Unsupported argument", "", f"  on {staged}/build.pkr.hcl line 12:", "",
+             'An argument named "foo" is not expected here.']
+    assert summarise_hcl_error(lines, staged, tmp_path) == (
+        'packer/build.pkr.hcl:12: Unsupported argument: An argument named "foo" is not expected here.'
+    )
+
+
+def test_ansible_failure_names_task_and_host() -> None:
+    assert summarise_build_error(ANSIBLE_FAIL) == (
+        "ansible task [web : Install nginx] failed on host default: No package matching 'nginxx' is available"
+    )
+
+
+def test_packer_failure_without_ansible() -> None:
+    lines = ["==> qemu.local: Waiting for SSH to become available...",
+             "Build 'qemu.local' errored: Timeout waiting for SSH."]
+    assert summarise_build_error(lines) == "Timeout waiting for SSH."
+
+
+def test_condense_keeps_stages_and_tasks_only() -> None:
+    steps = [s for s in map(condense, ANSIBLE_FAIL) if s]
+    assert steps == [
+        "Provisioning with Ansible...",
+        "PLAY [Web image]",
+        "TASK [Gathering Facts]",
+        "TASK [web : Install nginx]",
+        'fatal: [default]: FAILED! => {"changed": false, "msg": "No package matching \'nginxx\' is available"}',
+        "Deleting output directory...",
+    ]
+
+
+def test_stage_leaves_required_plugins_out_for_old_packer(tmp_path: Path) -> None:
+    templates = Path(__file__).resolve().parents[2] / "packer"
+    old = Packer("packer", (1, 6, 6)).stage(templates, tmp_path / "old")
+    new = Packer("packer", (1, 10, 0)).stage(templates, tmp_path / "new")
+    assert "plugins.pkr.hcl" not in {p.name for p in old.iterdir()}
+    assert "plugins.pkr.hcl" in {p.name for p in new.iterdir()}
+    assert {p.name for p in new.iterdir()} - {p.name for p in old.iterdir()} == {"plugins.pkr.hcl"}

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from goldenimage.errors import ConfigError, NotFoundError
+from goldenimage.settings import load_environment
+
+
+def write(project: Path, text: str, env: str = "local") -> None:
+    (project / "inventories" / env / "goldenimage.yml").write_text(text)
+
+
+def test_local_environment_loads(project: Path) -> None:
+    env = load_environment("local", project)
+    assert env.settings.target == "local"
+    assert "web" in env.settings.images
+    assert env.image("web").playbook == "playbooks/web.yml"
+
+
+@pytest.mark.parametrize("name", ["nope", "../local", "Local", ""])
+def test_unknown_environment_names_the_value(project: Path, name: str) -> None:
+    with pytest.raises(NotFoundError, match="unknown environment") as exc:
+        load_environment(name, project)
+    assert exc.value.exit_code == 2
+    assert "known: local" in str(exc.value)
+
+
+def test_unknown_image_lists_the_known_ones(project: Path) -> None:
+    env = load_environment("local", project)
+    with pytest.raises(NotFoundError, match=r"unknown image 'db' in inventories/local/goldenimage.yml \(known: web\)"):
+        env.image("db")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("images: {web: {playbook: playbooks/web.yml}}\ntarget: gcp\n", "field target"),
+        ("images: {web: {playbook: playbooks/web.yml}}\nqemu: {memory: 12}\n", "field qemu.memory"),
+        ("images: {web: {playbook: playbooks/web.yml}}\nqemu: {acclerator: kvm}\n", "field qemu.acclerator"),
+        ("images: {web: {playbook: playbooks/nope.yml}}\n", "field images.web.playbook: playbooks/nope.yml"),
+        ("images: {Web: {playbook: playbooks/web.yml}}\n", "field images.Web"),
+        ("images: {web: {playbook: playbooks/web.yml, disk_size: big}}\n", "field images.web.disk_size"),
+        ("base: {checksum: md5:abc}\nimages: {web: {playbook: playbooks/web.yml}}\n", "field base.checksum"),
+        ("target: local\n", "field images"),
+        ("images: [web\n", "goldenimage.yml:2: invalid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_bad_settings_name_file_and_field(project: Path, text: str, message: str) -> None:
+    write(project, text)
+    with pytest.raises(ConfigError) as exc:
+        load_environment("local", project)
+    assert exc.value.exit_code == 2
+    assert str(exc.value).startswith("inventories/local/goldenimage.yml")
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
