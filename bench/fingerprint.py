@@ -30,18 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from goldenimage import fingerprint as fp
 from goldenimage.settings import load_environment
 
-EXTRA = {"base:image": "sha256:" + "1" * 64, "tool:packer": "1.11.2",
-         "tool:ansible-core": "2.19.14"}
+EXTRA = {"base:image": "sha256:" + "1" * 64, "tool:packer": "1.11.2", "tool:ansible-core": "2.19.14"}
 
 TEMPLATES = {
-    "packer/plugins.pkr.hcl": 'packer {\n  required_plugins {\n    qemu = {\n'
-                              '      version = ">= 1.1.0"\n'
-                              '      source  = "github.com/hashicorp/qemu"\n    }\n  }\n}\n',
-    "packer/variables.pkr.hcl": 'variable "disk_size" {\n  type    = string\n'
-                                '  default = "4G"\n}\n',
+    "packer/plugins.pkr.hcl": "packer {\n  required_plugins {\n    qemu = {\n"
+    '      version = ">= 1.1.0"\n'
+    '      source  = "github.com/hashicorp/qemu"\n    }\n  }\n}\n',
+    "packer/variables.pkr.hcl": 'variable "disk_size" {\n  type    = string\n  default = "4G"\n}\n',
     "packer/sources.pkr.hcl": 'source "qemu" "debian" {\n  disk_size = var.disk_size\n}\n',
     "packer/build.pkr.hcl": 'build {\n  sources = ["source.qemu.debian"]\n'
-                            '  provisioner "ansible" { playbook_file = "playbooks/web.yml" }\n}\n',
+    '  provisioner "ansible" { playbook_file = "playbooks/web.yml" }\n}\n',
 }
 
 
@@ -82,7 +80,7 @@ def build_tree(root: Path, files: int, total: int, roles: int = 100, seed: int =
             sub = "files" if i % 3 else "templates"
             size = sizes[k]
             off = rnd.randrange(0, 4096)
-            (root / "roles" / n / sub / f"f{i:03d}.bin").write_bytes(blob[off:off + size])
+            (root / "roles" / n / sub / f"f{i:03d}.bin").write_bytes(blob[off : off + size])
             written += size
             k += 1
     return written
@@ -98,8 +96,12 @@ def fresh_process(root: Path, home: Path) -> tuple[float, float]:
     """Wall and CPU (user+sys) seconds of a new Python process computing the fingerprint
     the way `invoke fingerprint` does (imports, settings, packer version, collect, store
     lookup)."""
-    env = {**os.environ, "GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(home),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {
+        **os.environ,
+        "GOLDENIMAGE_ROOT": str(root),
+        "GOLDENIMAGE_HOME": str(home),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", FRESH], env=env, check=True, capture_output=True)
@@ -141,28 +143,33 @@ def main() -> None:
             hash_pool.append(time.perf_counter() - t)
         fresh = [fresh_process(root, root / ".home") for _ in range(args.runs)]
         role_files = sum(1 for i in inputs if i.name.startswith("roles/"))
-        print(json.dumps({
-            "benchmark": "fingerprint collect+compute, synthetic roles tree",
-            "files": role_files,
-            "bytes": role_bytes,
-            "inputs": len(inputs),
-            "runs": args.runs,
-            "seconds": [round(r, 3) for r in runs],
-            "median_seconds": round(statistics.median(runs), 3),
-            "goal_seconds": 1.0,
-            "hash_only_serial_median_seconds": round(statistics.median(hash_serial), 3),
-            "hash_only_pool_median_seconds": round(statistics.median(hash_pool), 3),
-            "cpu_seconds_median": round(statistics.median(cpu), 3),
-            "fresh_process_median_seconds": round(statistics.median(w for w, _ in fresh), 3),
-            "fresh_process_cpu_median_seconds": round(statistics.median(c for _, c in fresh), 3),
-            "mb_per_second": round(role_bytes / statistics.median(runs) / 1e6, 1),
-            "setup_seconds": round(setup, 2),
-            "fingerprint": value,
-            "cpus": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-            "cache": "warm (tree just written)",
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "fingerprint collect+compute, synthetic roles tree",
+                    "files": role_files,
+                    "bytes": role_bytes,
+                    "inputs": len(inputs),
+                    "runs": args.runs,
+                    "seconds": [round(r, 3) for r in runs],
+                    "median_seconds": round(statistics.median(runs), 3),
+                    "goal_seconds": 1.0,
+                    "hash_only_serial_median_seconds": round(statistics.median(hash_serial), 3),
+                    "hash_only_pool_median_seconds": round(statistics.median(hash_pool), 3),
+                    "cpu_seconds_median": round(statistics.median(cpu), 3),
+                    "fresh_process_median_seconds": round(statistics.median(w for w, _ in fresh), 3),
+                    "fresh_process_cpu_median_seconds": round(statistics.median(c for _, c in fresh), 3),
+                    "mb_per_second": round(role_bytes / statistics.median(runs) / 1e6, 1),
+                    "setup_seconds": round(setup, 2),
+                    "fingerprint": value,
+                    "cpus": os.cpu_count(),
+                    "load_average_1min": round(os.getloadavg()[0], 2),
+                    "python": platform.python_version(),
+                    "cache": "warm (tree just written)",
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

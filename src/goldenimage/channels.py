@@ -31,9 +31,7 @@ History = Sequence[Entry]
 def check_channel(name: str) -> str:
     """The channel name, or ConfigError if it is not `[a-z][a-z0-9-]{0,31}`."""
     if not isinstance(name, str) or not CHANNEL_RE.fullmatch(name):
-        raise ConfigError(
-            f"bad channel name {name!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'"
-        )
+        raise ConfigError(f"bad channel name {name!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
     return name
 
 
@@ -65,8 +63,7 @@ def promote_entry(history: History, image_id: str, user: str, now: datetime) -> 
     was = current(history)
     if was == image_id:
         return None
-    return {"image_id": image_id, "from": was, "at": timestamp(now), "user": user,
-            "action": "promote"}
+    return {"image_id": image_id, "from": was, "at": timestamp(now), "user": user, "action": "promote"}
 
 
 def fallback_entry(
@@ -87,8 +84,14 @@ def fallback_entry(
         if cand and cand != revoked_id and is_valid(str(cand)):
             target = str(cand)
             break
-    return {"image_id": target, "from": revoked_id, "at": timestamp(now), "user": user,
-            "action": "revoke", "reason": reason}
+    return {
+        "image_id": target,
+        "from": revoked_id,
+        "at": timestamp(now),
+        "user": user,
+        "action": "revoke",
+        "reason": reason,
+    }
 
 
 def clean_reason(reason: str) -> str:

@@ -120,8 +120,9 @@ def human_revoke(r: Result) -> list[str]:
         if m["to"]:
             lines.append(f"channel {m['channel']}: {m['from']} -> {m['to']} (fell back)")
         else:
-            lines.append(f"channel {m['channel']}: {m['from']} -> (none): no earlier valid "
-                         "image; promote one")
+            lines.append(
+                f"channel {m['channel']}: {m['from']} -> (none): no earlier valid image; promote one"
+            )
     if not r["moved"]:
         lines.append("no channel pointed at it")
     return lines
@@ -205,8 +206,9 @@ def human_fingerprint(r: Result) -> list[str]:
                 same = "same fingerprint" if a["same"] else "same inputs"
                 lines.append(f"against {a['image_id']}: {same}, nothing changed")
                 continue
-            lines.append(f"against {a['image_id']} ({a['fingerprint'][:16]}): "
-                         f"{n} input{'s' if n != 1 else ''} differ")
+            lines.append(
+                f"against {a['image_id']} ({a['fingerprint'][:16]}): {n} input{'s' if n != 1 else ''} differ"
+            )
             for kind in ("changed", "added", "removed"):
                 for name in a[kind]:
                     now = f" (now {a['now'][name]})" if name in a["now"] else ""

@@ -55,8 +55,20 @@ from .settings import SETTINGS_FILE, Environment
 
 FORMAT = "goldenimage-fingerprint-v1"
 
-IGNORED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache",
-                          ".ruff_cache", ".idea", ".vscode", "packer_cache"})
+IGNORED_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".idea",
+        ".vscode",
+        "packer_cache",
+    }
+)
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", ".gitkeep"})
 IGNORED_SUFFIXES = (".pyc", ".pyo", "~", ".swp", ".swo", ".swx", ".orig", ".rej")
 
@@ -283,7 +295,7 @@ def hash_files(
 
     def rel_of(p: str) -> str:
         if p.startswith(prefix):
-            return p[len(prefix):].replace(os.sep, "/")
+            return p[len(prefix) :].replace(os.sep, "/")
         return Path(p).relative_to(root).as_posix()
 
     def batch(items: Sequence[str]) -> list[FingerprintInput]:
@@ -303,7 +315,7 @@ def hash_files(
     if n <= 1 or len(items) < 512:
         return batch(items)
     size = max(128, -(-len(items) // (n * 4)))
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fingerprint") as pool:
         return [x for part in pool.map(batch, chunks) for x in part]
 
@@ -323,10 +335,7 @@ def collect_packer(root: Path) -> list[FingerprintInput]:
                 text = p.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
                 raise TemplateError(f"{rel}: not UTF-8 text: {exc.reason}") from None
-            if p.name.endswith(HCL_SUFFIXES):
-                norm = normalise_hcl(text, rel)
-            else:
-                norm = normalise_json(text, rel)
+            norm = normalise_hcl(text, rel) if p.name.endswith(HCL_SUFFIXES) else normalise_json(text, rel)
             out.append(FingerprintInput(rel, sha256_text(norm), "normalised"))
         else:
             raw.append(p)
@@ -343,9 +352,16 @@ def _opaque(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> None:
 
 _Loader.add_multi_constructor("!", _opaque)
 
-_ROLE_MODULES = frozenset({"import_role", "include_role",
-                           "ansible.builtin.import_role", "ansible.builtin.include_role",
-                           "ansible.legacy.import_role", "ansible.legacy.include_role"})
+_ROLE_MODULES = frozenset(
+    {
+        "import_role",
+        "include_role",
+        "ansible.builtin.import_role",
+        "ansible.builtin.include_role",
+        "ansible.legacy.import_role",
+        "ansible.legacy.include_role",
+    }
+)
 _PLAYBOOK_MODULES = frozenset({"import_playbook", "ansible.builtin.import_playbook"})
 
 
@@ -485,10 +501,8 @@ class _PlaybookWalk:
                 self.role(dep_name, meta, search)
         prefix = os.fspath(d) + os.sep
         for f in files:
-            sub = f[len(prefix):]
-            if sub.startswith(("tasks" + os.sep, "handlers" + os.sep)) and f.endswith(
-                (".yml", ".yaml")
-            ):
+            sub = f[len(prefix) :]
+            if sub.startswith(("tasks" + os.sep, "handlers" + os.sep)) and f.endswith((".yml", ".yaml")):
                 for ref in _role_refs(_load_yaml(Path(f), self.root)):
                     self.role(ref, Path(f), search)
 
@@ -561,7 +575,11 @@ def packer_version(packer: str = "packer") -> str:
         raise MissingToolError("packer is not installed (run `invoke setup`)")
     try:
         out = subprocess.run(
-            [exe, "version"], capture_output=True, text=True, timeout=30, check=True,
+            [exe, "version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
             env={**os.environ, "CHECKPOINT_DISABLE": "1"},
         ).stdout
     except (subprocess.SubprocessError, OSError) as exc:

@@ -44,9 +44,7 @@ def parse_dpkg_query(text: str) -> list[Package]:
             continue
         parts = line.split("\t")
         if len(parts) != 3 or not all(p.strip() for p in parts):
-            raise OperationFailed(
-                f"dpkg-query output line {n}: expected name, version and arch: {line!r}"
-            )
+            raise OperationFailed(f"dpkg-query output line {n}: expected name, version and arch: {line!r}")
         name, version, arch = (p.strip() for p in parts)
         out.append((name, version, arch))
     return out
@@ -54,8 +52,7 @@ def parse_dpkg_query(text: str) -> list[Package]:
 
 def purl(name: str, version: str, arch: str) -> PackageURL:
     """`pkg:deb/debian/<name>@<version>?arch=<arch>` (the version's epoch colon escaped)."""
-    return PackageURL(type="deb", namespace="debian", name=name, version=version,
-                      qualifiers={"arch": arch})
+    return PackageURL(type="deb", namespace="debian", name=name, version=version, qualifiers={"arch": arch})
 
 
 def build(

@@ -89,9 +89,7 @@ FILES: dict[str, str] = {
     "packer/scripts/cleanup.sh": "#!/bin/sh\nrm -f /etc/ssh/ssh_host_*\n",
     "playbooks/web.yml": PLAYBOOK,
     "playbooks/other.yml": "- hosts: all\n  roles: [unused]\n",
-    "roles/common/tasks/main.yml": (
-        "- name: base packages\n  ansible.builtin.apt:\n    name: curl\n"
-    ),
+    "roles/common/tasks/main.yml": ("- name: base packages\n  ansible.builtin.apt:\n    name: curl\n"),
     "roles/common/defaults/main.yml": "common_enabled: true\n",
     "roles/web/tasks/main.yml": (
         "- name: nginx\n  ansible.builtin.apt:\n    name: nginx\n"
@@ -118,8 +116,7 @@ FILES: dict[str, str] = {
 
 EXECUTABLE = ("packer/scripts/cleanup.sh", "roles/web/files/healthcheck.sh")
 
-EXTRA = {"base:image": "sha256:" + "1" * 64, "tool:packer": "1.11.2",
-         "tool:ansible-core": "2.19.14"}
+EXTRA = {"base:image": "sha256:" + "1" * 64, "tool:packer": "1.11.2", "tool:ansible-core": "2.19.14"}
 
 
 def write(root: Path, rel: str, text: str | bytes) -> Path:
@@ -155,8 +152,22 @@ def register(
     files = store.root / "work" / image_id
     files.mkdir(parents=True)
     (files / "disk.qcow2").write_bytes(b"qcow")
-    rec = ImageRecord(id=image_id, name=name, env=env, fingerprint=fingerprint,
-                      created="2026-11-26T08:00:00Z", status=status, artifact="disk.qcow2")
-    doc = {"id": image_id, "name": name, "env": env, "fingerprint": fingerprint,
-           "created": rec.created, "artifact": rec.artifact, **(manifest or {})}
+    rec = ImageRecord(
+        id=image_id,
+        name=name,
+        env=env,
+        fingerprint=fingerprint,
+        created="2026-11-26T08:00:00Z",
+        status=status,
+        artifact="disk.qcow2",
+    )
+    doc = {
+        "id": image_id,
+        "name": name,
+        "env": env,
+        "fingerprint": fingerprint,
+        "created": rec.created,
+        "artifact": rec.artifact,
+        **(manifest or {}),
+    }
     return store.put(rec, doc, files)

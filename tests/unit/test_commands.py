@@ -46,8 +46,14 @@ def current_inputs(root: Path, image: str = "web") -> list[fp.FingerprintInput]:
 def fingerprint(root: Path, store: LocalStore, **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"image": "web", "explain": False, "against": None, **kw}
     return commands.fingerprint_cmd(
-        "local", args["image"], args["explain"], args["against"], quiet(),
-        registry=store, root=root, resolve_extra=fixed_extra,
+        "local",
+        args["image"],
+        args["explain"],
+        args["against"],
+        quiet(),
+        registry=store,
+        root=root,
+        resolve_extra=fixed_extra,
     )
 
 
@@ -62,8 +68,12 @@ def test_fingerprint_every_image_when_none_named(root: Path, store: LocalStore) 
 
 def test_fingerprint_explain_and_up_to_date(root: Path, store: LocalStore) -> None:
     inputs = current_inputs(root)
-    register(store, "web-1", fingerprint=fp.compute(inputs),
-             manifest={"fingerprint_inputs": fp.as_manifest(inputs)})
+    register(
+        store,
+        "web-1",
+        fingerprint=fp.compute(inputs),
+        manifest={"fingerprint_inputs": fp.as_manifest(inputs)},
+    )
     r = fingerprint(root, store, explain=True)
     row = r["images"][0]
     assert row["up_to_date"] == "web-1"
@@ -75,8 +85,12 @@ def test_fingerprint_explain_and_up_to_date(root: Path, store: LocalStore) -> No
 
 def test_against_says_which_inputs_changed(root: Path, store: LocalStore) -> None:
     inputs = current_inputs(root)
-    register(store, "web-1", fingerprint=fp.compute(inputs),
-             manifest={"fingerprint_inputs": fp.as_manifest(inputs)})
+    register(
+        store,
+        "web-1",
+        fingerprint=fp.compute(inputs),
+        manifest={"fingerprint_inputs": fp.as_manifest(inputs)},
+    )
     same = fingerprint(root, store, image=None, against="web-1")
     assert same["images"][0]["against"]["same"] is True
     assert "nothing changed" in commands.human_fingerprint(same)[-1]
@@ -88,8 +102,9 @@ def test_against_says_which_inputs_changed(root: Path, store: LocalStore) -> Non
     def newer_packer(env: Environment, image: str) -> dict[str, str]:
         return {**EXTRA, "tool:packer": "1.12.0"}
 
-    r = commands.fingerprint_cmd("local", None, False, "web-1", quiet(), registry=store,
-                                 root=root, resolve_extra=newer_packer)
+    r = commands.fingerprint_cmd(
+        "local", None, False, "web-1", quiet(), registry=store, root=root, resolve_extra=newer_packer
+    )
     a = r["images"][0]["against"]
     assert a["same"] is False
     assert a["changed"] == ["roles/web/tasks/main.yml", "tool:packer"]
@@ -137,9 +152,7 @@ def test_promote_and_revoke_commands(root: Path, store: LocalStore) -> None:
         "rollback: invoke promote --env local --image-id web-1 --channel stable",
     ]
     again = commands.promote("local", "web-2", "stable", quiet(), **kw)
-    assert commands.human_promote(again) == [
-        "channel stable of web already points at web-2: nothing to do"
-    ]
+    assert commands.human_promote(again) == ["channel stable of web already points at web-2: nothing to do"]
     log = io.StringIO()
     rv = commands.revoke("local", "web-2", "CVE-2026-1", Reporter(log), **kw)
     assert rv["moved"] == [{"channel": "stable", "from": "web-2", "to": "web-1"}]
@@ -181,8 +194,12 @@ def run(work: Any, json_out: bool, capsys: pytest.CaptureFixture[str]) -> tuple[
     ],
 )
 def test_cli_exit_2_with_one_line(
-    root: Path, store: LocalStore, capsys: pytest.CaptureFixture[str],
-    image_id: str, channel: str, message: str,
+    root: Path,
+    store: LocalStore,
+    capsys: pytest.CaptureFixture[str],
+    image_id: str,
+    channel: str,
+    message: str,
 ) -> None:
     register(store, "web-1")
     register(store, "web-q", status="quarantined")
@@ -204,9 +221,7 @@ def test_cli_exit_2_with_one_line(
     assert code == 2 and doc["ok"] is False and doc["exit_code"] == 2
 
 
-def test_cli_json_success(
-    root: Path, store: LocalStore, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_json_success(root: Path, store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
     register(store, "web-1")
 
     def work(rep: Reporter) -> dict[str, Any]:
@@ -224,13 +239,13 @@ def test_default_resolver(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert got["tool:packer"] == "1.11.2"
     assert got["base:image"].startswith("mmdebstrap-recipe:")
     s = root / "inventories/local/goldenimage.yml"
-    s.write_text(s.read_text().replace(
-        "base:\n  suite: bookworm\n",
-        f"base:\n  url: /tmp/x.qcow2\n  checksum: sha256:{'a' * 64}\n",
-    ))
-    assert fp.resolve_extra(load_environment("local", root), "web")["base:image"] == (
-        "sha256:" + "a" * 64
+    s.write_text(
+        s.read_text().replace(
+            "base:\n  suite: bookworm\n",
+            f"base:\n  url: /tmp/x.qcow2\n  checksum: sha256:{'a' * 64}\n",
+        )
     )
+    assert fp.resolve_extra(load_environment("local", root), "web")["base:image"] == ("sha256:" + "a" * 64)
 
 
 def test_missing_packer_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -114,19 +114,30 @@ def names_of(root: Path, image: str = "web") -> set[str]:
 def test_collect_follows_playbook_roles_dependencies_and_includes(project: Path) -> None:
     got = names_of(project)
     assert {
-        "packer/plugins.pkr.hcl", "packer/variables.pkr.hcl", "packer/sources.pkr.hcl",
-        "packer/build.pkr.hcl", "packer/local.pkrvars.hcl", "packer/scripts/cleanup.sh",
+        "packer/plugins.pkr.hcl",
+        "packer/variables.pkr.hcl",
+        "packer/sources.pkr.hcl",
+        "packer/build.pkr.hcl",
+        "packer/local.pkrvars.hcl",
+        "packer/scripts/cleanup.sh",
         "playbooks/web.yml",
-        "roles/common/tasks/main.yml", "roles/common/defaults/main.yml",
-        "roles/web/tasks/main.yml", "roles/web/meta/main.yml",
-        "roles/web/templates/site.conf.j2", "roles/web/files/healthcheck.sh",
+        "roles/common/tasks/main.yml",
+        "roles/common/defaults/main.yml",
+        "roles/web/tasks/main.yml",
+        "roles/web/meta/main.yml",
+        "roles/web/templates/site.conf.j2",
+        "roles/web/files/healthcheck.sh",
         "roles/ntp/tasks/main.yml",  # meta dependency of web
         "roles/tls/tasks/main.yml",  # include_role in web's tasks
-        "inventories/local/hosts.yml", "inventories/local/group_vars/all.yml",
+        "inventories/local/hosts.yml",
+        "inventories/local/group_vars/all.yml",
         "inventories/local/group_vars/web.yml",
-        "inventories/local/goldenimage.yml#images.web", "inventories/local/goldenimage.yml#base",
+        "inventories/local/goldenimage.yml#images.web",
+        "inventories/local/goldenimage.yml#base",
         "inventories/local/goldenimage.yml#target",
-        "base:image", "tool:packer", "tool:ansible-core",
+        "base:image",
+        "tool:packer",
+        "tool:ansible-core",
     } == got
     assert "roles/unused/tasks/main.yml" not in got
     assert "playbooks/other.yml" not in got
@@ -142,10 +153,16 @@ def test_stable_under_mtimes_and_ignored_files(copy: Path) -> None:
     for dirpath, _dirs, files in os.walk(copy):
         for f in files:
             os.utime(Path(dirpath, f), (1_000_000, 1_000_000))
-    for rel in ("roles/web/.git/HEAD", "roles/web/__pycache__/x.cpython-311.pyc",
-                "roles/web/tasks/main.yml~", "roles/web/tasks/.main.yml.swp",
-                "roles/web/.DS_Store", "packer/.git/config", "packer/x.pyc",
-                "roles/common/library/helper.pyc"):
+    for rel in (
+        "roles/web/.git/HEAD",
+        "roles/web/__pycache__/x.cpython-311.pyc",
+        "roles/web/tasks/main.yml~",
+        "roles/web/tasks/.main.yml.swp",
+        "roles/web/.DS_Store",
+        "packer/.git/config",
+        "packer/x.pyc",
+        "roles/common/library/helper.pyc",
+    ):
         write(copy, rel, b"noise")
     assert fingerprint(copy) == before
 
@@ -177,20 +194,17 @@ def test_unused_role_other_image_and_qemu_sizing_do_not_count(copy: Path) -> Non
     assert fingerprint(copy) == before
 
 
-ROLE_FILES = sorted(
-    rel for rel in FILES if rel.startswith("roles/") and not rel.startswith("roles/unused/")
-)
+ROLE_FILES = sorted(rel for rel in FILES if rel.startswith("roles/") and not rel.startswith("roles/unused/"))
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(ROLE_FILES), st.data())
 def test_any_byte_of_a_used_role_file_counts(copy: Path, rel: str, data: st.DataObject) -> None:
     before = fingerprint(copy)
     original = (copy / rel).read_bytes()
     pos = data.draw(st.integers(0, len(original) - 1))
     new_byte = data.draw(st.integers(0, 255).filter(lambda b: b != original[pos]))
-    changed = original[:pos] + bytes([new_byte]) + original[pos + 1:]
+    changed = original[:pos] + bytes([new_byte]) + original[pos + 1 :]
     try:
         (copy / rel).write_bytes(changed)
         try:
@@ -254,8 +268,7 @@ def test_base_image_and_tool_versions_count(project: Path, extra: dict[str, str]
 
 
 @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_base_image_id_counts(project: Path, a: str, b: str) -> None:
     fa = fp.compute([fp.value_input("base:image", a), fp.value_input("tool:packer", "1")])
     fb = fp.compute([fp.value_input("base:image", b), fp.value_input("tool:packer", "1")])
@@ -310,21 +323,31 @@ def test_fifo_in_a_role_is_an_error_not_a_hang(copy: Path) -> None:
 
 
 def test_imported_playbooks_vars_files_and_vault_tags_are_followed(copy: Path) -> None:
-    write(copy, "playbooks/web.yml", FILES["playbooks/web.yml"] + (
-        "- ansible.builtin.import_playbook: extra.yml\n"
-    ))
-    write(copy, "playbooks/extra.yml", (
-        "- hosts: all\n"
-        "  vars:\n    secret: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      6162\n"
-        "  vars_files:\n    - vars/common.yml\n    - [vars/missing.yml, vars/fallback.yml]\n"
-        "  roles: [extra]\n"
-    ))
+    write(
+        copy,
+        "playbooks/web.yml",
+        FILES["playbooks/web.yml"] + ("- ansible.builtin.import_playbook: extra.yml\n"),
+    )
+    write(
+        copy,
+        "playbooks/extra.yml",
+        (
+            "- hosts: all\n"
+            "  vars:\n    secret: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      6162\n"
+            "  vars_files:\n    - vars/common.yml\n    - [vars/missing.yml, vars/fallback.yml]\n"
+            "  roles: [extra]\n"
+        ),
+    )
     write(copy, "playbooks/vars/common.yml", "a: 1\n")
     write(copy, "playbooks/vars/fallback.yml", "b: 1\n")
     write(copy, "playbooks/roles/extra/tasks/main.yml", "- ansible.builtin.debug: {}\n")
     got = names_of(copy)
-    assert {"playbooks/extra.yml", "playbooks/vars/common.yml", "playbooks/vars/fallback.yml",
-            "playbooks/roles/extra/tasks/main.yml"} <= got
+    assert {
+        "playbooks/extra.yml",
+        "playbooks/vars/common.yml",
+        "playbooks/vars/fallback.yml",
+        "playbooks/roles/extra/tasks/main.yml",
+    } <= got
 
 
 def test_missing_vars_file_is_an_error(copy: Path) -> None:

@@ -36,13 +36,15 @@ class Layout:
 
 idents = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 -_./:<>=", max_size=12)
-scalars: st.SearchStrategy[Scalar] = st.one_of(text, st.integers(-10**6, 10**6), st.booleans())
+scalars: st.SearchStrategy[Scalar] = st.one_of(text, st.integers(-(10**6), 10**6), st.booleans())
 values: st.SearchStrategy[Value] = st.one_of(scalars, st.lists(scalars, max_size=4))
 attrs = st.dictionaries(idents, values, max_size=4).map(lambda d: tuple(d.items()))
 
 nested = st.builds(
-    Block, kind=st.sampled_from(["provisioner", "validation", "tags"]),
-    labels=st.lists(idents, max_size=1).map(tuple), attrs=attrs,
+    Block,
+    kind=st.sampled_from(["provisioner", "validation", "tags"]),
+    labels=st.lists(idents, max_size=1).map(tuple),
+    attrs=attrs,
 )
 top_block = st.builds(
     Block,
@@ -115,9 +117,7 @@ def test_layout_comments_and_top_level_block_order_do_not_count(
 ) -> None:
     shuffled = list(doc)
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
-    assert normalise_hcl(render(shuffled, lay), "x.pkr.hcl") == normalise_hcl(
-        render(doc, PLAIN), "x.pkr.hcl"
-    )
+    assert normalise_hcl(render(shuffled, lay), "x.pkr.hcl") == normalise_hcl(render(doc, PLAIN), "x.pkr.hcl")
 
 
 def _mutate(v: Value) -> Value:
@@ -163,8 +163,8 @@ def test_list_order_counts() -> None:
 
 
 def test_expression_spacing_and_heredoc_style_do_not_count() -> None:
-    a = 'locals {\n  ok = length( var.x )>0\n  s = <<EOF\nhello\nEOF\n}\n'
-    b = 'locals {\n  ok = length(var.x) > 0\n  s = <<-EOT\n    hello\n    EOT\n}\n'
+    a = "locals {\n  ok = length( var.x )>0\n  s = <<EOF\nhello\nEOF\n}\n"
+    b = "locals {\n  ok = length(var.x) > 0\n  s = <<-EOT\n    hello\n    EOT\n}\n"
     assert normalise_hcl(a, "l.pkr.hcl") == normalise_hcl(b, "l.pkr.hcl")
 
 

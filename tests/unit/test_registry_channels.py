@@ -53,57 +53,120 @@ def apply(store: LocalStore, ops: list[Op]) -> dict[str, Any]:
 
 
 CASES = [
-    Case("first promote", [("promote", "web-1", "stable")], {"stable": "web-1"},
-         {"stable": [(None, "web-1", "promote")]},
-         {"changed": True, "from": None, "to": "web-1", "at": "2026-11-26T09:00:00Z"}),
-    Case("second promote keeps history",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "stable")], {"stable": "web-2"},
-         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
-         {"from": "web-1", "to": "web-2"}),
-    Case("promote the current image again is a no-op",
-         [("promote", "web-1", "stable"), ("promote", "web-1", "stable")], {"stable": "web-1"},
-         {"stable": [(None, "web-1", "promote")]}, {"changed": False}),
-    Case("channels are independent",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "canary")],
-         {"stable": "web-1", "canary": "web-2"}),
-    Case("revoke the current image falls back to the previous one",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "stable"),
-          ("revoke", "web-2", "CVE-2026-1")], {"stable": "web-1"},
-         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote"),
-                     ("web-2", "web-1", "revoke")]},
-         {"moved": [{"channel": "stable", "from": "web-2", "to": "web-1"}],
-          "reason": "CVE-2026-1", "changed": True}),
-    Case("fallback skips entries revoked earlier",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "stable"),
-          ("promote", "web-3", "stable"), ("revoke", "web-2", "bad"),
-          ("revoke", "web-3", "worse")], {"stable": "web-1"},
-         last={"moved": [{"channel": "stable", "from": "web-3", "to": "web-1"}]}),
-    Case("no valid earlier entry: the channel points at nothing",
-         [("promote", "web-1", "stable"), ("revoke", "web-1", "bad")], {"stable": None},
-         {"stable": [(None, "web-1", "promote"), ("web-1", None, "revoke")]},
-         {"moved": [{"channel": "stable", "from": "web-1", "to": None}]}),
-    Case("revoking an image a channel left does not move it",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "stable"),
-          ("revoke", "web-1", "old")], {"stable": "web-2"},
-         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
-         {"moved": []}),
-    Case("every channel on the image moves",
-         [("promote", "web-1", "stable"), ("promote", "web-3", "canary"),
-          ("promote", "web-2", "stable"), ("promote", "web-2", "canary"),
-          ("revoke", "web-2", "bad")], {"stable": "web-1", "canary": "web-3"},
-         last={"moved": [{"channel": "canary", "from": "web-2", "to": "web-3"},
-                         {"channel": "stable", "from": "web-2", "to": "web-1"}]}),
-    Case("revoking twice is a no-op that keeps the first reason",
-         [("revoke", "web-1", "first"), ("revoke", "web-1", "second")], {},
-         last={"changed": False, "reason": "first"}),
-    Case("fallback target is the newest earlier valid entry, not the oldest",
-         [("promote", "web-1", "stable"), ("promote", "web-3", "stable"),
-          ("promote", "web-4", "stable"), ("revoke", "web-4", "bad")], {"stable": "web-3"}),
-    Case("promote after a fallback appends to the same history",
-         [("promote", "web-1", "stable"), ("promote", "web-2", "stable"),
-          ("revoke", "web-2", "bad"), ("promote", "web-3", "stable")], {"stable": "web-3"},
-         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote"),
-                     ("web-2", "web-1", "revoke"), ("web-1", "web-3", "promote")]}),
+    Case(
+        "first promote",
+        [("promote", "web-1", "stable")],
+        {"stable": "web-1"},
+        {"stable": [(None, "web-1", "promote")]},
+        {"changed": True, "from": None, "to": "web-1", "at": "2026-11-26T09:00:00Z"},
+    ),
+    Case(
+        "second promote keeps history",
+        [("promote", "web-1", "stable"), ("promote", "web-2", "stable")],
+        {"stable": "web-2"},
+        {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
+        {"from": "web-1", "to": "web-2"},
+    ),
+    Case(
+        "promote the current image again is a no-op",
+        [("promote", "web-1", "stable"), ("promote", "web-1", "stable")],
+        {"stable": "web-1"},
+        {"stable": [(None, "web-1", "promote")]},
+        {"changed": False},
+    ),
+    Case(
+        "channels are independent",
+        [("promote", "web-1", "stable"), ("promote", "web-2", "canary")],
+        {"stable": "web-1", "canary": "web-2"},
+    ),
+    Case(
+        "revoke the current image falls back to the previous one",
+        [("promote", "web-1", "stable"), ("promote", "web-2", "stable"), ("revoke", "web-2", "CVE-2026-1")],
+        {"stable": "web-1"},
+        {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote"), ("web-2", "web-1", "revoke")]},
+        {
+            "moved": [{"channel": "stable", "from": "web-2", "to": "web-1"}],
+            "reason": "CVE-2026-1",
+            "changed": True,
+        },
+    ),
+    Case(
+        "fallback skips entries revoked earlier",
+        [
+            ("promote", "web-1", "stable"),
+            ("promote", "web-2", "stable"),
+            ("promote", "web-3", "stable"),
+            ("revoke", "web-2", "bad"),
+            ("revoke", "web-3", "worse"),
+        ],
+        {"stable": "web-1"},
+        last={"moved": [{"channel": "stable", "from": "web-3", "to": "web-1"}]},
+    ),
+    Case(
+        "no valid earlier entry: the channel points at nothing",
+        [("promote", "web-1", "stable"), ("revoke", "web-1", "bad")],
+        {"stable": None},
+        {"stable": [(None, "web-1", "promote"), ("web-1", None, "revoke")]},
+        {"moved": [{"channel": "stable", "from": "web-1", "to": None}]},
+    ),
+    Case(
+        "revoking an image a channel left does not move it",
+        [("promote", "web-1", "stable"), ("promote", "web-2", "stable"), ("revoke", "web-1", "old")],
+        {"stable": "web-2"},
+        {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
+        {"moved": []},
+    ),
+    Case(
+        "every channel on the image moves",
+        [
+            ("promote", "web-1", "stable"),
+            ("promote", "web-3", "canary"),
+            ("promote", "web-2", "stable"),
+            ("promote", "web-2", "canary"),
+            ("revoke", "web-2", "bad"),
+        ],
+        {"stable": "web-1", "canary": "web-3"},
+        last={
+            "moved": [
+                {"channel": "canary", "from": "web-2", "to": "web-3"},
+                {"channel": "stable", "from": "web-2", "to": "web-1"},
+            ]
+        },
+    ),
+    Case(
+        "revoking twice is a no-op that keeps the first reason",
+        [("revoke", "web-1", "first"), ("revoke", "web-1", "second")],
+        {},
+        last={"changed": False, "reason": "first"},
+    ),
+    Case(
+        "fallback target is the newest earlier valid entry, not the oldest",
+        [
+            ("promote", "web-1", "stable"),
+            ("promote", "web-3", "stable"),
+            ("promote", "web-4", "stable"),
+            ("revoke", "web-4", "bad"),
+        ],
+        {"stable": "web-3"},
+    ),
+    Case(
+        "promote after a fallback appends to the same history",
+        [
+            ("promote", "web-1", "stable"),
+            ("promote", "web-2", "stable"),
+            ("revoke", "web-2", "bad"),
+            ("promote", "web-3", "stable"),
+        ],
+        {"stable": "web-3"},
+        {
+            "stable": [
+                (None, "web-1", "promote"),
+                ("web-1", "web-2", "promote"),
+                ("web-2", "web-1", "revoke"),
+                ("web-1", "web-3", "promote"),
+            ]
+        },
+    ),
 ]
 
 
@@ -127,8 +190,11 @@ def test_revoke_records_reason_user_and_time(store: LocalStore) -> None:
     store.revoke("web-1", "  CVE-2026-1234:\n openssl  ", "bob", T0)
     rec = store.get("web-1")
     assert rec.status == "revoked"
-    assert rec.extra == {"revoked_reason": "CVE-2026-1234: openssl", "revoked_by": "bob",
-                         "revoked_at": "2026-11-26T09:00:00Z"}
+    assert rec.extra == {
+        "revoked_reason": "CVE-2026-1234: openssl",
+        "revoked_by": "bob",
+        "revoked_at": "2026-11-26T09:00:00Z",
+    }
     assert store.find_by_fingerprint("web", "f" * 64) is not None  # web-2.. still valid
     assert store.find_by_fingerprint("web", "f" * 64).id != "web-1"  # type: ignore[union-attr]
 
@@ -199,6 +265,7 @@ def test_naive_time_is_a_bug() -> None:
 
 def test_concurrent_promotions_keep_a_consistent_history(store: LocalStore) -> None:
     """Each move is a read-modify-write under the store lock: none is lost."""
+
     def worker(image_id: str) -> None:
         for i in range(15):
             store.promote(image_id, "stable", image_id, T0 + timedelta(seconds=i))

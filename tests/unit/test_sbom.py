@@ -32,7 +32,9 @@ def test_document_shape() -> None:
     assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.6"
     comps = {c["name"]: c for c in doc["components"]}  # type: ignore[attr-defined]
     assert comps["bash"] == {
-        "type": "library", "name": "bash", "version": "5.2.15-2+b7",
+        "type": "library",
+        "name": "bash",
+        "version": "5.2.15-2+b7",
         "purl": "pkg:deb/debian/bash@5.2.15-2%2Bb7?arch=amd64",
         "bom-ref": "pkg:deb/debian/bash@5.2.15-2%2Bb7?arch=amd64",
     }
@@ -87,8 +89,10 @@ def test_serial_changes_with_content() -> None:
 
 def test_parse_dpkg_query() -> None:
     text = "bash\t5.2.15-2+b7\tamd64\nlibc6\t2.36-9+deb12u9\tamd64\n\n"
-    assert sbom.parse_dpkg_query(text) == [("bash", "5.2.15-2+b7", "amd64"),
-                                           ("libc6", "2.36-9+deb12u9", "amd64")]
+    assert sbom.parse_dpkg_query(text) == [
+        ("bash", "5.2.15-2+b7", "amd64"),
+        ("libc6", "2.36-9+deb12u9", "amd64"),
+    ]
     assert sbom.DPKG_QUERY[-1] == r"${Package}\t${Version}\t${Architecture}\n"
 
 
