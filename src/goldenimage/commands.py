@@ -14,14 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from . import fingerprint as fp
+from .adapters import baseimage, packer
 from .errors import ConfigError
-from .paths import store_dir
+from .paths import base_cache_dir, store_dir
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .store import LocalStore, Registry
 
 Result = dict[str, Any]
-ExtraResolver = Callable[[Environment, str], dict[str, str]]
+ExtraResolver = Callable[[Environment, str, Reporter], dict[str, str]]
+
+
+def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
+    """The resolved fingerprint inputs, from the same sources `bake` uses: the base disk's
+    content hash (built or fetched once, then cached), the Packer and ansible-core versions.
+
+    `bake.bake` builds the same dict inline; both must agree or `invoke fingerprint` would
+    disagree with `invoke bake` about what is up to date.
+    """
+    env.image(image)
+    from ansible.release import __version__ as ansible_version
+
+    with reporter.phase("base", "base disk identity"):
+        base = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter)
+    return {
+        "base:image": base.identity,
+        "tool:packer": packer.Packer.detect().version_text,
+        "tool:ansible-core": ansible_version,
+    }
 
 
 def current_user() -> str:
@@ -143,7 +163,7 @@ def fingerprint_cmd(
     """The fingerprint of one image (or every image of the environment); with `explain`
     each input and its digest; with `against` which inputs differ from an existing image."""
     env = load_environment(env_name, root)
-    resolve = resolve_extra or fp.resolve_extra
+    resolve = resolve_extra or bake_extra
     reg: Registry | None = registry
     if reg is None and (against or env.settings.target == "local"):
         reg = registry_for(env)
@@ -166,8 +186,9 @@ def fingerprint_cmd(
     rows: list[Result] = []
     for name in names:
         env.image(name)  # NotFoundError naming the settings file
+        extra = resolve(env, name, reporter)
         with reporter.phase("fingerprint", name):
-            inputs = fp.collect(env.root, env, name, resolve(env, name))
+            inputs = fp.collect(env.root, env, name, extra)
             value = fp.compute(inputs)
         row: Result = {"image": name, "fingerprint": value, "inputs": len(inputs)}
         if reg is not None:

@@ -31,14 +31,10 @@ VCS, editor and bytecode files are ignored, and so are file modification times.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import itertools
 import json
 import os
-import re
-import shutil
 import stat
-import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +46,7 @@ import hcl2
 import yaml
 from hcl2 import SerializationOptions
 
-from .errors import ConfigError, MissingToolError, TemplateError
+from .errors import ConfigError, TemplateError
 from .settings import SETTINGS_FILE, Environment
 
 FORMAT = "goldenimage-fingerprint-v1"
@@ -562,62 +558,3 @@ def collect(
         found.append(value_input(name, value))
     # a file reached twice (a vars file that is also an inventory file) counts once
     return sorted({i.name: i for i in found}.values())
-
-
-# -- resolved inputs: base image identity and tool versions ------------------------------
-_PACKER_VERSION = re.compile(r"Packer v?(\d+\.\d+\.\d+\S*)")
-
-
-def packer_version(packer: str = "packer") -> str:
-    """`packer version`, e.g. "1.11.2"; MissingToolError if packer is not installed."""
-    exe = shutil.which(packer)
-    if exe is None:
-        raise MissingToolError("packer is not installed (run `invoke setup`)")
-    try:
-        out = subprocess.run(
-            [exe, "version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-            env={**os.environ, "CHECKPOINT_DISABLE": "1"},
-        ).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise MissingToolError(f"{exe} version failed: {exc}") from None
-    m = _PACKER_VERSION.search(out)
-    if not m:
-        raise MissingToolError(f"{exe} version: cannot read a version in {out.strip()!r}")
-    return m.group(1)
-
-
-def ansible_core_version() -> str:
-    """The ansible-core the bake runs (the one installed with this toolkit)."""
-    try:
-        return importlib.metadata.version("ansible-core")
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingToolError("ansible-core is not installed (run `invoke setup`)") from None
-
-
-def base_identity(env: Environment) -> str:
-    """The base image as the fingerprint sees it.
-
-    A cloud image given by url + checksum is its checksum. The mmdebstrap default is, until
-    the base builder exposes the content hash of its cached disk, the hash of its recipe
-    (suite, mirror, packages, size) — callers that know the content hash pass it instead.
-    """
-    base = env.settings.base
-    if base.url and base.checksum:
-        return base.checksum
-    recipe = base.model_dump(mode="json", exclude={"url", "checksum"})
-    return "mmdebstrap-recipe:" + sha256_text(_canonical(recipe))
-
-
-def resolve_extra(env: Environment, image: str) -> dict[str, str]:
-    """The resolved inputs (`base:image`, `tool:*`) for `collect`: the one place both the
-    bake and `invoke fingerprint` get them from, so both compute the same fingerprint."""
-    env.image(image)
-    return {
-        "base:image": base_identity(env),
-        "tool:packer": packer_version(),
-        "tool:ansible-core": ansible_core_version(),
-    }

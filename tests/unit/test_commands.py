@@ -21,7 +21,7 @@ from tests.unit.fp_helpers import EXTRA, make_project, register, write
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
-def fixed_extra(env: Environment, image: str) -> dict[str, str]:
+def fixed_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
     return dict(EXTRA)
 
 
@@ -99,7 +99,7 @@ def test_against_says_which_inputs_changed(root: Path, store: LocalStore) -> Non
     write(root, "roles/web/vars/main.yml", "web_x: 1\n")
     (root / "inventories/local/group_vars/web.yml").unlink()
 
-    def newer_packer(env: Environment, image: str) -> dict[str, str]:
+    def newer_packer(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
         return {**EXTRA, "tool:packer": "1.12.0"}
 
     r = commands.fingerprint_cmd(
@@ -232,24 +232,24 @@ def test_cli_json_success(root: Path, store: LocalStore, capsys: pytest.CaptureF
     assert code == 0 and doc["ok"] is True and doc["to"] == "web-1" and doc["changed"] is True
 
 
-def test_default_resolver(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ansible.release import __version__ as ansible_version
+
+    from goldenimage.adapters import baseimage, packer
+
+    seen: dict[str, object] = {}
+
+    def fake_base(spec: object, cache: Path, reporter: Reporter) -> baseimage.BaseImage:
+        seen["spec"] = spec
+        return baseimage.BaseImage(Path("/x/base.qcow2"), "c" * 64, "mmdebstrap:k")
+
+    monkeypatch.setattr(baseimage, "ensure_base_image", fake_base)
+    monkeypatch.setattr(packer.Packer, "detect", classmethod(lambda cls: cls("/p", (1, 11, 2))))
     env = load_environment("local", root)
-    monkeypatch.setattr(fp, "packer_version", lambda packer="packer": "1.11.2")
-    got = fp.resolve_extra(env, "web")
-    assert got["tool:packer"] == "1.11.2"
-    assert got["base:image"].startswith("mmdebstrap-recipe:")
-    s = root / "inventories/local/goldenimage.yml"
-    s.write_text(
-        s.read_text().replace(
-            "base:\n  suite: bookworm\n",
-            f"base:\n  url: /tmp/x.qcow2\n  checksum: sha256:{'a' * 64}\n",
-        )
-    )
-    assert fp.resolve_extra(load_environment("local", root), "web")["base:image"] == ("sha256:" + "a" * 64)
-
-
-def test_missing_packer_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(ConfigError, match="packer is not installed") as exc:
-        fp.packer_version()
-    assert exc.value.exit_code == 2
+    got = commands.bake_extra(env, "web", quiet())
+    assert got == {
+        "base:image": "sha256:" + "c" * 64,
+        "tool:packer": "1.11.2",
+        "tool:ansible-core": ansible_version,
+    }
+    assert seen["spec"] == env.settings.base
