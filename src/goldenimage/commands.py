@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import channels as ch
 from . import fingerprint as fp
 from .adapters import baseimage, packer
 from .errors import ConfigError
@@ -83,16 +84,16 @@ def promote(
 ) -> Result:
     """Point `channel` at a validated, non-revoked image; the move joins its history."""
     env = load_environment(env_name, root)
+    ch.check_channel(channel)
     reg = registry or registry_for(env)
     _env_check(env, reg, image_id)
     with reporter.phase("promote", f"{image_id} -> {channel}"):
         result = reg.promote(image_id, channel, user or current_user(), now or datetime.now(UTC))
     prev = reg.previous(result["name"], channel)
-    return {
-        "env": env.name,
-        **result,
-        "rollback_to": prev["image_id"] if prev else None,
-    }
+    back = prev["image_id"] if prev else None
+    if back is not None and reg.get(back).status != "validated":
+        back = None  # revoked since: not a target
+    return {"env": env.name, **result, "rollback_to": back}
 
 
 def human_promote(r: Result) -> list[str]:
