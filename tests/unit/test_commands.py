@@ -163,6 +163,17 @@ def test_promote_and_revoke_commands(root: Path, store: LocalStore) -> None:
     ]
 
 
+def test_no_rollback_hint_to_a_revoked_image(root: Path, store: LocalStore) -> None:
+    for i in ("web-1", "web-2"):
+        register(store, i)
+    kw: dict[str, Any] = {"registry": store, "root": root, "user": "alice", "now": T0}
+    commands.promote("local", "web-1", "stable", quiet(), **kw)
+    assert commands.promote("local", "web-2", "stable", quiet(), **kw)["rollback_to"] == "web-1"
+    store.revoke("web-1", "bad", "bob", T0)  # not current: the channel stays on web-2
+    r = commands.promote("local", "web-2", "stable", quiet(), **kw)
+    assert r["changed"] is False and r["rollback_to"] is None
+
+
 def test_image_of_another_environment_is_refused(root: Path, store: LocalStore) -> None:
     register(store, "web-9", env="staging")
     with pytest.raises(ConfigError, match="belongs to environment 'staging', not 'local'"):

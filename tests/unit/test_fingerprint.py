@@ -267,12 +267,43 @@ def test_base_image_and_tool_versions_count(project: Path, extra: dict[str, str]
     assert fingerprint(project, extra=extra) != fingerprint(project)
 
 
-@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+@given(
+    st.sampled_from(sorted(EXTRA)),
+    st.text(min_size=1, max_size=30),
+    st.text(min_size=1, max_size=30),
+)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_base_image_id_counts(project: Path, a: str, b: str) -> None:
-    fa = fp.compute([fp.value_input("base:image", a), fp.value_input("tool:packer", "1")])
-    fb = fp.compute([fp.value_input("base:image", b), fp.value_input("tool:packer", "1")])
+def test_any_base_image_id_or_tool_version_counts(project: Path, key: str, a: str, b: str) -> None:
+    fa = fingerprint(project, extra={**EXTRA, key: a})
+    fb = fingerprint(project, extra={**EXTRA, key: b})
     assert (fa == fb) == (a == b)
+
+
+hcl_strings = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 -_.:/", max_size=16)
+
+
+@given(hcl_strings, hcl_strings)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_variable_value_counts(copy: Path, a: str, b: str) -> None:
+    rel = "packer/variables.pkr.hcl"
+    original = (copy / rel).read_text()
+    try:
+        write(copy, rel, original.replace('default = "4G"', f'default = "{a}"'))
+        fa = fingerprint(copy)
+        write(copy, rel, original.replace('default = "4G"', f'default = "{b}"'))
+        fb = fingerprint(copy)
+    finally:
+        write(copy, rel, original)
+    assert (fa == fb) == (a == b)
+
+
+@given(st.lists(st.tuples(st.sampled_from(sorted(FILES)), st.integers(0, 2**31 - 1)), max_size=10))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_stable_under_any_mtimes(copy: Path, touches: list[tuple[str, int]]) -> None:
+    before = fingerprint(copy)
+    for rel, mtime in touches:
+        os.utime(copy / rel, (mtime, mtime))
+    assert fingerprint(copy) == before
 
 
 def test_malformed_template_is_a_template_error_naming_file_and_line(copy: Path) -> None:
