@@ -186,6 +186,8 @@ def normalise_hcl(text: str, name: str) -> str:
         where = f":{line}" if isinstance(line, int) and line > 0 else ""
         where += f":{col}" if where and isinstance(col, int) and col > 0 else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if len(first) > 160:  # lark quotes the offending token, which can be the whole file
+            first = first[:157] + "..."
         raise TemplateError(f"{name}{where}: invalid HCL2: {first}") from None
     return _canonical(_sort_top_level_blocks(doc))
 

@@ -196,3 +196,11 @@ def test_list_of_objects_in_a_var_file_keeps_its_order() -> None:
     a = 'disks = [{ name = "a", size = 1 }, { name = "b", size = 2 }]\n'
     b = 'disks = [{ name = "b", size = 2 }, { name = "a", size = 1 }]\n'
     assert normalise_hcl(a, "x.pkrvars.hcl") != normalise_hcl(b, "x.pkrvars.hcl")
+
+
+def test_error_message_stays_short() -> None:
+    text = "\ufeff" + "# comment\n" * 200 + 'variable "x" {}\n'
+    with pytest.raises(TemplateError) as err:
+        normalise_hcl(text, "packer/variables.pkr.hcl")
+    assert str(err.value).startswith("packer/variables.pkr.hcl:1:1: invalid HCL2")
+    assert len(str(err.value)) < 250 and "\n" not in str(err.value)
