@@ -16,6 +16,7 @@ build {
       "ANSIBLE_HOST_KEY_CHECKING=False",
       "ANSIBLE_NOCOLOR=1",
       "ANSIBLE_RETRY_FILES_ENABLED=False",
+      "ANSIBLE_PIPELINING=True",
       "ANSIBLE_SSH_ARGS=-o ControlMaster=auto -o ControlPersist=120s -o UserKnownHostsFile=/dev/null",
     ]
   }

@@ -8,6 +8,7 @@ step is one line, and repeated or noisy lines are dropped.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ class Reporter:
         self._phase: str | None = None
         self._phase_start = 0.0
         self._last_step = ""
+        self._last_shape = ""
+        self._last_shape_at = 0.0
         self._dirty = False
 
     def _elapsed(self) -> str:
@@ -73,5 +76,13 @@ class Reporter:
         if not text or text == self._last_step:
             return
         self._last_step = text
+        if not self.tty:
+            # a log, not a screen: a line that differs only in its numbers (a wait's seconds)
+            # is repeated at most every 30 s
+            shape = re.sub(r"\d+", "#", text)
+            now = time.monotonic()
+            if shape == self._last_shape and now - self._last_shape_at < 30:
+                return
+            self._last_shape, self._last_shape_at = shape, now
         prefix = f"    [{self._phase} {self._elapsed()}] " if self._phase else "    "
         self._emit(prefix + text, transient=True)

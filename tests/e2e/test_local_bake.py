@@ -44,7 +44,7 @@ def store_is_empty(home: Path) -> bool:
     return not catalog.get("images") and not tmp and not images
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_bake_leaves_nothing(shared: dict[str, Path], sig: int) -> None:
     home = shared["home"]
     e = {**os.environ, "GOLDENIMAGE_ROOT": str(ROOT), **env_for(shared)}

@@ -60,6 +60,7 @@ def seed_files(directory: Path, user: str, pubkey: str, hostname: str) -> list[P
                 "lock_passwd": True, "ssh_authorized_keys": [pubkey],
             }],
             "ssh_pwauth": False,
+            "manage_etc_hosts": "localhost",
         })
         + "\n"
     )

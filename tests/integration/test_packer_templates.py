@@ -1,0 +1,91 @@
+"""The real Packer on the real templates: formatting, and `packer validate` of both sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from goldenimage.adapters.packer import Packer
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def packer() -> Packer:
+    return Packer.detect()
+
+
+def test_templates_are_formatted(packer: Packer) -> None:
+    for f in sorted((ROOT / "packer").glob("*.pkr.hcl")):
+        res = subprocess.run([packer.path, "fmt", "-check", str(f)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{f.name} needs `packer fmt`: {res.stdout}"
+
+
+def _vars(tmp_path: Path, **extra: object) -> Path:
+    doc = {
+        "image_name": "web", "image_id": "web-test", "fingerprint": "a" * 64,
+        "playbook": str(ROOT / "playbooks/web.yml"), "inventory_directory": str(ROOT / "inventories/local"),
+        "groups": ["web"], "extra_vars_file": str(tmp_path / "x.json"), "roles_path": str(ROOT / "roles"),
+        "manifest_path": str(tmp_path / "m.json"), **extra,
+    }
+    path = tmp_path / "vars.pkrvars.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _validate(packer: Packer, tmp_path: Path, only: str, var_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    staged = packer.stage(ROOT / "packer", tmp_path / "staged")
+    return subprocess.run([packer.path, "validate", f"-only={only}", f"-var-file={var_file}", str(staged)],
+                          capture_output=True, text=True, env={**packer.env(tmp_path), **env})
+
+
+def test_qemu_source_validates(packer: Packer, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(b"")
+    res = _validate(packer, tmp_path, "qemu.local", _vars(
+        tmp_path, base_image=str(base), base_image_checksum="sha256:" + "0" * 64,
+        ssh_private_key_file=str(key), accelerator="tcg"))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_amazon_ebs_source_validates_offline(packer: Packer, tmp_path: Path) -> None:
+    res = _validate(packer, tmp_path, "amazon-ebs.aws", _vars(
+        tmp_path, aws_region="eu-west-1", aws_source_ami="ami-0123456789abcdef0", ssh_username="admin",
+        aws_ami_regions=["eu-central-1"], tags={"goldenimage:fingerprint": "a" * 64}),
+        AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("accelerator", "hvf", "The accelerator must be kvm or tcg."),
+    ("fingerprint", "xyz", "The fingerprint must be 64 lowercase hex digits."),
+    ("disk_size", "4T", "The disk_size must be a size such as 4G or 4096M."),
+    ("aws_source_ami", "i-123", "The aws_source_ami must be an AMI id"),
+    ("base_image_checksum", "md5:00", "The base_image_checksum must be sha256:<64 hex digits>."),
+])
+def test_variable_validation_blocks(packer: Packer, tmp_path: Path, var: str, value: str, message: str) -> None:
+    res = _validate(packer, tmp_path, "qemu.local", _vars(tmp_path, **{var: value}))
+    assert res.returncode != 0
+    assert message in " ".join((res.stdout + res.stderr).split())
+
+
+def test_build_block_is_shared_by_both_sources() -> None:
+    text = (ROOT / "packer/build.pkr.hcl").read_text()
+    assert '"source.qemu.local"' in text and '"source.amazon-ebs.aws"' in text
+    assert "use_proxy" in text and 'post-processor "manifest"' in text
+    assert "required_plugins" not in "".join(
+        p.read_text() for p in (ROOT / "packer").glob("*.pkr.hcl") if p.name != "plugins.pkr.hcl"
+    )
+
+
+def test_packer_env_puts_ansible_on_path(packer: Packer, tmp_path: Path) -> None:
+    env = packer.env(tmp_path)
+    first = env["PATH"].split(os.pathsep)[0]
+    assert (Path(first) / "ansible-playbook").exists()
