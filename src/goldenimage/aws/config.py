@@ -1,0 +1,183 @@
+"""The AWS and sandbox parts of an environment's settings (`extra.aws`, `extra.sandbox`).
+
+`settings.Settings` keeps target-specific settings under its free-form `extra:` mapping;
+this module validates the two keys the AWS target owns, with the same file/field errors
+as the rest of the settings. Other keys of `extra` belong to other parts of the toolkit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+from ..settings import SETTINGS_FILE, Environment
+
+DEFAULT_REGION = "us-east-1"
+PARAMETER_PREFIX = "/goldenimage"
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedGroup(_Model):
+    """An auto-scaling group the sandbox creates, behind its own ALB target group."""
+
+    image: str = Field(description="image name whose base AMI the group runs")
+    size: int = Field(default=6, ge=0, le=100)
+    max_size: int | None = Field(default=None, ge=0, le=200)
+    instance_type: str = "t3.micro"
+    health_check_grace: int = Field(default=60, ge=0)
+    alarm: bool = Field(default=True, description="a CloudWatch alarm on the target group")
+
+
+class SeedSettings(_Model):
+    vpc_cidr: str = "10.42.0.0/16"
+    zones: list[str] = Field(default_factory=lambda: ["a", "b", "c"], min_length=1, max_length=6)
+    channels: list[str] = Field(default_factory=lambda: ["stable"], min_length=1)
+    groups: dict[str, SeedGroup] = Field(default_factory=lambda: {"web": SeedGroup(image="web")})
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[str]) -> list[str]:
+        for ch in v:
+            if not CHANNEL_RE.match(ch):
+                raise ValueError(f"channel {ch!r}: channel names are [a-z][a-z0-9-]*")
+        return v
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        for z in v:
+            if not re.fullmatch(r"[a-z]", z):
+                raise ValueError(f"zone {z!r}: a zone is a letter suffix of the region (a, b, c)")
+        if len(set(v)) != len(v):
+            raise ValueError("zones must be distinct")
+        return v
+
+
+class SandboxSettings(_Model):
+    port: int = Field(default=0, ge=0, le=65535, description="0: a free port")
+    host: str = Field(default="127.0.0.1", pattern=r"^(127\.[0-9]+\.[0-9]+\.[0-9]+|localhost)$")
+    start_timeout: float = Field(default=30.0, gt=0)
+    seed: SeedSettings = SeedSettings()
+
+
+class ValidationSpec(_Model):
+    """Where `validate` launches an AMI to check it."""
+
+    subnet: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]+$")
+    instance_type: str = "t3.micro"
+    ssh_user: str = "admin"
+    ssh_cidrs: list[str] = Field(default_factory=list, description="who may reach port 22")
+    boot_timeout: int = Field(default=600, ge=10)
+
+
+class BaseAmiSpec(_Model):
+    """The AMI the amazon-ebs build starts from, resolved with boto3 before the build."""
+
+    id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    owners: list[str] = Field(default_factory=lambda: ["136693071363"])  # Debian's account
+    name: str = "debian-12-amd64-*"
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+
+
+class BuildSpec(_Model):
+    """How the amazon-ebs source builds (instance, network, encryption, distribution)."""
+
+    instance_type: str = "t3.small"
+    subnet: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]+$")
+    ssh_username: str = "admin"
+    ssh_cidrs: list[str] = Field(
+        default_factory=list, description="the runner's address: the build SG admits only it"
+    )
+    volume_size: int = Field(default=8, ge=1, le=16384)
+    encrypt_boot: bool = True
+    kms_key_id: str | None = None
+    ami_regions: list[str] = Field(default_factory=list)
+    ami_users: list[str] = Field(default_factory=list)
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{c!r} is not a CIDR block: {exc}") from None
+        return v
+
+    @field_validator("ami_users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not re.fullmatch(r"[0-9]{12}", u):
+                raise ValueError(f"{u!r} is not a 12-digit AWS account id")
+        return v
+
+
+class AwsSettings(_Model):
+    profile: str | None = None
+    max_attempts: int = Field(default=5, ge=1, le=20, description="botocore standard retries")
+    parameter_prefix: str = Field(default=PARAMETER_PREFIX, pattern=r"^/[A-Za-z0-9_.\-/]*[^/]$")
+    channel_data_type: str = Field(default="aws:ec2:image", pattern=r"^(aws:ec2:image|text)$")
+    subnets: list[str] = Field(
+        default_factory=list, description="default subnets for validation and builds"
+    )
+    base_ami: BaseAmiSpec = BaseAmiSpec()
+    build: BuildSpec = BuildSpec()
+    validation: ValidationSpec = ValidationSpec()
+    deprecate_revoked: bool = True
+    groups: dict[str, Any] = Field(
+        default_factory=dict, description="auto-scaling groups to rotate: the rotator validates"
+    )
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not re.fullmatch(r"subnet-[0-9a-f]+", s):
+                raise ValueError(f"{s!r} is not a subnet id (subnet-...)")
+        return v
+
+
+def _parse(env: Environment, key: str, model: type[_Model]) -> Any:
+    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
+    raw = env.settings.extra.get(key) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{rel}: field extra.{key}: expected a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        where = f"extra.{key}.{loc}" if loc else f"extra.{key}"
+        raise ConfigError(f"{rel}: field {where}: {err['msg']}") from None
+
+
+def aws_settings(env: Environment) -> AwsSettings:
+    """`extra.aws` of the environment, validated (defaults when absent)."""
+    result: AwsSettings = _parse(env, "aws", AwsSettings)
+    return result
+
+
+def sandbox_settings(env: Environment) -> SandboxSettings:
+    """`extra.sandbox` of the environment, validated (defaults when absent)."""
+    result: SandboxSettings = _parse(env, "sandbox", SandboxSettings)
+    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
+    for gname, group in result.seed.groups.items():
+        if group.image not in env.settings.images:
+            raise ConfigError(
+                f"{rel}: field extra.sandbox.seed.groups.{gname}.image: "
+                f"unknown image {group.image!r} (known: {', '.join(sorted(env.settings.images))})"
+            )
+    return result
+
+
+def region_of(env: Environment) -> str:
+    return env.settings.region or DEFAULT_REGION

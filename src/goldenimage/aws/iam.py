@@ -1,0 +1,112 @@
+"""Least privilege: the IAM actions the toolkit calls, kept beside the code that calls them.
+
+`ACTIONS` maps each action to the module that calls it. The integration suite records
+every call it makes through botocore's `before-call` event and fails on an action missing
+here (tests/integration/conftest.py), so the list cannot drift from the code. Whoever adds
+an AWS call adds its action here in the same change.
+
+`SANDBOX_ONLY` are calls made only against the loopback sandbox (seeding its fleet): they
+are allowed in the suite but never granted by the policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..progress import Reporter
+from .config import PARAMETER_PREFIX
+
+ACTIONS: dict[str, str] = {
+    # registry (aws/registry.py)
+    "ec2:DescribeImages": "registry: get/list/find-by-fingerprint, history statuses",
+    "ec2:CreateTags": "registry: tag AMIs and snapshots with image facts, status, revocation",
+    "ec2:EnableImageDeprecation": "registry: revoke deprecates the AMI",
+    "ec2:RegisterImage": "registry: register an AMI (sandbox bake of a local image)",
+    "ec2:DeregisterImage": "registry: discard a half-registered AMI",
+    "ec2:CreateVolume": "registry: the volume behind a registered AMI's snapshot",
+    "ec2:DescribeVolumes": "registry: wait for that volume",
+    "ec2:DeleteVolume": "registry: remove that volume",
+    "ec2:CreateSnapshot": "registry: the snapshot a registered AMI boots from",
+    "ec2:DescribeSnapshots": "registry: wait for that snapshot",
+    "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot",
+    "ssm:GetParameter": "registry: read a channel or a manifest",
+    "ssm:GetParametersByPath": "registry: list an image's channels",
+    "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
+    "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
+    # sandbox status and fleet counts (aws/seed.py: fleet_counts)
+    "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
+    "ec2:DescribeInstances": "status and validation: an instance's AMI and state",
+    # AMI validation (aws/validate.py)
+    "ec2:RunInstances": "validate: launch one instance of the new AMI",
+    "ec2:TerminateInstances": "validate: clean up that instance",
+    "ec2:CreateKeyPair": "validate: a temporary key pair",
+    "ec2:DeleteKeyPair": "validate: clean up the key pair",
+    "ec2:CreateSecurityGroup": "validate: a temporary security group (SSH from the runner)",
+    "ec2:AuthorizeSecurityGroupIngress": "validate: allow SSH from the runner's address",
+    "ec2:DeleteSecurityGroup": "validate: clean up the security group",
+    "ec2:DescribeSubnets": "validate: the subnet's VPC for the security group",
+    "ec2:DescribeSecurityGroups": "validate: find leftovers of killed runs",
+    "ec2:DescribeKeyPairs": "validate: find leftovers of killed runs",
+}
+
+SANDBOX_ONLY: dict[str, str] = {
+    "ec2:CreateVpc": "sandbox seed",
+    "ec2:CreateSubnet": "sandbox seed",
+    "ec2:CreateLaunchTemplate": "sandbox seed",
+    "elasticloadbalancing:CreateLoadBalancer": "sandbox seed",
+    "elasticloadbalancing:CreateTargetGroup": "sandbox seed",
+    "elasticloadbalancing:CreateListener": "sandbox seed",
+    "autoscaling:CreateAutoScalingGroup": "sandbox seed",
+    "cloudwatch:PutMetricAlarm": "sandbox seed",
+}
+
+
+def allowed(action: str, *, sandbox: bool = True) -> bool:
+    return action in ACTIONS or (sandbox and action in SANDBOX_ONLY)
+
+
+def policy_document(parameter_prefix: str = PARAMETER_PREFIX) -> dict[str, Any]:
+    """The IAM policy granting exactly `ACTIONS`; SSM access only below the prefix."""
+    prefix = parameter_prefix.strip("/")
+    ssm = sorted(a for a in ACTIONS if a.startswith("ssm:"))
+    other = sorted(a for a in ACTIONS if not a.startswith("ssm:"))
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "GoldenImageEc2AutoScaling",
+                "Effect": "Allow",
+                "Action": other,
+                "Resource": "*",
+            },
+            {
+                "Sid": "GoldenImageChannels",
+                "Effect": "Allow",
+                "Action": ssm,
+                "Resource": [
+                    f"arn:aws:ssm:*:*:parameter/{prefix}",
+                    f"arn:aws:ssm:*:*:parameter/{prefix}/*",
+                ],
+            },
+        ],
+    }
+
+
+def iam_policy(
+    env: str | None = None, reporter: Reporter | None = None, *, root: Path | None = None
+) -> dict[str, Any]:
+    """`invoke iam-policy`: the policy document (with the env's SSM prefix when given)."""
+    prefix = PARAMETER_PREFIX
+    if env is not None:
+        from .config import aws_settings
+        from .context import environment
+
+        prefix = aws_settings(environment(env, root)).parameter_prefix
+    return {"policy": policy_document(prefix), "actions": dict(sorted(ACTIONS.items()))}
+
+
+def human_policy(result: dict[str, Any]) -> list[str]:
+    import json
+
+    return json.dumps(result["policy"], indent=2).splitlines()

@@ -1,0 +1,574 @@
+"""The AWS image registry: AMIs tagged `goldenimage:*`, channels as SSM parameters.
+
+Same protocol as the local store (`store.Registry`: put/get/list/find_by_fingerprint/
+manifest), plus promote, revoke and channel history.
+
+- An image is an AMI owned by the account, tagged with its facts: `goldenimage:name`,
+  `:fingerprint`, `:status` (validated | quarantined | revoked), `:base-ami`, `:created`,
+  `:git-commit`, `:env`, `:local-id`. Lookups go through tag filters and paginators.
+- Its manifest (the bake's full story) is the SSM parameter
+  `<prefix>/_manifest/<image>/<ami-id>`.
+- A channel is the SSM parameter `<prefix>/<image>/<channel>` whose value is an AMI id
+  (data type `aws:ec2:image`). Every promotion is a new parameter version, so the
+  parameter's history is the promotion history and names the exact rollback target.
+- Revoke tags the AMI `revoked`, deprecates it (`EnableImageDeprecation`) and moves every
+  channel that points at it back to its previous validated image; promote, channel
+  resolution and `require_usable` refuse a revoked image from then on.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+from ..errors import ConfigError, NotFoundError
+from ..store import ImageRecord
+from .clients import Clients
+from .config import CHANNEL_RE, PARAMETER_PREFIX
+from .errors import aws_errors, error_code
+
+TAG = "goldenimage:"
+FACT_TAGS = {
+    "name": "name",
+    "fingerprint": "fingerprint",
+    "status": "status",
+    "base-ami": "base_ami",
+    "created": "created",
+    "git-commit": "git_commit",
+    "env": "env",
+    "local-id": "local_id",
+}
+STATUSES = ("validated", "quarantined", "revoked")
+AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+MAX_PARAMETER = 8192  # advanced tier; standard is 4096
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        with aws_errors(getattr(self, "clients", None)):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_ami_id(image_id: str) -> str:
+    if not AMI_RE.match(image_id):
+        raise NotFoundError(f"{image_id!r} is not an AMI id (expected ami- and 8 or 17 hex digits)")
+    return image_id
+
+
+def _tags(image: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+
+
+def _gib(size: str | int | None) -> int:
+    if size is None:
+        return 8
+    if isinstance(size, int):
+        return max(1, size)
+    m = re.fullmatch(r"([0-9]+)([MG])", size)
+    if not m:
+        return 8
+    n = int(m.group(1))
+    return max(1, math.ceil(n / 1024) if m.group(2) == "M" else n)
+
+
+class AwsRegistry:
+    """The registry of one environment in one account and region."""
+
+    def __init__(
+        self,
+        clients: Clients,
+        env: str,
+        *,
+        prefix: str = PARAMETER_PREFIX,
+        channel_data_type: str = "aws:ec2:image",
+        supports_deprecation: bool | None = None,
+        now: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.clients = clients
+        self.env = env
+        self.prefix = prefix.rstrip("/")
+        self.channel_data_type = channel_data_type
+        # moto (the sandbox) has no EnableImageDeprecation: it answers HTTP 500
+        self.supports_deprecation = (
+            not clients.ctx.is_sandbox if supports_deprecation is None else supports_deprecation
+        )
+        self.now = now
+
+    # -- names ---------------------------------------------------------------------------
+    def channel_parameter(self, name: str, channel: str) -> str:
+        if not CHANNEL_RE.match(channel):
+            raise ConfigError(
+                f"invalid channel name {channel!r}: channel names are [a-z][a-z0-9-]*"
+            )
+        return f"{self.prefix}/{name}/{channel}"
+
+    def manifest_parameter(self, name: str, image_id: str) -> str:
+        return f"{self.prefix}/_manifest/{name}/{image_id}"
+
+    # -- reading -------------------------------------------------------------------------
+    def _describe(
+        self, filters: builtins.list[dict[str, Any]], image_ids: Iterable[str] = ()
+    ) -> builtins.list[dict[str, Any]]:
+        kw: dict[str, Any] = {"Owners": ["self"], "Filters": filters}
+        ids = list(image_ids)
+        if ids:
+            kw = {"ImageIds": ids}
+        pages = self.clients.ec2.get_paginator("describe_images").paginate(**kw)
+        return [img for page in pages for img in page.get("Images", [])]
+
+    def _record(self, image: dict[str, Any], channels: dict[str, str] | None = None) -> ImageRecord:
+        tags = _tags(image)
+        facts = {py: tags.get(TAG + tag, "") for tag, py in FACT_TAGS.items()}
+        image_id = image["ImageId"]
+        in_channels = tuple(sorted(ch for ch, ami in (channels or {}).items() if ami == image_id))
+        extra: dict[str, Any] = {
+            "base_ami": facts["base_ami"],
+            "git_commit": facts["git_commit"],
+            "local_id": facts["local_id"],
+            "region": self.clients.ctx.region,
+            "state": image.get("State", ""),
+            "ami_name": image.get("Name", ""),
+        }
+        if tags.get(TAG + "revoked-reason"):
+            extra["revoked_reason"] = tags[TAG + "revoked-reason"]
+            extra["revoked_at"] = tags.get(TAG + "revoked-at", "")
+        if image.get("DeprecationTime"):
+            extra["deprecation_time"] = image["DeprecationTime"]
+        return ImageRecord(
+            id=image_id,
+            name=facts["name"],
+            env=facts["env"],
+            fingerprint=facts["fingerprint"],
+            created=facts["created"] or str(image.get("CreationDate", "")),
+            status=facts["status"] or "unknown",
+            artifact=f"{self.clients.ctx.region}:{image_id}",
+            channels=in_channels,
+            extra=extra,
+        )
+
+    def _image(self, image_id: str) -> dict[str, Any]:
+        check_ami_id(image_id)
+        try:
+            images = self._describe([], [image_id])
+        except ClientError as exc:
+            if error_code(exc).startswith("InvalidAMIID."):
+                raise NotFoundError(
+                    f"unknown image id {image_id!r} in {self.clients.ctx.region} "
+                    f"({error_code(exc)})"
+                ) from None
+            raise
+        if not images:
+            raise NotFoundError(f"unknown image id {image_id!r} in {self.clients.ctx.region}")
+        image = images[0]
+        if TAG + "name" not in _tags(image):
+            raise NotFoundError(f"{image_id} is not a goldenimage AMI (no {TAG}name tag)")
+        return image
+
+    @_translated
+    def get(self, image_id: str) -> ImageRecord:
+        image = self._image(image_id)
+        name = _tags(image)[TAG + "name"]
+        return self._record(image, self.channels(name))
+
+    @_translated
+    def list(self, name: str | None = None) -> builtins.list[ImageRecord]:
+        filters = [{"Name": f"tag:{TAG}env", "Values": [self.env]}]
+        if name is not None:
+            filters.append({"Name": f"tag:{TAG}name", "Values": [name]})
+        images = self._describe(filters)
+        channels: dict[str, dict[str, str]] = {}
+        out = []
+        for img in images:
+            n = _tags(img).get(TAG + "name", "")
+            if n not in channels:
+                channels[n] = self.channels(n)
+            out.append(self._record(img, channels[n]))
+        return sorted(out, key=lambda r: (r.created, r.id))
+
+    @_translated
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
+        images = self._describe(
+            [
+                {"Name": f"tag:{TAG}env", "Values": [self.env]},
+                {"Name": f"tag:{TAG}name", "Values": [name]},
+                {"Name": f"tag:{TAG}fingerprint", "Values": [fingerprint]},
+                {"Name": f"tag:{TAG}status", "Values": ["validated"]},
+                {"Name": "state", "Values": ["available"]},
+            ]
+        )
+        if not images:
+            return None
+        records = sorted((self._record(i) for i in images), key=lambda r: (r.created, r.id))
+        return records[-1]
+
+    @_translated
+    def manifest(self, image_id: str) -> dict[str, Any]:
+        rec = self.get(image_id)
+        try:
+            value = self.clients.ssm.get_parameter(Name=self.manifest_parameter(rec.name, image_id))
+        except ClientError as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+            return {**rec.summary(), "manifest": "not recorded: only the tags are known"}
+        doc: dict[str, Any] = json.loads(value["Parameter"]["Value"])
+        return doc
+
+    # -- channels ------------------------------------------------------------------------
+    @_translated
+    def channels(self, name: str) -> dict[str, str]:
+        """{channel: AMI id} of one image name."""
+        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(
+            Path=f"{self.prefix}/{name}", Recursive=False
+        )
+        out: dict[str, str] = {}
+        for page in pages:
+            for p in page.get("Parameters", []):
+                out[p["Name"].rsplit("/", 1)[-1]] = p["Value"]
+        return out
+
+    @_translated
+    def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]:
+        """The channel's promotions, oldest first: version, image_id, promoted, status."""
+        param = self.channel_parameter(name, channel)
+        try:
+            pages = self.clients.ssm.get_paginator("get_parameter_history").paginate(Name=param)
+            entries = [p for page in pages for p in page.get("Parameters", [])]
+        except ClientError as exc:
+            if error_code(exc) == "ParameterNotFound":
+                raise NotFoundError(f"channel {name}/{channel} does not exist ({param})") from None
+            raise
+        ids = sorted({e["Value"] for e in entries if AMI_RE.match(e["Value"])})
+        statuses = self._statuses(ids)
+        out = []
+        for e in sorted(entries, key=lambda e: int(e["Version"])):
+            modified = e.get("LastModifiedDate")
+            out.append(
+                {
+                    "version": int(e["Version"]),
+                    "image_id": e["Value"],
+                    "promoted": iso(modified)
+                    if isinstance(modified, dt.datetime)
+                    else str(modified),
+                    "status": statuses.get(e["Value"], "deregistered"),
+                    "labels": list(e.get("Labels", [])),
+                }
+            )
+        return out
+
+    def _statuses(self, ids: builtins.list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 100):
+            chunk = ids[i : i + 100]
+            try:
+                images = self._describe([], chunk)
+            except ClientError as exc:
+                if not error_code(exc).startswith("InvalidAMIID."):
+                    raise
+                images = []
+                for one in chunk:  # some are gone: ask one by one
+                    try:
+                        images.extend(self._describe([], [one]))
+                    except ClientError as exc2:
+                        if not error_code(exc2).startswith("InvalidAMIID."):
+                            raise
+            for img in images:
+                out[img["ImageId"]] = _tags(img).get(TAG + "status", "unknown")
+        return out
+
+    def rollback_target(self, name: str, channel: str) -> str | None:
+        """The validated image the channel pointed at before its current one."""
+        hist = self.history(name, channel)
+        if not hist:
+            return None
+        current = hist[-1]["image_id"]
+        for entry in reversed(hist[:-1]):
+            if entry["image_id"] != current and entry["status"] == "validated":
+                return str(entry["image_id"])
+        return None
+
+    @_translated
+    def resolve_channel(self, name: str, channel: str) -> ImageRecord:
+        """The image a channel points at; refuses one that is not validated."""
+        param = self.channel_parameter(name, channel)
+        try:
+            value = self.clients.ssm.get_parameter(Name=param)["Parameter"]["Value"]
+        except ClientError as exc:
+            if error_code(exc) == "ParameterNotFound":
+                raise NotFoundError(f"channel {name}/{channel} does not exist ({param})") from None
+            raise
+        return self.require_usable(value)
+
+    def require_usable(self, image_id: str) -> ImageRecord:
+        """The record of a validated image; ConfigError for a revoked or quarantined one."""
+        rec = self.get(image_id)
+        if rec.status != "validated":
+            why = f": {rec.extra['revoked_reason']}" if rec.extra.get("revoked_reason") else ""
+            raise ConfigError(
+                f"image {image_id} ({rec.name}) is {rec.status}{why}: it may not be used"
+            )
+        return rec
+
+    @_translated
+    def promote(self, image_id: str, channel: str) -> dict[str, Any]:
+        rec = self.require_usable(image_id)
+        param = self.channel_parameter(rec.name, channel)
+        previous = self.channels(rec.name).get(channel)
+        if previous == image_id:
+            return {
+                "image": rec.name,
+                "channel": channel,
+                "image_id": image_id,
+                "previous": previous,
+                "changed": False,
+                "parameter": param,
+            }
+        out = self.clients.ssm.put_parameter(
+            Name=param,
+            Value=image_id,
+            Type="String",
+            DataType=self.channel_data_type,
+            Overwrite=True,
+            Description=f"goldenimage channel {rec.name}/{channel}",
+        )
+        return {
+            "image": rec.name,
+            "channel": channel,
+            "image_id": image_id,
+            "previous": previous,
+            "changed": True,
+            "parameter": param,
+            "version": out.get("Version"),
+        }
+
+    @_translated
+    def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
+        reason = " ".join(reason.split())
+        if not reason:
+            raise ConfigError("revoke needs a --reason")
+        image = self._image(image_id)
+        rec = self._record(image)
+        result: dict[str, Any] = {
+            "image_id": image_id,
+            "image": rec.name,
+            "reason": reason,
+            "channels_moved": {},
+            "channels_left": [],
+        }
+        if rec.status != "revoked":
+            self.clients.ec2.create_tags(
+                Resources=[image_id],
+                Tags=[
+                    {"Key": TAG + "status", "Value": "revoked"},
+                    {"Key": TAG + "revoked-reason", "Value": reason[:256]},
+                    {"Key": TAG + "revoked-at", "Value": iso(self.now())},
+                ],
+            )
+        result["previous_status"] = rec.status
+        result["deprecation"] = self._deprecate(image_id)
+        for channel, ami in sorted(self.channels(rec.name).items()):
+            if ami != image_id:
+                continue
+            target = self.rollback_target(rec.name, channel)
+            if target is None:
+                result["channels_left"].append(channel)
+                continue
+            self.clients.ssm.put_parameter(
+                Name=self.channel_parameter(rec.name, channel),
+                Value=target,
+                Type="String",
+                DataType=self.channel_data_type,
+                Overwrite=True,
+                Description=f"goldenimage channel {rec.name}/{channel} (revoked {image_id})",
+            )
+            result["channels_moved"][channel] = target
+        return result
+
+    def _deprecate(self, image_id: str) -> str:
+        if not self.supports_deprecation:
+            return "skipped: the sandbox API (moto) has no EnableImageDeprecation"
+        # AWS refuses a time in the past and rounds to the minute: the next whole minute
+        at = (self.now() + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+        self.clients.ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+        return iso(at)
+
+    # -- registering ---------------------------------------------------------------------
+    def _fact_tags(
+        self, record: ImageRecord, manifest: dict[str, Any]
+    ) -> builtins.list[dict[str, str]]:
+        facts = {
+            "name": record.name,
+            "fingerprint": record.fingerprint,
+            "status": record.status,
+            "base-ami": str(manifest.get("base_ami") or record.extra.get("base_ami") or ""),
+            "created": record.created,
+            "git-commit": str(manifest.get("git_commit") or record.extra.get("git_commit") or ""),
+            "env": self.env,
+            "local-id": record.id,
+        }
+        return [{"Key": TAG + k, "Value": str(v)[:256]} for k, v in facts.items()] + [
+            {"Key": "Name", "Value": f"goldenimage {record.name} {record.id}"[:256]}
+        ]
+
+    @_translated
+    def put(
+        self, record: ImageRecord, manifest: dict[str, Any], files: Path | None = None
+    ) -> ImageRecord:
+        """Register a finished image; returns its record with the AMI id as `id`.
+
+        With an AMI already built (`manifest["ami_id"]` or a Packer `artifact_id` of
+        `region:ami-...`), the AMI is adopted: tagged with the image's facts. Without one
+        (the sandbox bake of a local qcow2), an AMI is registered from a snapshot.
+        """
+        if record.status not in STATUSES:
+            raise ConfigError(
+                f"image status must be one of {', '.join(STATUSES)}, not {record.status!r}"
+            )
+        ami = str(manifest.get("ami_id") or "")
+        artifact_id = str(manifest.get("artifact_id") or "")
+        if not ami and re.fullmatch(r"[a-z0-9-]+:ami-[0-9a-f]+", artifact_id):
+            ami = artifact_id.split(":", 1)[1]
+        tags = self._fact_tags(record, manifest)
+        if not ami:
+            # a retried bake registers its image once: the same local id is the same image
+            same = self._describe(
+                [
+                    {"Name": f"tag:{TAG}env", "Values": [self.env]},
+                    {"Name": f"tag:{TAG}local-id", "Values": [record.id]},
+                ]
+            )
+            if same:
+                return self.get(same[0]["ImageId"])
+        if ami:
+            check_ami_id(ami)
+            self.clients.ec2.create_tags(Resources=[ami], Tags=tags)
+        else:
+            ami = self.register_local_image(record, manifest, tags)
+        try:
+            self._put_manifest(record.name, ami, {**manifest, "ami_id": ami})
+        except BaseException:
+            if not manifest.get("ami_id") and not artifact_id:
+                self._discard(ami)
+            raise
+        return self.get(ami)
+
+    def _put_manifest(self, name: str, ami: str, manifest: dict[str, Any]) -> None:
+        doc = dict(manifest)
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+        dropped: builtins.list[str] = []
+        while len(text.encode()) > MAX_PARAMETER - 200 and doc:
+            biggest = max(doc, key=lambda k: len(json.dumps(doc[k], default=str)))
+            dropped.append(biggest)
+            del doc[biggest]
+            text = json.dumps(
+                {**doc, "_dropped": dropped}, sort_keys=True, separators=(",", ":"), default=str
+            )
+        self.clients.ssm.put_parameter(
+            Name=self.manifest_parameter(name, ami),
+            Value=text,
+            Type="String",
+            Tier="Intelligent-Tiering",
+            Overwrite=True,
+            Description=f"goldenimage manifest of {ami}",
+        )
+
+    def register_local_image(
+        self,
+        record: ImageRecord,
+        manifest: dict[str, Any],
+        tags: builtins.list[dict[str, str]] | None = None,
+    ) -> str:
+        """Register an AMI standing for a local qcow2 (the sandbox cannot import a disk).
+
+        A volume of the image's size -> a snapshot -> `register_image`, then tags (moto
+        drops tag specifications of `register_image`). Nothing is left behind on failure.
+        """
+        ec2 = self.clients.ec2
+        tags = tags or self._fact_tags(record, manifest)
+        zone = f"{self.clients.ctx.region}a"
+        volume = ec2.create_volume(
+            AvailabilityZone=zone,
+            Size=_gib(manifest.get("disk_size")),
+            VolumeType="gp3",
+            TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
+        )["VolumeId"]
+        snapshot = ami = None
+        try:
+            ec2.get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 2})
+            snapshot = ec2.create_snapshot(
+                VolumeId=volume,
+                Description=f"goldenimage {record.name} {record.id}",
+            )["SnapshotId"]
+            ec2.get_waiter("snapshot_completed").wait(
+                SnapshotIds=[snapshot], WaiterConfig={"Delay": 2}
+            )
+            ami = ec2.register_image(
+                Name=f"goldenimage-{record.name}-{record.id}"[:128],
+                Description=f"goldenimage {record.name} fingerprint {record.fingerprint}"[:255],
+                Architecture="x86_64",
+                RootDeviceName="/dev/xvda",
+                VirtualizationType="hvm",
+                EnaSupport=True,
+                BlockDeviceMappings=[
+                    {
+                        "DeviceName": "/dev/xvda",
+                        "Ebs": {
+                            "SnapshotId": snapshot,
+                            "VolumeType": "gp3",
+                            "DeleteOnTermination": True,
+                        },
+                    }
+                ],
+            )["ImageId"]
+            # moto ignores BlockDeviceMappings and makes its own snapshot: tag what the AMI
+            # really references as well as ours
+            refs = {
+                bdm["Ebs"]["SnapshotId"]
+                for bdm in self._describe([], [ami])[0].get("BlockDeviceMappings", [])
+                if bdm.get("Ebs", {}).get("SnapshotId")
+            }
+            ec2.create_tags(Resources=[ami, snapshot, *sorted(refs - {snapshot})], Tags=tags)
+        except BaseException:
+            self._discard(ami, snapshot)
+            raise
+        finally:
+            ec2.delete_volume(VolumeId=volume)
+        return str(ami)
+
+    def _discard(self, ami: str | None, snapshot: str | None = None) -> None:
+        """Best-effort removal of a half-registered AMI and the snapshots it references."""
+        ec2 = self.clients.ec2
+        snapshots = {snapshot} if snapshot else set()
+        with contextlib.suppress(ClientError, IndexError):
+            if ami:
+                for bdm in self._describe([], [ami])[0].get("BlockDeviceMappings", []):
+                    if bdm.get("Ebs", {}).get("SnapshotId"):
+                        snapshots.add(bdm["Ebs"]["SnapshotId"])
+                ec2.deregister_image(ImageId=ami)
+        for snap in sorted(snapshots):
+            with contextlib.suppress(ClientError):
+                ec2.delete_snapshot(SnapshotId=snap)

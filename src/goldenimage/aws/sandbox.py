@@ -1,0 +1,405 @@
+"""The sandbox: an AWS API on loopback (a moto server) seeded with a small fleet.
+
+`sandbox_up` starts `goldenimage.aws.sandbox_server` as a detached process on 127.0.0.1,
+records it in `data_home()/sandbox/<env>.json` (written atomically), and seeds it from the
+environment's `extra.sandbox.seed`. A second `up` finds it running and reports its status.
+`sandbox_status` shows it; `sandbox_down` stops it and removes the state. Every AWS-side
+command of a `target: sandbox` environment reaches it through `context.context_for`.
+
+Each command is a library function taking plain arguments and a `Reporter` and returning
+a result dict for `cli.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import goldenimage
+
+from ..errors import ConfigError, MissingToolError, OperationFailed
+from ..fsutil import atomic_write_json, file_lock
+from ..paths import data_home
+from ..progress import Reporter
+from ..settings import SETTINGS_FILE, Environment
+from .clients import AwsContext, Clients
+from .config import aws_settings, region_of, sandbox_settings
+from .context import SANDBOX_CREDENTIALS, environment
+from .errors import aws_errors
+from .seed import fleet_counts, seed_fleet
+
+Result = dict[str, Any]
+STATE_VERSION = 1
+
+
+def sandbox_dir() -> Path:
+    return data_home() / "sandbox"
+
+
+def state_path(env_name: str) -> Path:
+    return sandbox_dir() / f"{env_name}.json"
+
+
+def read_state(env_name: str) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads(state_path(env_name).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return {"corrupt": True}
+    return doc
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # a zombie: exited, not yet reaped
+    return True
+
+
+def _is_our_server(pid: int) -> bool:
+    """False when the pid was reused by an unrelated process (where /proc tells us)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return b"goldenimage.aws.sandbox_server" in cmdline.read_bytes()
+    except OSError:
+        return _pid_alive(pid)
+
+
+def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def probe(state: dict[str, Any] | None) -> dict[str, bool]:
+    if not state or state.get("corrupt"):
+        return {"process": False, "answers": False}
+    pid = int(state.get("pid", 0))
+    process = _pid_alive(pid) and _is_our_server(pid)
+    return {"process": process, "answers": process and _answers(str(state.get("endpoint", "")))}
+
+
+def _not_running(env_name: str) -> ConfigError:
+    flag = "" if env_name == "sandbox" else f" --env {env_name}"
+    return ConfigError(
+        f"sandbox for env {env_name!r} is not running: run `invoke sandbox.up{flag}`"
+    )
+
+
+def running_state(env: Environment | str) -> dict[str, Any]:
+    """The state of the environment's running, seeded sandbox; ConfigError if there is none."""
+    name = env.name if isinstance(env, Environment) else env
+    state = read_state(name)
+    if not state or not state.get("seeded") or not probe(state)["answers"]:
+        raise _not_running(name)
+    return state
+
+
+def _require_sandbox_target(env: Environment) -> None:
+    if env.settings.target != "sandbox":
+        raise ConfigError(
+            f"inventories/{env.name}/{SETTINGS_FILE}: field target: environment {env.name!r} has "
+            f"target {env.settings.target!r}; the sandbox needs target 'sandbox' "
+            "(try --env sandbox)"
+        )
+
+
+def sandbox_context(state: dict[str, Any], max_attempts: int = 5) -> AwsContext:
+    return AwsContext(
+        region=str(state["region"]),
+        endpoint_url=str(state["endpoint"]),
+        max_attempts=max_attempts,
+        credentials=dict(SANDBOX_CREDENTIALS),
+    )
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_pid(pid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; True when the process is gone."""
+    if not _pid_alive(pid) or not _is_our_server(pid):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when we are its parent (tests)
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return not _pid_alive(pid)
+
+
+def _start_server(
+    host: str, port: int, env_name: str, timeout: float
+) -> tuple[subprocess.Popen[bytes], dict[str, Any], Path]:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        raise MissingToolError(
+            "the sandbox needs moto's server: pip install 'moto[server]==5.2.5'"
+        ) from None
+    d = sandbox_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    ready = d / f".{env_name}.ready"
+    ready.unlink(missing_ok=True)
+    log = d / f"{env_name}.log"
+    src = str(Path(goldenimage.__file__).resolve().parent.parent)
+    child_env = dict(os.environ)
+    child_env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, child_env.get("PYTHONPATH")) if p)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "goldenimage.aws.sandbox_server",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--ready",
+                str(ready),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.is_file():
+            info: dict[str, Any] = json.loads(ready.read_text())
+            ready.unlink(missing_ok=True)
+            return proc, info, log
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise OperationFailed(
+                f"the sandbox server exited with status {proc.returncode}: "
+                f"{' / '.join(tail)} (log: {log})"
+            )
+        time.sleep(0.05)
+    _stop_pid(proc.pid)
+    raise OperationFailed(f"the sandbox server did not start within {timeout:.0f}s (log: {log})")
+
+
+def _status_result(env: Environment, state: dict[str, Any], *, counts: bool = True) -> Result:
+    alive = probe(state)
+    result: Result = {
+        "env": env.name,
+        "running": alive["answers"],
+        "alive": alive["process"],
+        "pid": state.get("pid"),
+        "endpoint": state.get("endpoint"),
+        "port": state.get("port"),
+        "region": state.get("region"),
+        "started": state.get("started"),
+        "log": state.get("log"),
+        "state_file": str(state_path(env.name)),
+        "seeded": bool(state.get("seeded")),
+        "seed": state.get("seed", {}),
+    }
+    if counts and alive["answers"]:
+        clients = Clients(sandbox_context(state, aws_settings(env).max_attempts))
+        with aws_errors(clients):
+            result["groups"] = fleet_counts(clients)
+    return result
+
+
+def sandbox_up(
+    env: str | Environment = "sandbox",
+    reporter: Reporter | None = None,
+    *,
+    root: Path | None = None,
+) -> Result:
+    """Start and seed the environment's sandbox, or report the one already running."""
+    rep = reporter or Reporter(quiet=True)
+    e = environment(env, root)
+    _require_sandbox_target(e)
+    sb = sandbox_settings(e)
+    aws = aws_settings(e)
+    with file_lock(sandbox_dir() / f"{e.name}.lock"):
+        state = read_state(e.name)
+        if state is not None:
+            alive = probe(state)
+            if alive["answers"] and state.get("seeded"):
+                rep.info(
+                    f"sandbox {e.name!r} already running at {state['endpoint']} "
+                    f"(pid {state['pid']})"
+                )
+                return {**_status_result(e, state), "started_now": False}
+            rep.warn(f"sandbox {e.name!r}: found a stale or half-started server; replacing it")
+            if alive["process"]:
+                _stop_pid(int(state["pid"]))
+            state_path(e.name).unlink(missing_ok=True)
+        if not _port_free(sb.host, sb.port):
+            raise ConfigError(
+                f"inventories/{e.name}/{SETTINGS_FILE}: field extra.sandbox.port: "
+                f"port {sb.port} on {sb.host} is in use (use 0 for a free port)"
+            )
+        with rep.phase("sandbox", f"starting a moto server on {sb.host}"):
+            proc, info, log = _start_server(sb.host, sb.port, e.name, sb.start_timeout)
+            endpoint = f"http://{sb.host}:{info['port']}"
+            state = {
+                "version": STATE_VERSION,
+                "env": e.name,
+                "pid": proc.pid,
+                "host": sb.host,
+                "port": info["port"],
+                "endpoint": endpoint,
+                "region": region_of(e),
+                "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "log": str(log),
+                "seeded": False,
+            }
+            atomic_write_json(state_path(e.name), state)  # a crash from here on is recoverable
+            rep.info(f"moto server on {endpoint} (pid {proc.pid})")
+        try:
+            with rep.phase("seed", f"from inventories/{e.name}/{SETTINGS_FILE}"):
+                clients = Clients(sandbox_context(state, aws.max_attempts))
+                with aws_errors(clients):
+                    seeded = seed_fleet(clients, sb.seed, env=e.name, reporter=rep)
+        except BaseException:
+            _stop_pid(proc.pid)
+            state_path(e.name).unlink(missing_ok=True)
+            raise
+        state = {**state, "seeded": True, "seed": seeded}
+        atomic_write_json(state_path(e.name), state)
+    return {**_status_result(e, state), "started_now": True}
+
+
+def sandbox_status(
+    env: str | Environment = "sandbox",
+    reporter: Reporter | None = None,
+    *,
+    root: Path | None = None,
+) -> Result:
+    """The sandbox's pid, endpoint, whether it is alive, and its groups' instance counts."""
+    e = environment(env, root)
+    _require_sandbox_target(e)
+    state = read_state(e.name)
+    if state is None:
+        return {
+            "env": e.name,
+            "running": False,
+            "alive": False,
+            "state_file": str(state_path(e.name)),
+            "hint": f"run `invoke sandbox.up{'' if e.name == 'sandbox' else ' --env ' + e.name}`",
+        }
+    result = _status_result(e, state)
+    if not result["running"]:
+        result["hint"] = (
+            "the recorded server is gone: run `invoke sandbox.down` then `invoke sandbox.up`"
+        )
+        result["exit_code"] = 1
+    return result
+
+
+def sandbox_down(
+    env: str | Environment = "sandbox",
+    reporter: Reporter | None = None,
+    *,
+    root: Path | None = None,
+) -> Result:
+    """Stop the sandbox's server and remove its state (nothing to do when none runs)."""
+    rep = reporter or Reporter(quiet=True)
+    e = environment(env, root)
+    _require_sandbox_target(e)
+    with file_lock(sandbox_dir() / f"{e.name}.lock"):
+        state = read_state(e.name)
+        if state is None:
+            return {
+                "env": e.name,
+                "stopped": False,
+                "running": False,
+                "note": "no sandbox was running",
+            }
+        pid = int(state.get("pid", 0) or 0)
+        gone = _stop_pid(pid) if pid else True
+        if not gone:
+            raise OperationFailed(
+                f"sandbox server pid {pid} did not stop; state kept in {state_path(e.name)}"
+            )
+        state_path(e.name).unlink(missing_ok=True)
+        rep.info(f"sandbox {e.name!r} stopped (pid {pid})")
+    return {
+        "env": e.name,
+        "stopped": True,
+        "running": False,
+        "pid": pid,
+        "endpoint": state.get("endpoint"),
+    }
+
+
+def human_status(result: Result) -> list[str]:
+    """Lines for `sandbox.up` and `sandbox.status`."""
+    if not result.get("running"):
+        lines = [f"sandbox {result.get('env')!r}: not running"]
+        if result.get("pid"):
+            lines.append(
+                f"  recorded pid {result['pid']} at {result.get('endpoint')} "
+                f"(alive: {result.get('alive')})"
+            )
+        if result.get("hint"):
+            lines.append(f"  {result['hint']}")
+        return lines
+    verb = "started" if result.get("started_now") else "running"
+    lines = [
+        f"sandbox {result['env']!r} {verb}: {result['endpoint']} "
+        f"(pid {result['pid']}, region {result['region']})",
+        f"  use it: AWS_ENDPOINT_URL={result['endpoint']} AWS_ACCESS_KEY_ID=sandbox "
+        f"AWS_SECRET_ACCESS_KEY=sandbox AWS_DEFAULT_REGION={result['region']}",
+    ]
+    for name, g in sorted(result.get("groups", {}).items()):
+        amis = ", ".join(f"{a} x{n}" for a, n in sorted(g["amis"].items()))
+        lines.append(
+            f"  group {name}: {g['in_service']}/{g['desired']} in service, "
+            f"{g['healthy']} healthy ({amis})"
+        )
+    return lines
+
+
+def human_down(result: Result) -> list[str]:
+    if result.get("stopped"):
+        return [f"sandbox {result['env']!r} stopped (pid {result['pid']})"]
+    return [f"sandbox {result['env']!r}: {result.get('note', 'not running')}"]

@@ -1,0 +1,334 @@
+"""AMI validation: boot the AMI you will run, check it over SSH, always clean up.
+
+`validate_ami` launches one instance of the AMI in a configured subnet with a temporary
+key pair and a temporary security group (SSH only from the given CIDRs), waits for it to
+run, hands it to a `RemoteCheck` (the testinfra suite of tests/image over SSH in real
+use; a fake against moto, which runs no guests), and then removes the instance, the
+security group and the key pair -- on success, on failure, and on Ctrl-C/SIGTERM.
+
+Every temporary resource carries the tag `goldenimage:validation=<token>`, so a run that
+was killed outright (SIGKILL, power loss) leaves resources `leftovers()` can find.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+from ..errors import ConfigError, ValidationFailed
+from ..progress import Reporter
+from .clients import Clients
+from .errors import aws_errors, error_code
+from .registry import AwsRegistry
+
+VALIDATION_TAG = "goldenimage:validation"
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """A running instance to check."""
+
+    instance_id: str
+    host: str
+    user: str
+    key_file: Path
+    image_id: str
+    port: int = 22
+
+
+@dataclass
+class CheckResult:
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class RemoteCheck(Protocol):
+    """What validation runs against the booted instance."""
+
+    def __call__(self, target: RemoteTarget, reporter: Reporter) -> CheckResult: ...
+
+
+def wait_for_ssh(host: str, port: int, timeout: float, poll: float = 2.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ValidationFailed(f"no SSH on {host}:{port} within {timeout:.0f}s") from None
+            time.sleep(poll)
+
+
+class TestinfraCheck:
+    """The image suite (tests/image) over SSH with testinfra."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self, suite: Path, *, boot_timeout: float = 600, junit: Path | None = None
+    ) -> None:
+        self.suite = suite
+        self.boot_timeout = boot_timeout
+        self.junit = junit
+
+    def __call__(self, target: RemoteTarget, reporter: Reporter) -> CheckResult:
+        reporter.step(f"waiting for SSH on {target.host}")
+        wait_for_ssh(target.host, target.port, self.boot_timeout)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(self.suite),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--hosts=ssh://{target.user}@{target.host}:{target.port}",
+            f"--ssh-identity-file={target.key_file}",
+        ]
+        if self.junit is not None:
+            cmd.append(f"--junitxml={self.junit}")
+        reporter.step("running testinfra")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        failures = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+        if proc.returncode != 0 and not failures:
+            failures = [f"testinfra exited with status {proc.returncode}"]
+        return CheckResult(
+            passed=proc.returncode == 0, failures=failures, details={"returncode": proc.returncode}
+        )
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while cleaning up; re-deliver them afterwards."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _Resources:
+    """What one validation run created, removed in reverse order."""
+
+    def __init__(self, clients: Clients, token: str, reporter: Reporter) -> None:
+        self.clients = clients
+        self.token = token
+        self.reporter = reporter
+        self.instance_id: str | None = None
+        self.group_id: str | None = None
+        self.key_name: str | None = None
+        self.key_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.removed: list[str] = []
+        self.errors: list[str] = []
+
+    def _try(self, what: str, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+            self.removed.append(what)
+        except ClientError as exc:
+            if error_code(exc).endswith(".NotFound"):
+                self.removed.append(what)
+            else:
+                self.errors.append(f"{what}: {error_code(exc)}: {exc}")
+        except Exception as exc:  # keep removing the rest
+            self.errors.append(f"{what}: {exc}")
+
+    def cleanup(self) -> None:
+        ec2 = self.clients.ec2
+        with _deferred_signals() as held:
+            if self.instance_id:
+                iid = self.instance_id
+                self.reporter.step(f"terminating {iid}")
+                self._try(f"instance {iid}", lambda: ec2.terminate_instances(InstanceIds=[iid]))
+                self._try(
+                    f"wait {iid} terminated",
+                    lambda: ec2.get_waiter("instance_terminated").wait(
+                        InstanceIds=[iid], WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+                    ),
+                )
+            if self.group_id:
+                gid = self.group_id
+                self._try(f"security group {gid}", lambda: ec2.delete_security_group(GroupId=gid))
+            if self.key_name:
+                name = self.key_name
+                self._try(f"key pair {name}", lambda: ec2.delete_key_pair(KeyName=name))
+            if self.key_dir is not None:
+                self.key_dir.cleanup()
+        if held:
+            os.kill(os.getpid(), held[0])
+
+
+def validate_ami(
+    clients: Clients,
+    image_id: str,
+    *,
+    subnet: str,
+    check: RemoteCheck,
+    reporter: Reporter | None = None,
+    instance_type: str = "t3.micro",
+    ssh_user: str = "admin",
+    ssh_cidrs: list[str] | None = None,
+    registry: AwsRegistry | None = None,
+) -> dict[str, Any]:
+    """Launch `image_id`, run `check` against it, clean up; ValidationFailed on failures."""
+    rep = reporter or Reporter(quiet=True)
+    reg = registry or AwsRegistry(clients, env="")
+    token = uuid.uuid4().hex[:12]
+    res = _Resources(clients, token, rep)
+    ec2 = clients.ec2
+    result: dict[str, Any] = {"image_id": image_id, "token": token, "subnet": subnet}
+    tags = [
+        {"Key": VALIDATION_TAG, "Value": token},
+        {"Key": "Name", "Value": f"goldenimage-validate-{token}"},
+    ]
+    try:
+        with aws_errors(clients):
+            rec = reg.get(image_id)
+            if rec.status == "revoked":
+                raise ConfigError(f"image {image_id} is revoked: it is not validated again")
+            with rep.phase("launch", f"{image_id} in {subnet}"):
+                try:
+                    sn = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]
+                except ClientError as exc:
+                    if error_code(exc).startswith("InvalidSubnetID"):
+                        raise ConfigError(
+                            f"field extra.aws.validation.subnet: subnet {subnet} does not exist "
+                            f"in {clients.ctx.region}"
+                        ) from None
+                    raise
+                cidrs = ssh_cidrs or [sn["CidrBlock"]]
+                res.key_dir = tempfile.TemporaryDirectory(prefix="goldenimage-validate-")
+                key = ec2.create_key_pair(
+                    KeyName=f"goldenimage-validate-{token}",
+                    KeyType="ed25519",
+                    TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags}],
+                )
+                res.key_name = key["KeyName"]
+                key_file = Path(res.key_dir.name) / "id_ed25519"
+                key_file.write_text(key["KeyMaterial"])
+                key_file.chmod(0o600)
+                res.group_id = ec2.create_security_group(
+                    GroupName=f"goldenimage-validate-{token}",
+                    Description="goldenimage validation: SSH from the runner only",
+                    VpcId=sn["VpcId"],
+                    TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
+                )["GroupId"]
+                ec2.authorize_security_group_ingress(
+                    GroupId=res.group_id,
+                    IpPermissions=[
+                        {
+                            "IpProtocol": "tcp",
+                            "FromPort": 22,
+                            "ToPort": 22,
+                            "IpRanges": [{"CidrIp": c} for c in cidrs],
+                        }
+                    ],
+                )
+                inst = ec2.run_instances(
+                    ImageId=image_id,
+                    InstanceType=instance_type,
+                    MinCount=1,
+                    MaxCount=1,
+                    KeyName=res.key_name,
+                    SubnetId=subnet,
+                    SecurityGroupIds=[res.group_id],
+                    InstanceInitiatedShutdownBehavior="terminate",
+                    MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                    TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+                )["Instances"][0]
+                res.instance_id = inst["InstanceId"]
+                result["instance_id"] = res.instance_id
+                rep.step(f"waiting for {res.instance_id} to run")
+                ec2.get_waiter("instance_running").wait(
+                    InstanceIds=[res.instance_id], WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+                )
+                desc = ec2.describe_instances(InstanceIds=[res.instance_id])
+                inst = desc["Reservations"][0]["Instances"][0]
+                host = inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
+                if not host:
+                    raise ValidationFailed(f"{res.instance_id} has no IP address")
+                if inst.get("ImageId") != image_id:
+                    raise ValidationFailed(
+                        f"{res.instance_id} runs {inst.get('ImageId')}, not {image_id}"
+                    )
+        target = RemoteTarget(
+            instance_id=res.instance_id,
+            host=host,
+            user=ssh_user,
+            key_file=key_file,
+            image_id=image_id,
+        )
+        with rep.phase("check", f"{ssh_user}@{host}"):
+            outcome = check(target, rep)
+        result.update(passed=outcome.passed, failures=outcome.failures, check=outcome.details)
+    finally:
+        with rep.phase("cleanup", f"validation {token}"), aws_errors(clients):
+            res.cleanup()
+        result["cleaned_up"] = res.removed
+        if res.errors:
+            result["cleanup_errors"] = res.errors
+            rep.warn(
+                f"validation {token}: could not remove: {'; '.join(res.errors)} "
+                f"(find them by tag {VALIDATION_TAG}={token})"
+            )
+    if not result["passed"]:
+        err = ValidationFailed(
+            f"image {image_id} failed validation: {len(result['failures'])} "
+            f"failure(s): {'; '.join(result['failures'][:3])}",
+            result["failures"],
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def leftovers(clients: Clients) -> dict[str, list[str]]:
+    """Temporary validation resources still present (a run killed outright leaves them)."""
+    ec2 = clients.ec2
+    flt = [{"Name": "tag-key", "Values": [VALIDATION_TAG]}]
+    with aws_errors(clients):
+        instances = [
+            i["InstanceId"]
+            for page in ec2.get_paginator("describe_instances").paginate(
+                Filters=[
+                    *flt,
+                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
+                ]
+            )
+            for r in page["Reservations"]
+            for i in r["Instances"]
+        ]
+        groups = [
+            g["GroupId"]
+            for page in ec2.get_paginator("describe_security_groups").paginate(Filters=flt)
+            for g in page["SecurityGroups"]
+        ]
+        keys = [k["KeyName"] for k in ec2.describe_key_pairs(Filters=flt)["KeyPairs"]]
+    return {"instances": instances, "security_groups": groups, "key_pairs": keys}
