@@ -7,11 +7,10 @@ GoldenImageErrors, so `cli.run` turns them into one `error:` line and the exit c
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import channels as ch
 from . import fingerprint as fp
@@ -20,10 +19,20 @@ from .errors import ConfigError
 from .paths import base_cache_dir, store_dir
 from .progress import Reporter
 from .settings import Environment, load_environment
-from .store import LocalStore, Registry
+from .store import ImageRecord, LocalStore
 
 Result = dict[str, Any]
 ExtraResolver = Callable[[Environment, str, Reporter], dict[str, str]]
+
+
+class ImageLookup(Protocol):
+    """What `fingerprint_cmd` needs of a registry (the local store and AWS both have it)."""
+
+    def get(self, image_id: str) -> ImageRecord: ...
+
+    def manifest(self, image_id: str) -> dict[str, Any]: ...
+
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
 
 
 def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
@@ -45,24 +54,21 @@ def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, st
     }
 
 
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry, no $USER (some containers)
-        return "unknown"
+def local_store(env: Environment) -> LocalStore:
+    """The registry of a local environment (the host's image store)."""
+    if env.settings.target != "local":
+        raise ConfigError(
+            f"{env.rel(env.settings_file)}: field target: environment {env.name!r} has target "
+            f"{env.settings.target!r}; the local image store serves target local"
+        )
+    return LocalStore(store_dir())
 
 
-def registry_for(env: Environment) -> Registry:
-    """The image registry of an environment's target."""
-    if env.settings.target == "local":
-        return LocalStore(store_dir())
-    raise ConfigError(
-        f"{env.rel(env.settings_file)}: field target: the {env.settings.target} registry "
-        "is not available yet; channels and revocation work on the local target"
-    )
+def _remote(env: Environment) -> bool:
+    return env.settings.target in ("aws", "sandbox")
 
 
-def _env_check(env: Environment, registry: Registry, image_id: str) -> None:
+def _env_check(env: Environment, registry: LocalStore, image_id: str) -> None:
     rec = registry.get(image_id)  # NotFoundError if unknown
     if rec.env != env.name:
         raise ConfigError(
@@ -77,33 +83,53 @@ def promote(
     channel: str,
     reporter: Reporter,
     *,
-    registry: Registry | None = None,
+    registry: LocalStore | None = None,
     root: Path | None = None,
     user: str | None = None,
     now: datetime | None = None,
 ) -> Result:
-    """Point `channel` at a validated, non-revoked image; the move joins its history."""
+    """Point `channel` at a validated, non-revoked image; the move joins its history.
+
+    Local environments use the host's image store; aws and sandbox environments their
+    registry (`aws.commands.promote`). The result has the same keys on every target:
+    env, target, image, channel, image_id, previous, changed, rollback_target.
+    """
     env = load_environment(env_name, root)
     ch.check_channel(channel)
-    reg = registry or registry_for(env)
-    _env_check(env, reg, image_id)
+    if _remote(env) and registry is None:
+        from .aws import commands as aws_commands
+
+        remote = aws_commands.promote(env, image_id, channel, reporter, root=root)
+        reg = aws_registry(env, root)
+        back = reg.rollback_target(remote["image"], channel)
+        return {"target": env.settings.target, **remote, "rollback_target": back}
+    store = registry or local_store(env)
+    _env_check(env, store, image_id)
     with reporter.phase("promote", f"{image_id} -> {channel}"):
-        result = reg.promote(image_id, channel, user or current_user(), now or datetime.now(UTC))
-    prev = reg.previous(result["name"], channel)
-    back = prev["image_id"] if prev else None
-    if back is not None and reg.get(back).status != "validated":
-        back = None  # revoked since: not a target
-    return {"env": env.name, **result, "rollback_to": back}
+        result = store.promote(image_id, channel, user, now)
+    back = store.rollback_target(result["image"], channel)
+    return {"env": env.name, "target": "local", **result, "rollback_target": back}
+
+
+def aws_registry(env: Environment, root: Path | None) -> Any:
+    from .aws.context import registry_for
+
+    return registry_for(env, root=root)
 
 
 def human_promote(r: Result) -> list[str]:
-    head = f"channel {r['channel']} of {r['name']}"
+    where = f"{r['image']}/{r['channel']}"
     if not r["changed"]:
-        return [f"{head} already points at {r['to']}: nothing to do"]
-    lines = [f"{head}: {r['from'] or '(none)'} -> {r['to']}"]
-    if r.get("rollback_to"):
+        lines = [f"{where} already points at {r['image_id']}: nothing to do"]
+    elif r["target"] == "local":
+        lines = [f"{where}: {r['previous'] or 'nothing'} -> {r['image_id']}"]
+    else:
+        from .aws import commands as aws_commands
+
+        lines = aws_commands.human_promote(r)
+    if r.get("rollback_target"):
         lines.append(
-            f"rollback: invoke promote --env {r['env']} --image-id {r['rollback_to']} "
+            f"rollback: invoke promote --env {r['env']} --image-id {r['rollback_target']} "
             f"--channel {r['channel']}"
         )
     return lines
@@ -116,36 +142,96 @@ def revoke(
     reason: str,
     reporter: Reporter,
     *,
-    registry: Registry | None = None,
+    registry: LocalStore | None = None,
     root: Path | None = None,
     user: str | None = None,
     now: datetime | None = None,
 ) -> Result:
-    """Revoke an image for good; channels on it fall back and the result says where."""
+    """Revoke an image for good; channels on it fall back and the result says where.
+
+    Same keys on every target: env, target, image_id, image, reason, previous_status,
+    channels_moved ({channel: image id}), channels_left (nothing valid to fall back to).
+    """
     env = load_environment(env_name, root)
-    reg = registry or registry_for(env)
-    _env_check(env, reg, image_id)
+    if _remote(env) and registry is None:
+        from .aws import commands as aws_commands
+
+        remote = aws_commands.revoke(env, image_id, reason, reporter, root=root)
+        return {"target": env.settings.target, "changed": True, **remote}
+    store = registry or local_store(env)
+    _env_check(env, store, image_id)
     with reporter.phase("revoke", image_id):
-        result = reg.revoke(image_id, reason, user or current_user(), now or datetime.now(UTC))
-    for move in result["moved"]:
-        target = move["to"] or "nothing (no earlier valid image in its history)"
-        reporter.warn(f"channel {move['channel']} of {result['name']} fell back to {target}")
-    return {"env": env.name, **result}
+        result = store.revoke(image_id, reason, user, now)
+    for channel, target in sorted(result["channels_moved"].items()):
+        reporter.warn(f"channel {result['image']}/{channel} fell back to {target}")
+    for channel in result["channels_left"]:
+        reporter.warn(
+            f"channel {result['image']}/{channel} has no earlier valid image: it points at "
+            "nothing now; promote a new one"
+        )
+    return {"env": env.name, "target": "local", **result}
 
 
 def human_revoke(r: Result) -> list[str]:
+    if r["target"] != "local":
+        from .aws import commands as aws_commands
+
+        return aws_commands.human_revoke(r)
     if not r["changed"]:
         return [f"{r['image_id']} was already revoked ({r['reason']}): nothing to do"]
-    lines = [f"revoked {r['image_id']}: {r['reason']}"]
-    for m in r["moved"]:
-        if m["to"]:
-            lines.append(f"channel {m['channel']}: {m['from']} -> {m['to']} (fell back)")
-        else:
-            lines.append(
-                f"channel {m['channel']}: {m['from']} -> (none): no earlier valid image; promote one"
-            )
-    if not r["moved"]:
-        lines.append("no channel pointed at it")
+    lines = [f"revoked {r['image_id']} ({r['image']}): {r['reason']}"]
+    for channel, target in sorted(r["channels_moved"].items()):
+        lines.append(f"  channel {r['image']}/{channel} moved back to {target}")
+    for channel in r["channels_left"]:
+        lines.append(f"  channel {r['image']}/{channel} points at nothing now: promote a new image")
+    if not r["channels_moved"] and not r["channels_left"]:
+        lines.append("  no channel pointed at it")
+    return lines
+
+
+# -- channel history ---------------------------------------------------------------------
+def history(
+    env_name: str,
+    image: str,
+    channel: str,
+    reporter: Reporter,
+    *,
+    registry: LocalStore | None = None,
+    root: Path | None = None,
+) -> Result:
+    """A channel's moves, oldest first, and its rollback target."""
+    env = load_environment(env_name, root)
+    env.image(image)
+    ch.check_channel(channel)
+    if _remote(env) and registry is None:
+        from .aws import commands as aws_commands
+
+        return {
+            "target": env.settings.target,
+            **aws_commands.history(env, image, channel, reporter, root=root),
+        }
+    store = registry or local_store(env)
+    return {
+        "env": env.name,
+        "target": "local",
+        "image": image,
+        "channel": channel,
+        "history": store.history(image, channel),
+        "rollback_target": store.rollback_target(image, channel),
+    }
+
+
+def human_history(r: Result) -> list[str]:
+    where = f"{r['image']}/{r['channel']}"
+    if not r["history"]:
+        return [f"{where}: no history (never promoted)"]
+    lines = [f"{where}:"]
+    for e in r["history"]:
+        when = e.get("at") or e.get("promoted") or ""
+        who = f" by {e['user']}" if e.get("user") else ""
+        why = f" ({e['reason']})" if e.get("reason") else ""
+        lines.append(f"  {when}  {e['image_id'] or '(nothing)'}  [{e.get('status')}]{who}{why}")
+    lines.append(f"rollback target: {r['rollback_target'] or 'none'}")
     return lines
 
 
@@ -157,7 +243,7 @@ def fingerprint_cmd(
     against: str | None,
     reporter: Reporter,
     *,
-    registry: Registry | None = None,
+    registry: ImageLookup | None = None,
     root: Path | None = None,
     resolve_extra: ExtraResolver | None = None,
 ) -> Result:
@@ -165,14 +251,21 @@ def fingerprint_cmd(
     each input and its digest; with `against` which inputs differ from an existing image."""
     env = load_environment(env_name, root)
     resolve = resolve_extra or bake_extra
-    reg: Registry | None = registry
-    if reg is None and (against or env.settings.target == "local"):
-        reg = registry_for(env)
+    # what `invoke bake` would skip to: a local bake (local and sandbox) looks in this store
+    store: ImageLookup | None = registry
+    if store is None and env.settings.target in ("local", "sandbox"):
+        store = LocalStore(store_dir())
 
     old: dict[str, str] | None = None
     old_rec = None
     if against:
-        assert reg is not None
+        reg: ImageLookup
+        if registry is not None:
+            reg = registry
+        elif env.settings.target == "aws" or against.startswith("ami-"):
+            reg = aws_registry(env, root)
+        else:
+            reg = LocalStore(store_dir())
         old_rec = reg.get(against)  # NotFoundError if unknown
         if image is not None and image != old_rec.name:
             raise ConfigError(f"image {against} is a {old_rec.name!r} image, not {image!r}")
@@ -192,8 +285,8 @@ def fingerprint_cmd(
             inputs = fp.collect(env.root, env, name, extra)
             value = fp.compute(inputs)
         row: Result = {"image": name, "fingerprint": value, "inputs": len(inputs)}
-        if reg is not None:
-            hit = reg.find_by_fingerprint(name, value)
+        if store is not None:
+            hit = store.find_by_fingerprint(name, value)
             row["up_to_date"] = hit.id if hit else None
         if explain:
             row["explain"] = fp.explain(inputs)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import getpass
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,22 +79,35 @@ class Registry(Protocol):
 
     def manifest(self, image_id: str) -> dict[str, Any]: ...
 
-    def promote(self, image_id: str, channel: str, user: str, now: datetime) -> dict[str, Any]:
-        """Point `channel` of the image's name at a validated, non-revoked image."""
+    def promote(self, image_id: str, channel: str) -> dict[str, Any]:
+        """Point `channel` of the image's name at a validated, non-revoked image.
+
+        Result: image, channel, image_id, previous (the id it pointed at before), changed.
+        """
         ...
 
-    def revoke(self, image_id: str, reason: str, user: str, now: datetime) -> dict[str, Any]:
-        """Mark an image revoked; channels on it fall back to their newest earlier valid
-        entry. The result's `moved` lists `{channel, from, to}`."""
+    def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
+        """Mark an image revoked for good; each channel on it falls back to its newest
+        earlier valid image. Result: image_id, image, reason, previous_status,
+        channels_moved ({channel: image id}), channels_left (channels with nothing valid
+        to fall back to)."""
         ...
 
     def history(self, name: str, channel: str) -> ChannelHistory:
-        """Every move of the channel, oldest first; the last entry is the current one."""
+        """The channel's moves, oldest first (each with `image_id` and `status`)."""
         ...
 
-    def previous(self, name: str, channel: str) -> dict[str, Any] | None:
-        """The entry before the current one: the exact rollback target."""
+    def rollback_target(self, name: str, channel: str) -> str | None:
+        """The validated image the channel pointed at before its current one."""
         ...
+
+
+def current_user() -> str:
+    """Who moves a channel or revokes an image, for the record."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
+        return "unknown"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -234,36 +248,45 @@ class LocalStore:
                 f"image {image_id} is revoked{f' ({why})' if why else ''}: it can never be promoted"
             )
         if status != "validated":
-            raise ConfigError(
-                f"image {image_id} is {status}: only validated images can be promoted"
-            )
+            raise ConfigError(f"image {image_id} is {status}: only validated images can be promoted")
         return dict(entry)
 
-    def promote(self, image_id: str, channel: str, user: str, now: datetime) -> dict[str, Any]:
-        """Point `channel` at `image_id`; a no-op (`changed: false`) if it already does."""
+    def promote(
+        self, image_id: str, channel: str, user: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Point `channel` at `image_id`; a no-op (`changed: false`) if it already does.
+
+        The move (time, user, from, to) is appended to the channel's history.
+        """
         ch.check_channel(channel)
+        user, now = user or current_user(), now or datetime.now(UTC)
         with self.locked() as doc:
             entry = self._usable(doc, image_id)
             name = entry["name"]
             hist = doc["channels"].setdefault(name, {}).setdefault(channel, [])
+            was = ch.current(hist)
             move = ch.promote_entry(hist, image_id, user, now)
             if move is not None:
                 hist.append(move)
         return {
-            "image_id": image_id,
-            "name": name,
+            "image": name,
             "channel": channel,
-            "from": move["from"] if move else image_id,
-            "to": image_id,
+            "image_id": image_id,
+            "previous": was,
             "changed": move is not None,
-            "at": move["at"] if move else ch.timestamp(now),
+            "at": move["at"] if move else None,
             "user": user,
         }
 
-    def revoke(self, image_id: str, reason: str, user: str, now: datetime) -> dict[str, Any]:
-        """Revoke an image for good; move every channel on it back (see `channels`)."""
+    def revoke(
+        self, image_id: str, reason: str, user: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Revoke an image for good; every channel on it falls back (see `channels`), and
+        the fallback is recorded in the channel's history too."""
         reason = ch.clean_reason(reason)
-        moved: ChannelHistory = []
+        user, now = user or current_user(), now or datetime.now(UTC)
+        moved: dict[str, str] = {}
+        left: builtins.list[str] = []
         with self.locked() as doc:
             entry = doc["images"].get(image_id)
             if entry is None:
@@ -273,11 +296,17 @@ class LocalStore:
                     "there is nothing to revoke"
                 )
             name = entry["name"]
-            if entry.get("status") == "revoked":
+            previous_status = entry.get("status")
+            result = {"image_id": image_id, "image": name, "previous_status": previous_status}
+            if previous_status == "revoked":
                 return {
-                    "image_id": image_id, "name": name, "status": "revoked", "changed": False,
-                    "reason": entry.get("revoked_reason", ""), "at": entry.get("revoked_at"),
-                    "user": entry.get("revoked_by"), "moved": [],
+                    **result,
+                    "reason": entry.get("revoked_reason", ""),
+                    "changed": False,
+                    "at": entry.get("revoked_at"),
+                    "user": entry.get("revoked_by"),
+                    "channels_moved": {},
+                    "channels_left": [],
                 }
             at = ch.timestamp(now)
             entry.update(status="revoked", revoked_reason=reason, revoked_at=at, revoked_by=user)
@@ -290,26 +319,50 @@ class LocalStore:
                 move = ch.fallback_entry(hist, image_id, valid, user, now, reason)
                 if move is not None:
                     hist.append(move)
-                    moved.append({"channel": channel, "from": image_id, "to": move["image_id"]})
+                    if move["image_id"]:
+                        moved[channel] = move["image_id"]
+                    else:
+                        left.append(channel)
         return {
-            "image_id": image_id, "name": name, "status": "revoked", "changed": True,
-            "reason": reason, "at": at, "user": user, "moved": moved,
+            **result,
+            "reason": reason,
+            "changed": True,
+            "at": at,
+            "user": user,
+            "channels_moved": moved,
+            "channels_left": left,
         }
 
     def history(self, name: str, channel: str) -> ChannelHistory:
+        """Every move of the channel, oldest first; each entry also says the current
+        `status` of its image (None for a move to nothing)."""
         ch.check_channel(channel)
-        hist = self._read()["channels"].get(name, {}).get(channel, [])
-        return [dict(e) for e in hist]
+        doc = self._read()
+        out = []
+        for e in doc["channels"].get(name, {}).get(channel, []):
+            image = doc["images"].get(e.get("image_id") or "")
+            out.append({**e, "status": image.get("status") if image else None})
+        return out
 
     def previous(self, name: str, channel: str) -> dict[str, Any] | None:
+        """The entry before the current one: exactly where the channel pointed before."""
         return ch.previous(self.history(name, channel))
+
+    def rollback_target(self, name: str, channel: str) -> str | None:
+        hist = self.history(name, channel)
+        current = ch.current(hist)
+        for e in reversed(hist[:-1]):
+            if e.get("image_id") and e["image_id"] != current and e["status"] == "validated":
+                return str(e["image_id"])
+        return None
 
     def channel_map(self, name: str | None = None) -> dict[str, dict[str, str | None]]:
         """`{image name: {channel: current image id or None}}`."""
         chans = self._read()["channels"]
         return {
             n: {c: ch.current(h) for c, h in sorted(chans[n].items())}
-            for n in sorted(chans) if name is None or n == name
+            for n in sorted(chans)
+            if name is None or n == name
         }
 
     def image_dir(self, image_id: str) -> Path:

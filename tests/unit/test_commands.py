@@ -144,23 +144,41 @@ def test_promote_and_revoke_commands(root: Path, store: LocalStore) -> None:
     register(store, "web-2")
     kw: dict[str, Any] = {"registry": store, "root": root, "user": "alice", "now": T0}
     r1 = commands.promote("local", "web-1", "stable", quiet(), **kw)
-    assert r1["from"] is None and r1["rollback_to"] is None
+    assert r1["previous"] is None and r1["rollback_target"] is None and r1["target"] == "local"
     r2 = commands.promote("local", "web-2", "stable", quiet(), **kw)
-    assert r2["rollback_to"] == "web-1"
+    assert r2["rollback_target"] == "web-1"
     assert commands.human_promote(r2) == [
-        "channel stable of web: web-1 -> web-2",
+        "web/stable: web-1 -> web-2",
         "rollback: invoke promote --env local --image-id web-1 --channel stable",
     ]
     again = commands.promote("local", "web-2", "stable", quiet(), **kw)
-    assert commands.human_promote(again) == ["channel stable of web already points at web-2: nothing to do"]
+    assert commands.human_promote(again)[0] == "web/stable already points at web-2: nothing to do"
     log = io.StringIO()
     rv = commands.revoke("local", "web-2", "CVE-2026-1", Reporter(log), **kw)
-    assert rv["moved"] == [{"channel": "stable", "from": "web-2", "to": "web-1"}]
-    assert "warning: channel stable of web fell back to web-1" in log.getvalue()
+    assert rv["channels_moved"] == {"stable": "web-1"} and rv["channels_left"] == []
+    assert rv["previous_status"] == "validated"
+    assert "warning: channel web/stable fell back to web-1" in log.getvalue()
     assert commands.human_revoke(rv) == [
-        "revoked web-2: CVE-2026-1",
-        "channel stable: web-2 -> web-1 (fell back)",
+        "revoked web-2 (web): CVE-2026-1",
+        "  channel web/stable moved back to web-1",
     ]
+    h = commands.history("local", "web", "stable", quiet(), registry=store, root=root)
+    assert [(e["image_id"], e["status"], e["action"]) for e in h["history"]] == [
+        ("web-1", "validated", "promote"),
+        ("web-2", "revoked", "promote"),
+        ("web-1", "validated", "revoke"),
+    ]
+    text = commands.human_history(h)
+    assert text[0] == "web/stable:" and "(CVE-2026-1)" in text[3] and text[-1] == "rollback target: none"
+
+
+def test_revoke_with_nothing_to_fall_back_to(root: Path, store: LocalStore) -> None:
+    register(store, "web-1")
+    kw: dict[str, Any] = {"registry": store, "root": root, "user": "alice", "now": T0}
+    commands.promote("local", "web-1", "canary", quiet(), **kw)
+    rv = commands.revoke("local", "web-1", "bad", quiet(), **kw)
+    assert rv["channels_moved"] == {} and rv["channels_left"] == ["canary"]
+    assert commands.human_revoke(rv)[1] == "  channel web/canary points at nothing now: promote a new image"
 
 
 def test_no_rollback_hint_to_a_revoked_image(root: Path, store: LocalStore) -> None:
@@ -168,10 +186,11 @@ def test_no_rollback_hint_to_a_revoked_image(root: Path, store: LocalStore) -> N
         register(store, i)
     kw: dict[str, Any] = {"registry": store, "root": root, "user": "alice", "now": T0}
     commands.promote("local", "web-1", "stable", quiet(), **kw)
-    assert commands.promote("local", "web-2", "stable", quiet(), **kw)["rollback_to"] == "web-1"
+    assert commands.promote("local", "web-2", "stable", quiet(), **kw)["rollback_target"] == "web-1"
     store.revoke("web-1", "bad", "bob", T0)  # not current: the channel stays on web-2
     r = commands.promote("local", "web-2", "stable", quiet(), **kw)
-    assert r["changed"] is False and r["rollback_to"] is None
+    assert r["changed"] is False and r["rollback_target"] is None
+    assert len(commands.human_promote(r)) == 1
 
 
 def test_image_of_another_environment_is_refused(root: Path, store: LocalStore) -> None:
@@ -180,11 +199,60 @@ def test_image_of_another_environment_is_refused(root: Path, store: LocalStore) 
         commands.promote("local", "web-9", "stable", quiet(), registry=store, root=root)
 
 
-def test_aws_target_registry_not_available_yet(root: Path) -> None:
+@pytest.mark.parametrize("target", ["aws", "sandbox"])
+def test_remote_targets_go_to_the_aws_commands(
+    root: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    from goldenimage.aws import commands as aws_commands
+
     s = root / "inventories/local/goldenimage.yml"
-    s.write_text(s.read_text().replace("target: local", "target: aws"))
-    with pytest.raises(ConfigError, match="field target"):
-        commands.promote("local", "web-1", "stable", quiet(), root=root)
+    s.write_text(s.read_text().replace("target: local", f"target: {target}"))
+    calls: list[tuple[str, ...]] = []
+
+    def fake_promote(
+        env: Environment, image_id: str, channel: str, rep: Reporter, *, root: Path
+    ) -> dict[str, Any]:
+        calls.append(("promote", image_id, channel))
+        return {
+            "env": env.name,
+            "image": "web",
+            "channel": channel,
+            "image_id": image_id,
+            "previous": "ami-1",
+            "changed": True,
+            "parameter": "/p",
+            "version": 2,
+        }
+
+    def fake_revoke(
+        env: Environment, image_id: str, reason: str, rep: Reporter, *, root: Path
+    ) -> dict[str, Any]:
+        calls.append(("revoke", image_id, reason))
+        return {
+            "env": env.name,
+            "image_id": image_id,
+            "image": "web",
+            "reason": reason,
+            "channels_moved": {},
+            "channels_left": [],
+            "deprecation": "skipped",
+        }
+
+    class FakeRegistry:
+        def rollback_target(self, name: str, channel: str) -> str:
+            return "ami-1"
+
+    monkeypatch.setattr(aws_commands, "promote", fake_promote)
+    monkeypatch.setattr(aws_commands, "revoke", fake_revoke)
+    monkeypatch.setattr(commands, "aws_registry", lambda env, root: FakeRegistry())
+    p = commands.promote("local", "ami-2", "stable", quiet(), root=root)
+    assert p["target"] == target and p["rollback_target"] == "ami-1"
+    assert commands.human_promote(p)[0] == "web/stable: ami-1 -> ami-2 (version 2, /p)"
+    r = commands.revoke("local", "ami-2", "bad", quiet(), root=root)
+    assert r["target"] == target and commands.human_revoke(r)[0] == "revoked ami-2 (web): bad"
+    assert calls == [("promote", "ami-2", "stable"), ("revoke", "ami-2", "bad")]
+    with pytest.raises(ConfigError, match="bad channel name"):
+        commands.promote("local", "ami-2", "Bad", quiet(), root=root)
 
 
 # -- through cli.run: exit codes and one-line errors -------------------------------------
@@ -240,7 +308,7 @@ def test_cli_json_success(root: Path, store: LocalStore, capsys: pytest.CaptureF
 
     code, out, _ = run(work, True, capsys)
     doc = json.loads(out)
-    assert code == 0 and doc["ok"] is True and doc["to"] == "web-1" and doc["changed"] is True
+    assert code == 0 and doc["ok"] is True and doc["image_id"] == "web-1" and doc["changed"] is True
 
 
 def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,14 +58,14 @@ CASES = [
         [("promote", "web-1", "stable")],
         {"stable": "web-1"},
         {"stable": [(None, "web-1", "promote")]},
-        {"changed": True, "from": None, "to": "web-1", "at": "2026-11-26T09:00:00Z"},
+        {"changed": True, "previous": None, "image_id": "web-1", "at": "2026-11-26T09:00:00Z"},
     ),
     Case(
         "second promote keeps history",
         [("promote", "web-1", "stable"), ("promote", "web-2", "stable")],
         {"stable": "web-2"},
         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
-        {"from": "web-1", "to": "web-2"},
+        {"previous": "web-1", "image_id": "web-2"},
     ),
     Case(
         "promote the current image again is a no-op",
@@ -85,7 +85,8 @@ CASES = [
         {"stable": "web-1"},
         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote"), ("web-2", "web-1", "revoke")]},
         {
-            "moved": [{"channel": "stable", "from": "web-2", "to": "web-1"}],
+            "channels_moved": {"stable": "web-1"},
+            "channels_left": [],
             "reason": "CVE-2026-1",
             "changed": True,
         },
@@ -100,21 +101,21 @@ CASES = [
             ("revoke", "web-3", "worse"),
         ],
         {"stable": "web-1"},
-        last={"moved": [{"channel": "stable", "from": "web-3", "to": "web-1"}]},
+        last={"channels_moved": {"stable": "web-1"}},
     ),
     Case(
         "no valid earlier entry: the channel points at nothing",
         [("promote", "web-1", "stable"), ("revoke", "web-1", "bad")],
         {"stable": None},
         {"stable": [(None, "web-1", "promote"), ("web-1", None, "revoke")]},
-        {"moved": [{"channel": "stable", "from": "web-1", "to": None}]},
+        {"channels_moved": {}, "channels_left": ["stable"]},
     ),
     Case(
         "revoking an image a channel left does not move it",
         [("promote", "web-1", "stable"), ("promote", "web-2", "stable"), ("revoke", "web-1", "old")],
         {"stable": "web-2"},
         {"stable": [(None, "web-1", "promote"), ("web-1", "web-2", "promote")]},
-        {"moved": []},
+        {"channels_moved": {}, "channels_left": []},
     ),
     Case(
         "every channel on the image moves",
@@ -126,12 +127,7 @@ CASES = [
             ("revoke", "web-2", "bad"),
         ],
         {"stable": "web-1", "canary": "web-3"},
-        last={
-            "moved": [
-                {"channel": "canary", "from": "web-2", "to": "web-3"},
-                {"channel": "stable", "from": "web-2", "to": "web-1"},
-            ]
-        },
+        last={"channels_moved": {"canary": "web-3", "stable": "web-1"}, "channels_left": []},
     ),
     Case(
         "revoking twice is a no-op that keeps the first reason",
@@ -206,6 +202,25 @@ def test_previous_is_the_exact_rollback_target(store: LocalStore) -> None:
     apply(store, [("promote", "web-1", "stable"), ("promote", "web-3", "stable")])
     prev = store.previous("web", "stable")
     assert prev is not None and prev["image_id"] == "web-1"
+
+
+def test_history_status_and_rollback_target(store: LocalStore) -> None:
+    apply(
+        store,
+        [("promote", "web-1", "stable"), ("promote", "web-2", "stable"), ("promote", "web-3", "stable")],
+    )
+    assert store.rollback_target("web", "stable") == "web-2"
+    store.revoke("web-2", "bad", "bob", T0)  # not current: no move
+    assert [e["status"] for e in store.history("web", "stable")] == ["validated", "revoked", "validated"]
+    assert store.rollback_target("web", "stable") == "web-1"  # skips the revoked one
+    assert store.previous("web", "stable")["image_id"] == "web-2"  # type: ignore[index]
+    assert store.rollback_target("web", "canary") is None
+
+
+def test_user_and_time_default_to_now_and_this_user(store: LocalStore) -> None:
+    r = store.promote("web-1", "stable")
+    assert r["user"] and r["at"].endswith("Z")
+    assert store.history("web", "stable")[0]["user"] == r["user"]
 
 
 def test_channels_belong_to_the_image_name(store: LocalStore) -> None:
