@@ -39,4 +39,42 @@ def images(c, env="local", image=None, json=False, debug=False):
     run(lambda r: _bake.images(image, r), json_out=json, debug=debug, human=_bake.human_images)
 
 
-ns = Collection(setup, bake, validate, images)
+@task(name="iam-policy", help=COMMON)
+def iam_policy(c, env="local", json=False, debug=False):
+    """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
+    from goldenimage.aws import iam
+
+    run(lambda r: iam.iam_policy(env, r), json_out=json, debug=debug, human=iam.human_policy)
+
+
+@task(help=COMMON)
+def sandbox_up(c, env="sandbox", json=False, debug=False):
+    """Start the loopback AWS API (a moto server) and seed it from inventories/<env>."""
+    from goldenimage.aws import sandbox
+
+    run(lambda r: sandbox.sandbox_up(env, r), json_out=json, debug=debug, human=sandbox.human_status)
+
+
+@task(help=COMMON)
+def sandbox_down(c, env="sandbox", json=False, debug=False):
+    """Stop the sandbox and forget its state."""
+    from goldenimage.aws import sandbox
+
+    run(lambda r: sandbox.sandbox_down(env, r), json_out=json, debug=debug, human=sandbox.human_down)
+
+
+@task(help=COMMON)
+def sandbox_status(c, env="sandbox", json=False, debug=False):
+    """Is the sandbox running: pid, endpoint, and its groups' instances."""
+    from goldenimage.aws import sandbox
+
+    run(lambda r: sandbox.sandbox_status(env, r), json_out=json, debug=debug, human=sandbox.human_status)
+
+
+sandbox_ns = Collection("sandbox")
+sandbox_ns.add_task(sandbox_up, name="up")
+sandbox_ns.add_task(sandbox_down, name="down")
+sandbox_ns.add_task(sandbox_status, name="status")
+
+ns = Collection(setup, bake, validate, images, iam_policy)
+ns.add_collection(sandbox_ns)

@@ -9,17 +9,28 @@ other exception is a bug and shows its traceback only with `--debug`.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import GoldenImageError, Interrupted
 from .progress import Reporter
 
 Result = dict[str, Any]
+
+
+def _emit(text: str, stream: TextIO) -> None:
+    """Print, surviving a reader that went away (`invoke images --json | head`)."""
+    try:
+        print(text, file=stream)
+        stream.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -49,20 +60,20 @@ def run(
             traceback.print_exc()
         result = {"ok": False, "error": exc.message, "exit_code": code, **getattr(exc, "result", {})}
         if json_out:
-            print(json.dumps(result, indent=2, sort_keys=True, default=str))
-        print(f"error: {exc.message}", file=sys.stderr)
+            _emit(json.dumps(result, indent=2, sort_keys=True, default=str), sys.stdout)
+        _emit(f"error: {exc.message}", sys.stderr)
         sys.exit(code)
     except Exception as exc:  # a bug: say so in one line, the traceback only when asked
         if debug:
             traceback.print_exc()
-        print(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug)", file=sys.stderr)
+        _emit(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug)", sys.stderr)
         sys.exit(1)
     assert result is not None
     code = int(result.pop("exit_code", 0))
     result.setdefault("ok", code == 0)
     if json_out:
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        _emit(json.dumps(result, indent=2, sort_keys=True, default=str), sys.stdout)
     else:
-        for line in (human(result) if human else [json.dumps(result, indent=2, default=str)]):
-            print(line)
+        lines = human(result) if human else [json.dumps(result, indent=2, default=str)]
+        _emit("\n".join(lines), sys.stdout)
     sys.exit(code)
