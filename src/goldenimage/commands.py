@@ -228,9 +228,12 @@ def human_history(r: Result) -> list[str]:
     lines = [f"{where}:"]
     for e in r["history"]:
         when = e.get("at") or e.get("promoted") or ""
-        who = f" by {e['user']}" if e.get("user") else ""
-        why = f" ({e['reason']})" if e.get("reason") else ""
-        lines.append(f"  {when}  {e['image_id'] or '(nothing)'}  [{e.get('status')}]{who}{why}")
+        what = f"{e['image_id'] or '(nothing)'} [{e.get('status') or '-'}]"
+        if e.get("action") == "revoke":
+            what += f"  fell back: {e.get('from')} revoked ({e.get('reason', '')})"
+        if e.get("user"):
+            what += f"  by {e['user']}"
+        lines.append(f"  {when}  {what}")
     lines.append(f"rollback target: {r['rollback_target'] or 'none'}")
     return lines
 

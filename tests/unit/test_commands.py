@@ -169,7 +169,8 @@ def test_promote_and_revoke_commands(root: Path, store: LocalStore) -> None:
         ("web-1", "validated", "revoke"),
     ]
     text = commands.human_history(h)
-    assert text[0] == "web/stable:" and "(CVE-2026-1)" in text[3] and text[-1] == "rollback target: none"
+    assert text[0] == "web/stable:" and text[-1] == "rollback target: none"
+    assert text[3].endswith("web-1 [validated]  fell back: web-2 revoked (CVE-2026-1)  by alice")
 
 
 def test_revoke_with_nothing_to_fall_back_to(root: Path, store: LocalStore) -> None:
