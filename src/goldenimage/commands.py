@@ -36,8 +36,9 @@ class ImageLookup(Protocol):
 
 
 def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
-    """The resolved fingerprint inputs, from the same sources `bake` uses: the base disk's
-    content hash (built or fetched once, then cached), the Packer and ansible-core versions.
+    """The resolved fingerprint inputs, from the same sources `bake` uses: the base image
+    identity (local and sandbox: the base disk's content hash, built or fetched once, then
+    cached; aws: the base AMI id resolved now), the Packer and ansible-core versions.
 
     `bake.bake` builds the same dict inline; both must agree or `invoke fingerprint` would
     disagree with `invoke bake` about what is up to date.
@@ -45,10 +46,15 @@ def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, st
     env.image(image)
     from ansible.release import __version__ as ansible_version
 
-    with reporter.phase("base", "base disk identity"):
-        base = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter)
+    if env.settings.target == "aws":  # the AMI the amazon-ebs source filter resolves to now
+        from .aws import commands as aws_commands
+
+        identity = str(aws_commands.base_ami(env, reporter)["base_ami"]["id"])
+    else:  # local and sandbox bake on the local base disk
+        with reporter.phase("base", "base disk identity"):
+            identity = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter).identity
     return {
-        "base:image": base.identity,
+        "base:image": identity,
         "tool:packer": packer.Packer.detect().version_text,
         "tool:ansible-core": ansible_version,
     }

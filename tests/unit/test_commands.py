@@ -333,3 +333,10 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
         "tool:ansible-core": ansible_version,
     }
     assert seen["spec"] == env.settings.base
+
+    from goldenimage.aws import commands as aws_commands
+
+    s = root / "inventories/local/goldenimage.yml"
+    s.write_text(s.read_text().replace("target: local", "target: aws"))
+    monkeypatch.setattr(aws_commands, "base_ami", lambda env, rep: {"base_ami": {"id": "ami-0abc"}})
+    assert commands.bake_extra(load_environment("local", root), "web", quiet())["base:image"] == "ami-0abc"
