@@ -1,8 +1,12 @@
-"""What `invoke fingerprint`, `invoke promote` and `invoke revoke` do.
+"""What `invoke fingerprint`, `invoke promote`, `invoke revoke` and `invoke history` do.
 
 Each command takes plain arguments and a Reporter and returns the result dict that
 `cli.run` prints (`--json`) or hands to the matching `human_*` formatter. Errors are
 GoldenImageErrors, so `cli.run` turns them into one `error:` line and the exit code.
+
+Channels live where the environment's images live: the local image store for target
+`local`, the AWS registry (SSM parameters, `aws.commands`) for `aws` and `sandbox`. The
+results carry the same keys on every target, plus `target`.
 """
 
 from __future__ import annotations
