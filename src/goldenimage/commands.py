@@ -74,6 +74,14 @@ def local_store(env: Environment) -> LocalStore:
     return LocalStore(store_dir())
 
 
+def required(**options: str | None) -> None:
+    """Options a task takes as `None` by default, so that a missing one is exit 2 (bad
+    input) with a one-line error rather than Invoke's own parse error (exit 1)."""
+    for name, value in options.items():
+        if value is None or not str(value).strip():
+            raise ConfigError(f"--{name.replace('_', '-')} is required")
+
+
 def _remote(env: Environment) -> bool:
     return env.settings.target in ("aws", "sandbox")
 
@@ -89,8 +97,8 @@ def _env_check(env: Environment, registry: LocalStore, image_id: str) -> None:
 # -- promote -----------------------------------------------------------------------------
 def promote(
     env_name: str,
-    image_id: str,
-    channel: str,
+    image_id: str | None,
+    channel: str | None,
     reporter: Reporter,
     *,
     registry: LocalStore | None = None,
@@ -104,6 +112,8 @@ def promote(
     registry (`aws.commands.promote`). The result has the same keys on every target:
     env, target, image, channel, image_id, previous, changed, rollback_target.
     """
+    required(image_id=image_id, channel=channel)
+    assert image_id is not None and channel is not None
     env = load_environment(env_name, root)
     ch.check_channel(channel)
     if _remote(env) and registry is None:
@@ -148,8 +158,8 @@ def human_promote(r: Result) -> list[str]:
 # -- revoke ------------------------------------------------------------------------------
 def revoke(
     env_name: str,
-    image_id: str,
-    reason: str,
+    image_id: str | None,
+    reason: str | None,
     reporter: Reporter,
     *,
     registry: LocalStore | None = None,
@@ -162,6 +172,8 @@ def revoke(
     Same keys on every target: env, target, image_id, image, reason, previous_status,
     channels_moved ({channel: image id}), channels_left (nothing valid to fall back to).
     """
+    required(image_id=image_id, reason=reason)
+    assert image_id is not None and reason is not None
     env = load_environment(env_name, root)
     if _remote(env) and registry is None:
         from .aws import commands as aws_commands
@@ -202,14 +214,16 @@ def human_revoke(r: Result) -> list[str]:
 # -- channel history ---------------------------------------------------------------------
 def history(
     env_name: str,
-    image: str,
-    channel: str,
+    image: str | None,
+    channel: str | None,
     reporter: Reporter,
     *,
     registry: LocalStore | None = None,
     root: Path | None = None,
 ) -> Result:
     """A channel's moves, oldest first, and its rollback target."""
+    required(image=image, channel=channel)
+    assert image is not None and channel is not None
     env = load_environment(env_name, root)
     env.image(image)
     ch.check_channel(channel)

@@ -340,3 +340,18 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
     s.write_text(s.read_text().replace("target: local", "target: aws"))
     monkeypatch.setattr(aws_commands, "base_ami", lambda env, rep: {"base_ami": {"id": "ami-0abc"}})
     assert commands.bake_extra(load_environment("local", root), "web", quiet())["base:image"] == "ami-0abc"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: commands.promote("local", None, "stable", quiet()), "--image-id is required"),
+        (lambda: commands.promote("local", "web-1", None, quiet()), "--channel is required"),
+        (lambda: commands.revoke("local", "web-1", None, quiet()), "--reason is required"),
+        (lambda: commands.history("local", None, "stable", quiet()), "--image is required"),
+    ],
+)
+def test_missing_options_are_exit_2(call: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}$") as exc:
+        call()
+    assert exc.value.exit_code == 2
