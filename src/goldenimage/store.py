@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import getpass
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import channels as ch
 from .errors import ConfigError, NotFoundError
 from .fsutil import atomic_write_json, file_lock
 
 CATALOG_VERSION = 1
 STATUSES = ("validated", "quarantined", "revoked")
+
+ChannelHistory = list[dict[str, Any]]  # an alias: inside the classes `list` is a method
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,36 @@ class Registry(Protocol):
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
 
     def manifest(self, image_id: str) -> dict[str, Any]: ...
+
+    def promote(self, image_id: str, channel: str) -> dict[str, Any]:
+        """Point `channel` of the image's name at a validated, non-revoked image.
+
+        Result: image, channel, image_id, previous (the id it pointed at before), changed.
+        """
+        ...
+
+    def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
+        """Mark an image revoked for good; each channel on it falls back to its newest
+        earlier valid image. Result: image_id, image, reason, previous_status,
+        channels_moved ({channel: image id}), channels_left (channels with nothing valid
+        to fall back to)."""
+        ...
+
+    def history(self, name: str, channel: str) -> ChannelHistory:
+        """The channel's moves, oldest first (each with `image_id` and `status`)."""
+        ...
+
+    def rollback_target(self, name: str, channel: str) -> str | None:
+        """The validated image the channel pointed at before its current one."""
+        ...
+
+
+def current_user() -> str:
+    """Who moves a channel or revokes an image, for the record."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
+        return "unknown"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,6 +231,139 @@ class LocalStore:
         base = self.quarantine_dir if rec.status == "quarantined" else self.images_dir
         doc: dict[str, Any] = json.loads((base / image_id / "manifest.json").read_text())
         return doc
+
+    # -- channels and revocation ---------------------------------------------------------
+    def _usable(self, doc: dict[str, Any], image_id: str) -> dict[str, Any]:
+        """The catalog entry of an image that may be promoted; ConfigError otherwise."""
+        entry = doc["images"].get(image_id)
+        if entry is None:
+            rec = self.get(image_id)  # NotFoundError if unknown; a quarantined record else
+            raise ConfigError(
+                f"image {image_id} is {rec.status}: it failed validation and can never be promoted"
+            )
+        status = entry.get("status")
+        if status == "revoked":
+            why = entry.get("revoked_reason", "")
+            raise ConfigError(
+                f"image {image_id} is revoked{f' ({why})' if why else ''}: it can never be promoted"
+            )
+        if status != "validated":
+            raise ConfigError(f"image {image_id} is {status}: only validated images can be promoted")
+        return dict(entry)
+
+    def promote(
+        self, image_id: str, channel: str, user: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Point `channel` at `image_id`; a no-op (`changed: false`) if it already does.
+
+        The move (time, user, from, to) is appended to the channel's history.
+        """
+        ch.check_channel(channel)
+        user, now = user or current_user(), now or datetime.now(UTC)
+        with self.locked() as doc:
+            entry = self._usable(doc, image_id)
+            name = entry["name"]
+            hist = doc["channels"].setdefault(name, {}).setdefault(channel, [])
+            was = ch.current(hist)
+            move = ch.promote_entry(hist, image_id, user, now)
+            if move is not None:
+                hist.append(move)
+        return {
+            "image": name,
+            "channel": channel,
+            "image_id": image_id,
+            "previous": was,
+            "changed": move is not None,
+            "at": move["at"] if move else None,
+            "user": user,
+        }
+
+    def revoke(
+        self, image_id: str, reason: str, user: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Revoke an image for good; every channel on it falls back (see `channels`), and
+        the fallback is recorded in the channel's history too."""
+        reason = ch.clean_reason(reason)
+        user, now = user or current_user(), now or datetime.now(UTC)
+        moved: dict[str, str] = {}
+        left: builtins.list[str] = []
+        with self.locked() as doc:
+            entry = doc["images"].get(image_id)
+            if entry is None:
+                rec = self.get(image_id)  # NotFoundError if unknown
+                raise ConfigError(
+                    f"image {image_id} is {rec.status}: it was never registered as usable, "
+                    "there is nothing to revoke"
+                )
+            name = entry["name"]
+            previous_status = entry.get("status")
+            result = {"image_id": image_id, "image": name, "previous_status": previous_status}
+            if previous_status == "revoked":
+                return {
+                    **result,
+                    "reason": entry.get("revoked_reason", ""),
+                    "changed": False,
+                    "at": entry.get("revoked_at"),
+                    "user": entry.get("revoked_by"),
+                    "channels_moved": {},
+                    "channels_left": [],
+                }
+            at = ch.timestamp(now)
+            entry.update(status="revoked", revoked_reason=reason, revoked_at=at, revoked_by=user)
+
+            def valid(other: str) -> bool:
+                e = doc["images"].get(other)
+                return e is not None and e.get("status") == "validated"
+
+            for channel, hist in sorted(doc["channels"].get(name, {}).items()):
+                move = ch.fallback_entry(hist, image_id, valid, user, now, reason)
+                if move is not None:
+                    hist.append(move)
+                    if move["image_id"]:
+                        moved[channel] = move["image_id"]
+                    else:
+                        left.append(channel)
+        return {
+            **result,
+            "reason": reason,
+            "changed": True,
+            "at": at,
+            "user": user,
+            "channels_moved": moved,
+            "channels_left": left,
+        }
+
+    def history(self, name: str, channel: str) -> ChannelHistory:
+        """Every move of the channel, oldest first; each entry also says the current
+        `status` of its image (None for a move to nothing)."""
+        ch.check_channel(channel)
+        doc = self._read()
+        out = []
+        for e in doc["channels"].get(name, {}).get(channel, []):
+            image = doc["images"].get(e.get("image_id") or "")
+            out.append({**e, "status": image.get("status") if image else None})
+        return out
+
+    def previous(self, name: str, channel: str) -> dict[str, Any] | None:
+        """The entry before the current one: exactly where the channel pointed before."""
+        return ch.previous(self.history(name, channel))
+
+    def rollback_target(self, name: str, channel: str) -> str | None:
+        hist = self.history(name, channel)
+        current = ch.current(hist)
+        for e in reversed(hist[:-1]):
+            if e.get("image_id") and e["image_id"] != current and e["status"] == "validated":
+                return str(e["image_id"])
+        return None
+
+    def channel_map(self, name: str | None = None) -> dict[str, dict[str, str | None]]:
+        """`{image name: {channel: current image id or None}}`."""
+        chans = self._read()["channels"]
+        return {
+            n: {c: ch.current(h) for c, h in sorted(chans[n].items())}
+            for n in sorted(chans)
+            if name is None or n == name
+        }
 
     def image_dir(self, image_id: str) -> Path:
         rec = self.get(image_id)
