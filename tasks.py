@@ -28,15 +28,54 @@ def bake(c, env="local", image=None, force=False, json=False, debug=False):
 
 
 @task(help={**COMMON, "image_id": "the image to boot and test again"})
-def validate(c, image_id, env="local", json=False, debug=False):
+def validate(c, image_id=None, env="local", json=False, debug=False):
     """Boot a registered image and run the testinfra suite (tests/image) again."""
     run(lambda r: _bake.validate(env, image_id, r), json_out=json, debug=debug, human=_bake.human_validate)
 
 
-@task(help={**COMMON, "image": "only images of this name"})
-def images(c, env="local", image=None, json=False, debug=False):
+@task(help={**COMMON, "image": "only images of this name",
+            "image_id": "one image's provenance: manifest, fingerprint inputs, SBOM, validation"})
+def images(c, env="local", image=None, image_id=None, json=False, debug=False):
     """List images: id, name, fingerprint, created, status, channels."""
-    run(lambda r: _bake.images(image, r), json_out=json, debug=debug, human=_bake.human_images)
+    run(lambda r: _bake.images(env, image, image_id, r), json_out=json, debug=debug, human=_bake.human_images)
+
+
+@task(help={**COMMON, "image": "image name (default: every image of the environment)",
+            "explain": "list every input with its digest",
+            "against": "an image id: which inputs differ from those it was built from"})
+def fingerprint(c, env="local", image=None, explain=False, against=None, json=False, debug=False):
+    """Print an image's fingerprint: the hash of every input that shapes it."""
+    from goldenimage import commands
+
+    run(lambda r: commands.fingerprint_cmd(env, image, explain, against, r), json_out=json, debug=debug,
+        human=commands.human_fingerprint)
+
+
+@task(help={**COMMON, "image_id": "a validated, non-revoked image", "channel": "channel name, e.g. stable"})
+def promote(c, image_id=None, channel=None, env="local", json=False, debug=False):
+    """Point a channel at a validated image; every move is kept in the channel's history."""
+    from goldenimage import commands
+
+    run(lambda r: commands.promote(env, image_id, channel, r), json_out=json, debug=debug,
+        human=commands.human_promote)
+
+
+@task(help={**COMMON, "image_id": "the image to revoke", "reason": "why (recorded with the image)"})
+def revoke(c, image_id=None, reason=None, env="local", json=False, debug=False):
+    """Revoke an image for good; channels on it fall back to their newest earlier valid image."""
+    from goldenimage import commands
+
+    run(lambda r: commands.revoke(env, image_id, reason, r), json_out=json, debug=debug,
+        human=commands.human_revoke)
+
+
+@task(help={**COMMON, "image": "image name, e.g. web", "channel": "channel name, e.g. stable"})
+def history(c, image=None, channel=None, env="local", json=False, debug=False):
+    """A channel's moves (time, user, from, to) and its rollback target."""
+    from goldenimage import commands
+
+    run(lambda r: commands.history(env, image, channel, r), json_out=json, debug=debug,
+        human=commands.human_history)
 
 
 @task(name="iam-policy", help=COMMON)
@@ -76,5 +115,5 @@ sandbox_ns.add_task(sandbox_up, name="up")
 sandbox_ns.add_task(sandbox_down, name="down")
 sandbox_ns.add_task(sandbox_status, name="status")
 
-ns = Collection(setup, bake, validate, images, iam_policy)
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, iam_policy)
 ns.add_collection(sandbox_ns)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fingerprint
+from . import __version__, fingerprint, sbom
 from .adapters import baseimage, packer, proc, qemu, testinfra
 from .errors import ConfigError, TemplateError, ValidationFailed
 from .fsutil import atomic_write_json, file_lock, sha256_file
@@ -57,6 +57,11 @@ def detect_tools() -> Tools:
     return Tools(packer.Packer.detect(), ansible_version, qemu.qemu_version())
 
 
+def fingerprint_extra(base_identity: str, packer_version: str, ansible_version: str) -> dict[str, str]:
+    """The fingerprint inputs that are not files: the base identity and the tool versions."""
+    return {"base:image": base_identity, "tool:packer": packer_version, "tool:ansible-core": ansible_version}
+
+
 def pick_image(env: Environment, image: str | None) -> str:
     if image:
         env.image(image)
@@ -91,6 +96,11 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
         raise ConfigError(f"{env.rel(env.settings_file)}: field target: bake of target "
                           f"{env.settings.target!r} is not available in this version (local, sandbox)")
     tools = detect_tools()
+    remote = None
+    if env.settings.target == "sandbox":
+        from .aws.context import registry_for
+
+        remote = registry_for(env)  # a sandbox that is not running is an error now, not after the bake
     store = LocalStore(store_dir())
     result: dict[str, Any] = {"image": name, "env": env.name, "skipped": False}
 
@@ -104,11 +114,9 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
             reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
 
         with reporter.phase("fingerprint"):
-            inputs = fingerprint.collect(env.root, env, name, extra={
-                "base:image": base.identity,
-                "tool:packer": tools.packer.version_text,
-                "tool:ansible-core": tools.ansible,
-            })
+            inputs = fingerprint.collect(env.root, env, name,
+                                         extra=fingerprint_extra(base.identity, tools.packer.version_text,
+                                                                 tools.ansible))
             fp = fingerprint.compute(inputs)
             reporter.info(f"    fingerprint {fp}")
         result["fingerprint"] = fp
@@ -120,6 +128,8 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 result.update(skipped=True, image_id=hit.id, status=hit.status,
                               artifact=str(store.image_dir(hit.id) / hit.artifact),
                               durations=reporter.durations)
+                if remote is not None:
+                    result["registered"] = _register_remote(env, remote, store, hit, reporter)
                 return result
 
         with store.workspace() as ws:
@@ -131,6 +141,8 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
             result.update(image_id=record.id, status=record.status,
                           artifact=str(store.image_dir(record.id) / record.artifact),
                           durations=reporter.durations)
+            if remote is not None and record.status == "validated":
+                result["registered"] = _register_remote(env, remote, store, record, reporter)
             if record.status != "validated":
                 exc = ValidationFailed(
                     f"image {record.id} failed validation ({len(manifest['validation']['failures'])} "
@@ -140,6 +152,19 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 exc.result = {**result, "failures": manifest["validation"]["failures"]}  # type: ignore[attr-defined]
                 raise exc
             return result
+
+
+def _register_remote(env: Environment, remote: Any, store: LocalStore, rec: ImageRecord,
+                     reporter: Reporter) -> dict[str, Any]:
+    """Sandbox target: the locally validated image also stands as an AMI there (once)."""
+    existing = remote.find_by_fingerprint(rec.name, rec.fingerprint)
+    if existing is not None:
+        return {"image_id": existing.id, "new": False}
+    from .aws import commands as aws_commands
+
+    with reporter.phase("register-remote", f"register {rec.id} in {env.name}"):
+        done = aws_commands.register_baked_image(env, rec, store.manifest(rec.id), reporter)
+    return {"image_id": done["image"]["id"], "new": True}
 
 
 def check_templates(env: Environment, name: str, tools: Tools) -> None:
@@ -231,9 +256,12 @@ def _build_validate(
         "tools": tools.versions(), "accelerator": accel, "git": git_state(root),
         "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
         "packages": [{"name": n, "version": v, "arch": a} for n, v, a in packages],
+        "sbom": "sbom.cdx.json",
         "validation": {"status": status, **suite.as_dict(), "junit": "junit.xml"},
         "packer_manifest": pk_manifest,
     }
+    atomic_write_json(image_dir / "sbom.cdx.json",
+                      sbom.build(packages, image_name=name, fingerprint=fp, now=created))
     record = ImageRecord(id=image_id, name=name, env=env.name, fingerprint=fp, created=build_time,
                          status=status, artifact="disk.qcow2")
     return record, manifest
@@ -255,9 +283,17 @@ def validate_disk(
     return suite, packages
 
 
-def validate(env_name: str, image_id: str, reporter: Reporter) -> dict[str, Any]:
+def validate(env_name: str, image_id: str | None, reporter: Reporter) -> dict[str, Any]:
     """`invoke validate`: boot a registered image again and rerun the image suite."""
+    from .commands import required
+
+    required(image_id=image_id)
+    assert image_id is not None
     env = load_environment(env_name)
+    if env.settings.target in ("aws", "sandbox"):
+        from .aws import commands as aws_commands
+
+        return aws_commands.validate(env, image_id, reporter)
     detect_tools()
     store = LocalStore(store_dir())
     rec = store.get(image_id)
@@ -303,13 +339,48 @@ def human_bake(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def images(image: str | None, reporter: Reporter) -> dict[str, Any]:
+def images(env_name: str, image: str | None, image_id: str | None, reporter: Reporter) -> dict[str, Any]:
+    """`invoke images`: the environment's images; with an id, that image's full provenance."""
+    env = load_environment(env_name)
+    if image is not None:
+        env.image(image)
+    if env.settings.target in ("aws", "sandbox"):
+        from .aws import commands as aws_commands
+        from .aws.context import registry_for
+
+        if image_id is not None:
+            reg = registry_for(env)
+            return {"image": reg.get(image_id).summary(), "manifest": reg.manifest(image_id)}
+        return aws_commands.images(env, reporter, image=image)
     store = LocalStore(store_dir())
-    recs = store.list(image)
-    return {"images": [r.summary() for r in recs], "store": str(store.root)}
+    if image_id is not None:
+        rec = store.get(image_id)
+        directory = store.image_dir(image_id)
+        manifest = store.manifest(image_id)
+        sbom_file = directory / str(manifest.get("sbom", "sbom.cdx.json"))
+        return {
+            "image": rec.summary(), "directory": str(directory), "manifest": manifest,
+            "sbom": json.loads(sbom_file.read_text()) if sbom_file.is_file() else None,
+            "junit": str(directory / "junit.xml"),
+        }
+    return {"images": [r.summary() for r in store.list(image)], "store": str(store.root), "env": env.name}
 
 
 def human_images(result: dict[str, Any]) -> list[str]:
+    if "manifest" in result:
+        m, rec = result["manifest"], result["image"]
+        lines = [f"{k:<12} {rec.get(k)}" for k in ("id", "name", "status", "fingerprint", "created")]
+        lines.append(f"{'channels':<12} {', '.join(rec.get('channels') or []) or '-'}")
+        for key in ("base", "tools", "git", "validation"):
+            if key in m:
+                lines.append(f"{key:<12} {json.dumps(m[key], sort_keys=True, default=str)}")
+        if "directory" in result:
+            lines.append(f"{'directory':<12} {result['directory']}")
+        return lines
+    if result.get("target") in ("aws", "sandbox"):
+        from .aws import commands as aws_commands
+
+        return aws_commands.human_images(result)
     rows = result["images"]
     if not rows:
         return [f"no images in {result['store']}"]

@@ -44,8 +44,8 @@ def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, st
     identity (local and sandbox: the base disk's content hash, built or fetched once, then
     cached; aws: the base AMI id resolved now), the Packer and ansible-core versions.
 
-    `bake.bake` builds the same dict inline; both must agree or `invoke fingerprint` would
-    disagree with `invoke bake` about what is up to date.
+    Both this and `bake.bake` build the dict with `bake.fingerprint_extra`, so `invoke
+    fingerprint` and `invoke bake` agree about what is up to date.
     """
     env.image(image)
     from ansible.release import __version__ as ansible_version
@@ -57,11 +57,9 @@ def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, st
     else:  # local and sandbox bake on the local base disk
         with reporter.phase("base", "base disk identity"):
             identity = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter).identity
-    return {
-        "base:image": identity,
-        "tool:packer": packer.Packer.detect().version_text,
-        "tool:ansible-core": ansible_version,
-    }
+    from .bake import fingerprint_extra
+
+    return fingerprint_extra(identity, packer.Packer.detect().version_text, ansible_version)
 
 
 def local_store(env: Environment) -> LocalStore:
