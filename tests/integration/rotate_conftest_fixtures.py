@@ -21,8 +21,8 @@ from goldenimage.aws.clients import AwsContext, Clients
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
+@pytest.fixture(scope="session", name="moto_url")
+def moto_url_fixture() -> Iterator[str]:
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto.server import ThreadedMotoServer
@@ -42,8 +42,8 @@ def make_clients(url: str, max_attempts: int = 1) -> Clients:
     )
 
 
-@pytest.fixture
-def aws(moto_url: str) -> Clients:
+@pytest.fixture(name="aws")
+def aws_fixture(moto_url: str) -> Clients:
     req = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST", data=b"")
     urllib.request.urlopen(req).close()
     return make_clients(moto_url)

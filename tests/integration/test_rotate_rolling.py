@@ -13,9 +13,9 @@ from goldenimage.rotation.executor import human_rotate, rollback, rotate
 from goldenimage.rotation.policy import GroupPolicy
 from goldenimage.rotation.state import tag_map
 from tests.integration.rotate_conftest_fixtures import (  # noqa: F401 - fixtures
-    aws,
+    aws_fixture,
     instance_images,
-    moto_url,
+    moto_url_fixture,
     seed_group,
 )
 
