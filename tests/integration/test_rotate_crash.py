@@ -176,7 +176,7 @@ def test_two_rotations_at_once_one_refused(aws: Clients) -> None:
     from tests.integration.rotate_conftest_fixtures import make_clients
 
     other = make_clients(aws.ctx.endpoint_url or "")
-    with pytest.raises(RotationFailed, match="being rotated.*by alice@ops:1 since "):
+    with pytest.raises(RotationFailed, match=r"being rotated.*by alice@ops:1 since "):
         rotate(other, pol, s.new_ami, reporter=quiet(), owner="bob@ops:2")
     t.join(60)
     assert box["res"]["exit_code"] == 0
