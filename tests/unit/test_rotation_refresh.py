@@ -119,7 +119,9 @@ def test_ctrl_c_cancels_the_refresh() -> None:
         stub.add_response("start_instance_refresh", {"InstanceRefreshId": "ir-1"})
         stub.add_response("describe_instance_refreshes", _refresh("InProgress", 10), DESCRIBE)
         stub.add_response(
-            "cancel_instance_refresh", {"InstanceRefreshId": "ir-1"}, {"AutoScalingGroupName": "web"}
+            "cancel_instance_refresh",
+            {"InstanceRefreshId": "ir-1"},
+            {"AutoScalingGroupName": "web"},
         )
         rot = _rotator(client, stop)
         real_sleep = rot.clock.sleep
