@@ -280,7 +280,10 @@ class Rotator:
         self.tags.put(self.st.tags())
 
     def _beat(self) -> None:
-        if self.st is not None and self.clock.now() - self._last_beat >= self.policy.heartbeat_ttl_seconds / 3:
+        if (
+            self.st is not None
+            and self.clock.now() - self._last_beat >= self.policy.heartbeat_ttl_seconds / 3
+        ):
             self._save()
 
     def _check_alarms(self, enabled: bool = True) -> None:

@@ -115,13 +115,12 @@ class GroupPolicy(_Model):
         return max(1, math.ceil(desired * pct / 100))
 
     def min_healthy(self, desired: int) -> int:
+        """Healthy in-service instances to keep, rounded up (never fewer than the %)."""
         return math.ceil(desired * self.min_healthy_percent / 100)
 
     def surge(self, desired: int) -> int:
-        """Extra instances allowed above desired (at least 1 when the percentage is not 0)."""
-        if self.max_surge_percent == 0:
-            return 0
-        return max(1, math.floor(desired * self.max_surge_percent / 100))
+        """Extra instances allowed above desired, rounded up (like Kubernetes' maxSurge)."""
+        return math.ceil(desired * self.max_surge_percent / 100)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
