@@ -9,7 +9,7 @@ import pytest
 
 from goldenimage.aws.clients import Clients
 from goldenimage.progress import Reporter
-from goldenimage.rotation.executor import human_rotate, rollback, rotate
+from goldenimage.rotation.executor import SimClock, human_rotate, rollback, rotate
 from goldenimage.rotation.policy import GroupPolicy
 from goldenimage.rotation.state import tag_map
 from tests.integration.rotate_conftest_fixtures import (  # noqa: F401 - fixtures
@@ -130,3 +130,33 @@ def test_zones_stay_balanced_in_each_batch(aws: Clients) -> None:
     res = rotate(aws, pol, s.new_ami, reporter=quiet())
     for b in res["plan"]["batches"]:
         assert sorted(Counter(b["out_azs"]).values()) == [1, 1, 1]
+
+
+def test_health_timeout_rolls_back(aws: Clients) -> None:
+    """New instances never turn InService: time out (simulated clock), roll back."""
+    s = seed_group(aws, size=4)
+    initial = set(instance_images(aws, "web"))
+    pins = {"n": 0}
+
+    def count_pins(**kw: object) -> None:
+        pins["n"] += 1
+
+    def sick(parsed: dict, **kw: object) -> None:  # type: ignore[type-arg]
+        if pins["n"] >= 2:  # the rollback pinned the old version: launches are fine again
+            return
+        for g in parsed.get("AutoScalingGroups", []):
+            for i in g["Instances"]:
+                if i["InstanceId"] not in initial:
+                    i["LifecycleState"] = "Pending"
+
+    ev = aws.autoscaling.meta.events
+    ev.register("after-call.auto-scaling.UpdateAutoScalingGroup", count_pins)
+    ev.register("after-call.auto-scaling.DescribeAutoScalingGroups", sick)
+    pol = GroupPolicy(asg="web", batch_size=2, health_timeout_seconds=300, poll_seconds=10)
+    clock = SimClock(1_800_000_000.0)
+    res = rotate(aws, pol, s.new_ami, reporter=quiet(), clock=clock)
+    assert res["exit_code"] == 1 and res["reason"].startswith("health timeout: batch 1/4: 0/1 InService")
+    assert clock.now() - 1_800_000_000.0 >= 300
+    imgs = instance_images(aws, "web")
+    assert len(imgs) == 4 and set(imgs.values()) == {s.old_ami}
+    assert group(aws)["DesiredCapacity"] == 4

@@ -649,7 +649,26 @@ def _drive(
             rot._check_alarms()
         except Abort as abort:
             raise RotationFailed(f"group {rot.name}: not starting: {abort.reason}") from None
-    plan = plan_rotation(state, image_id, rot.policy)
+    if existing is None:
+        plan = plan_rotation(state, image_id, rot.policy)
+    else:  # mid-batch: the plan is made again once the group is reconciled
+        strategy = existing.strategy or strategy
+        try:
+            plan = plan_rotation(state, image_id, rot.policy)
+        except PlanError:
+            plan = Plan(
+                rot.name,
+                image_id,
+                state.desired,
+                state.min_size,
+                state.max_size,
+                0,
+                0,
+                0,
+                state.max_size,
+                (),
+                (),
+            )
     base = {
         "strategy": strategy,
         "mode": mode,
@@ -732,11 +751,12 @@ def _drive(
             except Abort as abort:
                 try:
                     rot._roll_back(lt_id, abort.reason)
-                except Abort as again:
-                    rot._save(status="failed", reason=f"{abort.reason}; rollback: {again.reason}")
+                except (Abort, PlanError) as again:
+                    why = again.reason if isinstance(again, Abort) else again.message
+                    rot._save(status="failed", reason=f"{abort.reason}; rollback: {why}"[:256])
                     raise RotationFailed(
                         f"group {rot.name}: {abort.reason}; the rollback failed too: "
-                        f"{again.reason}; state kept in the group's tags",
+                        f"{why}; state kept in the group's tags",
                         _result(rot, plan, outcome="rollback failed", **base),
                     ) from None
                 return _result(
@@ -838,9 +858,10 @@ def rollback(
                     raise Interrupted(
                         f"rollback of {rot.name} interrupted at a safe point; run rollback again"
                     ) from None
-                except Abort as again:
-                    rot._save(status="failed", reason=again.reason)
-                    raise RotationFailed(f"rollback of {rot.name} failed: {again.reason}") from None
+                except (Abort, PlanError) as again:
+                    why = again.reason if isinstance(again, Abort) else again.message
+                    rot._save(status="failed", reason=why[:256])
+                    raise RotationFailed(f"rollback of {rot.name} failed: {why}") from None
             return _result(
                 rot,
                 None,
