@@ -155,7 +155,9 @@ def test_health_timeout_rolls_back(aws: Clients) -> None:
     pol = GroupPolicy(asg="web", batch_size=2, health_timeout_seconds=300, poll_seconds=10)
     clock = SimClock(1_800_000_000.0)
     res = rotate(aws, pol, s.new_ami, reporter=quiet(), clock=clock)
-    assert res["exit_code"] == 1 and res["reason"].startswith("health timeout: batch 1/4: 0/1 InService")
+    assert res["exit_code"] == 1 and res["reason"].startswith(
+        "health timeout: batch 1/4: 0/1 InService"
+    )
     assert clock.now() - 1_800_000_000.0 >= 300
     imgs = instance_images(aws, "web")
     assert len(imgs) == 4 and set(imgs.values()) == {s.old_ami}

@@ -727,7 +727,8 @@ def _drive(
                     )
                 if not st.to_version:
                     rot._save(to_version=rot._new_version(lt_id, st.from_version, image_id, st.id))
-                max_during = max(st.orig_max, plan.max_during, st.orig_desired + plan.surge)
+                surge = rot.policy.surge(st.orig_desired)
+                max_during = max(st.orig_max, plan.max_during, st.orig_desired + surge)
                 rot._pin(lt_id, st.to_version, max_during)
                 base["to_version"] = st.to_version
                 if strategy == "refresh":
