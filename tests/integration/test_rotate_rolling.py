@@ -162,3 +162,21 @@ def test_health_timeout_rolls_back(aws: Clients) -> None:
     imgs = instance_images(aws, "web")
     assert len(imgs) == 4 and set(imgs.values()) == {s.old_ami}
     assert group(aws)["DesiredCapacity"] == 4
+
+
+@pytest.mark.parametrize("mode", ["ignore", "replace"])
+def test_protected_instances(aws: Clients, mode: str) -> None:
+    s = seed_group(aws, size=4)
+    victim = sorted(instance_images(aws, "web"))[0]
+    aws.autoscaling.set_instance_protection(
+        AutoScalingGroupName="web", InstanceIds=[victim], ProtectedFromScaleIn=True
+    )
+    pol = GroupPolicy(asg="web", protected=mode, poll_seconds=0.01)  # type: ignore[arg-type]
+    res = rotate(aws, pol, s.new_ami, reporter=quiet())
+    assert res["exit_code"] == 0
+    imgs = instance_images(aws, "web")
+    assert len(imgs) == 4
+    if mode == "ignore":
+        assert imgs[victim] == s.old_ami and victim in res["plan"]["ignored"]
+    else:
+        assert victim not in imgs and set(imgs.values()) == {s.new_ami}
