@@ -799,6 +799,8 @@ def rotate(
     if stop is not None:
         rot.stop = stop
     strat = strategy or policy.strategy
+    if strat not in ("rolling", "refresh"):
+        raise ConfigError(f"--strategy: {strat!r} is not one of rolling, refresh")
     with reporter.phase("rotate", f"{policy.asg} -> {image_id or 'resume'} ({strat})"):
         return _drive(
             rot,
