@@ -200,3 +200,33 @@ def test_dry_run_makes_no_mutating_call(aws: Clients) -> None:
     assert any(line.startswith("  batch 1/4: out ") for line in res["plan_text"])
     assert tags(aws) == before
     assert set(instance_images(aws, "web").values()) == {s.old_ami}
+
+
+def test_simultaneous_start_leaves_one_rotator(aws: Clients, moto_url: str) -> None:
+    from tests.integration.rotate_conftest_fixtures import make_clients
+
+    s = seed_group(aws, size=4)
+    pol = GroupPolicy(asg="web", poll_seconds=0.01, lock_settle_seconds=0.5)
+    gate = threading.Barrier(2)
+    out: dict[str, Any] = {}
+
+    def run(who: str) -> None:
+        clients = make_clients(moto_url)
+        clients.autoscaling  # noqa: B018 - create the client before the race
+        clients.ec2  # noqa: B018
+        gate.wait()
+        try:
+            out[who] = rotate(clients, pol, s.new_ami, reporter=quiet(), owner=who)
+        except RotationFailed as exc:
+            out[who] = exc
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in ("a@x:1", "b@x:2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    refused = [v for v in out.values() if isinstance(v, RotationFailed)]
+    done = [v for v in out.values() if isinstance(v, dict)]
+    assert len(refused) == 1 and len(done) == 1, out
+    assert done[0]["exit_code"] == 0
+    assert set(instance_images(aws, "web").values()) == {s.new_ami}

@@ -180,3 +180,19 @@ def test_protected_instances(aws: Clients, mode: str) -> None:
         assert imgs[victim] == s.old_ami and victim in res["plan"]["ignored"]
     else:
         assert victim not in imgs and set(imgs.values()) == {s.new_ami}
+
+
+def test_standby_instance_is_left_alone(aws: Clients) -> None:
+    s = seed_group(aws, size=4)
+    parked = sorted(instance_images(aws, "web"))[0]
+    aws.autoscaling.enter_standby(
+        AutoScalingGroupName="web", InstanceIds=[parked], ShouldDecrementDesiredCapacity=True
+    )
+    pol = GroupPolicy(asg="web", poll_seconds=0.01)
+    res = rotate(aws, pol, s.new_ami, reporter=quiet())
+    assert res["exit_code"] == 0, res
+    assert "in standby" in res["plan"]["ignored"][parked]
+    imgs = instance_images(aws, "web")
+    assert imgs.pop(parked) == s.old_ami
+    assert len(imgs) == 3 and set(imgs.values()) == {s.new_ami}
+    assert group(aws)["DesiredCapacity"] == 3

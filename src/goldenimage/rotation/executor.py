@@ -29,6 +29,7 @@ from ..errors import ConfigError, GoldenImageError, Interrupted, NotFoundError, 
 from ..progress import Reporter
 from .plan import (
     LEAVING,
+    STANDBY,
     Batch,
     GroupState,
     Instance,
@@ -54,6 +55,7 @@ from .state import (
 
 Result = dict[str, Any]
 FINGERPRINT_TAG = "goldenimage:fingerprint"
+NOT_COUNTED = LEAVING | STANDBY  # not part of desired capacity
 STATUS_TAG = "goldenimage:status"
 
 
@@ -246,7 +248,6 @@ class Rotator:
     clock: Clock = field(default_factory=Clock)
     owner: str = field(default_factory=default_owner)
     stop: StopFlag = field(default_factory=StopFlag)
-    lock_settle_seconds: float = 0.0
     http_check: Callable[[str, int, str, float], str] = http_fingerprint_check
     # filled while running
     warnings: list[str] = field(default_factory=list)
@@ -361,8 +362,8 @@ class Rotator:
     def _acquire(self, st: RotationState) -> None:
         self.st = st
         self._save()
-        if self.lock_settle_seconds:
-            self.clock.sleep(self.lock_settle_seconds)
+        if self.policy.lock_settle_seconds:
+            self.clock.sleep(self.policy.lock_settle_seconds)
         seen = RotationState.from_tags(tag_map(self.aws.group(self.name)))
         if seen is None or seen.id != st.id or seen.owner != st.owner:
             other = seen.describe(self.clock.now()) if seen else "someone cleared the lock"
@@ -376,7 +377,7 @@ class Rotator:
             if i["LifecycleState"] not in ("InService", "Standby")
             or i.get("HealthStatus", "Healthy") != "Healthy"
         ]
-        live = [i for i in raw["Instances"] if i["LifecycleState"] not in LEAVING]
+        live = [i for i in raw["Instances"] if i["LifecycleState"] not in NOT_COUNTED]
         if bad or len(live) != raw["DesiredCapacity"]:
             raise PlanError(
                 f"group {self.name} is not steady: desired {raw['DesiredCapacity']}, "
@@ -442,7 +443,7 @@ class Rotator:
         while True:
             self._safe_point()
             raw = self.aws.group(self.name)
-            live = [i for i in raw["Instances"] if i["LifecycleState"] not in LEAVING]
+            live = [i for i in raw["Instances"] if i["LifecycleState"] not in NOT_COUNTED]
             new = sorted(i["InstanceId"] for i in live if i["InstanceId"] not in before)
             if len(new) < count:
                 why = f"{len(new)}/{count} launched"
@@ -512,7 +513,7 @@ class Rotator:
         assert self.st is not None
         want = self.st.orig_desired
         raw = self.aws.group(self.name)
-        live = [i for i in raw["Instances"] if i["LifecycleState"] not in LEAVING]
+        live = [i for i in raw["Instances"] if i["LifecycleState"] not in NOT_COUNTED]
         if wait_first and live:
             ids = [i["InstanceId"] for i in live]
             start = self.clock.now()
@@ -524,7 +525,7 @@ class Rotator:
                 self.clock.sleep(self.policy.poll_seconds)
                 self._safe_point()
                 raw = self.aws.group(self.name)
-                live = [i for i in raw["Instances"] if i["LifecycleState"] not in LEAVING]
+                live = [i for i in raw["Instances"] if i["LifecycleState"] not in NOT_COUNTED]
                 ids = [i["InstanceId"] for i in live]
         images = self.aws.images_of([i["InstanceId"] for i in live]) if live else {}
         extra = len(live) - want

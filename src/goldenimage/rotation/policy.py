@@ -74,6 +74,9 @@ class GroupPolicy(_Model):
     health_timeout_seconds: float = Field(default=900.0, gt=0)
     poll_seconds: float = Field(default=5.0, gt=0)
     heartbeat_ttl_seconds: float = Field(default=300.0, gt=0)
+    lock_settle_seconds: float = Field(
+        default=1.0, ge=0, description="wait before reading the lock back (tags have no CAS)"
+    )
 
     @field_validator("batch_size")
     @classmethod
