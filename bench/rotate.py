@@ -83,7 +83,13 @@ def count_calls(clients: Any) -> dict[str, int]:
     return counts
 
 
-POLICY = dict(batch_size="25%", max_surge_percent=25, min_healthy_percent=100, poll_seconds=0.01)
+POLICY = dict(
+    batch_size="25%",
+    max_surge_percent=25,
+    min_healthy_percent=100,
+    poll_seconds=0.01,
+    lock_settle_seconds=0.0,  # a real-time safety pause, not orchestration work
+)
 
 
 def measure(url: str, size: int) -> dict[str, Any]:

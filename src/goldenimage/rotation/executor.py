@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
@@ -477,7 +478,8 @@ class Rotator:
         before = self._known - set(b.terminate_first)
         for iid in b.terminate_first:
             self.aws.terminate(iid)
-        self.reporter.step(f"{label}: launching {b.launch} ({', '.join(b.out_azs)} out)")
+        zones = ", ".join(f"{z} x{n}" for z, n in sorted(Counter(b.out_azs).items()))
+        self.reporter.step(f"{label}: launching {b.launch} new; retiring {len(b.out)} ({zones})")
         self.aws.set_desired(self.name, desired - len(b.terminate_first) + b.launch)
         new, raw = self._wait_new(before, b.launch, label, alarms)
         self._verify(new, target)
@@ -881,16 +883,16 @@ def rollback(
             raise ConfigError(
                 f"group {rot.name}: no previous image recorded (no finished rotation to undo)"
             )
-    return _drive(
-        rot,
-        mode="rollback",
-        image_id=prev_image,
-        to_version=prev_version,
-        strategy="rolling",
-        dry_run=dry_run,
-        resume=False,
-        require_validated=False,
-    )
+        return _drive(
+            rot,
+            mode="rollback",
+            image_id=prev_image,
+            to_version=prev_version,
+            strategy="rolling",
+            dry_run=dry_run,
+            resume=False,
+            require_validated=False,
+        )
 
 
 def human_rotate(result: Result) -> list[str]:
@@ -901,6 +903,8 @@ def human_rotate(result: Result) -> list[str]:
     if outcome == "planned":
         lines.extend(result.get("plan_text") or [])
         lines.append(f"{g}: dry run, nothing changed")
+    elif outcome == "nothing to do":
+        lines.append(f"{g}: nothing to do: every instance runs {result.get('to_image', '?')}")
     else:
         rid = result.get("rotation_id")
         lines.append(
