@@ -120,6 +120,7 @@ def test_alarm_halfway_rolls_back_to_all_old(aws: Clients, moto_url: str) -> Non
         w.stop()
     assert res["exit_code"] == 1 and res["outcome"] == "rolled back"
     assert "web-5xx in ALARM" in res["reason"]
+    assert res["rolled_back"] == res["replaced"] > 0  # every new instance went back
     imgs = instance_images(aws, "web")
     assert len(imgs) == 12 and set(imgs.values()) == {s.old_ami}
     g0 = aws.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])[

@@ -196,3 +196,26 @@ def test_standby_instance_is_left_alone(aws: Clients) -> None:
     assert imgs.pop(parked) == s.old_ami
     assert len(imgs) == 3 and set(imgs.values()) == {s.new_ami}
     assert group(aws)["DesiredCapacity"] == 3
+
+
+def test_scaling_processes_paused_during_rotation_only(aws: Clients) -> None:
+    s = seed_group(aws, size=4)
+    aws.autoscaling.suspend_processes(AutoScalingGroupName="web", ScalingProcesses=["Launch"])
+    aws.autoscaling.resume_processes(AutoScalingGroupName="web", ScalingProcesses=["Launch"])
+    aws.autoscaling.suspend_processes(
+        AutoScalingGroupName="web", ScalingProcesses=["ScheduledActions"]
+    )
+    during: list[set[str]] = []
+
+    def look(**kw: object) -> None:
+        during.append({p["ProcessName"] for p in group(aws)["SuspendedProcesses"]})
+
+    aws.autoscaling.meta.events.register("after-call.auto-scaling.SetDesiredCapacity", look)
+    res = rotate(aws, GroupPolicy(asg="web", poll_seconds=0.01), s.new_ami, reporter=quiet())
+    aws.autoscaling.meta.events.unregister("after-call.auto-scaling.SetDesiredCapacity", look)
+    assert res["exit_code"] == 0
+    assert during and all(
+        d == {"AZRebalance", "AlarmNotification", "ScheduledActions"} for d in during
+    ), during
+    after = {p["ProcessName"] for p in group(aws)["SuspendedProcesses"]}
+    assert after == {"ScheduledActions"}  # it was paused before: left paused

@@ -57,6 +57,8 @@ from .state import (
 Result = dict[str, Any]
 FINGERPRINT_TAG = "goldenimage:fingerprint"
 NOT_COUNTED = LEAVING | STANDBY  # not part of desired capacity
+# paused while a rotation runs (and resumed after, unless they were paused before)
+SUSPEND = ("AZRebalance", "AlarmNotification", "ScheduledActions")
 STATUS_TAG = "goldenimage:status"
 
 
@@ -254,6 +256,7 @@ class Rotator:
     warnings: list[str] = field(default_factory=list)
     st: RotationState | None = None
     replaced: int = 0
+    rolled_back: int = 0
     _last_beat: float = 0.0
     _fingerprint: str = ""
     _known: set[str] = field(default_factory=set)
@@ -403,6 +406,27 @@ class Rotator:
         )
         return str(made["LaunchTemplateVersion"]["VersionNumber"])
 
+    def _suspend(self, raw: dict[str, Any]) -> None:
+        """Pause the processes that would fight the rotation; remember which we paused."""
+        assert self.st is not None
+        if self.st.suspended:
+            return
+        already = {p["ProcessName"] for p in raw.get("SuspendedProcesses", [])}
+        todo = [p for p in SUSPEND if p not in already]
+        if todo:
+            self.clients.autoscaling.suspend_processes(
+                AutoScalingGroupName=self.name, ScalingProcesses=todo
+            )
+        self._save(suspended=",".join(todo) or "-")
+
+    def _resume_processes(self) -> None:
+        assert self.st is not None
+        todo = [p for p in self.st.suspended.split(",") if p and p != "-"]
+        if todo:
+            self.clients.autoscaling.resume_processes(
+                AutoScalingGroupName=self.name, ScalingProcesses=todo
+            )
+
     def _pin(self, lt_id: str, version: str, max_size: int | None = None) -> None:
         kw: dict[str, Any] = {}
         if max_size is not None:
@@ -478,7 +502,7 @@ class Rotator:
         before = self._known - set(b.terminate_first)
         for iid in b.terminate_first:
             self.aws.terminate(iid)
-        zones = ", ".join(f"{z} x{n}" for z, n in sorted(Counter(b.out_azs).items()))
+        zones = ", ".join(f"{z} x{k}" for z, k in sorted(Counter(b.out_azs).items()))
         self.reporter.step(f"{label}: launching {b.launch} new; retiring {len(b.out)} ({zones})")
         self.aws.set_desired(self.name, desired - len(b.terminate_first) + b.launch)
         new, raw = self._wait_new(before, b.launch, label, alarms)
@@ -562,6 +586,7 @@ class Rotator:
                 MaxSize=st.orig_max,
                 DesiredCapacity=st.orig_desired,
             )
+        self._resume_processes()
         done: dict[str, str] = {LAST_ROTATION: f"{st.id} {outcome} {iso(self.clock.now())}"[:256]}
         if not keep_current:
             done.update(
@@ -583,11 +608,13 @@ class Rotator:
         st = self.st
         self.reporter.warn(f"{self.name}: rolling back to {st.from_image}: {reason}")
         self._save(status="running", reason=reason, progress="rolling back")
+        forward = self.replaced
         self._pin(lt_id, st.from_version)
         self._reconcile(st.from_image, wait_first=False, alarms=False)
         raw = self.aws.group(self.name)
         plan = plan_rotation(group_state(raw, self._images(raw)), st.from_image, self.policy)
         self._run_plan(plan, alarms=False)
+        self.rolled_back, self.replaced = self.replaced, forward
         self._finish(f"rolled back: {reason}", keep_current=True)
 
 
@@ -597,6 +624,7 @@ def _result(rot: Rotator, plan: Plan | None, **kw: Any) -> Result:
         "warnings": rot.warnings,
         "plan": plan.to_dict() if plan else None,
         "replaced": rot.replaced,
+        "rolled_back": rot.rolled_back,
         "total": plan.total if plan else 0,
     }
     out.update(kw)
@@ -723,6 +751,7 @@ def _drive(
     try:
         with rot.stop.installed():
             try:
+                rot._suspend(raw)
                 if st.reason:  # an aborted rotation was being rolled back
                     rot._roll_back(lt_id, st.reason or "resumed rollback")
                     return _result(
@@ -854,6 +883,7 @@ def rollback(
             st.status, st.reason = "running", st.reason or "rollback requested"
             st.owner = rot.owner
             rot._acquire(st)
+            rot._suspend(raw)
             lt_id = rot._template_of(raw)["id"]
             with rot.stop.installed():
                 try:

@@ -66,6 +66,7 @@ class RotationState:
     orig_max: int = 0
     progress: str = ""
     reason: str = ""
+    suspended: str = ""  # scaling processes this rotation suspended ("-": none)
 
     def tags(self) -> dict[str, str]:
         return {
