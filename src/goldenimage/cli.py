@@ -42,19 +42,12 @@ def run(
         try:
             result = work(reporter)
         except KeyboardInterrupt:
-            raise Interrupted(
-                "interrupted: stopped and cleaned up, nothing was registered"
-            ) from None
+            raise Interrupted("interrupted: stopped and cleaned up, nothing was registered") from None
     except GoldenImageError as exc:
         code = exc.exit_code
         if debug:
             traceback.print_exc()
-        result = {
-            "ok": False,
-            "error": exc.message,
-            "exit_code": code,
-            **getattr(exc, "result", {}),
-        }
+        result = {"ok": False, "error": exc.message, "exit_code": code, **getattr(exc, "result", {})}
         if json_out:
             print(json.dumps(result, indent=2, sort_keys=True, default=str))
         print(f"error: {exc.message}", file=sys.stderr)
@@ -62,10 +55,7 @@ def run(
     except Exception as exc:  # a bug: say so in one line, the traceback only when asked
         if debug:
             traceback.print_exc()
-        print(
-            f"error: internal error: {type(exc).__name__}: {exc} (run with --debug)",
-            file=sys.stderr,
-        )
+        print(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug)", file=sys.stderr)
         sys.exit(1)
     assert result is not None
     code = int(result.pop("exit_code", 0))
@@ -73,6 +63,6 @@ def run(
     if json_out:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     else:
-        for line in human(result) if human else [json.dumps(result, indent=2, default=str)]:
+        for line in (human(result) if human else [json.dumps(result, indent=2, default=str)]):
             print(line)
     sys.exit(code)

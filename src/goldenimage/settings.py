@@ -28,9 +28,7 @@ class ImageSpec(_Model):
     """One image the environment can bake: a playbook run against inventory groups."""
 
     playbook: str = Field(description="playbook path, relative to the project root")
-    groups: list[str] = Field(
-        default_factory=list, description="inventory groups of the build host"
-    )
+    groups: list[str] = Field(default_factory=list, description="inventory groups of the build host")
     disk_size: str = Field(default="4G", pattern=r"^[0-9]+[MG]$")
 
 
@@ -124,11 +122,7 @@ def load_environment(name: str, root: Path | None = None) -> Environment:
     root = root or project_root()
     inv = root / "inventories"
     if not NAME_RE.match(name) or not (inv / name).is_dir():
-        known = (
-            sorted(p.name for p in inv.iterdir() if (p / SETTINGS_FILE).is_file())
-            if inv.is_dir()
-            else []
-        )
+        known = sorted(p.name for p in inv.iterdir() if (p / SETTINGS_FILE).is_file()) if inv.is_dir() else []
         raise NotFoundError(
             f"unknown environment {name!r}: no inventories/{name}/{SETTINGS_FILE} "
             f"(known: {', '.join(known) or 'none'})"
@@ -155,7 +149,5 @@ def load_environment(name: str, root: Path | None = None) -> Environment:
         if not NAME_RE.match(image):
             raise ConfigError(f"{rel}: field images.{image}: image names are [a-z][a-z0-9-]*")
         if not (root / spec.playbook).is_file():
-            raise ConfigError(
-                f"{rel}: field images.{image}.playbook: {spec.playbook} does not exist"
-            )
+            raise ConfigError(f"{rel}: field images.{image}.playbook: {spec.playbook} does not exist")
     return Environment(root, name, settings)

@@ -147,9 +147,7 @@ class LocalStore:
     def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path) -> ImageRecord:
         """Register a finished image: move `files` into place, then index it atomically."""
         atomic_write_json(files / "manifest.json", manifest)
-        target = (
-            self.quarantine_dir if record.status == "quarantined" else self.images_dir
-        ) / record.id
+        target = (self.quarantine_dir if record.status == "quarantined" else self.images_dir) / record.id
         target.parent.mkdir(parents=True, exist_ok=True)
         with self.locked() as doc:
             if target.exists() or record.id in doc["images"]:
@@ -169,13 +167,8 @@ class LocalStore:
             if q.is_file():
                 m = json.loads(q.read_text())
                 return ImageRecord(
-                    id=image_id,
-                    name=m["name"],
-                    env=m["env"],
-                    fingerprint=m["fingerprint"],
-                    created=m["created"],
-                    status="quarantined",
-                    artifact=m["artifact"],
+                    id=image_id, name=m["name"], env=m["env"], fingerprint=m["fingerprint"],
+                    created=m["created"], status="quarantined", artifact=m["artifact"],
                 )
             raise NotFoundError(f"unknown image id {image_id!r} in {self.root}")
         return self._record(doc, entry)
@@ -184,19 +177,15 @@ class LocalStore:
         doc = self._read()
         out = [self._record(doc, e) for e in doc["images"].values()]
         if quarantined and self.quarantine_dir.is_dir():
-            out.extend(
-                self.get(p.name)
-                for p in self.quarantine_dir.iterdir()
-                if (p / "manifest.json").is_file()
-            )
+            out.extend(self.get(p.name) for p in self.quarantine_dir.iterdir()
+                       if (p / "manifest.json").is_file())
         if name is not None:
             out = [r for r in out if r.name == name]
         return sorted(out, key=lambda r: (r.created, r.id))
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
         hits = [
-            r
-            for r in self.list(name, quarantined=False)
+            r for r in self.list(name, quarantined=False)
             if r.fingerprint == fingerprint and r.status == "validated"
         ]
         return hits[-1] if hits else None
