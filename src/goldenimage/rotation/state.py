@@ -1,0 +1,136 @@
+"""Rotation lock and state, kept in the auto-scaling group's own tags.
+
+While a rotation runs, the group carries `goldenimage:rotation-*` tags: who rotates it
+(owner, since), a heartbeat, where it goes (from/to image and launch-template version),
+the capacity to restore and the progress. A crash cannot lose them, so the next run can
+refuse (a live owner), resume or roll back (an expired heartbeat or an interrupted run).
+A finished rotation leaves `goldenimage:previous-*` and `goldenimage:current-*` behind
+for `rollback`.
+
+ASG tags have no compare-and-swap: `acquire` writes the lock, waits a moment and reads it
+back, so two rotators started at the same second leave one standing (not a proof against
+every interleaving; rotations are started by people and jobs, not by the thousand).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+ROT = "goldenimage:rotation-"
+PREVIOUS_IMAGE = "goldenimage:previous-image"
+PREVIOUS_VERSION = "goldenimage:previous-version"
+CURRENT_IMAGE = "goldenimage:current-image"
+CURRENT_VERSION = "goldenimage:current-version"
+LAST_ROTATION = "goldenimage:last-rotation"
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> float:
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def default_owner() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class RotationState:
+    id: str
+    owner: str
+    since: str
+    heartbeat: str
+    status: str = "running"  # running | interrupted | failed; reason set = rolling back
+    mode: str = "rotate"  # rotate | rollback
+    strategy: str = "rolling"
+    from_image: str = ""
+    from_version: str = ""
+    to_image: str = ""
+    to_version: str = ""
+    orig_desired: int = 0
+    orig_max: int = 0
+    progress: str = ""
+    reason: str = ""
+    suspended: str = ""  # scaling processes this rotation suspended ("-": none)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            ROT + f.name.replace("_", "-"): str(getattr(self, f.name))[:256] for f in fields(self)
+        }
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> RotationState | None:
+        if not tags.get(ROT + "id"):
+            return None
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = tags.get(ROT + f.name.replace("_", "-"), "")
+            kw[f.name] = int(raw or 0) if f.type in ("int", int) else raw
+        return cls(**kw)
+
+    def stale(self, now: float, ttl: float) -> bool:
+        """The owner is gone: it said so (interrupted/failed), or its heartbeat expired."""
+        if self.status in ("interrupted", "failed"):
+            return True
+        return now - parse_iso(self.heartbeat) > ttl
+
+    def describe(self, now: float) -> str:
+        age = int(now - parse_iso(self.heartbeat))
+        return (
+            f"rotation {self.id} ({self.mode} {self.from_image} -> {self.to_image}, "
+            f"{self.progress or 'starting'}) by {self.owner} since {self.since}, "
+            f"status {self.status}, last heartbeat {age}s ago"
+        )
+
+
+class GroupTags:
+    """Reads and writes one group's tags (never propagated to instances)."""
+
+    def __init__(self, autoscaling: Any, group: str) -> None:
+        self.autoscaling = autoscaling
+        self.group = group
+
+    def put(self, values: dict[str, str]) -> None:
+        if values:
+            self.autoscaling.create_or_update_tags(
+                Tags=[
+                    {
+                        "ResourceId": self.group,
+                        "ResourceType": "auto-scaling-group",
+                        "Key": k,
+                        "Value": v,
+                        "PropagateAtLaunch": False,
+                    }
+                    for k, v in values.items()
+                ]
+            )
+
+    def remove(self, keys: Iterable[str]) -> None:
+        tags = [
+            {"ResourceId": self.group, "ResourceType": "auto-scaling-group", "Key": k} for k in keys
+        ]
+        if tags:
+            self.autoscaling.delete_tags(Tags=tags)
+
+
+def tag_map(group: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in group.get("Tags", [])}
+
+
+def clear_keys(tags: dict[str, str]) -> list[str]:
+    return [k for k in tags if k.startswith(ROT)]
