@@ -78,6 +78,41 @@ def history(c, image=None, channel=None, env="local", json=False, debug=False):
         human=commands.human_history)
 
 
+@task(help={**COMMON, "group": "group under extra.rotation.groups in the environment's settings",
+            "image_id": "AMI to rotate in (default: the group's channel)",
+            "channel": "take the image from this channel",
+            "strategy": "rolling or refresh (default: the group's policy)",
+            "dry_run": "print the plan; change nothing",
+            "resume": "continue an unfinished rotation whose owner is gone"})
+def rotate(c, group=None, env="local", image_id=None, channel=None, strategy=None, dry_run=False, resume=False,
+           json=False, debug=False):
+    """Replace a group's instances with a new image; roll back when health says no."""
+    from goldenimage.commands import required
+    from goldenimage.rotation.commands import rotate_command
+    from goldenimage.rotation.executor import human_rotate
+
+    def work(r):
+        required(group=group)
+        return rotate_command(r, env=env, group=group, image_id=image_id, channel=channel, strategy=strategy,
+                              dry_run=dry_run, resume=resume)
+
+    run(work, json_out=json, debug=debug, human=human_rotate)
+
+
+@task(help={**COMMON, "group": "group under extra.rotation.groups", "dry_run": "say what would happen; change nothing"})
+def rollback(c, group=None, env="local", dry_run=False, json=False, debug=False):
+    """Return a group to the exact image and launch-template version it ran before the last rotation."""
+    from goldenimage.commands import required
+    from goldenimage.rotation.commands import rollback_command
+    from goldenimage.rotation.executor import human_rotate
+
+    def work(r):
+        required(group=group)
+        return rollback_command(r, env=env, group=group, dry_run=dry_run)
+
+    run(work, json_out=json, debug=debug, human=human_rotate)
+
+
 @task(name="iam-policy", help=COMMON)
 def iam_policy(c, env="local", json=False, debug=False):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
@@ -115,5 +150,5 @@ sandbox_ns.add_task(sandbox_up, name="up")
 sandbox_ns.add_task(sandbox_down, name="down")
 sandbox_ns.add_task(sandbox_status, name="status")
 
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, iam_policy)
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, iam_policy)
 ns.add_collection(sandbox_ns)

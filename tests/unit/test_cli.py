@@ -77,4 +77,5 @@ def test_closed_pipe_is_not_a_traceback() -> None:
     p = subprocess.Popen(f"{sys.executable} -c \"{code}\" | head -c 10", shell=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=60)
+    assert out.startswith("{")
     assert "Traceback" not in err and "BrokenPipe" not in err

@@ -48,6 +48,21 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeSubnets": "validate: the subnet's VPC for the security group",
     "ec2:DescribeSecurityGroups": "validate: find leftovers of killed runs",
     "ec2:DescribeKeyPairs": "validate: find leftovers of killed runs",
+    # rotation (rotation/executor.py, state.py, refresh.py)
+    "autoscaling:CreateOrUpdateTags": "rotate: lock, heartbeat, progress and previous image in ASG tags",
+    "autoscaling:DeleteTags": "rotate: clear the rotation state when done",
+    "autoscaling:SuspendProcesses": "rotate: pause AZRebalance/alarm/scheduled actions meanwhile",
+    "autoscaling:ResumeProcesses": "rotate: resume exactly the processes it paused",
+    "autoscaling:UpdateAutoScalingGroup": "rotate: pin the launch-template version, surge max/desired",
+    "autoscaling:SetDesiredCapacity": "rotate: surge and restore the desired capacity",
+    "autoscaling:TerminateInstanceInAutoScalingGroup": "rotate: retire old instances (decrementing)",
+    "autoscaling:StartInstanceRefresh": "rotate --strategy refresh",
+    "autoscaling:DescribeInstanceRefreshes": "rotate --strategy refresh: progress",
+    "autoscaling:CancelInstanceRefresh": "rotate --strategy refresh: Ctrl-C",
+    "ec2:CreateLaunchTemplateVersion": "rotate: a version with the full data of the current one + new AMI",
+    "ec2:DescribeLaunchTemplateVersions": "rotate: read the current version's full data",
+    "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
+    "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
 }
 
 SANDBOX_ONLY: dict[str, str] = {
@@ -59,6 +74,10 @@ SANDBOX_ONLY: dict[str, str] = {
     "elasticloadbalancing:CreateListener": "sandbox seed",
     "autoscaling:CreateAutoScalingGroup": "sandbox seed",
     "cloudwatch:PutMetricAlarm": "sandbox seed",
+    "cloudwatch:SetAlarmState": "tests: drive an alarm into ALARM (moto alarms never change by themselves)",
+    "autoscaling:AttachInstances": "sandbox seed: spread the starting fleet over the zones",
+    "autoscaling:SetInstanceProtection": "tests: protect an instance from scale-in",
+    "autoscaling:EnterStandby": "tests: put an instance in standby",
 }
 
 
