@@ -117,3 +117,25 @@ def test_no_project_here(tmp_path: Path) -> None:
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert_one_error_line(res.stderr, "no project here")
+
+
+def test_setup_check_names_missing_tools_and_packages(project: Path, tmp_path: Path) -> None:
+    res = run_invoke("setup", "--check", root=project, env={"PATH": _path_without(tmp_path, "mmdebstrap")})
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "missing mmdebstrap", "apt-get install mmdebstrap")
+
+
+def test_setup_without_apt_says_what_to_install(project: Path, tmp_path: Path) -> None:
+    res = run_invoke("setup", root=project, env={"PATH": _path_without(tmp_path, "apt-get", "packer", "extlinux")})
+    assert res.returncode == 2
+    assert_one_error_line(res.stderr, "no apt-get here", "extlinux packer")
+
+
+def test_setup_reports_versions(project: Path) -> None:
+    import json
+
+    res = run_invoke("setup", "--check", "--json", root=project)
+    assert res.returncode == 0, res.stderr
+    versions = json.loads(res.stdout)["versions"]
+    assert versions["packer"].startswith("1.") and versions["ansible-core"].startswith("2.")
+    assert all(versions[t] for t in ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "extlinux"))

@@ -1,0 +1,67 @@
+"""Two bakes of one image at once: the second waits for the first, then finds it up to date.
+
+Real processes, no VM: the base is a user-supplied file (verified by checksum), and the
+image the first "bake" registers is put in the store by the test while it holds the bake
+lock, exactly as a finishing bake would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from goldenimage.fsutil import file_lock
+from goldenimage.store import ImageRecord, LocalStore
+
+pytestmark = pytest.mark.integration
+
+
+def _use_file_base(project: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "cloud.qcow2"
+    disk.write_bytes(b"a stand-in base disk")
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
+    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
+    settings.write_text(text)
+
+
+def test_second_bake_waits_then_reports_up_to_date(project: Path, tmp_path: Path) -> None:
+    _use_file_base(project, tmp_path)
+    home = tmp_path / "home"
+    env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(home)}
+    fp = json.loads(subprocess.run([sys.executable, "-m", "invoke", "fingerprint", "--json"], cwd=project,
+                                   env=env, capture_output=True, text=True, check=True).stdout)
+    fingerprint = fp["images"][0]["fingerprint"]
+    store = LocalStore(home / "store")
+
+    with file_lock(store.root / "locks" / "web.lock"):  # a bake of web is running
+        log = tmp_path / "second.log"
+        with log.open("w") as fh:
+            second = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--json"], cwd=project, env=env,
+                                      stdout=subprocess.PIPE, stderr=fh, text=True)
+        deadline = time.monotonic() + 60
+        while "waiting for it to finish" not in log.read_text():
+            assert second.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # the running bake finishes: it registers its validated image, then lets go of the lock
+        with store.workspace() as ws:
+            (ws / "image").mkdir()
+            (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
+            rec = ImageRecord(id="web-first", name="web", env="local", fingerprint=fingerprint,
+                              created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
+            store.put(rec, {"id": rec.id, "name": "web", "fingerprint": fingerprint}, ws / "image")
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, log.read_text()
+    doc = json.loads(out)
+    assert doc["skipped"] is True and doc["image_id"] == "web-first"
+    assert json.loads(store.catalog_path.read_text())["images"].keys() == {"web-first"}
+    assert not list(store.tmp_dir.iterdir())
