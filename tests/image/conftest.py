@@ -19,7 +19,7 @@ EXPECT_ENV = "GOLDENIMAGE_EXPECT"
 EXPECT_KEYS = ("image_name", "fingerprint", "build_time", "validation_user", "validation_pubkey")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _require_target_host(request: pytest.FixtureRequest) -> None:
     """Without --hosts testinfra would inspect the machine running pytest, not the image."""
     if not request.config.getoption("hosts", None):

@@ -46,8 +46,12 @@ def key_lines(text: str) -> list[str]:
 
 
 def find(host: Any, *args: str) -> list[str]:
-    """Output lines of find(1) in the guest (errors such as a missing /home are ignored)."""
-    result = host.run("find " + " ".join(["%s"] * len(args)) + " 2>/dev/null", *args)
+    """Output lines of find(1) in the guest; a start path that does not exist finds nothing,
+    any other error fails the test (an empty result must mean "nothing there")."""
+    result = host.run("find " + " ".join(["%s"] * len(args)), *args)
+    errors = [e for e in result.stderr.splitlines() if e and "No such file or directory" not in e]
+    if result.rc != 0 and (errors or not result.stderr.strip()):
+        pytest.fail(f"find {' '.join(args)}: exit {result.rc}: {result.stderr.strip()}")
     return [line for line in result.stdout.splitlines() if line]
 
 
