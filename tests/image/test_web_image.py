@@ -148,6 +148,17 @@ def test_listening(host: Any, spec: str) -> None:
     assert host.socket(spec).is_listening
 
 
+def test_cloud_init_finished_without_errors(host: Any) -> None:
+    """cloud-init ran afresh at this boot (hygiene cleaned it) and reported no error."""
+    result = host.run("timeout 300 cloud-init status --wait --long")
+    assert "status: done" in result.stdout, result.stdout + result.stderr
+
+
+def test_hostname_resolves(host: Any) -> None:
+    hostname = host.check_output("hostname")
+    assert host.run("getent hosts %s", hostname).rc == 0, hostname
+
+
 # --- the web content -------------------------------------------------------------------------
 
 
