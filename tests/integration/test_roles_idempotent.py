@@ -60,6 +60,7 @@ class Vm:
     port: int
     key: Path
     console: Path
+    process: subprocess.Popen[bytes]
 
     def ssh(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -169,7 +170,7 @@ def booted(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    vm = Vm(user=user, port=port, key=key, console=console)
+    vm = Vm(user=user, port=port, key=key, console=console, process=proc)
     try:
         deadline = time.monotonic() + boot_timeout
         while True:
@@ -295,6 +296,7 @@ def test_base_and_web_are_idempotent(base_image: Path, tmp_path: Path) -> None:
         second = run_playbook(inventory, EXTRA_VARS)
         assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
         second_recap = recap(second.stdout)
+        print(f"first run: {first_recap}\nsecond run: {second_recap}")
         assert second_recap["changed"] == 0, (
             f"second run changed {second_recap['changed']} task(s): {changed_tasks(second.stdout)}"
         )

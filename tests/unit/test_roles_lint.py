@@ -140,6 +140,27 @@ def test_role_switch_guards_every_task(role: str) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
+def test_notified_handlers_exist_and_are_used(role: str) -> None:
+    path = ROLES_DIR / role / "handlers" / "main.yml"
+    handlers = (load_yaml(path) or []) if path.is_file() else []
+    defined = {h["name"] for h in handlers}
+    defined |= {name for h in handlers for name in _as_list(h.get("listen"))}
+    notified: set[str] = set()
+    for task_file in TASK_FILES:
+        if role_of(task_file) == role and task_file.parent.name == "tasks":
+            for task in iter_tasks(load_yaml(task_file)):
+                notified |= set(_as_list(task.get("notify")))
+    assert sorted(notified - defined) == [], "notified but not defined"
+    assert sorted(defined - notified) == [], "handlers nothing notifies"
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_defaults_are_role_prefixed(role: str) -> None:
     defaults = defaults_of(role)
     assert defaults, f"{role} has no defaults"
@@ -261,7 +282,8 @@ def test_hygiene_removes_the_build_key_last() -> None:
     assert block[-1]["ansible.builtin.import_tasks"] == "authorized_keys.yml"
     last = load_yaml(ROLES_DIR / "hygiene" / "tasks" / "authorized_keys.yml")[-1]
     assert last["ansible.builtin.file"]["state"] == "absent"
-    assert last["loop"] == "{{ hygiene_build_user_keys }}"
+    assert "loop" not in last, "one module call: a second one would need a new connection"
+    assert last["ansible.builtin.file"]["path"] == "{{ hygiene_build_user_keys_file }}"
 
 
 def test_playbook_syntax_check() -> None:
