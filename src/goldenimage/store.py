@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from . import channels as ch
 from .errors import ConfigError, NotFoundError
-from .fsutil import atomic_write_json, file_lock
+from .fsutil import atomic_write_json, file_lock, pid_alive
 
 CATALOG_VERSION = 1
 STATUSES = ("validated", "quarantined", "revoked")
@@ -108,16 +108,6 @@ def current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
         return "unknown"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalStore:
@@ -380,7 +370,7 @@ class LocalStore:
                 pid = int((d / "owner.pid").read_text())
             except (FileNotFoundError, ValueError):
                 pid = 0
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)

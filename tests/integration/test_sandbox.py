@@ -18,6 +18,7 @@ from goldenimage.aws.clients import AwsContext
 from goldenimage.aws.context import context_for, registry_for
 from goldenimage.cli import run
 from goldenimage.errors import ConfigError
+from goldenimage.fsutil import pid_alive
 from goldenimage.progress import Reporter
 
 NOT_RUNNING = "sandbox for env 'sandbox' is not running: run `invoke sandbox.up`"
@@ -99,7 +100,7 @@ def test_down_stops_the_process_and_removes_the_state(sandbox_project: Path) -> 
     down = sandbox.sandbox_down("sandbox", Reporter(quiet=True))
     assert down["stopped"] and down["pid"] == result["pid"]
     assert not sandbox.state_path("sandbox").exists()
-    assert not sandbox._pid_alive(result["pid"])
+    assert not pid_alive(result["pid"])
     assert sandbox.sandbox_status("sandbox")["running"] is False
     assert sandbox.sandbox_down("sandbox")["stopped"] is False  # idempotent
     with pytest.raises(ConfigError) as err:

@@ -29,7 +29,7 @@ from typing import Any
 import goldenimage
 
 from ..errors import ConfigError, MissingToolError, OperationFailed
-from ..fsutil import atomic_write_json, file_lock
+from ..fsutil import atomic_write_json, file_lock, pid_alive
 from ..paths import data_home
 from ..progress import Reporter
 from ..settings import SETTINGS_FILE, Environment
@@ -61,29 +61,13 @@ def read_state(env_name: str) -> dict[str, Any] | None:
     return doc
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError, IndexError):
-        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False  # a zombie: exited, not yet reaped
-    return True
-
-
 def _is_our_server(pid: int) -> bool:
     """False when the pid was reused by an unrelated process (where /proc tells us)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
     try:
         return b"goldenimage.aws.sandbox_server" in cmdline.read_bytes()
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
@@ -98,7 +82,7 @@ def probe(state: dict[str, Any] | None) -> dict[str, bool]:
     if not state or state.get("corrupt"):
         return {"process": False, "answers": False}
     pid = int(state.get("pid", 0))
-    process = _pid_alive(pid) and _is_our_server(pid)
+    process = pid_alive(pid) and _is_our_server(pid)
     return {"process": process, "answers": process and _answers(str(state.get("endpoint", "")))}
 
 
@@ -150,7 +134,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def _stop_pid(pid: int, timeout: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after `timeout`; True when the process is gone."""
-    if not _pid_alive(pid) or not _is_our_server(pid):
+    if not pid_alive(pid) or not _is_our_server(pid):
         return True
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -158,14 +142,14 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it when we are its parent (tests)
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def _start_server(
