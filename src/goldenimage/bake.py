@@ -105,7 +105,10 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
     result: dict[str, Any] = {"image": name, "env": env.name, "skipped": False}
 
     lock = store.root / "locks" / f"{name}.lock"
-    waiting = lambda: reporter.info(f"another bake of {name!r} is running; waiting for it to finish")  # noqa: E731
+
+    def waiting() -> None:
+        reporter.info(f"another bake of {name!r} is running; waiting for it to finish")
+
     with file_lock(lock, on_wait=waiting):
         check_templates(env, name, tools)
         with reporter.phase("base", "base disk image"):
@@ -149,7 +152,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                     f"failing checks); quarantined at {store.image_dir(record.id)}",
                     manifest["validation"]["failures"],
                 )
-                exc.result = {**result, "failures": manifest["validation"]["failures"]}  # type: ignore[attr-defined]
+                exc.result = {**result, "failures": manifest["validation"]["failures"]}
                 raise exc
             return result
 

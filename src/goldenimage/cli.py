@@ -58,7 +58,7 @@ def run(
         code = exc.exit_code
         if debug:
             traceback.print_exc()
-        result = {"ok": False, "error": exc.message, "exit_code": code, **getattr(exc, "result", {})}
+        result = {"ok": False, "error": exc.message, "exit_code": code, **exc.result}
         if json_out:
             _emit(json.dumps(result, indent=2, sort_keys=True, default=str), sys.stdout)
         _emit(f"error: {exc.message}", sys.stderr)

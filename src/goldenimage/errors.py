@@ -6,6 +6,8 @@ Exit codes (the command contract): 0 done, 1 the operation failed or was rolled 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GoldenImageError(Exception):
     """Base of every error the toolkit raises on purpose."""
@@ -15,6 +17,7 @@ class GoldenImageError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.result: dict[str, Any] = {}  # what --json reports beside the error
 
     def __str__(self) -> str:
         return self.message

@@ -304,7 +304,7 @@ def validate_ami(
             f"failure(s): {'; '.join(result['failures'][:3])}",
             result["failures"],
         )
-        err.result = result  # type: ignore[attr-defined]
+        err.result = result
         raise err
     return result
 
