@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from goldenimage import bake as bk  # noqa: E402
 from goldenimage.adapters import baseimage, qemu  # noqa: E402
 from goldenimage.fsutil import atomic_write_json  # noqa: E402
-from goldenimage.paths import base_cache_dir, data_home  # noqa: E402
+from goldenimage.paths import base_cache_dir  # noqa: E402
 from goldenimage.progress import Reporter  # noqa: E402
 from goldenimage.settings import load_environment  # noqa: E402
 
@@ -67,7 +67,7 @@ def packer_direct() -> float:
     tools = bk.detect_tools()
     reporter = Reporter(quiet=True)
     base = baseimage.ensure_base_image(envd.settings.base, base_cache_dir(), reporter)
-    accel = qemu.choose_accelerator(envd.settings.qemu.accelerator, base.path, data_home(), reporter)
+    accel = qemu.choose_accelerator(envd.settings.qemu.accelerator, base.path, base_cache_dir(), reporter)
     with tempfile.TemporaryDirectory(prefix="gi-bench-direct-") as tmp:
         ws = Path(tmp)
         staged = tools.packer.stage(ROOT / "packer", ws / "packer")

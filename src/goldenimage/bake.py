@@ -23,7 +23,7 @@ from . import __version__, fingerprint, sbom
 from .adapters import baseimage, packer, proc, qemu, testinfra
 from .errors import ConfigError, TemplateError, ValidationFailed
 from .fsutil import atomic_write_json, file_lock, sha256_file
-from .paths import base_cache_dir, data_home, store_dir
+from .paths import base_cache_dir, store_dir
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .store import ImageRecord, LocalStore
@@ -113,7 +113,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
         check_templates(env, name, tools)
         with reporter.phase("base", "base disk image"):
             base = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter)
-            accel = qemu.choose_accelerator(env.settings.qemu.accelerator, base.path, data_home(), reporter)
+            accel = qemu.choose_accelerator(env.settings.qemu.accelerator, base.path, base_cache_dir(), reporter)
             reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
 
         with reporter.phase("fingerprint"):
@@ -302,7 +302,7 @@ def validate(env_name: str, image_id: str | None, reporter: Reporter) -> dict[st
     rec = store.get(image_id)
     manifest = store.manifest(image_id)
     disk = store.image_dir(image_id) / rec.artifact
-    accel = qemu.choose_accelerator(env.settings.qemu.accelerator, disk, data_home(), reporter)
+    accel = qemu.choose_accelerator(env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
     with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run tests/image"):
         suite, _ = validate_disk(env, disk, accel, {
             "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,

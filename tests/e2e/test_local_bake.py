@@ -32,8 +32,17 @@ def env_for(shared: dict[str, Path], home: Path | None = None) -> dict[str, str]
 
 
 def qemu_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "qemu-system" in ln and marker in ln]
+    """Command lines of the QEMU processes whose arguments mention `marker` (a private dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(a.decode(errors="replace") for a in args)
+        if args and b"qemu-system" in args[0] and marker in text:
+            found.append(text)
+    return found
 
 
 def store_is_empty(home: Path) -> bool:

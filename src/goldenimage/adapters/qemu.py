@@ -83,7 +83,8 @@ def overlay(base: Path, dest: Path) -> Path:
 
 
 def choose_accelerator(setting: str, probe_disk: Path | None, cache: Path, reporter: Reporter) -> str:
-    """`kvm` only where a short probe boot reaches user space; else `tcg`. Cached per host."""
+    """`kvm` only where a short probe boot reaches user space; else `tcg`. Cached in `cache`
+    (the base-disk cache: the answer belongs to the host, its QEMU and its kernel)."""
     if setting in ("kvm", "tcg"):
         return setting
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
