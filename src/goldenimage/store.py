@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import channels as ch
+from .adapters.proc import kill_processes_mentioning
 from .errors import ConfigError, NotFoundError
 from .fsutil import atomic_write_json, file_lock, pid_alive
 
@@ -361,7 +362,8 @@ class LocalStore:
 
     # -- work in progress ----------------------------------------------------------------
     def sweep_stale(self) -> builtins.list[Path]:
-        """Remove work directories whose owning process is gone (a killed bake)."""
+        """Remove work directories whose owning process is gone (a killed bake), and stop
+        whatever still runs on them."""
         removed: builtins.list[Path] = []
         if not self.tmp_dir.is_dir():
             return removed
@@ -372,6 +374,7 @@ class LocalStore:
                 pid = 0
             if pid and pid_alive(pid):
                 continue
+            kill_processes_mentioning(str(d))  # a VM or Packer that outlived its bake
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
         return removed

@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from goldenimage.adapters.proc import processes_mentioning
 from goldenimage.errors import ConfigError, NotFoundError
 from goldenimage.store import ImageRecord, LocalStore
 
@@ -76,14 +78,41 @@ def test_workspace_of_a_killed_process_is_swept(tmp_path: Path) -> None:
         "from pathlib import Path; from goldenimage.store import LocalStore;"
         "s = LocalStore(Path(sys.argv[1]));"
         "cm = s.workspace(); ws = cm.__enter__(); (ws / 'half').write_text('x');"
+        "import subprocess; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', str(ws)],"
+        " start_new_session=True);"
         "os.kill(os.getpid(), signal.SIGKILL)"
     )
     src = str(Path(__file__).resolve().parents[2] / "src")
     subprocess.run([sys.executable, "-c", code, str(tmp_path), src], check=False)
-    assert len(list(store.tmp_dir.iterdir())) == 1
+    [ws] = list(store.tmp_dir.iterdir())
+    assert processes_mentioning(str(ws)), "the stand-in VM outlived its bake"
     swept = store.sweep_stale()
-    assert len(swept) == 1
+    assert swept == [ws]
     assert not list(store.tmp_dir.iterdir())
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(ws)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not processes_mentioning(str(ws)), "the sweep stops what still ran on the workspace"
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    marker = str(tmp_path / "child-marker")
+    code = (
+        "import os, sys, signal; sys.path.insert(0, sys.argv[2]);"
+        "from pathlib import Path; from goldenimage.adapters import proc;"
+        "child = 'import sys, time; open(sys.argv[1] + \\'.started\\', \\'w\\'); time.sleep(300)';"
+        "cm = proc.background([sys.executable, '-c', child, sys.argv[1]], log=Path(sys.argv[1] + '.log'));"
+        "cm.__enter__();"
+        "import time\nwhile not os.path.exists(sys.argv[1] + '.started'): time.sleep(0.05)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    subprocess.run([sys.executable, "-c", code, marker, src], check=False)
+    deadline = time.monotonic() + 10
+    while processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Path(marker + ".started").exists(), "the child ran"
+    assert not processes_mentioning(marker), "and died with its parent"
 
 
 def test_live_workspace_is_not_swept(tmp_path: Path) -> None:

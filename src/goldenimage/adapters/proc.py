@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -20,6 +21,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MissingToolError, OperationFailed
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Linux: the child gets SIGTERM if we die, even by SIGKILL (Packer then cleans up)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line contains `text` (e.g. a work directory)."""
+    me = os.getpid()
+    pids: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_mentioning(text: str) -> list[int]:
+    """SIGKILL what is left of a dead run: every process whose command line names `text`."""
+    pids = processes_mentioning(text)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 @dataclass
@@ -80,6 +115,7 @@ def run(
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         assert proc.stdout is not None
@@ -111,6 +147,7 @@ def background(
         proc = subprocess.Popen(
             list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     try:
         yield proc
