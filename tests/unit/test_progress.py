@@ -40,3 +40,4 @@ def test_quiet_reporter_prints_nothing() -> None:
         r.step("y")
         r.info("z")
     assert out.getvalue() == ""
+

@@ -11,8 +11,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,13 +142,16 @@ class Vm:
         )
 
 
-def write_ssh_config(path: Path, port: int, user: str, key: Path, host: str = "target") -> Path:
+def write_ssh_config(path: Path, port: int, user: str, key: Path, control_dir: Path,
+                     host: str = "target") -> Path:
+    """An ssh_config for the VM. The control socket lives in `control_dir`, a short path:
+    a socket path longer than 107 bytes makes every ssh fail ("ControlPath too long")."""
     path.write_text(
         f"Host {host}\n"
         f"  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n"
         "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 5\n"
-        "  ControlMaster auto\n  ControlPath " + str(path.parent / "cm-%C") + "\n  ControlPersist 60\n"
+        f"  ControlMaster auto\n  ControlPath {control_dir}/%C\n  ControlPersist 60\n"
     )
     return path
 
@@ -174,9 +179,13 @@ def boot(
     ]
     if accelerator == "kvm":
         argv += ["-cpu", "host"]
-    vm = Vm(port, user, key, write_ssh_config(work / "ssh_config", port, user, key), serial)
-    with proc.background(argv, log=work / "qemu.log") as child:
+    control = Path(tempfile.mkdtemp(prefix="gi-ssh-"))
+    vm = Vm(port, user, key, write_ssh_config(work / "ssh_config", port, user, key, control), serial)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, control, True)
+        child = stack.enter_context(proc.background(argv, log=work / "qemu.log"))
         start = time.monotonic()
+        last_ssh = ""
         while True:
             waited = time.monotonic() - start
             if child.poll() is not None:
@@ -186,14 +195,17 @@ def boot(
                 )
             if waited > timeout:
                 raise OperationFailed(
-                    f"no SSH after {timeout:.0f}s; last console line: {_tail(serial)} (log: {serial})"
+                    f"no SSH after {timeout:.0f}s (ssh said: {last_ssh or 'nothing'}); "
+                    f"last console line: {_tail(serial)} (log: {serial})"
                 )
             reporter.step(f"booting, waiting for SSH on 127.0.0.1:{port} ({waited:.0f}s)")
             try:
-                if vm.ssh("true", timeout=15).returncode == 0:
+                res = vm.ssh("true", timeout=15)
+                if res.returncode == 0:
                     break
+                last_ssh = " ".join(res.stderr.split())[-200:]
             except subprocess.TimeoutExpired:
-                pass
+                last_ssh = "timed out"
             time.sleep(2)
         reporter.step(f"SSH up after {time.monotonic() - start:.0f}s")
         try:

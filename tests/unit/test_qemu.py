@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from goldenimage.adapters.qemu import seed_files, write_ssh_config
+
+
+def test_ssh_control_socket_path_stays_short(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 80) / ("e" * 80)
+    deep.mkdir(parents=True)
+    short = Path(tempfile.mkdtemp(prefix="gi-ssh-"))
+    cfg = write_ssh_config(deep / "ssh_config", 2222, "gi", deep / "key", control_dir=short)
+    control = next(ln.split()[1] for ln in cfg.read_text().splitlines() if "ControlPath" in ln)
+    assert len(control.replace("%C", "x" * 40)) < 108
+    short.rmdir()
+
+
+def test_seed_grants_the_key_and_a_fresh_instance_id(tmp_path: Path) -> None:
+    one = seed_files(tmp_path / "a", "gi", "ssh-ed25519 AAAA test", "web")
+    two = seed_files(tmp_path / "b", "gi", "ssh-ed25519 AAAA test", "web")
+    user_data = one[0].read_text()
+    assert user_data.startswith("#cloud-config\n")
+    assert "ssh-ed25519 AAAA test" in user_data and '"lock_passwd": true' in user_data
+    assert one[1].read_text() != two[1].read_text()  # a new instance id: cloud-init runs again
