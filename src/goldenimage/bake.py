@@ -126,6 +126,9 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
 
         if not force:
             hit = store.find_by_fingerprint(name, fp)
+            if hit is not None and remote is not None and _revoked_remotely(remote, hit):
+                reporter.warn(f"{hit.id} is revoked in {env.name}: it may not be used again, baking anew")
+                hit = None
             if hit is not None:
                 reporter.info(f"up to date: {hit.id}")
                 result.update(skipped=True, image_id=hit.id, status=hit.status,
@@ -155,6 +158,11 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 exc.result = {**result, "failures": manifest["validation"]["failures"]}
                 raise exc
             return result
+
+
+def _revoked_remotely(remote: Any, local: ImageRecord) -> bool:
+    """Whether the AMI that stands for the local image `local` has been revoked."""
+    return any(r.status == "revoked" and r.extra.get("local_id") == local.id for r in remote.list(local.name))
 
 
 def _register_remote(env: Environment, remote: Any, store: LocalStore, rec: ImageRecord,

@@ -1,0 +1,96 @@
+"""`invoke bake --env sandbox` against a running sandbox: an up-to-date local image is
+registered there as an AMI once, and an image whose AMI was revoked is never reused.
+
+Real processes and a real moto server (started with `invoke sandbox.up`); no VM: the base
+is a user-supplied file, and the validated local image is put in the store by the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from goldenimage.store import ImageRecord, LocalStore
+from tests.conftest import copy_project
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sandbox_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    project = copy_project(tmp_path / "project")
+    disk = tmp_path / "cloud.qcow2"
+    disk.write_bytes(b"a stand-in base disk")
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    settings = project / "inventories/sandbox/goldenimage.yml"
+    text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
+    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
+    settings.write_text(text)
+    env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(tmp_path / "home")}
+    up = invoke(project, env, "sandbox.up")
+    assert up.returncode == 0, up.stderr
+    try:
+        yield project, env
+    finally:
+        invoke(project, env, "sandbox.down")
+
+
+def invoke(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_local_image_registered_once_and_never_reused_after_revocation(
+    sandbox_env: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    project, env = sandbox_env
+    fp = json.loads(invoke(project, env, "fingerprint", "--env", "sandbox", "--json").stdout)
+    fingerprint = fp["images"][0]["fingerprint"]
+    store = LocalStore(tmp_path / "home" / "store")
+    with store.workspace() as ws:  # what a finished bake left: a validated local image
+        (ws / "image").mkdir()
+        (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
+        rec = ImageRecord(id="web-local-1", name="web", env="sandbox", fingerprint=fingerprint,
+                          created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
+        store.put(rec, {"id": rec.id, "name": "web", "env": "sandbox", "fingerprint": fingerprint,
+                        "created": rec.created}, ws / "image")
+
+    first = invoke(project, env, "bake", "--env", "sandbox", "--json")
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["skipped"] is True and doc["registered"]["new"] is True
+    ami = doc["registered"]["image_id"]
+    again = json.loads(invoke(project, env, "bake", "--env", "sandbox", "--json").stdout)
+    assert again["registered"] == {"image_id": ami, "new": False}
+
+    revoked = invoke(project, env, "revoke", "--env", "sandbox", "--image-id", ami, "--reason", "CVE")
+    assert revoked.returncode == 0, revoked.stderr
+
+    log = tmp_path / "third.log"
+    with log.open("w") as fh:
+        third = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--env", "sandbox", "--json"],
+                                 cwd=project, env=env, stdout=subprocess.PIPE, stderr=fh, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "==> build" not in log.read_text():
+            assert third.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        third.send_signal(signal.SIGINT)  # it is building anew: that is all this test needs
+        out, _ = third.communicate(timeout=180)
+    finally:
+        if third.poll() is None:
+            third.kill()
+    text = log.read_text()
+    assert "web-local-1 is revoked in sandbox" in text and "up to date" not in text
+    assert third.returncode == 1 and json.loads(out)["ok"] is False
+    assert [r.id for r in store.list("web")] == ["web-local-1"]
