@@ -21,7 +21,7 @@ from typing import Any
 
 from . import __version__, fingerprint, sbom
 from .adapters import baseimage, packer, proc, qemu, testinfra
-from .errors import ConfigError, TemplateError, ValidationFailed
+from .errors import ConfigError, GoldenImageError, TemplateError, ValidationFailed
 from .fsutil import atomic_write_json, file_lock, sha256_file
 from .paths import base_cache_dir, store_dir
 from .progress import Reporter
@@ -139,8 +139,14 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 return result
 
         with store.workspace() as ws:
-            record, manifest = _build_validate(env, name, base, accel, tools,
-                                               inputs, fp, ws, reporter, result)
+            try:
+                record, manifest = _build_validate(env, name, base, accel, tools,
+                                                   inputs, fp, ws, reporter, result)
+            except BaseException as err:
+                logs = _keep_logs(store, ws, result.get("image_id", "unknown"))
+                if logs is not None and isinstance(err, GoldenImageError):
+                    err.message += f" (logs: {logs})"
+                raise
             with reporter.phase("register"):
                 manifest["durations"] = dict(reporter.durations)
                 store.put(record, manifest, ws / "image")
@@ -158,6 +164,20 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 exc.result = {**result, "failures": manifest["validation"]["failures"]}
                 raise exc
             return result
+
+
+def _keep_logs(store: LocalStore, ws: Path, image_id: str) -> Path | None:
+    """A failed bake registers nothing, but its logs are kept for the post-mortem."""
+    logs = {"build.log": ws / "image" / "build.log", "build-serial.log": ws / "build-serial.log",
+            "validate-serial.log": ws / "validate" / "serial.log"}
+    found = {name: path for name, path in logs.items() if path.is_file()}
+    if not found:
+        return None
+    dest = store.root / "failed" / image_id
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in found.items():
+        shutil.copy2(path, dest / name)
+    return dest
 
 
 def _revoked_remotely(remote: Any, local: ImageRecord) -> bool:

@@ -80,3 +80,12 @@ def test_stage_leaves_required_plugins_out_for_old_packer(tmp_path: Path) -> Non
     assert "plugins.pkr.hcl" not in {p.name for p in old.iterdir()}
     assert "plugins.pkr.hcl" in {p.name for p in new.iterdir()}
     assert {p.name for p in new.iterdir()} - {p.name for p in old.iterdir()} == {"plugins.pkr.hcl"}
+
+
+def test_packer_crash_is_named_with_its_panic() -> None:
+    lines = ["==> qemu.local: Waiting for SSH to become available...",
+             "!!!!!!!!!!!!!!!!!!!!!!!!!!! PACKER CRASH !!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+             "panic: runtime error: invalid memory address or nil pointer dereference"]
+    assert summarise_build_error(lines) == (
+        "packer crashed: panic: runtime error: invalid memory address or nil pointer dereference"
+    )

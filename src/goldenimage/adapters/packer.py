@@ -95,7 +95,11 @@ class Packer:
             res = proc.run(argv, env=self.env(work), cwd=work, on_line=line,
                            stop_signal=signal.SIGINT, grace=90)
         if res.returncode != 0:
-            raise BuildFailed(f"packer build failed: {summarise_build_error(res.lines)} (log: {log})")
+            crash = work / "crash.log"
+            if crash.is_file():  # Packer writes its panic there; keep it with the build log
+                with log.open("a") as fh:
+                    fh.write("\n--- crash.log ---\n" + crash.read_text(errors="replace"))
+            raise BuildFailed(f"packer build failed: {summarise_build_error(res.lines)}")
         return res.lines
 
 
@@ -149,7 +153,10 @@ def _map_path(name: str, staged: Path, rel_to: Path) -> str:
 
 
 def summarise_build_error(lines: list[str]) -> str:
-    """Name the failing Ansible task and host, or Packer's own error."""
+    """Name the failing Ansible task and host, Packer's own error, or its crash."""
+    if any("PACKER CRASH" in ln for ln in lines):
+        panic = next((ln.strip() for ln in lines if ln.strip().startswith("panic:")), "")
+        return f"packer crashed{': ' + panic if panic else ''}"
     task = ""
     for ln in lines:
         text = _MSG.match(ln)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OperationFailed
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, file_lock
 from ..progress import Reporter
 from . import proc
 
@@ -93,37 +93,42 @@ def choose_accelerator(setting: str, probe_disk: Path | None, cache: Path, repor
         return "tcg"
     key = f"{qemu_version()}|{platform.release()}"
     cache_file = cache / "accelerator.json"
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
-        doc = json.loads(cache_file.read_text())
-        if doc["key"] == key:
-            return str(doc["accelerator"])
-    accel = "tcg"
-    if probe_disk is not None:
+
+    def cached() -> str | None:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+            doc = json.loads(cache_file.read_text())
+            if doc["key"] == key:
+                return str(doc["accelerator"])
+        return None
+
+    if (hit := cached()) is not None:
+        return hit
+    if probe_disk is None:
+        return "tcg"
+    with file_lock(cache / "accelerator.lock"):  # one probe at a time; the others take its answer
+        if (hit := cached()) is not None:
+            return hit
         reporter.step("probing kvm with a short boot")
-        accel = "kvm" if _probe_kvm(probe_disk, cache) else "tcg"
+        with tempfile.TemporaryDirectory(prefix=".probe-", dir=cache) as tmp:
+            accel = "kvm" if _probe_kvm(probe_disk, Path(tmp)) else "tcg"
         atomic_write_json(cache_file, {"key": key, "accelerator": accel})
     return accel
 
 
 def _probe_kvm(disk: Path, work: Path, timeout: float = 45.0) -> bool:
-    work.mkdir(parents=True, exist_ok=True)
     ov = overlay(disk, work / "probe-overlay.qcow2")
     log = work / "probe-serial.log"
     argv = [QEMU, "-accel", "kvm", "-m", "512", "-display", "none", "-monitor", "none",
             "-serial", f"file:{log}", "-drive", f"file={ov},if=virtio,format=qcow2", "-net", "none"]
-    try:
-        with proc.background(argv, log=work / "probe-qemu.log") as vm:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and vm.poll() is None:
-                with contextlib.suppress(FileNotFoundError):
-                    text = log.read_text(errors="replace")
-                    if "systemd[1]" in text or "Welcome to" in text or "login:" in text:
-                        return True
-                time.sleep(0.5)
-        return False
-    finally:
-        for f in (ov, log, work / "probe-qemu.log"):
-            f.unlink(missing_ok=True)
+    with proc.background(argv, log=work / "probe-qemu.log") as vm:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and vm.poll() is None:
+            with contextlib.suppress(FileNotFoundError):
+                text = log.read_text(errors="replace")
+                if "systemd[1]" in text or "Welcome to" in text or "login:" in text:
+                    return True
+            time.sleep(0.5)
+    return False
 
 
 @dataclass
