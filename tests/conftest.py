@@ -34,6 +34,35 @@ def run_invoke(*args: str, root: Path = ROOT, home: Path | None = None,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def use_file_base(project: Path, env: str, tmp_path: Path) -> None:
+    """Point environment `env` of `project` at a stand-in base file (verified by checksum)
+    and at the tcg accelerator: commands then run up to the build without mmdebstrap or a
+    KVM probe."""
+    import hashlib
+
+    disk = tmp_path / "cloud.qcow2"
+    disk.write_bytes(b"a stand-in base disk")
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    settings = project / "inventories" / env / "goldenimage.yml"
+    text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
+    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
+    settings.write_text(text)
+
+
+def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local") -> None:
+    """Register a validated `web` image in a local store, as a finishing bake would."""
+    from goldenimage.store import ImageRecord, LocalStore
+
+    store = LocalStore(store_root)
+    with store.workspace() as ws:
+        (ws / "image").mkdir()
+        (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
+        rec = ImageRecord(id=image_id, name="web", env=env, fingerprint=fingerprint,
+                          created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
+        store.put(rec, {"id": rec.id, "name": "web", "env": env, "fingerprint": fingerprint,
+                        "created": rec.created}, ws / "image")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")

@@ -7,7 +7,6 @@ lock, exactly as a finishing bake would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,23 +17,14 @@ from pathlib import Path
 import pytest
 
 from goldenimage.fsutil import file_lock
-from goldenimage.store import ImageRecord, LocalStore
+from goldenimage.store import LocalStore
+from tests.conftest import put_validated, use_file_base
 
 pytestmark = pytest.mark.integration
 
 
-def _use_file_base(project: Path, tmp_path: Path) -> None:
-    disk = tmp_path / "cloud.qcow2"
-    disk.write_bytes(b"a stand-in base disk")
-    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
-    settings = project / "inventories/local/goldenimage.yml"
-    text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
-    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
-    settings.write_text(text)
-
-
 def test_second_bake_waits_then_reports_up_to_date(project: Path, tmp_path: Path) -> None:
-    _use_file_base(project, tmp_path)
+    use_file_base(project, "local", tmp_path)
     home = tmp_path / "home"
     env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(home)}
     fp = json.loads(subprocess.run([sys.executable, "-m", "invoke", "fingerprint", "--json"], cwd=project,
@@ -53,12 +43,7 @@ def test_second_bake_waits_then_reports_up_to_date(project: Path, tmp_path: Path
             assert time.monotonic() < deadline
             time.sleep(0.2)
         # the running bake finishes: it registers its validated image, then lets go of the lock
-        with store.workspace() as ws:
-            (ws / "image").mkdir()
-            (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
-            rec = ImageRecord(id="web-first", name="web", env="local", fingerprint=fingerprint,
-                              created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
-            store.put(rec, {"id": rec.id, "name": "web", "fingerprint": fingerprint}, ws / "image")
+        put_validated(store.root, "web-first", fingerprint)
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, log.read_text()
     doc = json.loads(out)

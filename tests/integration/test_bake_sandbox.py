@@ -7,7 +7,6 @@ is a user-supplied file, and the validated local image is put in the store by th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from goldenimage.store import ImageRecord, LocalStore
-from tests.conftest import copy_project
+from goldenimage.store import LocalStore
+from tests.conftest import copy_project, put_validated, use_file_base
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def sandbox_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     project = copy_project(tmp_path / "project")
-    disk = tmp_path / "cloud.qcow2"
-    disk.write_bytes(b"a stand-in base disk")
-    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
-    settings = project / "inventories/sandbox/goldenimage.yml"
-    text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
-    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
-    settings.write_text(text)
+    use_file_base(project, "sandbox", tmp_path)
     env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(tmp_path / "home")}
     up = invoke(project, env, "sandbox.up")
     assert up.returncode == 0, up.stderr
@@ -56,13 +49,7 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
     fp = json.loads(invoke(project, env, "fingerprint", "--env", "sandbox", "--json").stdout)
     fingerprint = fp["images"][0]["fingerprint"]
     store = LocalStore(tmp_path / "home" / "store")
-    with store.workspace() as ws:  # what a finished bake left: a validated local image
-        (ws / "image").mkdir()
-        (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
-        rec = ImageRecord(id="web-local-1", name="web", env="sandbox", fingerprint=fingerprint,
-                          created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
-        store.put(rec, {"id": rec.id, "name": "web", "env": "sandbox", "fingerprint": fingerprint,
-                        "created": rec.created}, ws / "image")
+    put_validated(store.root, "web-local-1", fingerprint, env="sandbox")  # what a finished bake left
 
     first = invoke(project, env, "bake", "--env", "sandbox", "--json")
     assert first.returncode == 0, first.stderr
