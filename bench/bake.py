@@ -87,11 +87,12 @@ def packer_direct() -> float:
             base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
             seed_files=[str(s) for s in seeds],
         ))
-        start = time.monotonic()
-        res = subprocess.run([tools.packer.path, "build", "-color=false", "-only=qemu.local",
-                              f"-var-file={var_file}", str(staged)], cwd=ws, env=tools.packer.env(ws),
-                             capture_output=True, text=True)
-        took = time.monotonic() - start
+        with tools.packer.env(ws) as env:
+            start = time.monotonic()
+            res = subprocess.run([tools.packer.path, "build", "-color=false", "-only=qemu.local",
+                                  f"-var-file={var_file}", str(staged)], cwd=ws, env=env,
+                                 capture_output=True, text=True)
+            took = time.monotonic() - start
         if res.returncode != 0:
             sys.exit(f"direct packer build failed: {res.stdout[-2000:]}")
         return took

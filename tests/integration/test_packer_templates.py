@@ -40,8 +40,9 @@ def _vars(tmp_path: Path, **extra: object) -> Path:
 
 def _validate(packer: Packer, tmp_path: Path, only: str, var_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
     staged = packer.stage(ROOT / "packer", tmp_path / "staged")
-    return subprocess.run([packer.path, "validate", f"-only={only}", f"-var-file={var_file}", str(staged)],
-                          capture_output=True, text=True, env={**packer.env(tmp_path), **env})
+    with packer.env(tmp_path) as penv:
+        return subprocess.run([packer.path, "validate", f"-only={only}", f"-var-file={var_file}", str(staged)],
+                              capture_output=True, text=True, env={**penv, **env})
 
 
 def test_qemu_source_validates(packer: Packer, tmp_path: Path) -> None:
@@ -86,9 +87,24 @@ def test_build_block_is_shared_by_both_sources() -> None:
 
 
 def test_packer_env_puts_ansible_on_path(packer: Packer, tmp_path: Path) -> None:
-    env = packer.env(tmp_path)
-    first = env["PATH"].split(os.pathsep)[0]
-    assert (Path(first) / "ansible-playbook").exists()
+    with packer.env(tmp_path) as env:
+        first = env["PATH"].split(os.pathsep)[0]
+        assert (Path(first) / "ansible-playbook").exists()
+        tmp = Path(env["TMPDIR"])
+        # Packer's plugin sockets live there: the path must stay far below 108 bytes
+        assert tmp.is_dir() and len(str(tmp / "packer-plugin1234567890")) < 100
+    assert not tmp.exists()
+
+
+def test_packer_runs_from_a_deep_work_directory(packer: Packer, tmp_path: Path) -> None:
+    deep = tmp_path / ("w" * 60) / ("x" * 60)
+    deep.mkdir(parents=True)
+    key = deep / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    res = _validate(packer, deep, "qemu.local", _vars(
+        deep, base_image=str(deep / "base.qcow2"), base_image_checksum="sha256:" + "0" * 64,
+        ssh_private_key_file=str(key)))
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_the_bakes_template_check_passes_on_the_real_templates() -> None:

@@ -7,13 +7,15 @@ directory without it. Messages that name a staged file are mapped back to `packe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,25 +58,31 @@ class Packer:
             shutil.copy2(f, dest / f.name)
         return dest
 
-    def env(self, work: Path) -> dict[str, str]:
-        tmp = work / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+    @contextlib.contextmanager
+    def env(self, work: Path) -> Iterator[dict[str, str]]:
+        """The environment of one Packer run. Its TMPDIR is a short private directory:
+        Packer talks to its plugins over unix sockets there, and a socket path longer than
+        107 bytes fails (`bind: invalid argument`, then a Packer crash)."""
+        tmp = Path(tempfile.mkdtemp(prefix="gi-packer-"))
         venv_bin = str(Path(sys.executable).parent)
-        return {
-            **os.environ,
-            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "PACKER_CACHE_DIR": str(work / "packer_cache"),
-            "TMPDIR": str(tmp),
-            "CHECKPOINT_DISABLE": "1",
-            "PACKER_NO_COLOR": "1",
-        }
+        try:
+            yield {
+                **os.environ,
+                "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+                "PACKER_CACHE_DIR": str(work / "packer_cache"),
+                "TMPDIR": str(tmp),
+                "CHECKPOINT_DISABLE": "1",
+                "PACKER_NO_COLOR": "1",
+            }
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _args(self, staged: Path, var_file: Path, only: str) -> list[str]:
         return [f"-only={only}", f"-var-file={var_file}", str(staged)]
 
     def validate(self, staged: Path, var_file: Path, only: str, *, rel_to: Path, work: Path) -> None:
-        res = proc.run([self.path, "validate", *self._args(staged, var_file, only)],
-                       env=self.env(work), cwd=work)
+        with self.env(work) as env:
+            res = proc.run([self.path, "validate", *self._args(staged, var_file, only)], env=env, cwd=work)
         if res.returncode != 0:
             raise TemplateError(f"packer validate: {summarise_hcl_error(res.lines, staged, rel_to)}")
 
@@ -83,7 +91,7 @@ class Packer:
         log: Path, on_line: Callable[[str], None] | None = None,
     ) -> list[str]:
         argv = [self.path, "build", "-color=false", "-on-error=cleanup", *self._args(staged, var_file, only)]
-        with log.open("w") as fh:
+        with log.open("w") as fh, self.env(work) as env:
             def line(ln: str) -> None:
                 fh.write(ln + "\n")
                 fh.flush()
@@ -92,7 +100,7 @@ class Packer:
                     reporter.step(step)
                 if on_line:
                     on_line(ln)
-            res = proc.run(argv, env=self.env(work), cwd=work, on_line=line,
+            res = proc.run(argv, env=env, cwd=work, on_line=line,
                            stop_signal=signal.SIGINT, grace=90)
         if res.returncode != 0:
             crash = work / "crash.log"
