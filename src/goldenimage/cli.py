@@ -53,7 +53,7 @@ def run(
         try:
             result = work(reporter)
         except KeyboardInterrupt:
-            raise Interrupted("interrupted: stopped and cleaned up, nothing was registered") from None
+            raise Interrupted("interrupted: stopped at a safe point and cleaned up") from None
     except GoldenImageError as exc:
         code = exc.exit_code
         if debug:
