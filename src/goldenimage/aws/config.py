@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..channels import CHANNEL_RE
 from ..errors import ConfigError
 from ..settings import SETTINGS_FILE, Environment
 
 DEFAULT_REGION = "us-east-1"
 PARAMETER_PREFIX = "/goldenimage"
-CHANNEL_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 class _Model(BaseModel):
@@ -47,7 +47,7 @@ class SeedSettings(_Model):
     def _channels(cls, v: list[str]) -> list[str]:
         for ch in v:
             if not CHANNEL_RE.match(ch):
-                raise ValueError(f"channel {ch!r}: channel names are [a-z][a-z0-9-]*")
+                raise ValueError(f"channel {ch!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
         return v
 
     @field_validator("zones")

@@ -31,10 +31,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
+from ..channels import CHANNEL_RE
 from ..errors import ConfigError, NotFoundError
 from ..store import ImageRecord
 from .clients import Clients
-from .config import CHANNEL_RE, PARAMETER_PREFIX
+from .config import PARAMETER_PREFIX
 from .errors import aws_errors, error_code
 
 TAG = "goldenimage:"
@@ -123,7 +124,7 @@ class AwsRegistry:
     def channel_parameter(self, name: str, channel: str) -> str:
         if not CHANNEL_RE.match(channel):
             raise ConfigError(
-                f"invalid channel name {channel!r}: channel names are [a-z][a-z0-9-]*"
+                f"invalid channel name {channel!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'"
             )
         return f"{self.prefix}/{name}/{channel}"
 
