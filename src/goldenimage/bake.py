@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fingerprint, sbom
+from . import __version__, fingerprint, hostsetup, sbom
 from .adapters import baseimage, packer, proc, qemu, testinfra
 from .errors import ConfigError, GoldenImageError, TemplateError, ValidationFailed
 from .fsutil import atomic_write_json, file_lock, sha256_file
@@ -29,13 +29,7 @@ from .settings import Environment, load_environment
 from .store import ImageRecord, LocalStore
 
 BUILD_USER = "gi"
-HOST_TOOLS = {
-    "qemu-system-x86_64": "qemu-system-x86",
-    "qemu-img": "qemu-utils",
-    "genisoimage": "genisoimage",
-    "ssh": "openssh-client",
-    "ssh-keygen": "openssh-client",
-}
+BAKE_TOOLS = ("qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen")  # packages: hostsetup.TOOLS
 
 
 @dataclass(frozen=True)
@@ -50,8 +44,8 @@ class Tools:
 
 
 def detect_tools() -> Tools:
-    for tool, pkg in HOST_TOOLS.items():
-        proc.which(tool, pkg)
+    for tool in BAKE_TOOLS:
+        proc.which(tool, hostsetup.TOOLS[tool][0])
     from ansible.release import __version__ as ansible_version
 
     return Tools(packer.Packer.detect(), ansible_version, qemu.qemu_version())

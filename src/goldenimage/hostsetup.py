@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[str, list[str]]] = {
     "mkfs.ext4": ("e2fsprogs", ["mkfs.ext4", "-V"]),
     "genisoimage": ("genisoimage", ["genisoimage", "--version"]),
     "ssh": ("openssh-client", ["ssh", "-V"]),
+    "ssh-keygen": ("openssh-client", ["ssh", "-V"]),
     "git": ("git", ["git", "--version"]),
 }
 # needed as files, not commands
