@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,3 +88,16 @@ def pid_alive(pid: int) -> bool:
         if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False  # a zombie: exited, not yet reaped
     return True
+
+
+@contextlib.contextmanager
+def short_tempdir(prefix: str) -> Iterator[Path]:
+    """A private directory with a short path under the system temp dir, removed on exit.
+
+    For unix sockets (ssh control sockets, Packer's plugin sockets): a socket path longer
+    than 107 bytes cannot be bound, and work directories can be nested deep."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -14,13 +14,13 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BuildFailed, TemplateError
+from ..fsutil import short_tempdir
 from ..progress import Reporter
 from . import proc
 
@@ -63,9 +63,8 @@ class Packer:
         """The environment of one Packer run. Its TMPDIR is a short private directory:
         Packer talks to its plugins over unix sockets there, and a socket path longer than
         107 bytes fails (`bind: invalid argument`, then a Packer crash)."""
-        tmp = Path(tempfile.mkdtemp(prefix="gi-packer-"))
         venv_bin = str(Path(sys.executable).parent)
-        try:
+        with short_tempdir("gi-packer-") as tmp:
             yield {
                 **os.environ,
                 "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
@@ -74,8 +73,6 @@ class Packer:
                 "CHECKPOINT_DISABLE": "1",
                 "PACKER_NO_COLOR": "1",
             }
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _args(self, staged: Path, var_file: Path, only: str) -> list[str]:
         return [f"-only={only}", f"-var-file={var_file}", str(staged)]

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OperationFailed
-from ..fsutil import atomic_write_json, file_lock
+from ..fsutil import atomic_write_json, file_lock, short_tempdir
 from ..progress import Reporter
 from . import proc
 
@@ -184,11 +183,8 @@ def boot(
     ]
     if accelerator == "kvm":
         argv += ["-cpu", "host"]
-    control = Path(tempfile.mkdtemp(prefix="gi-ssh-"))
-    vm = Vm(port, user, key, write_ssh_config(work / "ssh_config", port, user, key, control), serial)
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, control, True)
-        child = stack.enter_context(proc.background(argv, log=work / "qemu.log"))
+    with short_tempdir("gi-ssh-") as control, proc.background(argv, log=work / "qemu.log") as child:
+        vm = Vm(port, user, key, write_ssh_config(work / "ssh_config", port, user, key, control), serial)
         start = time.monotonic()
         last_ssh = ""
         while True:
