@@ -315,7 +315,7 @@ def validate(env_name: str, image_id: str | None, reporter: Reporter) -> dict[st
     required(image_id=image_id)
     assert image_id is not None
     env = load_environment(env_name)
-    if env.settings.target in ("aws", "sandbox"):
+    if env.remote:
         from .aws import commands as aws_commands
 
         return aws_commands.validate(env, image_id, reporter)
@@ -369,7 +369,7 @@ def images(env_name: str, image: str | None, image_id: str | None, reporter: Rep
     env = load_environment(env_name)
     if image is not None:
         env.image(image)
-    if env.settings.target in ("aws", "sandbox"):
+    if env.remote:
         from .aws import commands as aws_commands
         from .aws.context import registry_for
 

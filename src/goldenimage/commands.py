@@ -80,10 +80,6 @@ def required(**options: str | None) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
 
 
-def _remote(env: Environment) -> bool:
-    return env.settings.target in ("aws", "sandbox")
-
-
 def _env_check(env: Environment, registry: LocalStore, image_id: str) -> None:
     rec = registry.get(image_id)  # NotFoundError if unknown
     if rec.env != env.name:
@@ -114,7 +110,7 @@ def promote(
     assert image_id is not None and channel is not None
     env = load_environment(env_name, root)
     ch.check_channel(channel)
-    if _remote(env) and registry is None:
+    if env.remote and registry is None:
         from .aws import commands as aws_commands
 
         remote = aws_commands.promote(env, image_id, channel, reporter, root=root)
@@ -173,7 +169,7 @@ def revoke(
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
     env = load_environment(env_name, root)
-    if _remote(env) and registry is None:
+    if env.remote and registry is None:
         from .aws import commands as aws_commands
 
         remote = aws_commands.revoke(env, image_id, reason, reporter, root=root)
@@ -225,7 +221,7 @@ def history(
     env = load_environment(env_name, root)
     env.image(image)
     ch.check_channel(channel)
-    if _remote(env) and registry is None:
+    if env.remote and registry is None:
         from .aws import commands as aws_commands
 
         return {

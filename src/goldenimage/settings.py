@@ -83,6 +83,11 @@ class Environment:
         return self.root / "inventories" / self.name
 
     @property
+    def remote(self) -> bool:
+        """Whether images live in an AWS account (the real one or the sandbox's)."""
+        return self.settings.target in ("aws", "sandbox")
+
+    @property
     def settings_file(self) -> Path:
         return self.directory / SETTINGS_FILE
 

@@ -24,7 +24,7 @@ Result = dict[str, Any]
 
 def _env(env: str | Environment, root: Path | None) -> Environment:
     e = environment(env, root)
-    if e.settings.target not in ("aws", "sandbox"):
+    if not e.remote:
         raise ConfigError(
             f"inventories/{e.name}/{SETTINGS_FILE}: field target: environment {e.name!r} has "
             f"target {e.settings.target!r}, not aws or sandbox"
