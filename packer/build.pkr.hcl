@@ -4,6 +4,14 @@
 build {
   sources = ["source.qemu.local", "source.amazon-ebs.aws"]
 
+  # A launched instance runs cloud-init while SSH already answers, and cloud-init may
+  # restart sshd under Ansible's feet (seen as "kex_exchange_identification: Connection
+  # closed" on the first task): let it finish first. A degraded status is not a failure.
+  provisioner "shell" {
+    only   = ["amazon-ebs.aws"]
+    inline = ["cloud-init status --wait >/dev/null || true"]
+  }
+
   provisioner "ansible" {
     playbook_file       = var.playbook
     user                = var.ssh_username

@@ -163,6 +163,18 @@ variable "aws_region" {
   }
 }
 
+variable "aws_profile" {
+  type        = string
+  description = "Named AWS profile; empty: the SDK's own resolution (environment, SSO, role)."
+  default     = ""
+}
+
+variable "aws_endpoint_ec2" {
+  type        = string
+  description = "EC2 endpoint override (AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL); empty: AWS's."
+  default     = ""
+}
+
 variable "aws_source_ami" {
   type        = string
   description = "Base AMI id, resolved by goldenimage with boto3 before the build."
@@ -170,6 +182,16 @@ variable "aws_source_ami" {
   validation {
     condition     = substr(var.aws_source_ami, 0, 4) == "ami-" && length(var.aws_source_ami) >= 12
     error_message = "The aws_source_ami must be an AMI id (ami-...)."
+  }
+}
+
+variable "aws_root_device_name" {
+  type        = string
+  description = "Root device of the base AMI (from its description)."
+  default     = "/dev/xvda"
+  validation {
+    condition     = substr(var.aws_root_device_name, 0, 5) == "/dev/"
+    error_message = "The aws_root_device_name must be a device path such as /dev/xvda."
   }
 }
 
@@ -183,6 +205,43 @@ variable "aws_subnet_id" {
   default = ""
 }
 
+variable "aws_ami_name" {
+  type        = string
+  description = "Name of the AMI: unique per image and fingerprint."
+  default     = "goldenimage-check"
+  validation {
+    condition     = length(var.aws_ami_name) >= 3 && length(var.aws_ami_name) <= 128
+    error_message = "The aws_ami_name must be 3 to 128 characters long."
+  }
+}
+
+variable "aws_volume_size" {
+  type        = number
+  description = "Root volume size in GiB."
+  default     = 8
+  validation {
+    condition     = var.aws_volume_size >= 1 && var.aws_volume_size <= 16384
+    error_message = "The aws_volume_size must be between 1 and 16384 GiB."
+  }
+}
+
+variable "aws_encrypt_boot" {
+  type    = bool
+  default = true
+}
+
+variable "aws_kms_key_id" {
+  type        = string
+  description = "KMS key for EBS encryption; empty means the account's default EBS key."
+  default     = ""
+}
+
+variable "aws_region_kms_key_ids" {
+  type        = map(string)
+  description = "KMS key per copy region (needed with a custom key and ami_regions)."
+  default     = {}
+}
+
 variable "aws_ami_regions" {
   type    = list(string)
   default = []
@@ -193,16 +252,34 @@ variable "aws_ami_users" {
   default = []
 }
 
-variable "aws_kms_key_id" {
-  type        = string
-  description = "KMS key for EBS encryption; empty means the account's default EBS key."
-  default     = ""
-}
-
 variable "aws_ssh_cidrs" {
   type        = list(string)
   description = "CIDRs the temporary security group admits: the runner's own address."
   default     = ["127.0.0.1/32"]
+}
+
+variable "aws_ssh_interface" {
+  type        = string
+  description = "How to reach the build instance (public_ip, private_ip, ...); empty: Packer's default."
+  default     = ""
+}
+
+variable "aws_ssh_host" {
+  type        = string
+  description = "Reach the build instance at this address instead (a tunnel); empty: its IP."
+  default     = ""
+}
+
+variable "aws_ssh_port" {
+  type        = number
+  description = "SSH port of aws_ssh_host; 0: 22."
+  default     = 0
+}
+
+variable "aws_ssh_private_key_file" {
+  type        = string
+  description = "A key already on the instance; empty: Packer makes a temporary key pair."
+  default     = ""
 }
 
 variable "tags" {

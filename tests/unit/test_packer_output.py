@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from goldenimage.adapters.packer import Packer, condense, summarise_build_error, summarise_hcl_error
+import pytest
+
+from goldenimage.adapters.packer import (
+    Packer,
+    condense,
+    for_old_packer,
+    summarise_build_error,
+    summarise_hcl_error,
+)
+from goldenimage.errors import TemplateError
 
 HCL_ERROR = """\
 Error: Invalid expression
@@ -89,3 +99,34 @@ def test_packer_crash_is_named_with_its_panic() -> None:
     assert summarise_build_error(lines) == (
         "packer crashed: panic: runtime error: invalid memory address or nil pointer dereference"
     )
+
+
+def test_stage_blanks_new_packer_settings_for_old_packer(tmp_path: Path) -> None:
+    templates = Path(__file__).resolve().parents[2] / "packer"
+    old = Packer("packer", (1, 6, 6)).stage(templates, tmp_path / "old")
+    new = Packer("packer", (1, 7, 0)).stage(templates, tmp_path / "new")
+    source = (templates / "sources.pkr.hcl").read_text()
+    assert (new / "sources.pkr.hcl").read_text() == source
+    staged = (old / "sources.pkr.hcl").read_text()
+    assert "metadata_options" in source and "metadata_options" not in staged
+    assert "imds_support" not in staged and 'http_tokens                 = "required"' not in staged
+    # blanked, not removed: Packer's line numbers still point into packer/sources.pkr.hcl
+    assert len(staged.splitlines()) == len(source.splitlines())
+    for a, b in zip(staged.splitlines(), source.splitlines(), strict=True):
+        assert a in ("", b)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a\n# packer >= 1.7 only\nb\n", "sources.pkr.hcl: a `# packer >= 1.7 only` region is never ended"),
+    ("a\n# end packer >= 1.7\n", "sources.pkr.hcl:2: `# end packer >= 1.7` without its start"),
+    ("# packer >= 1.7 only\n  # packer >= 1.7 only\n# end packer >= 1.7\n", "sources.pkr.hcl:2: a `# packer"),
+])
+def test_unbalanced_new_packer_regions_are_template_errors(text: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        for_old_packer(text, "sources.pkr.hcl")
+
+
+def test_for_old_packer_keeps_text_without_regions() -> None:
+    text = 'source "x" "y" {\n  a = 1\n}\n'
+    assert for_old_packer(text, "x.pkr.hcl") == text
+    assert for_old_packer("a\n  # packer >= 1.7 only\nb\n  # end packer >= 1.7\nc", "f") == "a\n\n\n\nc"

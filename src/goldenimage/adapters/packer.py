@@ -2,7 +2,10 @@
 
 `packer/` is split by block kind. `plugins.pkr.hcl` holds `required_plugins`, which Packer
 1.7+ needs and 1.6.x rejects, so for Packer < 1.7 the templates are staged into a private
-directory without it. Messages that name a staged file are mapped back to `packer/`.
+directory without it. Settings only newer Packer knows sit between the comment lines
+`# packer >= 1.7 only` and `# end packer >= 1.7` and are blanked out of the staged copy for
+older Packer (blanked, not removed: line numbers in Packer's messages stay true). Messages
+that name a staged file are mapped back to `packer/`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from . import proc
 
 PLUGINS_FILE = "plugins.pkr.hcl"
 ONLY_NEW_PACKER = (PLUGINS_FILE,)  # files Packer < 1.7 must not see
+NEW_PACKER = (1, 7, 0)
+_NEW_BEGIN = re.compile(r"^\s*# packer >= 1\.7 only")
+_NEW_END = re.compile(r"^\s*# end packer >= 1\.7")
 _ON_LINE = re.compile(r"^\s*on (\S+) line (\d+)")
 _STAGE = re.compile(r"^==> [\w.-]+: (.*)$")
 _MSG = re.compile(r"^\s{4}[\w.-]+: (.*)$")
@@ -52,10 +58,16 @@ class Packer:
     def stage(self, templates: Path, dest: Path) -> Path:
         """Copy the templates this Packer understands into `dest`."""
         dest.mkdir(parents=True, exist_ok=True)
+        old = self.version < NEW_PACKER
         for f in sorted(templates.glob("*.pkr.hcl")):
-            if self.version < (1, 7, 0) and f.name in ONLY_NEW_PACKER:
+            if old and f.name in ONLY_NEW_PACKER:
                 continue
             shutil.copy2(f, dest / f.name)
+            if old:
+                text = f.read_text()
+                kept = for_old_packer(text, f.name)
+                if kept != text:
+                    (dest / f.name).write_text(kept)
         return dest
 
     @contextlib.contextmanager
@@ -85,20 +97,21 @@ class Packer:
 
     def build(
         self, staged: Path, var_file: Path, only: str, *, reporter: Reporter, work: Path,
-        log: Path, on_line: Callable[[str], None] | None = None,
+        log: Path, on_line: Callable[[str], None] | None = None, grace: float = 90,
     ) -> list[str]:
+        """Run the build; on Ctrl-C Packer gets SIGINT and `grace` seconds to clean up."""
         argv = [self.path, "build", "-color=false", "-on-error=cleanup", *self._args(staged, var_file, only)]
-        with log.open("w") as fh, self.env(work) as env:
+        with self.env(work) as env:
             def line(ln: str) -> None:
-                fh.write(ln + "\n")
-                fh.flush()
                 step = condense(ln)
                 if step:
                     reporter.step(step)
                 if on_line:
                     on_line(ln)
-            res = proc.run(argv, env=env, cwd=work, on_line=line,
-                           stop_signal=signal.SIGINT, grace=90)
+            # Packer writes `log` itself: killed outright, we take its pipe with us, but
+            # it must live on to clean up (it gets SIGTERM: proc's PDEATHSIG)
+            res = proc.run(argv, env=env, cwd=work, on_line=line, log=log,
+                           stop_signal=signal.SIGINT, grace=grace)
         if res.returncode != 0:
             crash = work / "crash.log"
             if crash.is_file():  # Packer writes its panic there; keep it with the build log
@@ -106,6 +119,28 @@ class Packer:
                     fh.write("\n--- crash.log ---\n" + crash.read_text(errors="replace"))
             raise BuildFailed(f"packer build failed: {summarise_build_error(res.lines)}")
         return res.lines
+
+
+def for_old_packer(text: str, name: str) -> str:
+    """`text` with its `# packer >= 1.7 only` regions blanked (line count unchanged)."""
+    out: list[str] = []
+    inside = False
+    for number, ln in enumerate(text.splitlines(keepends=True), 1):
+        if _NEW_BEGIN.match(ln):
+            if inside:
+                raise TemplateError(f"packer/{name}:{number}: a `# packer >= 1.7 only` region inside another")
+            inside = True
+        if inside:
+            out.append("\n" if ln.endswith("\n") else "")
+            if _NEW_END.match(ln):
+                inside = False
+        else:
+            if _NEW_END.match(ln):
+                raise TemplateError(f"packer/{name}:{number}: `# end packer >= 1.7` without its start")
+            out.append(ln)
+    if inside:
+        raise TemplateError(f"packer/{name}: a `# packer >= 1.7 only` region is never ended")
+    return "".join(out)
 
 
 def condense(line: str) -> str:

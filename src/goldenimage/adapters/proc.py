@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import MissingToolError, OperationFailed
 
@@ -104,26 +105,46 @@ def run(
     keep: int = 400,
     check: bool = False,
     what: str = "",
+    log: Path | None = None,
 ) -> Completed:
-    """Run `argv`, feeding each output line (stdout+stderr) to `on_line`; keep the last `keep`."""
+    """Run `argv`, feeding each output line (stdout+stderr) to `on_line`; keep the last `keep`.
+
+    With `log`, the child writes its output to that file (not to a pipe) and the lines are
+    read back from it: a child that outlives us (we were killed; it got SIGTERM through
+    PDEATHSIG and is cleaning up) can still write its output instead of dying of SIGPIPE.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=keep)
-    proc = subprocess.Popen(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
+
+    def feed(raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        tail.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    sink: Any = subprocess.PIPE
+    if log is not None:
+        sink = log.open("wb")
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            tail.append(line)
-            if on_line is not None:
-                on_line(line)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        if log is not None:
+            sink.close()
+    try:
+        if log is None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                feed(raw)
+        else:
+            _follow(log, proc, feed)
         proc.wait()
     except BaseException:
         stop_group(proc, stop_signal, grace)
@@ -136,6 +157,25 @@ def run(
         last = next((ln for ln in reversed(done.lines) if ln.strip()), "")
         raise OperationFailed(f"{what or argv[0]} failed (exit {done.returncode}): {last.strip()}")
     return done
+
+
+def _follow(path: Path, proc: subprocess.Popen[bytes], feed: Callable[[bytes], None]) -> None:
+    """Feed the lines `proc` writes to `path` until it exits (then the rest)."""
+    pending = b""
+    with path.open("rb") as reader:
+        while True:
+            chunk = reader.read(65536)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    feed(raw)
+            elif proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.1)
+    if pending:
+        feed(pending)
 
 
 @contextlib.contextmanager
