@@ -95,6 +95,24 @@ def test_up_twice_is_status_and_commands_reach_it(up: dict[str, Any]) -> None:
     assert "group web: 6/6 in service, 6 healthy" in lines[-1]
 
 
+def test_the_sandbox_publishes_debian_base_amis(up: dict[str, Any]) -> None:
+    """What the default `extra.aws.base_ami` resolves to on AWS resolves in the sandbox too,
+    EBS-backed (Packer's amazon-ebs refuses anything else), in every region."""
+    from goldenimage.aws.ami import resolve_base_ami
+    from goldenimage.aws.clients import Clients
+    from goldenimage.aws.config import BaseAmiSpec
+
+    for region in ("us-east-1", "eu-west-1"):
+        ctx = AwsContext(region=region, endpoint_url=up["endpoint"], max_attempts=1,
+                         credentials={"aws_access_key_id": "x", "aws_secret_access_key": "x"})
+        base = resolve_base_ami(Clients(ctx), BaseAmiSpec())
+        assert base["name"].startswith("debian-12-amd64-") and base["owner"] == "136693071363"
+        image = client({**up, "region": region}, "ec2").describe_images(ImageIds=[base["id"]])["Images"][0]
+        assert image["RootDeviceType"] == "ebs" and image["Architecture"] == "x86_64"
+        arm = resolve_base_ami(Clients(ctx), BaseAmiSpec(name="debian-12-arm64-*", architecture="arm64"))
+        assert arm["id"] != base["id"]
+
+
 def test_down_stops_the_process_and_removes_the_state(sandbox_project: Path) -> None:
     result = sandbox.sandbox_up("sandbox", Reporter(quiet=True))
     down = sandbox.sandbox_down("sandbox", Reporter(quiet=True))

@@ -37,7 +37,7 @@ from .clients import AwsContext, Clients
 from .config import aws_settings, region_of, sandbox_settings
 from .context import SANDBOX_CREDENTIALS, environment
 from .errors import aws_errors
-from .seed import fleet_counts, seed_fleet
+from .seed import fleet_counts, seed_fleet, vendor_amis
 
 Result = dict[str, Any]
 STATE_VERSION = 1
@@ -169,6 +169,9 @@ def _start_server(
     src = str(Path(goldenimage.__file__).resolve().parent.parent)
     child_env = dict(os.environ)
     child_env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    amis = d / f"{env_name}.amis.json"
+    atomic_write_json(amis, vendor_amis())
+    child_env["MOTO_AMIS_PATH"] = str(amis)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, child_env.get("PYTHONPATH")) if p)
     with log.open("ab") as fh:
         proc = subprocess.Popen(

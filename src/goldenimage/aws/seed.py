@@ -6,6 +6,10 @@ through `AwsRegistry.put`, status validated, promoted to every seed channel), a 
 template per group on that AMI with IMDSv2 required, an auto-scaling group on the template
 behind the target group, and a CloudWatch alarm on the target group's unhealthy hosts.
 The rotator's tests seed their moto server with it too.
+
+`vendor_amis()` are the public base AMIs the sandbox's server starts with (moto's
+`MOTO_AMIS_PATH`): Debian 12 as Debian's account publishes it, EBS-backed, so that base
+AMI resolution (`extra.aws.base_ami`) and a real `amazon-ebs` Packer build work there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,32 @@ from .config import SeedSettings
 from .registry import AwsRegistry, iso
 
 SEED_TAG = {"Key": "goldenimage:sandbox", "Value": "seed"}
+DEBIAN_OWNER = "136693071363"
+
+
+def vendor_amis() -> list[dict[str, Any]]:
+    """Debian 12 base AMIs (amd64, arm64) in moto's `MOTO_AMIS_PATH` format."""
+    return [
+        {
+            "ami_id": ami_id,
+            "name": f"debian-12-{arch}-20261101-1900",
+            "description": f"Debian 12 (20261101-1900) {arch}",
+            "owner_id": DEBIAN_OWNER,
+            "public": True,
+            "virtualization_type": "hvm",
+            "architecture": machine,
+            "state": "available",
+            "root_device_type": "ebs",
+            "root_device_name": "/dev/xvda",
+            "sriov": "simple",
+            "hypervisor": "xen",
+            "creation_date": "2026-11-01T19:00:00.000Z",
+        }
+        for ami_id, arch, machine in (
+            ("ami-0deb12a0d6400c0de", "amd64", "x86_64"),
+            ("ami-0deb12a0a6400c0de", "arm64", "arm64"),
+        )
+    ]
 
 
 def _tags(resource: str, name: str) -> list[dict[str, Any]]:
