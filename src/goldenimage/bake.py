@@ -43,12 +43,13 @@ class Tools:
                 "goldenimage": __version__}
 
 
-def detect_tools() -> Tools:
-    for tool in BAKE_TOOLS:
+def detect_tools(*, local: bool = True) -> Tools:
+    """The host tools of a bake; an AMI bake (`local=False`) boots nothing here."""
+    for tool in BAKE_TOOLS if local else ("ssh", "ssh-keygen"):
         proc.which(tool, hostsetup.TOOLS[tool][0])
     from ansible.release import __version__ as ansible_version
 
-    return Tools(packer.Packer.detect(), ansible_version, qemu.qemu_version())
+    return Tools(packer.Packer.detect(), ansible_version, qemu.qemu_version() if local else "")
 
 
 def fingerprint_extra(base_identity: str, packer_version: str, ansible_version: str) -> dict[str, str]:
@@ -86,9 +87,10 @@ def now_utc() -> dt.datetime:
 def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
     env = load_environment(env_name)
     name = pick_image(env, image)
-    if env.settings.target not in ("local", "sandbox"):
-        raise ConfigError(f"{env.rel(env.settings_file)}: field target: bake of target "
-                          f"{env.settings.target!r} is not available in this version (local, sandbox)")
+    if env.settings.target == "aws":
+        from .aws.bake import bake_ami
+
+        return bake_ami(env, name, force, reporter, detect_tools(local=False))
     tools = detect_tools()
     remote = None
     if env.settings.target == "sandbox":
@@ -137,7 +139,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 record, manifest = _build_validate(env, name, base, accel, tools,
                                                    inputs, fp, ws, reporter, result)
             except BaseException as err:
-                logs = _keep_logs(store, ws, result.get("image_id", "unknown"))
+                logs = keep_logs(store, ws, result.get("image_id", "unknown"))
                 if logs is not None and isinstance(err, GoldenImageError):
                     err.message += f" (logs: {logs})"
                 raise
@@ -160,7 +162,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
             return result
 
 
-def _keep_logs(store: LocalStore, ws: Path, image_id: str) -> Path | None:
+def keep_logs(store: LocalStore, ws: Path, image_id: str) -> Path | None:
     """A failed bake registers nothing, but its logs are kept for the post-mortem."""
     logs = {"build.log": ws / "image" / "build.log", "build-serial.log": ws / "build-serial.log",
             "validate-serial.log": ws / "validate" / "serial.log"}
@@ -204,11 +206,12 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
         qemu.make_key(key)
         placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check", "ssh_private_key_file": str(key),
                         "base_image": str(work / "base.qcow2"), "base_image_checksum": "sha256:" + "0" * 64}
-        atomic_write_json(var_file, _packer_vars(env, name, work, **placeholders))
+        atomic_write_json(var_file, common_packer_vars(env, name, work, **placeholders))
         tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
 
 
-def _packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> dict[str, Any]:
+def common_packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> dict[str, Any]:
+    """The variables of every build (both sources) for workspace `ws`; `values` add or override."""
     spec, q = env.image(name), env.settings.qemu
     doc: dict[str, Any] = {
         "image_name": name, "playbook": str(env.root / spec.playbook),
@@ -249,7 +252,7 @@ def _build_validate(
             "goldenimage_fingerprint": fp, "goldenimage_build_time": build_time,
         })
         var_file = ws / "build.pkrvars.json"
-        atomic_write_json(var_file, _packer_vars(
+        atomic_write_json(var_file, common_packer_vars(
             env, name, ws, image_id=image_id, fingerprint=fp, base_image=str(base.path),
             base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
             seed_files=[str(s) for s in seeds],
@@ -300,7 +303,7 @@ def validate_disk(
     with qemu.boot(disk, work, accelerator=accel, cpus=q.cpus, memory=q.memory,
                    timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
         pub = Path(f"{vm.key}.pub").read_text().strip()
-        suite = testinfra.run_suite(env.root / "tests" / "image", vm, {
+        suite = testinfra.run_suite(env.root / "tests" / "image", vm.host, vm.ssh_config, {
             **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
         }, work, reporter)
         packages = _packages(vm)

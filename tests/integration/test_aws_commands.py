@@ -141,6 +141,9 @@ def test_resolve_base_ami_picks_the_newest_match(
         resolve_base_ami(west, BaseAmiSpec(id=newest))
 
 
+BASE = {"id": "ami-0123456789abcdef0", "root_device_name": "/dev/sda1"}
+
+
 def test_packer_vars_need_the_runner_address(sandbox_project: Path) -> None:
     inv = sandbox_project / "inventories" / "prod"
     inv.mkdir()
@@ -152,27 +155,29 @@ def test_packer_vars_need_the_runner_address(sandbox_project: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"goldenimage.yml: field extra.aws.build.ssh_cidrs: give"
     ):
-        packer_vars(env, "ami-0123456789abcdef0", image="web", fingerprint="sha256:" + "c" * 64)
+        packer_vars(env, BASE, image="web", image_id="web-1", fingerprint="c" * 64)
     settings.write_text(
         settings.read_text() + "extra: {aws: {build: {ssh_cidrs: [203.0.113.7/32], "
         "ami_regions: [eu-central-1], ami_users: ['111122223333'], kms_key_id: alias/x}}}\n"
     )
     v = packer_vars(
-        load_environment("prod"),
-        "ami-0123456789abcdef0",
-        image="web",
-        fingerprint="sha256:" + "c" * 64,
-        git_commit="abc",
+        load_environment("prod"), BASE, image="web", image_id="web-1", fingerprint="c" * 64, git_commit="abc"
     )
     assert v["aws_source_ami"] == "ami-0123456789abcdef0" and v["aws_region"] == "eu-west-1"
     assert v["aws_ssh_cidrs"] == ["203.0.113.7/32"] and v["aws_encrypt_boot"] is True
-    assert v["aws_tags"]["goldenimage:fingerprint"] == "sha256:" + "c" * 64
+    assert v["aws_root_device_name"] == "/dev/sda1" and v["aws_ami_name"] == "goldenimage-web-1"
+    assert v["tags"]["goldenimage:fingerprint"] == "c" * 64
+    assert v["tags"]["goldenimage:status"] == "building"
+    # an encrypted AMI shared with other accounts needs a key they can be granted
+    settings.write_text(settings.read_text().replace(", kms_key_id: alias/x", ""))
+    with pytest.raises(ConfigError, match=r"field extra.aws.build.kms_key_id: sharing an encrypted AMI"):
+        packer_vars(load_environment("prod"), BASE, image="web", image_id="web-1", fingerprint="c" * 64)
     settings.write_text(settings.read_text().replace("203.0.113.7/32", "203.0.113.7/33"))
     with pytest.raises(
         ConfigError,
         match=r"field extra.aws.build.ssh_cidrs: Value error, '203.0.113.7/33' is not a CIDR",
     ):
-        packer_vars(load_environment("prod"), "ami-0123456789abcdef0", image="web", fingerprint="x")
+        packer_vars(load_environment("prod"), BASE, image="web", image_id="web-1", fingerprint="x")
 
 
 def test_every_sandbox_command_completes_under_throttling(

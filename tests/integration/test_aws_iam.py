@@ -17,7 +17,7 @@ from goldenimage.cli import run
 def test_every_listed_action_is_a_real_api_operation() -> None:
     session = botocore.session.get_session()
     service_of = {prefix: service for service, prefix in IAM_PREFIX.items()}
-    for action in [*iam.ACTIONS, *iam.SANDBOX_ONLY]:
+    for action in [*iam.ACTIONS, *iam.SANDBOX_ONLY, *iam.PACKER_ACTIONS]:
         prefix, op = action.split(":")
         model = session.get_service_model(service_of[prefix])
         assert op in model.operation_names, action
@@ -26,7 +26,8 @@ def test_every_listed_action_is_a_real_api_operation() -> None:
 def test_the_policy_grants_exactly_the_listed_actions() -> None:
     doc = iam.policy_document("/goldenimage")
     granted = [a for st in doc["Statement"] for a in st["Action"]]
-    assert sorted(granted) == sorted(iam.ACTIONS)
+    assert sorted(granted) == sorted(set(iam.ACTIONS) | set(iam.PACKER_ACTIONS))
+    assert len(granted) == len(set(granted))
     assert not set(granted) & set(iam.SANDBOX_ONLY)
     ssm = next(st for st in doc["Statement"] if st["Sid"] == "GoldenImageChannels")
     assert ssm["Resource"] == [

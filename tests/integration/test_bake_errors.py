@@ -34,7 +34,7 @@ def assert_nothing_written(home: Path) -> None:
 def test_unknown_env(project: Path, tmp_path: Path) -> None:
     res = run_invoke("bake", "--env", "prod", root=project, home=tmp_path / "home")
     assert res.returncode == 2
-    assert_one_error_line(res.stderr, "unknown environment 'prod'", "known: local")
+    assert_one_error_line(res.stderr, "unknown environment 'prod'", "known: aws, local, sandbox")
     assert_nothing_written(tmp_path / "home")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -113,3 +114,45 @@ def test_the_bakes_template_check_passes_on_the_real_templates() -> None:
 
     env = load_environment("local", ROOT)
     check_templates(env, "web", detect_tools())  # raises TemplateError on any complaint
+
+
+def test_amazon_ebs_source_requires_imdsv2_encrypts_and_admits_only_the_runner() -> None:
+    import hcl2
+
+    sources = hcl2.load((ROOT / "packer/sources.pkr.hcl").open())["source"]
+    aws = next(s['"amazon-ebs"']['"aws"'] for s in sources if '"amazon-ebs"' in s)
+    [imds] = aws["metadata_options"]
+    assert imds["http_tokens"] == '"required"' and imds["http_put_response_hop_limit"] == 1
+    assert aws["imds_support"] == '"v2.0"'
+    assert aws["encrypt_boot"] == "${var.aws_encrypt_boot}" and aws["kms_key_id"] == "${var.aws_kms_key_id}"
+    assert aws["temporary_security_group_source_cidrs"] == "${var.aws_ssh_cidrs}"
+    assert aws["tags"] == aws["snapshot_tags"] == "${var.tags}"
+    assert aws["ami_regions"] == "${var.aws_ami_regions}" and aws["ami_users"] == "${var.aws_ami_users}"
+
+
+def test_amazon_ebs_source_validates_with_the_bakes_own_variables(packer: Packer, tmp_path: Path) -> None:
+    """The variables an AMI bake writes (aws/ami.packer_vars) are exactly what the templates take."""
+    from goldenimage.aws.ami import packer_vars
+    from goldenimage.bake import common_packer_vars
+    from goldenimage.settings import load_environment
+
+    project = tmp_path / "project"
+    for part in ("inventories", "playbooks"):
+        shutil.copytree(ROOT / part, project / part)
+    settings = project / "inventories" / "aws" / "goldenimage.yml"
+    settings.write_text(settings.read_text()
+                        .replace("ssh_cidrs: []              # FILL IN", "ssh_cidrs: [203.0.113.7/32] #")
+                        .replace("ami_users: []", "ami_users: ['111122223333']")
+                        .replace("# kms_key_id: alias/goldenimage", "kms_key_id: alias/goldenimage")
+                        .replace("ami_regions: []", "ami_regions: [eu-central-1]")
+                        .replace("# region_kms_key_ids:", "region_kms_key_ids:"))
+    env = load_environment("aws", project)
+    values = packer_vars(env, {"id": "ami-0123456789abcdef0", "root_device_name": "/dev/xvda"},
+                         image="web", image_id="web-20261126-120000-abcdef01", fingerprint="a" * 64)
+    doc = common_packer_vars(env, "web", tmp_path, image_id="web-20261126-120000-abcdef01", fingerprint="a" * 64,
+                       **values)
+    (tmp_path / "inventory").mkdir()
+    var_file = tmp_path / "aws.pkrvars.json"
+    var_file.write_text(json.dumps(doc))
+    res = _validate(packer, tmp_path, "amazon-ebs.aws", var_file, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x")
+    assert res.returncode == 0, res.stdout + res.stderr

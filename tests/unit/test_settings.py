@@ -24,7 +24,7 @@ def test_unknown_environment_names_the_value(project: Path, name: str) -> None:
     with pytest.raises(NotFoundError, match="unknown environment") as exc:
         load_environment(name, project)
     assert exc.value.exit_code == 2
-    assert "known: local" in str(exc.value)
+    assert "known: aws, local, sandbox" in str(exc.value)
 
 
 def test_unknown_image_lists_the_known_ones(project: Path) -> None:

@@ -147,12 +147,13 @@ class Vm:
 
 
 def write_ssh_config(path: Path, port: int, user: str, key: Path, control_dir: Path,
-                     host: str = "target") -> Path:
-    """An ssh_config for the VM. The control socket lives in `control_dir`, a short path:
-    a socket path longer than 107 bytes makes every ssh fail ("ControlPath too long")."""
+                     host: str = "target", hostname: str = "127.0.0.1") -> Path:
+    """An ssh_config for the VM (or instance at `hostname`). The control socket lives in
+    `control_dir`, a short path: a socket path longer than 107 bytes makes every ssh fail
+    ("ControlPath too long")."""
     path.write_text(
         f"Host {host}\n"
-        f"  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n"
+        f"  HostName {hostname}\n  Port {port}\n  User {user}\n  IdentityFile {key}\n"
         "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 5\n"
         f"  ControlMaster auto\n  ControlPath {control_dir}/%C\n  ControlPersist 60\n"

@@ -12,7 +12,6 @@ from typing import Any
 from ..fsutil import atomic_write_json
 from ..progress import Reporter
 from . import proc
-from .qemu import Vm
 
 
 @dataclass(frozen=True)
@@ -34,15 +33,16 @@ class SuiteResult:
 
 
 def run_suite(
-    suite: Path, vm: Vm, expect: dict[str, Any], work: Path, reporter: Reporter
+    suite: Path, host: str, ssh_config: Path, expect: dict[str, Any], work: Path, reporter: Reporter
 ) -> SuiteResult:
-    """Run pytest-testinfra on `suite` against `vm`; expectations reach it as a JSON file."""
+    """Run pytest-testinfra on `suite` against `host` of `ssh_config` (a booted VM or a
+    launched instance); expectations reach the suite as a JSON file."""
     expect_file = work / "expect.json"
     atomic_write_json(expect_file, expect)
     junit = work / "junit.xml"
     argv = [
-        sys.executable, "-m", "pytest", str(suite), f"--hosts=ssh://{vm.host}",
-        f"--ssh-config={vm.ssh_config}", "--sudo", f"--junitxml={junit}",
+        sys.executable, "-m", "pytest", str(suite), f"--hosts=ssh://{host}",
+        f"--ssh-config={ssh_config}", "--sudo", f"--junitxml={junit}",
         "-p", "no:cacheprovider", "-q", "-rN", "--color=no", "-o", "addopts=",
     ]
     env = {**os.environ, "GOLDENIMAGE_EXPECT": str(expect_file)}

@@ -7,6 +7,7 @@ and that must change the fingerprint).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
@@ -65,13 +66,30 @@ def resolve_base_ami(clients: Clients, spec: BaseAmiSpec) -> dict[str, str]:
         "name": newest.get("Name", ""),
         "created": newest.get("CreationDate", ""),
         "owner": newest.get("OwnerId", ""),
+        "root_device_name": newest.get("RootDeviceName") or "/dev/xvda",
+        "region": region,
     }
 
 
+def ec2_endpoint() -> str:
+    """The EC2 endpoint override boto3 also honours (service-specific first), for Packer."""
+    return os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
 def packer_vars(
-    env: Environment, base_ami: str, *, image: str, fingerprint: str, git_commit: str = ""
+    env: Environment,
+    base: dict[str, str],
+    *,
+    image: str,
+    image_id: str,
+    fingerprint: str,
+    git_commit: str = "",
 ) -> dict[str, Any]:
-    """Variables for the amazon-ebs source (`aws_*`), from the environment's settings."""
+    """The amazon-ebs source's variables (`aws_*`, `ssh_username`, `tags`) from the settings.
+
+    `base` is what `resolve_base_ami` returned. The tags mark the AMI `building` until the
+    bake has validated it: nothing treats a `building` AMI as usable.
+    """
     aws = aws_settings(env)
     b = aws.build
     rel = f"inventories/{env.name}/{SETTINGS_FILE}"
@@ -81,27 +99,40 @@ def packer_vars(
             "(e.g. [203.0.113.7/32]): the build instance's temporary security group admits "
             "only it"
         )
+    if b.ami_users and b.encrypt_boot and not b.kms_key_id:
+        raise ConfigError(
+            f"{rel}: field extra.aws.build.kms_key_id: sharing an encrypted AMI with ami_users "
+            "needs a customer-managed KMS key (the default EBS key cannot be shared)"
+        )
     tags = {
         TAG + "name": image,
         TAG + "fingerprint": fingerprint,
         TAG + "status": "building",
-        TAG + "base-ami": base_ami,
+        TAG + "base-ami": base["id"],
         TAG + "git-commit": git_commit,
         TAG + "env": env.name,
+        TAG + "local-id": image_id,
     }
     return {
         "aws_region": region_of(env),
         "aws_profile": aws.profile or "",
-        "aws_source_ami": base_ami,
+        "aws_endpoint_ec2": ec2_endpoint(),
+        "aws_source_ami": base["id"],
+        "aws_root_device_name": base.get("root_device_name") or "/dev/xvda",
         "aws_instance_type": b.instance_type,
         "aws_subnet_id": b.subnet or (aws.subnets[0] if aws.subnets else ""),
-        "aws_ssh_username": b.ssh_username,
-        "aws_ssh_cidrs": list(b.ssh_cidrs),
+        "aws_ami_name": f"goldenimage-{image_id}"[:128],
         "aws_volume_size": b.volume_size,
         "aws_encrypt_boot": b.encrypt_boot,
         "aws_kms_key_id": b.kms_key_id or "",
+        "aws_region_kms_key_ids": dict(b.region_kms_key_ids),
         "aws_ami_regions": list(b.ami_regions),
         "aws_ami_users": list(b.ami_users),
-        "aws_ami_name": f"goldenimage-{image}-{fingerprint.removeprefix('sha256:')[:16]}",
-        "aws_tags": tags,
+        "aws_ssh_cidrs": list(b.ssh_cidrs),
+        "aws_ssh_interface": b.ssh_interface,
+        "aws_ssh_host": b.ssh_host,
+        "aws_ssh_port": b.ssh_port,
+        "aws_ssh_private_key_file": b.ssh_private_key_file,
+        "ssh_username": b.ssh_username,
+        "tags": tags,
     }

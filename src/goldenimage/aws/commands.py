@@ -7,6 +7,7 @@ local store's equivalents for a local one.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,23 @@ class SandboxCheck:
         )
 
 
+def validation_subnet(e: Environment) -> str:
+    """Where validation launches: extra.aws.validation.subnet, the first of extra.aws.subnets,
+    the build subnet, or (sandbox) the first seeded subnet."""
+    aws = aws_settings(e)
+    subnet = aws.validation.subnet or (aws.subnets[0] if aws.subnets else None) or aws.build.subnet
+    if subnet is None and e.settings.target == "sandbox":
+        from .sandbox import running_state
+
+        subnet = str(running_state(e)["seed"]["subnets"][0])
+    if subnet is None:
+        raise ConfigError(
+            f"inventories/{e.name}/{SETTINGS_FILE}: field extra.aws.validation.subnet: "
+            "a subnet to launch the validation instance in is required"
+        )
+    return subnet
+
+
 def validate(
     env: str | Environment,
     image_id: str,
@@ -164,31 +182,28 @@ def validate(
     e = _env(env, root)
     aws = aws_settings(e)
     reg = registry_for(e)
-    subnet = aws.validation.subnet or (aws.subnets[0] if aws.subnets else None)
+    subnet = validation_subnet(e)
+    rec = reg.get(image_id)
     if e.settings.target == "sandbox":
-        from .sandbox import running_state
-
-        subnet = subnet or running_state(e)["seed"]["subnets"][0]
-        check = check or SandboxCheck(str(reg.get(image_id).extra.get("local_id", "")))
-    if subnet is None:
-        raise ConfigError(
-            f"inventories/{e.name}/{SETTINGS_FILE}: field extra.aws.validation.subnet: "
-            "a subnet to launch the validation instance in is required"
+        check = check or SandboxCheck(str(rec.extra.get("local_id", "")))
+    with tempfile.TemporaryDirectory(prefix="goldenimage-validate-") as work:
+        if check is None:
+            built = reg.manifest(image_id).get("created") or rec.created
+            expect = {"image_name": rec.name, "image_id": str(rec.extra.get("local_id") or rec.id),
+                      "fingerprint": rec.fingerprint, "build_time": str(built)}
+            check = TestinfraCheck(e.root / "tests" / "image", expect=expect, work=Path(work),
+                                   boot_timeout=aws.validation.boot_timeout)
+        result = validate_ami(
+            reg.clients,
+            image_id,
+            subnet=subnet,
+            check=check,
+            reporter=rep,
+            instance_type=aws.validation.instance_type,
+            ssh_user=aws.validation.ssh_user,
+            ssh_cidrs=aws.validation.ssh_cidrs or None,
+            registry=reg,
         )
-    check = check or TestinfraCheck(
-        e.root / "tests" / "image", boot_timeout=aws.validation.boot_timeout
-    )
-    result = validate_ami(
-        reg.clients,
-        image_id,
-        subnet=subnet,
-        check=check,
-        reporter=rep,
-        instance_type=aws.validation.instance_type,
-        ssh_user=aws.validation.ssh_user,
-        ssh_cidrs=aws.validation.ssh_cidrs or None,
-        registry=reg,
-    )
     return {"env": e.name, **result}
 
 

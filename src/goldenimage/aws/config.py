@@ -96,9 +96,19 @@ class BuildSpec(_Model):
     ssh_cidrs: list[str] = Field(
         default_factory=list, description="the runner's address: the build SG admits only it"
     )
+    ssh_interface: Literal["", "public_ip", "private_ip", "public_dns", "private_dns"] = ""
+    # reach the build instance through a tunnel instead of its own address
+    ssh_host: str = ""
+    ssh_port: int = Field(default=0, ge=0, le=65535, description="0: 22")
+    ssh_private_key_file: str = Field(
+        default="", description="a key already on the instance; empty: a temporary key pair"
+    )
     volume_size: int = Field(default=8, ge=1, le=16384)
     encrypt_boot: bool = True
     kms_key_id: str | None = None
+    region_kms_key_ids: dict[str, str] = Field(
+        default_factory=dict, description="KMS key per copy region (custom key + ami_regions)"
+    )
     ami_regions: list[str] = Field(default_factory=list)
     ami_users: list[str] = Field(default_factory=list)
 

@@ -65,6 +65,32 @@ ACTIONS: dict[str, str] = {
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
 }
 
+# What Packer's amazon-ebs builder calls for `invoke bake` of an aws environment (it calls
+# AWS itself, not through `Clients`): recorded from real builds against the sandbox
+# (tests/e2e/test_aws_bake.py fails on a call missing here).
+PACKER_ACTIONS: dict[str, str] = {
+    "ec2:DescribeRegions": "packer: check ami_regions",
+    "ec2:DescribeImages": "packer: the source AMI; the new AMI's state",
+    "ec2:DescribeSubnets": "packer: the build subnet's VPC",
+    "ec2:DescribeSecurityGroups": "packer: wait for the temporary security group",
+    "ec2:CreateSecurityGroup": "packer: the build instance's temporary security group",
+    "ec2:AuthorizeSecurityGroupIngress": "packer: SSH from extra.aws.build.ssh_cidrs only",
+    "ec2:DeleteSecurityGroup": "packer: clean up the security group",
+    "ec2:CreateKeyPair": "packer: a temporary key pair (unless ssh_private_key_file is set)",
+    "ec2:DeleteKeyPair": "packer: clean up the key pair",
+    "ec2:RunInstances": "packer: the build instance",
+    "ec2:DescribeInstances": "packer: wait for the build instance",
+    "ec2:DescribeVolumes": "packer: the build instance's volumes",
+    "ec2:StopInstances": "packer: stop the build instance before imaging it",
+    "ec2:TerminateInstances": "packer: clean up the build instance",
+    "ec2:CreateImage": "packer: the AMI",
+    "ec2:CopyImage": "packer: the encrypted AMI, and copies to ami_regions",
+    "ec2:DeregisterImage": "packer: drop the unencrypted intermediate AMI",
+    "ec2:DeleteSnapshot": "packer: drop the intermediate AMI's snapshot",
+    "ec2:ModifyImageAttribute": "packer: share with ami_users",
+    "ec2:CreateTags": "packer: tags on the instance, AMIs and snapshots",
+}
+
 SANDBOX_ONLY: dict[str, str] = {
     "ec2:CreateVpc": "sandbox seed",
     "ec2:CreateSubnet": "sandbox seed",
@@ -86,10 +112,11 @@ def allowed(action: str, *, sandbox: bool = True) -> bool:
 
 
 def policy_document(parameter_prefix: str = PARAMETER_PREFIX) -> dict[str, Any]:
-    """The IAM policy granting exactly `ACTIONS`; SSM access only below the prefix."""
+    """The IAM policy granting exactly `ACTIONS` and Packer's `PACKER_ACTIONS`; SSM access
+    only below the prefix."""
     prefix = parameter_prefix.strip("/")
     ssm = sorted(a for a in ACTIONS if a.startswith("ssm:"))
-    other = sorted(a for a in ACTIONS if not a.startswith("ssm:"))
+    other = sorted({a for a in (*ACTIONS, *PACKER_ACTIONS) if not a.startswith("ssm:")})
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -122,7 +149,11 @@ def iam_policy(
         from .context import environment
 
         prefix = aws_settings(environment(env, root)).parameter_prefix
-    return {"policy": policy_document(prefix), "actions": dict(sorted(ACTIONS.items()))}
+    return {
+        "policy": policy_document(prefix),
+        "actions": dict(sorted(ACTIONS.items())),
+        "packer_actions": dict(sorted(PACKER_ACTIONS.items())),
+    }
 
 
 def human_policy(result: dict[str, Any]) -> list[str]:

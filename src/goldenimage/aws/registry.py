@@ -473,7 +473,7 @@ class AwsRegistry:
             self._put_manifest(record.name, ami, {**manifest, "ami_id": ami})
         except BaseException:
             if not manifest.get("ami_id") and not artifact_id:
-                self._discard(ami)
+                self.discard(ami)
             raise
         return self.get(ami)
 
@@ -554,13 +554,13 @@ class AwsRegistry:
             }
             ec2.create_tags(Resources=[ami, snapshot, *sorted(refs - {snapshot})], Tags=tags)
         except BaseException:
-            self._discard(ami, snapshot)
+            self.discard(ami, snapshot)
             raise
         finally:
             ec2.delete_volume(VolumeId=volume)
         return str(ami)
 
-    def _discard(self, ami: str | None, snapshot: str | None = None) -> None:
+    def discard(self, ami: str | None, snapshot: str | None = None) -> None:
         """Best-effort removal of a half-registered AMI and the snapshots it references."""
         ec2 = self.clients.ec2
         snapshots = {snapshot} if snapshot else set()

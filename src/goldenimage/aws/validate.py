@@ -16,7 +16,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -64,55 +63,62 @@ class RemoteCheck(Protocol):
 
 
 def wait_for_ssh(host: str, port: int, timeout: float, poll: float = 2.0) -> None:
+    """Wait until `host:port` greets with an SSH banner. An accepted TCP connection alone
+    proves nothing: a NAT, proxy or load balancer may accept before (or without) sshd."""
     import socket
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host, port), timeout=5):
-                return
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.settimeout(max(1.0, min(10.0, deadline - time.monotonic())))
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
         except OSError:
-            if time.monotonic() > deadline:
-                raise ValidationFailed(f"no SSH on {host}:{port} within {timeout:.0f}s") from None
-            time.sleep(poll)
+            pass
+        if time.monotonic() > deadline:
+            raise ValidationFailed(f"no SSH on {host}:{port} within {timeout:.0f}s")
+        time.sleep(poll)
 
 
 class TestinfraCheck:
-    """The image suite (tests/image) over SSH with testinfra."""
+    """The image suite (tests/image) over SSH with testinfra, as the local validation runs it.
+
+    `expect` holds what the image must report (image_name, image_id, fingerprint,
+    build_time); the user and public key of this validation boot are added here.
+    """
 
     __test__ = False  # not a pytest class
 
     def __init__(
-        self, suite: Path, *, boot_timeout: float = 600, junit: Path | None = None
+        self, suite: Path, *, expect: dict[str, Any], work: Path, boot_timeout: float = 600
     ) -> None:
         self.suite = suite
+        self.expect = expect
+        self.work = work
         self.boot_timeout = boot_timeout
-        self.junit = junit
 
     def __call__(self, target: RemoteTarget, reporter: Reporter) -> CheckResult:
-        reporter.step(f"waiting for SSH on {target.host}")
+        from ..adapters import testinfra
+        from ..adapters.qemu import write_ssh_config
+        from ..fsutil import short_tempdir
+
+        reporter.step(f"waiting for SSH on {target.host}:{target.port}")
         wait_for_ssh(target.host, target.port, self.boot_timeout)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(self.suite),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--hosts=ssh://{target.user}@{target.host}:{target.port}",
-            f"--ssh-identity-file={target.key_file}",
-        ]
-        if self.junit is not None:
-            cmd.append(f"--junitxml={self.junit}")
-        reporter.step("running testinfra")
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        failures = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
-        if proc.returncode != 0 and not failures:
-            failures = [f"testinfra exited with status {proc.returncode}"]
-        return CheckResult(
-            passed=proc.returncode == 0, failures=failures, details={"returncode": proc.returncode}
-        )
+        self.work.mkdir(parents=True, exist_ok=True)
+        pub = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(target.key_file)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        expect = {**self.expect, "validation_user": target.user, "validation_pubkey": pub}
+        with short_tempdir("gi-ssh-") as control:
+            config = write_ssh_config(
+                self.work / "ssh_config", target.port, target.user, target.key_file, control,
+                hostname=target.host,
+            )
+            suite = testinfra.run_suite(self.suite, "target", config, expect, self.work, reporter)
+        reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+        return CheckResult(passed=suite.ok, failures=suite.failures,
+                           details={**suite.as_dict(), "junit": str(suite.junit)})
 
 
 @contextlib.contextmanager
