@@ -119,6 +119,18 @@ extra:
         run_invoke("sandbox.down", root=project, home=home, timeout=120)
 
 
+@pytest.fixture(autouse=True)
+def _toolkit_calls_are_in_the_iam_list() -> Iterator[None]:
+    """Least privilege: what the toolkit itself calls during an AMI bake is in iam.ACTIONS."""
+    from goldenimage.aws import iam
+    from goldenimage.aws.testing import CallRecorder
+
+    with CallRecorder() as recorder:
+        yield
+    unlisted = sorted({c for c in recorder.calls if c not in iam.ACTIONS})
+    assert unlisted == [], f"API calls not in goldenimage/aws/iam.py ACTIONS: {unlisted}"
+
+
 @pytest.fixture
 def aws_env(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for k, v in world["environ"].items():

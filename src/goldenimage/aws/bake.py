@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fingerprint
+from ..adapters.packer import read_manifest
 from ..bake import Tools, common_packer_vars, fingerprint_extra, git_state, keep_logs, now_utc
 from ..errors import BuildFailed, ConfigError, ValidationFailed
 from ..fsutil import atomic_write_json, file_lock
@@ -154,10 +155,7 @@ def _bake_in(
         finally:
             # the manifest exists once Packer made the AMIs: they are ours to remove on failure
             if (ws / "packer-manifest.json").is_file():
-                from ..adapters import packer
-
-                amis.update(parse_artifact(str(packer.read_manifest(ws / "packer-manifest.json")
-                                               .get("artifact_id", ""))))
+                amis.update(parse_artifact(str(read_manifest(ws / "packer-manifest.json").get("artifact_id", ""))))
         if c.ctx.region not in amis:
             raise BuildFailed(f"packer made no AMI in {c.ctx.region} (made: {amis})")
         home = amis[c.ctx.region]
