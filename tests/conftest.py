@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Started without job control (`.ci/run &` in a script), the suite inherits SIGINT ignored,
+# and so would every bake it starts: the Ctrl-C tests would send a signal nobody hears.
+# A handled signal is reset to the default in children, so this restores it for them too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 INVOKE = [sys.executable, "-m", "invoke"]
 
 
