@@ -164,13 +164,14 @@ def _follow(path: Path, proc: subprocess.Popen[bytes], feed: Callable[[bytes], N
     pending = b""
     with path.open("rb") as reader:
         while True:
-            chunk = reader.read(65536)
+            exited = proc.poll() is not None  # before reading: what it wrote last is read below
+            chunk = reader.read()
             if chunk:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:
                     feed(raw)
-            elif proc.poll() is not None:
+            elif exited:
                 break
             else:
                 time.sleep(0.1)
