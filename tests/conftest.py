@@ -7,7 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,16 @@ def run_invoke(*args: str, root: Path = ROOT, home: Path | None = None,
         e["GOLDENIMAGE_HOME"] = str(home)
     return subprocess.run([*INVOKE, *args], cwd=root, env=e, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def wait_for_output(log: Path, proc: subprocess.Popen[Any], *needles: str, timeout: float, poll: float = 0.5) -> None:
+    """Wait until `log` (a child's output) shows one of `needles`; fail if the child exits
+    first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not any(n in log.read_text() for n in needles):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"none of {needles} within {timeout:.0f}s: {log.read_text()[-2000:]}"
+        time.sleep(poll)
 
 
 def use_file_base(project: Path, env: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ interrupted or failed bake registers nothing and leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,60 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+@dataclass(frozen=True)
+class NewImage:
+    """The image a bake is making: what the build stamps into it and validation expects."""
+
+    name: str
+    fingerprint: str
+    created: dt.datetime
+
+    @classmethod
+    def start(cls, name: str, fingerprint: str) -> NewImage:
+        return cls(name, fingerprint, now_utc())
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.created:%Y%m%d-%H%M%S}-{self.fingerprint[:8]}"
+
+    @property
+    def build_time(self) -> str:
+        return self.created.isoformat().replace("+00:00", "Z")
+
+    def facts(self) -> dict[str, str]:
+        return {"image_name": self.name, "image_id": self.id, "fingerprint": self.fingerprint,
+                "build_time": self.build_time}
+
+
+def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source: str, reporter: Reporter,
+                 *, grace: float = 90, **values: Any) -> None:
+    """Stage the templates and the inventory in `ws`, write the build's variables (`values`
+    are the source's own), then `packer validate` and `packer build -only=source`; Packer's
+    log is `ws/image/build.log`."""
+    staged = tools.packer.stage(env.root / "packer", ws / "packer")
+    shutil.copytree(env.directory, ws / "inventory")
+    atomic_write_json(ws / "extra-vars.json", {f"goldenimage_{k}": v for k, v in img.facts().items()})
+    var_file = ws / "build.pkrvars.json"
+    atomic_write_json(var_file, common_packer_vars(env, img.name, ws, image_id=img.id,
+                                                   fingerprint=img.fingerprint, **values))
+    tools.packer.validate(staged, var_file, source, rel_to=env.root, work=ws)
+    tools.packer.build(staged, var_file, source, reporter=reporter, work=ws, log=ws / "image" / "build.log",
+                       grace=grace)
+
+
+@contextlib.contextmanager
+def logs_kept_on_failure(store: LocalStore, ws: Path, image_id: Callable[[], str]) -> Iterator[None]:
+    """A failed bake registers nothing, but keeps its logs (`keep_logs`); an error of ours
+    then says where they are."""
+    try:
+        yield
+    except BaseException as err:
+        logs = keep_logs(store, ws, image_id())
+        if logs is not None and isinstance(err, GoldenImageError):
+            err.message += f" (logs: {logs})"
+        raise
+
+
 def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
     env = load_environment(env_name)
     name = pick_image(env, image)
@@ -135,14 +191,9 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 return result
 
         with store.workspace() as ws:
-            try:
+            with logs_kept_on_failure(store, ws, lambda: str(result.get("image_id", "unknown"))):
                 record, manifest = _build_validate(env, name, base, accel, tools,
                                                    inputs, fp, ws, reporter, result)
-            except BaseException as err:
-                logs = keep_logs(store, ws, result.get("image_id", "unknown"))
-                if logs is not None and isinstance(err, GoldenImageError):
-                    err.message += f" (logs: {logs})"
-                raise
             with reporter.phase("register"):
                 manifest["durations"] = dict(reporter.durations)
                 store.put(record, manifest, ws / "image")
@@ -232,34 +283,19 @@ def _build_validate(
     reporter: Reporter, result: dict[str, Any],
 ) -> tuple[ImageRecord, dict[str, Any]]:
     root = env.root
-    created = now_utc()
-    image_id = f"{name}-{created:%Y%m%d-%H%M%S}-{fp[:8]}"
+    img = NewImage.start(name, fp)
+    image_id, created, build_time = img.id, img.created, img.build_time
     result["image_id"] = image_id
-    build_time = created.isoformat().replace("+00:00", "Z")
     image_dir = ws / "image"
     image_dir.mkdir()
 
     with reporter.phase("build", f"packer build of {name} ({image_id})"):
-        staged = tools.packer.stage(root / "packer", ws / "packer")
-        inventory = ws / "inventory"
-        shutil.copytree(env.directory, inventory)
         key = ws / "build_key"
         pubkey = qemu.make_key(key)
         seeds = qemu.seed_files(ws / "seed", BUILD_USER, pubkey, name)
-        extra_vars = ws / "extra-vars.json"
-        atomic_write_json(extra_vars, {
-            "goldenimage_image_name": name, "goldenimage_image_id": image_id,
-            "goldenimage_fingerprint": fp, "goldenimage_build_time": build_time,
-        })
-        var_file = ws / "build.pkrvars.json"
-        atomic_write_json(var_file, common_packer_vars(
-            env, name, ws, image_id=image_id, fingerprint=fp, base_image=str(base.path),
-            base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
-            seed_files=[str(s) for s in seeds],
-        ))
-        tools.packer.validate(staged, var_file, "qemu.local", rel_to=root, work=ws)
-        tools.packer.build(staged, var_file, "qemu.local", reporter=reporter, work=ws,
-                           log=image_dir / "build.log")
+        packer_build(env, img, tools, ws, "qemu.local", reporter, base_image=str(base.path),
+                     base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
+                     seed_files=[str(s) for s in seeds])
         key.unlink()
         pk_manifest = packer.read_manifest(ws / "packer-manifest.json")
         artifact = ws / "output" / "disk.qcow2"
@@ -269,9 +305,8 @@ def _build_validate(
         shutil.copy2(ws / "packer-manifest.json", image_dir / "packer-manifest.json")
 
     with reporter.phase("validate", "boot the final image and run tests/image"):
-        suite, packages = validate_disk(env, image_dir / "disk.qcow2", accel, {
-            "image_name": name, "image_id": image_id, "fingerprint": fp, "build_time": build_time,
-        }, ws / "validate", reporter)
+        suite, packages = validate_disk(env, image_dir / "disk.qcow2", accel, img.facts(), ws / "validate",
+                                        reporter)
         shutil.copy2(suite.junit, image_dir / "junit.xml")
 
     status = "validated" if suite.ok else "quarantined"

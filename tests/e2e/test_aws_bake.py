@@ -31,7 +31,7 @@ import pytest
 from goldenimage.aws.validate import CheckResult, RemoteTarget, leftovers
 from goldenimage.errors import ValidationFailed
 from goldenimage.progress import Reporter
-from tests.conftest import copy_project, run_invoke
+from tests.conftest import copy_project, run_invoke, wait_for_output
 
 pytestmark = pytest.mark.slow
 
@@ -324,11 +324,7 @@ def test_interrupted_amazon_ebs_bake_leaves_nothing(world: dict[str, Any], sig: 
                                 cwd=world["project"], env=env, stdout=subprocess.DEVNULL, stderr=fh,
                                 stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 600
-        while "TASK [Take a while]" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the build never reached Ansible"
-            time.sleep(0.5)
+        wait_for_output(log, proc, "TASK [Take a while]", timeout=600)
         proc.send_signal(sig)
         rc = proc.wait(timeout=300)
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, run_invoke
+from tests.conftest import ROOT, copy_project, run_invoke, wait_for_output
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +62,7 @@ def test_interrupted_bake_leaves_nothing(shared: dict[str, Path], sig: int) -> N
         proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake"], cwd=ROOT, env=e,
                                 stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 1200
-        while "Waiting for SSH" not in log.read_text() and "TASK [" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the build never started"
-            time.sleep(1)
+        wait_for_output(log, proc, "Waiting for SSH", "TASK [", timeout=1200, poll=1)
         time.sleep(5)
         assert qemu_processes(str(home)), "the build VM should be running now"
         proc.send_signal(sig)

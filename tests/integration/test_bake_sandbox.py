@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from goldenimage.store import LocalStore
-from tests.conftest import copy_project, put_validated, use_file_base
+from tests.conftest import copy_project, put_validated, use_file_base, wait_for_output
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +66,7 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
         third = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--env", "sandbox", "--json"],
                                  cwd=project, env=env, stdout=subprocess.PIPE, stderr=fh, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while "==> build" not in log.read_text():
-            assert third.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_for_output(log, third, "==> build", timeout=120, poll=0.2)
         third.send_signal(signal.SIGINT)  # it is building anew: that is all this test needs
         out, _ = third.communicate(timeout=180)
     finally:

@@ -23,9 +23,9 @@ from typing import Any
 
 from .. import fingerprint
 from ..adapters.packer import read_manifest
-from ..bake import Tools, common_packer_vars, fingerprint_extra, git_state, keep_logs, now_utc
-from ..errors import BuildFailed, ConfigError, ValidationFailed
-from ..fsutil import atomic_write_json, file_lock
+from ..bake import NewImage, Tools, fingerprint_extra, git_state, logs_kept_on_failure, packer_build
+from ..errors import BuildFailed, ValidationFailed
+from ..fsutil import file_lock
 from ..paths import store_dir
 from ..progress import Reporter
 from ..settings import Environment
@@ -98,21 +98,18 @@ def bake_ami(
                               artifact=hit.artifact, durations=reporter.durations)
                 return result
 
-        with store.workspace() as ws:
+        with store.workspace() as ws, logs_kept_on_failure(store, ws, lambda: str(result.get("local_id", "unknown"))):
             amis: dict[str, str] = {}
             try:
                 _bake_in(env, name, base, fp, inputs, tools, c, reg, ws, reporter, result, amis, check)
-                logs = store.root / "logs" / result["local_id"]
-                logs.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ws / "image" / "build.log", logs / "build.log")
-                result["logs"] = str(logs)
-            except BaseException as err:
+            except BaseException:
                 if amis and not result.get("status"):
                     _discard(c, amis, reporter)
-                logs = keep_logs(store, ws, str(result.get("local_id", "unknown")))
-                if logs is not None and isinstance(err, (BuildFailed, ValidationFailed, ConfigError)):
-                    err.message += f" (logs: {logs})"
                 raise
+            logs = store.root / "logs" / result["local_id"]
+            logs.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ws / "image" / "build.log", logs / "build.log")
+            result["logs"] = str(logs)
     if result["status"] != "validated":
         exc = ValidationFailed(
             f"image {result['image_id']} failed validation ({len(result['failures'])} failing checks); "
@@ -130,28 +127,16 @@ def _bake_in(
     amis: dict[str, str], check: RemoteCheck | None,
 ) -> None:
     aws = aws_settings(env)
-    created = now_utc()
-    image_id = f"{name}-{created:%Y%m%d-%H%M%S}-{fp[:8]}"
-    build_time = created.isoformat().replace("+00:00", "Z")
+    img = NewImage.start(name, fp)
+    image_id, build_time = img.id, img.build_time
     result["local_id"] = image_id
     git = git_state(env.root)
     (ws / "image").mkdir()
-    log = ws / "image" / "build.log"
 
     with reporter.phase("build", f"packer build of {name} ({image_id}) in {c.ctx.region}"):
-        staged = tools.packer.stage(env.root / "packer", ws / "packer")
-        shutil.copytree(env.directory, ws / "inventory")
-        atomic_write_json(ws / "extra-vars.json", {
-            "goldenimage_image_name": name, "goldenimage_image_id": image_id,
-            "goldenimage_fingerprint": fp, "goldenimage_build_time": build_time,
-        })
-        var_file = ws / "build.pkrvars.json"
-        atomic_write_json(var_file, common_packer_vars(env, name, ws, image_id=image_id, fingerprint=fp, **packer_vars(
-            env, base, image=name, image_id=image_id, fingerprint=fp, git_commit=git.get("commit") or "")))
-        tools.packer.validate(staged, var_file, SOURCE, rel_to=env.root, work=ws)
         try:
-            tools.packer.build(staged, var_file, SOURCE, reporter=reporter, work=ws, log=log,
-                               grace=PACKER_GRACE)
+            packer_build(env, img, tools, ws, SOURCE, reporter, grace=PACKER_GRACE, **packer_vars(
+                env, base, image=name, image_id=image_id, fingerprint=fp, git_commit=git.get("commit") or ""))
         finally:
             # the manifest exists once Packer made the AMIs: they are ours to remove on failure
             if (ws / "packer-manifest.json").is_file():
@@ -163,9 +148,8 @@ def _bake_in(
         reporter.info(f"    built {', '.join(f'{r}:{a}' for r, a in sorted(amis.items()))}")
 
     subnet = validation_subnet(env)
-    expect = {"image_name": name, "image_id": image_id, "fingerprint": fp, "build_time": build_time}
     with reporter.phase("validate", f"launch {home} and run tests/image"):
-        check = check or TestinfraCheck(env.root / "tests" / "image", expect=expect, work=ws / "validate",
+        check = check or TestinfraCheck(env.root / "tests" / "image", expect=img.facts(), work=ws / "validate",
                                         boot_timeout=aws.validation.boot_timeout)
         try:
             validated = validate_ami(
