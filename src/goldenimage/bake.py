@@ -16,12 +16,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, fingerprint, hostsetup, sbom
+from . import __version__, fingerprint, hostsetup, sbom, timing
 from .adapters import baseimage, packer, proc, qemu, testinfra
 from .errors import ConfigError, GoldenImageError, TemplateError, ValidationFailed
 from .fsutil import atomic_write_json, file_lock, sha256_file
@@ -31,6 +32,7 @@ from .settings import Environment, load_environment
 from .store import ImageRecord, LocalStore
 
 BUILD_USER = "gi"
+TIMINGS = "timings.json"  # beside build.log: where the build's time went (goldenimage.timing)
 BAKE_TOOLS = ("qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen")  # packages: hostsetup.TOOLS
 
 
@@ -115,7 +117,8 @@ def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source
                  *, grace: float = 90, **values: Any) -> None:
     """Stage the templates and the inventory in `ws`, write the build's variables (`values`
     are the source's own), then `packer validate` and `packer build -only=source`; Packer's
-    log is `ws/image/build.log`."""
+    log is `ws/image/build.log`, where each Packer step and Ansible task took is
+    `ws/image/timings.json`."""
     staged = tools.packer.stage(env.root / "packer", ws / "packer")
     shutil.copytree(env.directory, ws / "inventory")
     atomic_write_json(ws / "extra-vars.json", {f"goldenimage_{k}": v for k, v in img.facts().items()})
@@ -123,8 +126,14 @@ def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source
     atomic_write_json(var_file, common_packer_vars(env, img.name, ws, image_id=img.id,
                                                    fingerprint=img.fingerprint, **values))
     tools.packer.validate(staged, var_file, source, rel_to=env.root, work=ws)
-    tools.packer.build(staged, var_file, source, reporter=reporter, work=ws, log=ws / "image" / "build.log",
-                       grace=grace)
+    steps: list[tuple[float, str]] = []
+    try:
+        tools.packer.build(staged, var_file, source, reporter=reporter, work=ws,
+                           log=ws / "image" / "build.log", grace=grace, steps=steps)
+    finally:  # kept with the image, or with a failed build's logs
+        times = ws / packer.TASK_TIMES
+        tasks = timing.task_times(times.read_text().splitlines() if times.is_file() else [])
+        atomic_write_json(ws / "image" / TIMINGS, timing.summary(tasks, timing.step_times(steps, time.time())))
 
 
 @contextlib.contextmanager
@@ -199,7 +208,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
                 store.put(record, manifest, ws / "image")
             result.update(image_id=record.id, status=record.status,
                           artifact=str(store.image_dir(record.id) / record.artifact),
-                          durations=reporter.durations)
+                          durations=reporter.durations, slowest_tasks=manifest["timings"]["slowest_tasks"])
             if remote is not None and record.status == "validated":
                 result["registered"] = _register_remote(env, remote, store, record, reporter)
             if record.status != "validated":
@@ -322,6 +331,7 @@ def _build_validate(
         "sbom": "sbom.cdx.json",
         "validation": {"status": status, **suite.as_dict(), "junit": "junit.xml"},
         "packer_manifest": pk_manifest,
+        "timings": json.loads((image_dir / TIMINGS).read_text()),
     }
     atomic_write_json(image_dir / "sbom.cdx.json",
                       sbom.build(packages, image_name=name, fingerprint=fp, now=created))
@@ -399,6 +409,7 @@ def human_bake(result: dict[str, Any]) -> list[str]:
         f"  fingerprint {result['fingerprint']}",
         f"  artifact    {result['artifact']}",
         f"  phases      {phases}",
+        *(f"  {ln}" for ln in timing.human({"slowest_tasks": result.get("slowest_tasks") or []})),
     ]
 
 
@@ -439,7 +450,7 @@ def human_images(result: dict[str, Any]) -> list[str]:
                 lines.append(f"{key:<12} {json.dumps(m[key], sort_keys=True, default=str)}")
         if "directory" in result:
             lines.append(f"{'directory':<12} {result['directory']}")
-        return lines
+        return lines + timing.human(m.get("timings") or {}, top=timing.SLOWEST)
     if result.get("target") in ("aws", "sandbox"):
         from .aws import commands as aws_commands
 

@@ -104,6 +104,13 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert manifest["packer_manifest"]["builder_type"] == "qemu"
     assert (image_dir / "junit.xml").is_file()
     assert (image_dir / "sbom.cdx.json").is_file()
+    # where the build's time went, kept with the image and shown at the end of the bake
+    timings = manifest["timings"]
+    assert {"Provisioning with Ansible...", "Converting hard drive..."} <= {s["step"] for s in timings["packer_steps"]}
+    tasks = {(t["role"], t["task"]) for t in timings["ansible_tasks"]}
+    assert {("web", "Install nginx"), ("hygiene", "Remove the build user's authorized keys")} <= tasks
+    assert len(timings["slowest_tasks"]) == 10 and doc["slowest_tasks"] == timings["slowest_tasks"]
+    assert (image_dir / "timings.json").is_file()
     # nothing is left of the interrupted and killed bakes before this one
     assert not qemu_processes(str(shared["home"]))
     assert not list((shared["home"] / "store" / ".tmp").iterdir())
@@ -111,6 +118,8 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     listed = json.loads(run_invoke("images", "--json", env=env_for(shared)).stdout)
     assert [i["id"] for i in listed["images"]] == [doc["image_id"]]
     assert listed["images"][0]["status"] == "validated"
+    shown = run_invoke("images", "--image-id", doc["image_id"], env=env_for(shared))
+    assert shown.returncode == 0 and "slowest tasks (of " in shown.stdout, shown.stdout
 
     again = run_invoke("bake", "--json", env=env_for(shared))
     assert again.returncode == 0, again.stderr

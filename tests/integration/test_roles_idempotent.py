@@ -1,8 +1,8 @@
 """The base and web roles converge: a second run on the same VM changes nothing.
 
 Boots a throwaway VM from the default base disk (built once per test session) with the
-library's QEMU adapter, runs playbooks/web.yml with hygiene switched off twice, and asserts
-the second run reports changed=0.
+library's QEMU adapter, runs playbooks/web.yml with hygiene switched off twice (with the
+Ansible strategy bakes use, adapters/ansible.py), and asserts the second run reports changed=0.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from goldenimage.adapters import qemu
+from goldenimage.adapters import ansible, qemu
 from goldenimage.progress import Reporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -75,6 +75,7 @@ def run_playbook(
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        **ansible.environment(),  # the strategy the bake runs the roles with
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
         "ANSIBLE_HOST_KEY_CHECKING": "False",

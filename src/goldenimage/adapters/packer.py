@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ from typing import Any
 from ..errors import BuildFailed, TemplateError
 from ..fsutil import short_tempdir
 from ..progress import Reporter
-from . import proc
+from . import ansible, proc
 
 PLUGINS_FILE = "plugins.pkr.hcl"
+TASK_TIMES = "task-times.jsonl"  # written in the work directory by the timing callback
 ONLY_NEW_PACKER = (PLUGINS_FILE,)  # files Packer < 1.7 must not see
 NEW_PACKER = (1, 7, 0)
 _NEW_BEGIN = re.compile(r"^\s*# packer >= 1\.7 only")
@@ -84,6 +86,8 @@ class Packer:
                 "TMPDIR": str(tmp),
                 "CHECKPOINT_DISABLE": "1",
                 "PACKER_NO_COLOR": "1",
+                # Packer's Ansible provisioner inherits these: strategy and per-task times
+                **ansible.environment(work / TASK_TIMES),
             }
 
     def _args(self, staged: Path, var_file: Path, only: str) -> list[str]:
@@ -98,11 +102,15 @@ class Packer:
     def build(
         self, staged: Path, var_file: Path, only: str, *, reporter: Reporter, work: Path,
         log: Path, on_line: Callable[[str], None] | None = None, grace: float = 90,
+        steps: list[tuple[float, str]] | None = None,
     ) -> list[str]:
-        """Run the build; on Ctrl-C Packer gets SIGINT and `grace` seconds to clean up."""
+        """Run the build; on Ctrl-C Packer gets SIGINT and `grace` seconds to clean up.
+        `steps` receives (wall time, step) as Packer announces each of its steps."""
         argv = [self.path, "build", "-color=false", "-on-error=cleanup", *self._args(staged, var_file, only)]
         with self.env(work) as env:
             def line(ln: str) -> None:
+                if steps is not None and (m := _STAGE.match(ln)):
+                    steps.append((time.time(), m[1].strip()))
                 step = condense(ln)
                 if step:
                     reporter.step(step)
