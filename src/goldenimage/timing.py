@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 SLOWEST = 10
+STEP_CHARS = 100
 
 
 def task_times(lines: Iterable[str]) -> list[dict[str, Any]]:
@@ -35,7 +36,8 @@ def step_times(marks: list[tuple[float, str]], end: float) -> list[dict[str, Any
     steps: list[dict[str, Any]] = []
     for i, (at, name) in enumerate(marks):
         until = marks[i + 1][0] if i + 1 < len(marks) else end
-        steps.append({"step": name, "seconds": round(max(0.0, until - at), 1)})
+        short = name if len(name) <= STEP_CHARS else name[:STEP_CHARS - 1] + "…"  # e.g. Ansible's command line
+        steps.append({"step": short, "seconds": round(max(0.0, until - at), 1)})
     return steps
 
 

@@ -29,6 +29,9 @@ def test_step_times_last_until_the_next_step_or_the_end() -> None:
         {"step": "Converting", "seconds": 20.2},
     ]
     assert timing.step_times([], end=5.0) == []
+    long = "Executing Ansible: ansible-playbook " + "-e x=y " * 40
+    [step] = timing.step_times([(1.0, long)], end=2.0)
+    assert len(step["step"]) == timing.STEP_CHARS and step["step"].startswith("Executing Ansible: ")
     # a clock step backwards never gives a negative duration
     assert timing.step_times([(10.0, "a")], end=9.0) == [{"step": "a", "seconds": 0.0}]
 
