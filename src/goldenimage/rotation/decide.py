@@ -12,8 +12,10 @@ batch and every wait and asks `decide` what to do now:
 - `grow`: the rotation owes the group capacity (it terminated instances before launching
   their replacements and was stopped in between): raise desired by that much;
 - `retire`: a batch is in flight and the group is settled: terminate (decrementing desired)
-  the batch's old instances still in the group, or other outdated ones in their place, then
-  lower desired by `giveback` (surge no longer matched by an old instance to retire);
+  the batch's old instances still in the group, or other outdated ones in their place; when
+  no outdated instance is left to match the surge (they left the group meanwhile), the
+  surplus new ones (`extra`, launched last first) go instead: the rotator chooses them, not
+  the group's scale-in;
 - `launch`: start the next batch: terminate `terminate_first`, then raise desired by
   `launch - len(terminate_first)` relative to the group's desired now;
 - `done`: every replaceable instance runs the target image and nothing is in flight.
@@ -61,7 +63,7 @@ class Step:
     launch: int = 0  # launch: new instances
     desired: int = 0  # launch / grow: desired capacity to set
     max_size: int = 0  # launch / grow: max size needed (>= the group's max now)
-    giveback: int = 0  # retire: lower desired by this much after the terminations
+    extra: tuple[str, ...] = ()  # retire: surplus instances on the target, no old one left
     healthy_floor: int = 0  # lowest healthy in-service capacity this step allows
     checkpoint: int | None = None  # launch: checkpoint reached when this batch is done
     base: int = 0  # the group's desired capacity without the rotation
@@ -183,7 +185,20 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
                 continue
             chosen.append(inst)
             left -= cost
-        if held and not chosen:
+        extra: list[Instance] = []
+        if not held:  # outdated ones ran out: the surge's surplus goes, newest first
+            on_target = [i for i in live if i.image_id == target]
+            on_target.sort(key=lambda i: (i.serving, i.id in prog.seen, i.id))
+            for inst in on_target:
+                if len(chosen) + len(extra) == prog.surge:
+                    break
+                cost = 1 if inst.serving else 0
+                if left - cost < min_healthy:
+                    held += 1
+                    break
+                extra.append(inst)
+                left -= cost
+        if held and not chosen and not extra:
             return step(
                 "wait",
                 why=f"no room to retire: {serving} healthy, minimum {min_healthy}",
@@ -193,7 +208,7 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
             "retire",
             out=tuple(i.id for i in chosen),
             out_azs=tuple(i.az for i in chosen),
-            giveback=0 if held else prog.surge - len(chosen),
+            extra=tuple(i.id for i in extra),
             healthy_floor=left,
         )
 

@@ -243,7 +243,7 @@ class Rotation:
         self.active = None
         self.finish(f"rolled back: {reason}", keep_current=True)
 
-    def settle_failed_rollback(self, why: str) -> None:
+    def settle_failed_rollback(self, why: str, reason: str | None = None) -> None:
         """The rollback itself gave up: leave the group as the safe stop does, with the
         reason kept so that the next `rollback` carries on."""
         problems = self.loop.safe_stop(self.active, "failed", why)
@@ -252,7 +252,7 @@ class Rotation:
             self.reporter.warn(f"{self.name}: {p}")
         if self.st is not None:
             try:
-                self.loop.save(status="failed", reason=why[:256])
+                self.loop.save(status="failed", reason=(reason or why)[:256])
             except Exception as exc:
                 self.reporter.warn(f"{self.name}: saving the rotation state: {exc}")
 
@@ -433,7 +433,16 @@ def _drive(
             rot.loop.suspend(raw)
             surge = rot.surge_in_group() if existing is not None else 0
             if st.reason:  # an aborted rotation was being rolled back
-                rot.roll_back(lt_id, st.reason, surge)
+                try:
+                    rot.roll_back(lt_id, st.reason, surge)
+                except (Abort, PlanError) as again:
+                    why = again.reason if isinstance(again, Abort) else again.message
+                    rot.settle_failed_rollback(why, reason=st.reason)
+                    raise RotationFailed(
+                        f"group {rot.name}: the rollback ({st.reason}) failed: {why}; "
+                        f"run `invoke rollback --group {rot.name}` again once the group is steady",
+                        _result(rot, plan, outcome="rollback failed", **base),
+                    ) from None
                 return _result(rot, plan, outcome="rolled back", reason=st.reason, exit_code=1, **base)
             if not st.to_version:
                 rot.loop.save(to_version=rot.new_version(lt_id, st.from_version, image_id, st.id))

@@ -354,8 +354,6 @@ class RollingStrategy:
         total = self.prog.batches + 1 + -(-left // size)
         total = max(total, self.planned_batches if self.prog.batches < self.planned_batches else 0)
         self._label = f"batch {self.prog.batches + 1}/{total}"
-        replaced_total = self.prog.replaced + s.remaining
-        loop.save(progress=f"{self.prog.replaced}/{replaced_total} replaced, {self._label}", base=s.base)
         seen = frozenset(i.id for i in state.instances)
         first: list[str] = []
         for iid in s.terminate_first:  # one by one: a stop knows what the group is owed
@@ -364,9 +362,19 @@ class RollingStrategy:
                 self.prog = replace(self.prog, surge=self.prog.surge - 1)
         zones = ", ".join(f"{z} x{k}" for z, k in sorted(Counter(s.out_azs).items()))
         loop.reporter.step(f"{self._label}: launching {s.launch} new; retiring {len(s.out)} ({zones})")
-        desired = state.desired - len(first) + s.launch
-        loop.aws.set_capacity(desired, desired if desired > state.max_size else None)
+        # relative to desired as it is now: the terminations took a while, and somebody
+        # may have scaled the group meanwhile (ASG has no compare-and-set)
+        now = loop.aws.group() if first else None
+        current = int(now["DesiredCapacity"]) if now else state.desired
+        max_now = int(now["MaxSize"]) if now else state.max_size
+        desired = current + s.launch
+        loop.aws.set_capacity(desired, desired if desired > max_now else None)
         self.prog = after_launch(self.prog, s, seen, len(first))
+        replaced_total = self.prog.replaced - len(first) + s.remaining
+        loop.save(
+            progress=f"{self.prog.replaced - len(first)}/{replaced_total} replaced, {self._label}",
+            base=s.base,
+        )
         loop.replaced += len(first)
         self._batch = s
         self._wait_since = loop.clock.now()
@@ -384,24 +392,18 @@ class RollingStrategy:
             loop.pause(loop.policy.warmup_seconds, f"{self._label}: warm-up", self.alarms)
             self._warmed = True
             return None  # observe again after the warm-up
+        loop.check_alarms(self.alarms)  # the last look before old instances go
         done = loop.retire(s.out)
-        surge = self.prog.surge - len(done)
+        extra = loop.retire(s.extra)
         counted = max(0, len(done) - self._uncounted)
-        self._uncounted = max(0, self._uncounted - len(done))
+        self._uncounted = max(0, self._uncounted - len(done) - len(extra))
         loop.replaced += counted
         self.prog = replace(
             self.prog,
-            surge=surge,
+            surge=self.prog.surge - len(done) - len(extra),
             replaced=self.prog.replaced + len(done),
             outs=tuple(i for i in self.prog.outs if i not in done),
         )
-        if len(done) < len(s.out):
-            return None  # some left meanwhile: decide again on a fresh observation
-        if s.giveback:
-            desired = state.desired - len(done) - s.giveback
-            loop.aws.set_capacity(desired)
-            self.prog = replace(self.prog, surge=surge - s.giveback)
-            self._uncounted = max(0, self._uncounted - s.giveback)
         if self.prog.surge > 0:
             return None
         self._wait_since = None
