@@ -307,7 +307,6 @@ def test_random_scale_in_by_moto(aws: Clients, moto_url: str, moment: str) -> No
             urllib.request.urlopen(req, timeout=10).close()
         _, d, _ = run_disrupted(aws, moto_url, moment, "scale_in", random.Random(f"{SEED}-{run}"))
         kinds.append(d.victim_kind)
-    assert all(k in ("old", "new") for k in kinds), kinds
     print(f"moto's scale-in victims during {moment}: {kinds}")
 
 

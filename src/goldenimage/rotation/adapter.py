@@ -17,10 +17,17 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     BotoCoreError,
     ClientError,
 )
+from botocore.parsers import (  # type: ignore[import-untyped, unused-ignore]
+    ResponseParserError,
+)
 
 from ..aws.errors import ACCESS_DENIED, error_code, error_message
 from ..errors import ConfigError, NotFoundError, OperationFailed
 from .plan import GroupState, Instance
+
+# what a call can raise besides our own errors: an AWS error answer, an SDK error, and an
+# answer botocore could not parse (moto's HTML error pages; a proxy's)
+AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 # EC2 instance states that still run (anything else cannot serve, whatever the ASG says)
 RUNNING = frozenset({"pending", "running"})
@@ -89,14 +96,14 @@ class RotationAws:
         client = self._client(service)
         try:
             return getattr(client, method)(**kw)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise _failure(client, method, exc) from exc
 
     def pages(self, service: str, method: str, **kw: Any) -> Iterator[Any]:
         client = self._client(service)
         try:
             yield from client.get_paginator(method).paginate(**kw)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             raise _failure(client, method, exc) from exc
 
     # ---- the group -----------------------------------------------------------------------
