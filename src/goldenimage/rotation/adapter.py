@@ -134,9 +134,10 @@ class RotationAws:
     def images_of(self, ids: list[str]) -> dict[str, str]:
         return {i: f.image_id for i, f in self.ec2_facts(ids, refresh=False).items()}
 
-    def observe(self, *, refresh: bool = True) -> tuple[GroupState, dict[str, Any]]:
+    def observe(self, *, refresh: bool = False) -> tuple[GroupState, dict[str, Any]]:
         """The group as it is now: desired/min/max, every instance with its lifecycle,
-        health (ASG health and EC2 state) and real AMI; and the raw description."""
+        health (ASG health and EC2 state), launch-template version and real AMI; and the
+        raw description. AMIs are read once per instance; `refresh`: EC2 states again."""
         raw = self.group()
         ids = [i["InstanceId"] for i in raw.get("Instances", [])]
         facts = self.ec2_facts(ids, refresh=refresh) if ids else {}
@@ -317,6 +318,7 @@ def group_state(raw: dict[str, Any], facts: dict[str, Ec2Facts] | dict[str, str]
             lifecycle=i["LifecycleState"],
             healthy=i.get("HealthStatus", "Healthy") == "Healthy" and (f.state in RUNNING or not f.state),
             protected=bool(i.get("ProtectedFromScaleIn", False)),
+            version=str((i.get("LaunchTemplate") or {}).get("Version", "")),
         )
 
     return GroupState(

@@ -315,6 +315,7 @@ def _result(rot: Rotation, plan: Plan | None, **kw: Any) -> Result:
         "replaced": rot.loop.replaced,
         "rolled_back": rot.loop.rolled_back,
         "total": plan.total if plan else 0,
+        "left_alone": dict(rot.loop.left_alone),
     }
     out.update(kw)
     return out
@@ -649,6 +650,8 @@ def human_rotate(result: Result) -> list[str]:
             + (f", launch template version {result['to_version']}" if result.get("to_version") else "")
         )
         lines.append(f"  replaced {result.get('replaced', 0)}/{result.get('total', 0)}")
+        for iid, why in sorted((result.get("left_alone") or {}).items()):
+            lines.append(f"  left alone: {iid}: {why}")
     if result.get("reason"):
         lines.append(f"  reason: {result['reason']}")
     for w in result.get("warnings") or []:

@@ -90,6 +90,7 @@ class RunLoop:
     warnings: list[str] = field(default_factory=list)
     replaced: int = 0
     rolled_back: int = 0
+    left_alone: dict[str, str] = field(default_factory=dict)  # instance -> why (said once)
     _last_beat: float = 0.0
 
     @property
@@ -135,7 +136,10 @@ class RunLoop:
             self.beat()
             self.check_alarms(alarms)
 
-    def observe(self, *, refresh: bool = True) -> tuple[GroupState, dict[str, Any]]:
+    def observe(self, *, refresh: bool = False) -> tuple[GroupState, dict[str, Any]]:
+        """The group now. Each instance's AMI is read from EC2 once (it never changes);
+        `refresh` reads every instance's EC2 state again too (the ASG's health status
+        already reflects an instance stopped or terminated behind its back)."""
         return self.aws.observe(refresh=refresh)
 
     def ready_elsewhere(self, raw: dict[str, Any], ids: list[str]) -> str:
@@ -287,7 +291,6 @@ class RollingStrategy:
     _wait_since: float | None = None
     _warmed: bool = False
     _uncounted: int = 0
-    _told: set[str] = field(default_factory=set)
 
     @property
     def surge(self) -> int:
@@ -315,13 +318,13 @@ class RollingStrategy:
 
     def _tell(self, loop: RunLoop, step: Step) -> None:
         for iid, why in sorted(step.left_alone.items()):
-            if iid not in self._told:
-                self._told.add(iid)
+            if iid not in loop.left_alone:
+                loop.left_alone[iid] = why
                 loop.reporter.info(f"{loop.name}: left alone: {iid}: {why}")
 
     def step(self, loop: RunLoop) -> str | None:
         loop.safe_point()
-        state, raw = loop.observe(refresh=self._batch is None)
+        state, raw = loop.observe()
         s = decide(state, self.target, loop.policy, self.prog)
         self._tell(loop, s)
         if s.drop:

@@ -49,6 +49,7 @@ class Instance:
     lifecycle: str = "InService"
     healthy: bool = True
     protected: bool = False
+    version: str = ""  # launch-template version the ASG reports (informative: AMI decides)
 
     @property
     def serving(self) -> bool:
