@@ -239,12 +239,19 @@ def assert_cleanly_failed(g: Group) -> None:
 
 
 def run_disrupted(
-    aws: Clients, url: str, moment: str, action: str, rng: random.Random, *, then: str = "resume"
+    aws: Clients,
+    url: str,
+    moment: str,
+    action: str,
+    rng: random.Random,
+    *,
+    then: str = "resume",
+    **policy: Any,
 ) -> tuple[dict[str, Any] | None, Disruptor, Watcher]:
     s = seed_group(aws, size=SIZE)
     aws.autoscaling.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=MAX)
     g = Group(url)
-    pol = GroupPolicy(**POLICY)  # type: ignore[arg-type]
+    pol = GroupPolicy(**{**POLICY, **policy})  # type: ignore[arg-type]
     d = Disruptor(url, s, moment, action, rng)
     w = Watcher(url)
     w.start()
@@ -271,7 +278,8 @@ def run_disrupted(
     assert d.error is None, d.error
     assert d.fired, f"the disruption {action} never found its moment {moment}"
     assert res is not None and res["exit_code"] == 0 and res["outcome"] == "done", res
-    assert_complete(g, s, SIZE + d.delta)
+    kept = pol.external_scaling == "keep"
+    assert_complete(g, s, SIZE + d.delta if kept else SIZE)
     floor = POLICY["min_healthy_percent"] * SIZE // 100 - d.removed  # type: ignore[operator]
     assert w.samples > 5
     assert w.lowest is not None and w.lowest >= floor, (w.lowest, floor, d.fired)
@@ -332,3 +340,10 @@ def test_failed_run_rolled_back_exactly(aws: Clients, moto_url: str, moment: str
     rng = random.Random(f"{SEED}-rb-{moment}")
     res, _, _ = run_disrupted(aws, moto_url, moment, "scale_out", rng, then="rollback")
     assert res is None and calls["n"] >= 3
+
+
+def test_policy_can_restore_the_starting_desired_capacity(aws: Clients, moto_url: str) -> None:
+    """`external_scaling: restore`: a scale-out by someone else is undone at the end."""
+    rng = random.Random(f"{SEED}-restore")
+    res, d, _ = run_disrupted(aws, moto_url, "batch1", "scale_out", rng, external_scaling="restore")
+    assert res is not None and d.delta == 2
