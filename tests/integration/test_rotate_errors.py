@@ -313,3 +313,41 @@ def test_image_id_with_channel_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     assert run.stderr.strip().splitlines() == [
         "error: --image-id ami-1 and --channel stable: give one of them, not both"
     ]
+
+
+def test_refresh_strategy_aws_error_cancels_the_refresh_and_stops_safely(aws: Clients) -> None:
+    """The refresh strategy's `on_stop` hook: an error while polling cancels the instance
+    refresh (moto has none: answered by hooks after botocore validated the parameters)."""
+    s = seed_group(aws, size=4)
+    seen: dict[str, Any] = {"polls": 0, "cancelled": 0}
+
+    def ok(parsed: dict[str, Any]) -> Any:
+        return AWSResponse("http://stub", 200, {}, None), parsed
+
+    def start(**kw: Any) -> Any:
+        return ok({"InstanceRefreshId": "ir-7"})
+
+    def describe(**kw: Any) -> Any:
+        seen["polls"] += 1
+        if seen["polls"] == 2:
+            return error_answer("InternalFailure", "injected", 500)
+        return ok({"InstanceRefreshes": [{"InstanceRefreshId": "ir-7", "Status": "InProgress"}]})
+
+    def cancel(**kw: Any) -> Any:
+        seen["cancelled"] += 1
+        return ok({"InstanceRefreshId": "ir-7"})
+
+    ev = aws.autoscaling.meta.events
+    ev.register("before-call.auto-scaling.StartInstanceRefresh", start)
+    ev.register("before-call.auto-scaling.DescribeInstanceRefreshes", describe)
+    ev.register("before-call.auto-scaling.CancelInstanceRefresh", cancel)
+    pol = GroupPolicy(asg="web", strategy="refresh", **POLICY)
+    with pytest.raises(RotationFailed) as exc:
+        rotate(aws, pol, s.new_ami, reporter=quiet())
+    assert "autoscaling:DescribeInstanceRefreshes failed: InternalFailure: injected" in str(exc.value)
+    assert seen["cancelled"] == 1
+    assert_safe_stop(aws, desired=4, max_size=4)
+    back = rollback(aws, pol, reporter=quiet())
+    assert back["exit_code"] == 0
+    g = group(aws)
+    assert g["LaunchTemplate"]["Version"] == "1" and g["SuspendedProcesses"] == []

@@ -229,7 +229,8 @@ class RunLoop:
                 self.aws.set_capacity(base, base if base > state.max_size else None)
                 surge = 0
                 return
-            target = self.st.to_image if self.st else ""
+            # what the run was moving to: the new image, or the old one while rolling back
+            target = str(getattr(strategy, "target", "") or (self.st.to_image if self.st else ""))
             live = [i for i in state.instances if i.lifecycle not in NOT_COUNTED]
             outdated = [i for i in live if i.image_id != target]
             order = [i for i in live if not i.serving] + [i for i in order_outdated(outdated) if i.serving]
