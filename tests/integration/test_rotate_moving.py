@@ -16,10 +16,15 @@ rotator's (so they are not held to the rotator's IAM action list).
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -347,3 +352,47 @@ def test_policy_can_restore_the_starting_desired_capacity(aws: Clients, moto_url
     rng = random.Random(f"{SEED}-restore")
     res, d, _ = run_disrupted(aws, moto_url, "batch1", "scale_out", rng, external_scaling="restore")
     assert res is not None and d.delta == 2
+
+
+def test_cli_rotation_while_someone_scales_in(aws: Clients, moto_url: str) -> None:
+    """The same through the command line in its own process: desired -1 during batch 1."""
+    root = Path(__file__).resolve().parents[2]
+    s = seed_group(aws, size=SIZE)
+    aws.autoscaling.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=MAX)
+    d = Disruptor(moto_url, s, "batch1", "scale_in", random.Random(SEED))
+    w = Watcher(moto_url)
+    w.start()
+    d.start()
+    try:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "goldenimage.rotation",
+                "rotate",
+                "--group",
+                "web",
+                "--image-id",
+                s.new_ami,
+                "--endpoint-url",
+                moto_url,
+                "--dummy-credentials",
+                "--max-attempts",
+                "1",
+                "--policy",
+                json.dumps({k: v for k, v in POLICY.items() if k != "asg"}),
+                "--json",
+            ],
+            env={**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        d.stop()
+        w.stop()
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["outcome"] == "done"
+    assert d.fired == "scale_in" and d.error is None
+    assert_complete(Group(moto_url), s, SIZE - 1)
+    assert w.lowest is not None and w.lowest >= SIZE - 1
