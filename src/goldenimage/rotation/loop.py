@@ -397,17 +397,25 @@ class RollingStrategy:
             self._warmed = True
             return None  # observe again after the warm-up
         loop.check_alarms(self.alarms)  # the last look before old instances go
-        done = loop.retire(s.out)
-        extra = loop.retire(s.extra)
-        counted = max(0, len(done) - self._uncounted)
-        self._uncounted = max(0, self._uncounted - len(done) - len(extra))
-        loop.replaced += counted
-        self.prog = replace(
-            self.prog,
-            surge=self.prog.surge - len(done) - len(extra),
-            replaced=self.prog.replaced + len(done),
-            outs=tuple(i for i in self.prog.outs if i not in done),
-        )
+        done: list[str] = []
+        for iid in (*s.out, *s.extra):  # one by one: a stop knows the surge left
+            if not loop.retire([iid]):
+                continue
+            old = iid in s.out
+            if old:
+                done.append(iid)
+                if self._uncounted:
+                    self._uncounted -= 1
+                else:
+                    loop.replaced += 1
+            else:
+                self._uncounted = max(0, self._uncounted - 1)
+            self.prog = replace(
+                self.prog,
+                surge=self.prog.surge - 1,
+                replaced=self.prog.replaced + (1 if old else 0),
+                outs=tuple(i for i in self.prog.outs if i != iid),
+            )
         if self.prog.surge > 0:
             return None
         self._wait_since = None
