@@ -11,9 +11,11 @@ import pytest
 from botocore.stub import Stubber
 
 from goldenimage.progress import Reporter
-from goldenimage.rotation.executor import Rotator, SimClock, StopFlag, _Stop
+from goldenimage.rotation.adapter import RotationAws
+from goldenimage.rotation.clock import SimClock, StopFlag, Stopped
+from goldenimage.rotation.loop import RunLoop
 from goldenimage.rotation.policy import GroupPolicy
-from goldenimage.rotation.refresh import drive_refresh, preferences, start_request
+from goldenimage.rotation.refresh import RefreshStrategy, preferences, start_request
 
 
 @dataclass
@@ -60,11 +62,24 @@ def _refresh(status: str, pct: int = 0) -> dict[str, Any]:
     }
 
 
-def _rotator(client: Any, stop: StopFlag | None = None) -> Rotator:
-    rot = Rotator(FakeClients(client), POLICY, Reporter(io.StringIO()), clock=SimClock(0.0))
-    if stop is not None:
-        rot.stop = stop
-    return rot
+def _rotator(client: Any, stop: StopFlag | None = None) -> RunLoop:
+    return RunLoop(
+        RotationAws(FakeClients(client), "web"),
+        POLICY,
+        Reporter(io.StringIO()),
+        clock=SimClock(0.0),
+        stop=stop or StopFlag(),
+    )
+
+
+def drive_refresh(loop: RunLoop, lt_id: str, version: str) -> str:
+    """The run loop with the refresh strategy's hooks; on a stop, its `on_stop` hook."""
+    strategy = RefreshStrategy(lt_id, version)
+    try:
+        return loop.run(strategy)
+    except BaseException as exc:
+        strategy.on_stop(loop, exc)
+        raise
 
 
 def test_preferences_from_policy() -> None:
@@ -131,6 +146,6 @@ def test_ctrl_c_cancels_the_refresh() -> None:
             stop.requested = True
 
         rot.clock.sleep = sleep_then_sigint  # type: ignore[method-assign]
-        with pytest.raises(_Stop):
+        with pytest.raises(Stopped):
             drive_refresh(rot, "lt-0123456789abcdef0", "7")
         stub.assert_no_pending_responses()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import ConfigError
 from ..progress import Reporter
 from ..settings import load_environment
 from .executor import Result, rollback, rotate
@@ -34,6 +35,8 @@ def rotate_command(
     dry_run: bool = False,
     resume: bool = False,
 ) -> Result:
+    if image_id and channel:
+        raise ConfigError(f"--image-id {image_id} and --channel {channel}: give one of them, not both")
     environment, policy, context = _group(env, group)
     clients = context.clients_for(environment)
     registry = context.registry_for(environment, clients=clients)
@@ -42,8 +45,6 @@ def rotate_command(
     elif not resume:
         chan = channel or policy.channel
         if not chan or not policy.image:
-            from ..errors import ConfigError
-
             raise ConfigError(
                 f"group {group}: give --image-id or --channel (or set image and channel in "
                 f"extra.rotation.groups.{group})"

@@ -49,6 +49,7 @@ class Instance:
     lifecycle: str = "InService"
     healthy: bool = True
     protected: bool = False
+    version: str = ""  # launch-template version the ASG reports (informative: AMI decides)
 
     @property
     def serving(self) -> bool:
@@ -179,9 +180,7 @@ def plan_rotation(state: GroupState, target_image: str, policy: GroupPolicy) -> 
             f"of {min_healthy} ({policy.min_healthy_percent}% of {desired}); fix the group first"
         )
     # Instances that do not serve cost no capacity: replace them first.
-    order = [i for i in replace if not i.serving] + _az_round_robin(
-        [i for i in replace if i.serving]
-    )
+    order = [i for i in replace if not i.serving] + _az_round_robin([i for i in replace if i.serving])
     total = len(order)
     cp_counts = [(p, math.ceil(total * p / 100)) for p in policy.checkpoints]
     batches: list[Batch] = []

@@ -20,6 +20,7 @@ The policies live in the environment's settings file::
             abort_alarms: [web-5xx]
             protected: ignore        # ignore | replace | wait
             standby: ignore          # ignore | terminate | wait
+            external_scaling: keep   # keep | restore (desired set by others meanwhile)
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class GroupPolicy(_Model):
     abort_alarms: list[str] = Field(default_factory=list)
     protected: Literal["ignore", "replace", "wait"] = "ignore"
     standby: Literal["ignore", "terminate", "wait"] = "ignore"
+    external_scaling: Literal["keep", "restore"] = Field(
+        default="keep",
+        description="desired capacity set by someone else during a rotation: keep it at the "
+        "end, or restore the desired capacity the group had when the rotation started",
+    )
     health_timeout_seconds: float = Field(default=900.0, gt=0)
     poll_seconds: float = Field(default=5.0, gt=0)
     heartbeat_ttl_seconds: float = Field(default=300.0, gt=0)

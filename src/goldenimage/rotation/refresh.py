@@ -1,18 +1,20 @@
 """The `refresh` strategy: AWS Instance Refresh with the policy's preferences.
 
 The launch-template version is created and pinned by the executor (same lock and state as
-the rolling strategy); this module starts the refresh with that explicit version, polls it
-to a terminal status and cancels it on Ctrl-C.
+the rolling strategy); `RefreshStrategy` implements the run loop's hooks (loop.py): it
+starts the refresh with that explicit version, polls it to a terminal status and cancels
+it when the run stops (Ctrl-C, an AWS error).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .policy import GroupPolicy
 
 if TYPE_CHECKING:
-    from .executor import Rotator
+    from .loop import RunLoop
 
 TERMINAL = frozenset({"Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"})
 _PROTECTED = {"ignore": "Ignore", "replace": "Refresh", "wait": "Wait"}
@@ -52,36 +54,49 @@ def start_request(group: str, lt_id: str, version: str, policy: GroupPolicy) -> 
     }
 
 
-def drive_refresh(rot: Rotator, lt_id: str, version: str) -> str:
-    """Start the refresh, poll it to a terminal status (returned); cancel on Ctrl-C."""
-    asg = rot.clients.autoscaling
-    rid = asg.start_instance_refresh(**start_request(rot.name, lt_id, version, rot.policy))[
-        "InstanceRefreshId"
-    ]
-    rot.reporter.info(f"{rot.name}: instance refresh {rid} started (version {version})")
-    if rot.st is not None:
-        rot._save(progress=f"instance refresh {rid}")
-    try:
-        while True:
-            rot._safe_point()
-            refreshes = asg.describe_instance_refreshes(
-                AutoScalingGroupName=rot.name, InstanceRefreshIds=[rid]
-            )["InstanceRefreshes"]
-            ref = refreshes[0] if refreshes else {"Status": "Failed", "StatusReason": "vanished"}
-            status = str(ref["Status"])
-            if status in TERMINAL:
-                if status != "Successful":
-                    rot.warn(f"instance refresh {rid}: {status}: {ref.get('StatusReason', '')}")
-                return status
-            pct = ref.get("PercentageComplete", 0)
-            left = ref.get("InstancesToUpdate", "?")
-            rot.reporter.step(f"instance refresh {rid}: {status} {pct}% ({left} to update)")
-            rot._beat()
-            rot.clock.sleep(rot.policy.poll_seconds)
-    except BaseException:
+@dataclass
+class RefreshStrategy:
+    """The run loop's hooks for AWS Instance Refresh: start it with the pinned version,
+    poll it to a terminal status (the outcome), cancel it when the run stops."""
+
+    lt_id: str
+    version: str
+    refresh_id: str = ""
+    status: str = ""
+
+    @property
+    def surge(self) -> int:
+        return 0  # AWS does the surging; desired capacity is never the rotation's
+
+    def begin(self, loop: RunLoop) -> None:
+        request = start_request(loop.name, self.lt_id, self.version, loop.policy)
+        self.refresh_id = loop.aws.start_refresh(request)
+        loop.reporter.info(
+            f"{loop.name}: instance refresh {self.refresh_id} started (version {self.version})"
+        )
+        if loop.st is not None:
+            loop.save(progress=f"instance refresh {self.refresh_id}")
+
+    def step(self, loop: RunLoop) -> str | None:
+        loop.safe_point()
+        ref = loop.aws.refresh_status(self.refresh_id)
+        self.status = str(ref["Status"])
+        if self.status in TERMINAL:
+            if self.status != "Successful":
+                loop.warn(f"instance refresh {self.refresh_id}: {self.status}: {ref.get('StatusReason', '')}")
+            return self.status
+        pct = ref.get("PercentageComplete", 0)
+        left = ref.get("InstancesToUpdate", "?")
+        loop.reporter.step(f"instance refresh {self.refresh_id}: {self.status} {pct}% ({left} to update)")
+        loop.beat()
+        loop.clock.sleep(loop.policy.poll_seconds)
+        return None
+
+    def on_stop(self, loop: RunLoop, exc: BaseException) -> None:
+        if not self.refresh_id or self.status in TERMINAL:
+            return
         try:
-            asg.cancel_instance_refresh(AutoScalingGroupName=rot.name)
-            rot.reporter.warn(f"instance refresh {rid} cancelled")
-        except Exception as exc:  # already finished, or the API is gone
-            rot.reporter.warn(f"could not cancel instance refresh {rid}: {exc}")
-        raise
+            loop.aws.cancel_refresh()
+            loop.reporter.warn(f"instance refresh {self.refresh_id} cancelled")
+        except Exception as err:  # already finished, or the API is gone
+            loop.reporter.warn(f"could not cancel instance refresh {self.refresh_id}: {err}")

@@ -18,7 +18,6 @@ import datetime as dt
 import getpass
 import os
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -67,11 +66,11 @@ class RotationState:
     progress: str = ""
     reason: str = ""
     suspended: str = ""  # scaling processes this rotation suspended ("-": none)
+    base: int = 0  # the group's desired capacity without the rotation's own surge
+    error: str = ""  # why the run stopped (status failed), for the next run to show
 
     def tags(self) -> dict[str, str]:
-        return {
-            ROT + f.name.replace("_", "-"): str(getattr(self, f.name))[:256] for f in fields(self)
-        }
+        return {ROT + f.name.replace("_", "-"): str(getattr(self, f.name))[:256] for f in fields(self)}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> RotationState | None:
@@ -96,36 +95,6 @@ class RotationState:
             f"{self.progress or 'starting'}) by {self.owner} since {self.since}, "
             f"status {self.status}, last heartbeat {age}s ago"
         )
-
-
-class GroupTags:
-    """Reads and writes one group's tags (never propagated to instances)."""
-
-    def __init__(self, autoscaling: Any, group: str) -> None:
-        self.autoscaling = autoscaling
-        self.group = group
-
-    def put(self, values: dict[str, str]) -> None:
-        if values:
-            self.autoscaling.create_or_update_tags(
-                Tags=[
-                    {
-                        "ResourceId": self.group,
-                        "ResourceType": "auto-scaling-group",
-                        "Key": k,
-                        "Value": v,
-                        "PropagateAtLaunch": False,
-                    }
-                    for k, v in values.items()
-                ]
-            )
-
-    def remove(self, keys: Iterable[str]) -> None:
-        tags = [
-            {"ResourceId": self.group, "ResourceType": "auto-scaling-group", "Key": k} for k in keys
-        ]
-        if tags:
-            self.autoscaling.delete_tags(Tags=tags)
 
 
 def tag_map(group: dict[str, Any]) -> dict[str, str]:

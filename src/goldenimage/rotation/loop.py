@@ -1,0 +1,436 @@
+"""The run loop: observe the group, decide, act; until a strategy says it is finished.
+
+`RunLoop` owns what every strategy needs while the group is locked: the rotation state in
+the group's tags (save, heartbeat), safe points for Ctrl-C, pauses that watch the abort
+alarms, observing the group, readiness beyond the ASG (target groups, HTTP), retiring
+instances, and the safe stop. A strategy implements the `Strategy` hooks:
+
+- `begin(loop)`: once, after the lock is taken and the group is pinned;
+- `step(loop)`: one observe -> decide -> act round; returns None to go on, or the outcome;
+- `on_stop(loop, exc)`: the run is stopping (Ctrl-C, an AWS error, a bug): undo what only
+  the strategy knows about (the refresh cancels its instance refresh);
+- `surge`: the strategy's own share of the group's desired capacity right now.
+
+`RollingStrategy` is the rolling replacement (`decide` per step); the `refresh` strategy
+(refresh.py) drives AWS Instance Refresh through the same hooks.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from ..errors import OperationFailed
+from ..progress import Reporter
+from .adapter import AwsCallFailed, RotationAws
+from .clock import Clock, StopFlag
+from .decide import Progress, Step, after_launch, decide, order_outdated
+from .plan import LEAVING, STANDBY, GroupState
+from .policy import GroupPolicy
+from .state import RotationState, iso
+
+SUSPEND = ("AZRebalance", "AlarmNotification", "ScheduledActions")
+NOT_COUNTED = LEAVING | STANDBY  # not part of desired capacity
+
+
+class Abort(Exception):
+    """Health says no: roll back. `reason` is the one-line why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RotationFailed(OperationFailed):
+    def __init__(self, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = result or {}
+
+
+def http_fingerprint_check(url: str, expect_status: int, fingerprint: str, timeout: float) -> str:
+    """'' when the URL answers as expected, else what is wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status, body = resp.status, resp.read(65536).decode("utf-8", "replace")
+    except Exception as exc:
+        return f"{url}: {exc}"
+    if status != expect_status:
+        return f"{url}: HTTP {status}"
+    if fingerprint and fingerprint not in body:
+        return f"{url}: does not serve fingerprint {fingerprint[:16]}"
+    return ""
+
+
+class Strategy(Protocol):
+    """The hooks the run loop calls (see the module doc)."""
+
+    @property
+    def surge(self) -> int: ...
+
+    def begin(self, loop: RunLoop) -> None: ...
+
+    def step(self, loop: RunLoop) -> str | None: ...
+
+    def on_stop(self, loop: RunLoop, exc: BaseException) -> None: ...
+
+
+@dataclass
+class RunLoop:
+    aws: RotationAws
+    policy: GroupPolicy
+    reporter: Reporter
+    clock: Clock = field(default_factory=Clock)
+    stop: StopFlag = field(default_factory=StopFlag)
+    http_check: Callable[[str, int, str, float], str] = http_fingerprint_check
+    st: RotationState | None = None
+    fingerprint: str = ""  # the target image's fingerprint (HTTP check)
+    warnings: list[str] = field(default_factory=list)
+    replaced: int = 0
+    rolled_back: int = 0
+    left_alone: dict[str, str] = field(default_factory=dict)  # instance -> why (said once)
+    _last_beat: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.aws.name
+
+    # ---- services for strategies -----------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.reporter.warn(message)
+
+    def safe_point(self) -> None:
+        self.stop.check()
+
+    def save(self, **changes: Any) -> None:
+        assert self.st is not None
+        for k, v in changes.items():
+            setattr(self.st, k, v)
+        self.st.heartbeat = iso(self.clock.now())
+        self._last_beat = self.clock.now()
+        self.aws.put_tags(self.st.tags())
+
+    def beat(self) -> None:
+        if (
+            self.st is not None
+            and self.clock.now() - self._last_beat >= self.policy.heartbeat_ttl_seconds / 3
+        ):
+            self.save()
+
+    def check_alarms(self, enabled: bool = True) -> None:
+        if enabled and self.policy.abort_alarms:
+            firing = self.aws.alarms_in_alarm(self.policy.abort_alarms)
+            if firing:
+                raise Abort(f"alarm {', '.join(firing)} in ALARM")
+
+    def pause(self, seconds: float, label: str, alarms: bool) -> None:
+        end = self.clock.now() + seconds
+        while (left := end - self.clock.now()) > 0:
+            self.safe_point()
+            self.reporter.step(f"{label} ({left:.0f}s left)")
+            self.clock.sleep(min(self.policy.poll_seconds, left))
+            self.beat()
+            self.check_alarms(alarms)
+
+    def observe(self, *, refresh: bool = False) -> tuple[GroupState, dict[str, Any]]:
+        """The group now. Each instance's AMI is read from EC2 once (it never changes);
+        `refresh` reads every instance's EC2 state again too (the ASG's health status
+        already reflects an instance stopped or terminated behind its back)."""
+        return self.aws.observe(refresh=refresh)
+
+    def ready_elsewhere(self, raw: dict[str, Any], ids: list[str]) -> str:
+        """'' when `ids` are healthy in the target groups and the HTTP check passes."""
+        if not ids:
+            return ""
+        if self.policy.health.elb and raw.get("TargetGroupARNs"):
+            bad = self.aws.unhealthy_targets(list(raw["TargetGroupARNs"]), ids)
+            if bad:
+                return f"{len(ids) - len(bad)}/{len(ids)} healthy in target groups"
+        http = self.policy.health.http
+        if http is not None:
+            fp = self.fingerprint if http.expect_fingerprint else ""
+            why = self.http_check(http.url, http.expect_status, fp, http.timeout_seconds)
+            if why:
+                return why
+        return ""
+
+    def retire(self, ids: tuple[str, ...] | list[str], *, decrement: bool = True) -> list[str]:
+        """Terminate `ids` through the group; returns those terminated. An instance that
+        left the group meanwhile (someone scaled in, terminated or detached it) is skipped:
+        AWS refuses to terminate it through the group."""
+        done: list[str] = []
+        for iid in ids:
+            try:
+                self.aws.terminate(iid, decrement=decrement)
+            except AwsCallFailed:
+                raw = self.aws.group()
+                still = {
+                    i["InstanceId"] for i in raw.get("Instances", []) if i["LifecycleState"] not in LEAVING
+                }
+                if iid in still:
+                    raise
+                self.reporter.info(f"{self.name}: {iid} left the group meanwhile; not retired")
+                continue
+            done.append(iid)
+        return done
+
+    # ---- scaling processes -------------------------------------------------------------
+
+    def suspend(self, raw: dict[str, Any]) -> None:
+        """Pause the processes that would fight the rotation; remember which we paused."""
+        assert self.st is not None
+        if self.st.suspended:
+            return
+        already = {p["ProcessName"] for p in raw.get("SuspendedProcesses", [])}
+        todo = [p for p in SUSPEND if p not in already]
+        if todo:
+            self.aws.suspend(todo)
+        self.save(suspended=",".join(todo) or "-")
+
+    def resume_processes(self) -> None:
+        assert self.st is not None
+        todo = [p for p in self.st.suspended.split(",") if p and p != "-"]
+        if todo:
+            self.aws.resume(todo)
+
+    # ---- running a strategy ------------------------------------------------------------
+
+    def run(self, strategy: Strategy) -> str:
+        strategy.begin(self)
+        while (outcome := strategy.step(self)) is None:
+            pass
+        return outcome
+
+    def safe_stop(self, strategy: Strategy | None, status: str, error: str) -> list[str]:
+        """Leave the group as a person would want it after a stop: the rotation's surge
+        handed back (or capacity it owes given back), max size restored, the scaling
+        processes it paused resumed, its state saved as `status` for --resume / rollback.
+        Every step is tried; returns what could not be done."""
+        problems: list[str] = []
+        surge = strategy.surge if strategy is not None else 0
+
+        def attempt(what: str, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except Exception as exc:
+                problems.append(f"{what}: {' '.join(str(exc).split())[:200]}")
+
+        def capacity() -> None:
+            nonlocal surge
+            if surge == 0:
+                return
+            state, _ = self.observe()
+            base = state.desired - surge
+            if surge < 0:
+                self.aws.set_capacity(base, base if base > state.max_size else None)
+                surge = 0
+                return
+            # what the run was moving to: the new image, or the old one while rolling back
+            target = str(getattr(strategy, "target", "") or (self.st.to_image if self.st else ""))
+            live = [i for i in state.instances if i.lifecycle not in NOT_COUNTED]
+            outdated = [i for i in live if i.image_id != target]
+            order = [i for i in live if not i.serving] + [i for i in order_outdated(outdated) if i.serving]
+            order += [i for i in live if i.serving and i not in order]
+            floor = self.policy.min_healthy(max(base, 0))
+            serving = sum(1 for i in live if i.serving)
+            victims: list[str] = []
+            for inst in order:
+                if len(victims) == surge:
+                    break
+                if inst.serving and serving - 1 < floor:
+                    continue
+                victims.append(inst.id)
+                serving -= 1 if inst.serving else 0
+            done = self.retire(victims)
+            surge -= len(done)
+            if surge > 0:
+                raise OperationFailed(f"{surge} surge instance(s) left: no room to remove them")
+
+        def max_size() -> None:
+            assert self.st is not None
+            raw = self.aws.group()
+            want = max(self.st.orig_max, int(raw["DesiredCapacity"]))
+            if int(raw["MaxSize"]) != want:
+                self.aws.set_max(want)
+
+        def processes() -> None:
+            assert self.st is not None
+            self.resume_processes()
+            self.st.suspended = ""
+
+        if self.st is not None:
+            attempt("handing back the surge", capacity)
+            attempt("restoring max size", max_size)
+            attempt("resuming scaling processes", processes)
+
+            def state() -> None:
+                assert self.st is not None
+                base = self.st.base
+                if surge == 0:
+                    base = int(self.aws.group()["DesiredCapacity"])
+                self.save(status=status, error=error[:256], base=base)
+
+            attempt("saving the rotation state", state)
+        return problems
+
+
+@dataclass
+class RollingStrategy:
+    """Rolling replacement: each step observes the group and applies `decide`."""
+
+    target: str
+    alarms: bool = True
+    inherited_surge: int = 0  # surge already in the group (resume, or rollback mid-batch)
+    planned_batches: int = 0
+    prog: Progress = field(default_factory=Progress)
+    _batch: Step | None = None
+    _label: str = ""
+    _wait_since: float | None = None
+    _warmed: bool = False
+    _uncounted: int = 0
+
+    @property
+    def surge(self) -> int:
+        return self.prog.surge
+
+    def begin(self, loop: RunLoop) -> None:
+        self.prog = Progress(surge=self.inherited_surge)
+        self._uncounted = max(0, self.inherited_surge)
+        loop.replaced = 0
+
+    def on_stop(self, loop: RunLoop, exc: BaseException) -> None:
+        return None
+
+    def _wait(self, loop: RunLoop, why: str) -> None:
+        now = loop.clock.now()
+        if self._wait_since is None:
+            self._wait_since = now
+        label = self._label or "waiting for the group"
+        if now - self._wait_since >= loop.policy.health_timeout_seconds:
+            raise Abort(f"health timeout: {label}: {why} after {loop.policy.health_timeout_seconds:g}s")
+        loop.reporter.step(f"{label}: waiting: {why}")
+        loop.beat()
+        loop.check_alarms(self.alarms)
+        loop.clock.sleep(loop.policy.poll_seconds)
+
+    def _tell(self, loop: RunLoop, step: Step) -> None:
+        for iid, why in sorted(step.left_alone.items()):
+            if iid not in loop.left_alone:
+                loop.left_alone[iid] = why
+                loop.reporter.info(f"{loop.name}: left alone: {iid}: {why}")
+
+    def step(self, loop: RunLoop) -> str | None:
+        loop.safe_point()
+        state, raw = loop.observe()
+        s = decide(state, self.target, loop.policy, self.prog)
+        self._tell(loop, s)
+        if s.drop:
+            gone = loop.retire(s.drop, decrement=False)
+            loop.reporter.info(f"{loop.name}: terminated {len(gone)} outdated Standby instance(s)")
+            self.prog = replace(self.prog, replaced=self.prog.replaced + len(gone))
+            loop.replaced += len(gone)
+            return None
+        if s.kind == "abort":
+            raise Abort(s.why)
+        if s.kind == "wait":
+            self._wait(loop, s.why)
+            return None
+        if s.kind == "grow":
+            loop.aws.set_capacity(s.desired, s.max_size if s.max_size > state.max_size else None)
+            self.prog = replace(self.prog, surge=self.prog.surge + s.desired - state.desired)
+            return None
+        if s.kind == "retire":
+            return self._retire(loop, state, raw, s)
+        if s.kind == "launch":
+            self._launch(loop, state, s)
+            return None
+        loop.check_alarms(self.alarms)
+        return "done"
+
+    def _launch(self, loop: RunLoop, state: GroupState, s: Step) -> None:
+        loop.check_alarms(self.alarms)
+        size = loop.policy.batch_count(max(s.base, 1))
+        left = max(0, s.remaining - s.launch)
+        total = self.prog.batches + 1 + -(-left // size)
+        total = max(total, self.planned_batches if self.prog.batches < self.planned_batches else 0)
+        self._label = f"batch {self.prog.batches + 1}/{total}"
+        seen = frozenset(i.id for i in state.instances)
+        first: list[str] = []
+        for iid in s.terminate_first:  # one by one: a stop knows what the group is owed
+            if loop.retire([iid]):
+                first.append(iid)
+                self.prog = replace(self.prog, surge=self.prog.surge - 1)
+        zones = ", ".join(f"{z} x{k}" for z, k in sorted(Counter(s.out_azs).items()))
+        loop.reporter.step(f"{self._label}: launching {s.launch} new; retiring {len(s.out)} ({zones})")
+        # relative to desired as it is now: the terminations took a while, and somebody
+        # may have scaled the group meanwhile (ASG has no compare-and-set)
+        now = loop.aws.group() if first else None
+        current = int(now["DesiredCapacity"]) if now else state.desired
+        max_now = int(now["MaxSize"]) if now else state.max_size
+        desired = current + s.launch
+        loop.aws.set_capacity(desired, desired if desired > max_now else None)
+        self.prog = after_launch(self.prog, s, seen, len(first))
+        replaced_total = self.prog.replaced - len(first) + s.remaining
+        loop.save(
+            progress=f"{self.prog.replaced - len(first)}/{replaced_total} replaced, {self._label}",
+            base=s.base,
+        )
+        loop.replaced += len(first)
+        self._batch = s
+        self._wait_since = loop.clock.now()
+        self._warmed = False
+
+    def _retire(self, loop: RunLoop, state: GroupState, raw: dict[str, Any], s: Step) -> str | None:
+        new_ids = [
+            i.id for i in state.instances if i.id not in self.prog.seen and i.lifecycle not in NOT_COUNTED
+        ]
+        why = loop.ready_elsewhere(raw, new_ids) if self.prog.seen else ""
+        if why:
+            self._wait(loop, why)
+            return None
+        if loop.policy.warmup_seconds and self._batch is not None and not self._warmed:
+            loop.pause(loop.policy.warmup_seconds, f"{self._label}: warm-up", self.alarms)
+            self._warmed = True
+            return None  # observe again after the warm-up
+        loop.check_alarms(self.alarms)  # the last look before old instances go
+        done: list[str] = []
+        for iid in (*s.out, *s.extra):  # one by one: a stop knows the surge left
+            if not loop.retire([iid]):
+                continue
+            old = iid in s.out
+            if old:
+                done.append(iid)
+                if self._uncounted:
+                    self._uncounted -= 1
+                else:
+                    loop.replaced += 1
+            else:
+                self._uncounted = max(0, self._uncounted - 1)
+            self.prog = replace(
+                self.prog,
+                surge=self.prog.surge - 1,
+                replaced=self.prog.replaced + (1 if old else 0),
+                outs=tuple(i for i in self.prog.outs if i != iid),
+            )
+        if self.prog.surge > 0:
+            return None
+        self._wait_since = None
+        batch, self._batch = self._batch, None
+        self.prog = replace(self.prog, outs=(), seen=frozenset())
+        total = self.prog.replaced + max(0, s.remaining - len(done))
+        loop.reporter.step(f"{self._label or 'surge'}: done, {self.prog.replaced}/{total} replaced")
+        if batch is not None and batch.checkpoint is not None:
+            cp = batch.checkpoint
+            loop.reporter.info(
+                f"checkpoint {cp}%: {self.prog.replaced}/{total} replaced; "
+                f"pausing {loop.policy.checkpoint_pause_seconds:g}s"
+            )
+            loop.save(progress=f"{self.prog.replaced}/{total} replaced, checkpoint {cp}%", base=s.base)
+            self.prog = replace(self.prog, passed=tuple(p for p in loop.policy.checkpoints if p <= cp))
+            loop.pause(loop.policy.checkpoint_pause_seconds, f"checkpoint {cp}%", self.alarms)
+        loop.safe_point()
+        return None
