@@ -13,11 +13,12 @@ from typing import Any
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, NotFoundError
+from ..models import TAG
 from ..settings import SETTINGS_FILE, Environment
 from .clients import Clients
 from .config import BaseAmiSpec, aws_settings, region_of
 from .errors import aws_errors, error_code
-from .registry import TAG, check_ami_id
+from .registry import check_ami_id
 
 
 def resolve_base_ami(clients: Clients, spec: BaseAmiSpec) -> dict[str, str]:

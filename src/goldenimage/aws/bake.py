@@ -26,16 +26,17 @@ from ..adapters.packer import read_manifest
 from ..bake import NewImage, Tools, fingerprint_extra, git_state, logs_kept_on_failure, packer_build
 from ..errors import BuildFailed, ValidationFailed
 from ..fsutil import file_lock
+from ..models import TAG, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
 from ..settings import Environment
-from ..store import ImageRecord, LocalStore
+from ..store import LocalStore
 from .ami import packer_vars, resolve_base_ami
 from .clients import Clients
 from .commands import validation_subnet
 from .config import aws_settings
 from .context import clients_for, registry_for
-from .registry import TAG, AwsRegistry
+from .registry import AwsRegistry
 from .validate import RemoteCheck, TestinfraCheck, validate_ami
 
 SOURCE = "amazon-ebs.aws"

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..models import ImageRecord
 from ..progress import Reporter
 from ..settings import SETTINGS_FILE, Environment
-from ..store import ImageRecord
 from .ami import resolve_base_ami
 from .config import aws_settings
 from .context import clients_for, environment, registry_for

@@ -18,8 +18,8 @@ import datetime as dt
 import hashlib
 from typing import Any
 
+from ..models import ImageRecord
 from ..progress import Reporter
-from ..store import ImageRecord
 from .clients import Clients
 from .config import SeedSettings
 from .registry import AwsRegistry, iso

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from ..errors import ConfigError, GoldenImageError, Interrupted, NotFoundError, OperationFailed
+from ..models import FINGERPRINT_TAG, STATUS_TAG
 from ..progress import Reporter
 from .plan import (
     LEAVING,
@@ -55,11 +56,9 @@ from .state import (
 )
 
 Result = dict[str, Any]
-FINGERPRINT_TAG = "goldenimage:fingerprint"
 NOT_COUNTED = LEAVING | STANDBY  # not part of desired capacity
 # paused while a rotation runs (and resumed after, unless they were paused before)
 SUSPEND = ("AZRebalance", "AlarmNotification", "ScheduledActions")
-STATUS_TAG = "goldenimage:status"
 
 
 class Clock:
