@@ -30,14 +30,18 @@ def bake(c, env="local", image=None, force=False, json=False, debug=False):
 @task(help={**COMMON, "image_id": "the image to boot and test again"})
 def validate(c, image_id=None, env="local", json=False, debug=False):
     """Boot a registered image and run the testinfra suite (tests/image) again."""
-    run(lambda r: _bake.validate(env, image_id, r), json_out=json, debug=debug, human=_bake.human_validate)
+    from goldenimage import commands
+
+    run(lambda r: commands.validate(env, image_id, r), json_out=json, debug=debug, human=commands.human_validate)
 
 
 @task(help={**COMMON, "image": "only images of this name",
             "image_id": "one image's provenance: manifest, fingerprint inputs, SBOM, validation"})
 def images(c, env="local", image=None, image_id=None, json=False, debug=False):
     """List images: id, name, fingerprint, created, status, channels."""
-    run(lambda r: _bake.images(env, image, image_id, r), json_out=json, debug=debug, human=_bake.human_images)
+    from goldenimage import commands
+
+    run(lambda r: commands.images(env, image, image_id, r), json_out=json, debug=debug, human=commands.human_images)
 
 
 @task(help={**COMMON, "image": "image name (default: every image of the environment)",

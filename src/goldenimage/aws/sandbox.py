@@ -32,15 +32,20 @@ from ..errors import ConfigError, MissingToolError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, pid_alive
 from ..paths import data_home
 from ..progress import Reporter
-from ..settings import SETTINGS_FILE, Environment
+from ..settings import SETTINGS_FILE, Environment, load_environment
+from ..targets import require_sandbox
 from .clients import AwsContext, Clients
 from .config import aws_settings, region_of, sandbox_settings
-from .context import SANDBOX_CREDENTIALS, environment
 from .errors import aws_errors
 from .seed import fleet_counts, seed_fleet, vendor_amis
 
 Result = dict[str, Any]
 STATE_VERSION = 1
+SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
+
+
+def environment(env: Environment | str, root: Path | None = None) -> Environment:
+    return env if isinstance(env, Environment) else load_environment(env, root)
 
 
 def sandbox_dir() -> Path:
@@ -100,15 +105,6 @@ def running_state(env: Environment | str) -> dict[str, Any]:
     if not state or not state.get("seeded") or not probe(state)["answers"]:
         raise _not_running(name)
     return state
-
-
-def _require_sandbox_target(env: Environment) -> None:
-    if env.settings.target != "sandbox":
-        raise ConfigError(
-            f"inventories/{env.name}/{SETTINGS_FILE}: field target: environment {env.name!r} has "
-            f"target {env.settings.target!r}; the sandbox needs target 'sandbox' "
-            "(try --env sandbox)"
-        )
 
 
 def sandbox_context(state: dict[str, Any], max_attempts: int = 5) -> AwsContext:
@@ -242,7 +238,7 @@ def sandbox_up(
     """Start and seed the environment's sandbox, or report the one already running."""
     rep = reporter or Reporter(quiet=True)
     e = environment(env, root)
-    _require_sandbox_target(e)
+    require_sandbox(e)
     sb = sandbox_settings(e)
     aws = aws_settings(e)
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
@@ -303,7 +299,7 @@ def sandbox_status(
 ) -> Result:
     """The sandbox's pid, endpoint, whether it is alive, and its groups' instance counts."""
     e = environment(env, root)
-    _require_sandbox_target(e)
+    require_sandbox(e)
     state = read_state(e.name)
     if state is None:
         return {
@@ -331,7 +327,7 @@ def sandbox_down(
     """Stop the sandbox's server and remove its state (nothing to do when none runs)."""
     rep = reporter or Reporter(quiet=True)
     e = environment(env, root)
-    _require_sandbox_target(e)
+    require_sandbox(e)
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
         if state is None:
