@@ -15,12 +15,12 @@ from goldenimage import commands
 from goldenimage.aws import sandbox
 from goldenimage.aws.ami import packer_vars, resolve_base_ami
 from goldenimage.aws.clients import Clients
-from goldenimage.aws.config import BaseAmiSpec
 from goldenimage.aws.context import registry_for
 from goldenimage.cli import run
 from goldenimage.errors import ConfigError, NotFoundError
 from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
+from goldenimage.sections import BaseAmiSpec
 from goldenimage.settings import load_environment
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..progress import Reporter
-from .config import PARAMETER_PREFIX
+from ..sections import PARAMETER_PREFIX
 
 ACTIONS: dict[str, str] = {
     # registry (aws/registry.py)
@@ -145,10 +145,9 @@ def iam_policy(
     """`invoke iam-policy`: the policy document (with the env's SSM prefix when given)."""
     prefix = PARAMETER_PREFIX
     if env is not None:
-        from .config import aws_settings
         from .context import environment
 
-        prefix = aws_settings(environment(env, root)).parameter_prefix
+        prefix = environment(env, root).aws.parameter_prefix
     return {
         "policy": policy_document(prefix),
         "actions": dict(sorted(ACTIONS.items())),

@@ -34,8 +34,8 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped, unus
 from .. import channels as ch
 from ..errors import ConfigError, NotFoundError
 from ..models import STATUSES, TAG, ImageRecord, history_entry
+from ..sections import PARAMETER_PREFIX
 from .clients import Clients
-from .config import PARAMETER_PREFIX
 from .errors import aws_errors, error_code
 
 FACT_TAGS = {

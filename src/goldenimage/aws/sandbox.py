@@ -35,7 +35,6 @@ from ..progress import Reporter
 from ..settings import SETTINGS_FILE, Environment, load_environment
 from ..targets import require_sandbox
 from .clients import AwsContext, Clients
-from .config import aws_settings, region_of, sandbox_settings
 from .errors import aws_errors
 from .seed import fleet_counts, seed_fleet, vendor_amis
 
@@ -223,7 +222,7 @@ def _status_result(env: Environment, state: dict[str, Any], *, counts: bool = Tr
         "seed": state.get("seed", {}),
     }
     if counts and alive["answers"]:
-        clients = Clients(sandbox_context(state, aws_settings(env).max_attempts))
+        clients = Clients(sandbox_context(state, env.aws.max_attempts))
         with aws_errors(clients):
             result["groups"] = fleet_counts(clients)
     return result
@@ -239,8 +238,7 @@ def sandbox_up(
     rep = reporter or Reporter(quiet=True)
     e = environment(env, root)
     require_sandbox(e)
-    sb = sandbox_settings(e)
-    aws = aws_settings(e)
+    sb, aws = e.sandbox, e.aws
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
         if state is not None:
@@ -270,7 +268,7 @@ def sandbox_up(
                 "host": sb.host,
                 "port": info["port"],
                 "endpoint": endpoint,
-                "region": region_of(e),
+                "region": e.region,
                 "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "log": str(log),
                 "seeded": False,

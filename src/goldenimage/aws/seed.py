@@ -20,8 +20,8 @@ from typing import Any
 
 from ..models import ImageRecord
 from ..progress import Reporter
+from ..sections import SeedSettings
 from .clients import Clients
-from .config import SeedSettings
 from .registry import AwsRegistry, iso
 
 SEED_TAG = {"Key": "goldenimage:sandbox", "Value": "seed"}

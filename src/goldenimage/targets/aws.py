@@ -29,7 +29,6 @@ from .. import fingerprint
 from ..adapters.packer import read_manifest
 from ..aws.ami import packer_vars, resolve_base_ami
 from ..aws.clients import AwsContext, Clients
-from ..aws.config import AwsSettings, aws_settings, region_of
 from ..aws.registry import AwsRegistry
 from ..aws.validate import RemoteCheck, TestinfraCheck, validate_ami
 from ..build import Tools, detect_tools, git_state, packer_build
@@ -37,6 +36,7 @@ from ..errors import BuildFailed, ConfigError, ValidationFailed
 from ..models import QUARANTINED, STATUS_TAG, VALIDATED, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
+from ..sections import AwsSettings
 from ..settings import Environment
 from . import Base, Checked, Job, Result, Target
 
@@ -69,7 +69,7 @@ class AwsSide(Target):
 
     @property
     def aws(self) -> AwsSettings:
-        return aws_settings(self.env)
+        return self.env.aws
 
     @property
     def clients(self) -> Clients:
@@ -139,7 +139,7 @@ class AwsTarget(AwsSide):
     name = "aws"
 
     def aws_context(self) -> AwsContext:
-        return AwsContext(region=region_of(self.env), profile=self.aws.profile, max_attempts=self.aws.max_attempts)
+        return AwsContext(region=self.env.region, profile=self.aws.profile, max_attempts=self.aws.max_attempts)
 
     # -- bake --------------------------------------------------------------------------------
     def detect_tools(self) -> Tools:

@@ -1,8 +1,8 @@
-"""The AWS and sandbox parts of an environment's settings (`extra.aws`, `extra.sandbox`).
+"""The typed sections of an environment's settings under `extra:` (`aws`, `sandbox`).
 
-`settings.Settings` keeps target-specific settings under its free-form `extra:` mapping;
-this module validates the two keys the AWS target owns, with the same file/field errors
-as the rest of the settings. Other keys of `extra` belong to other parts of the toolkit.
+`settings.Environment` parses each section once, when first asked (`env.aws`,
+`env.sandbox`, `env.rotation`), with the same file/field errors as the rest of the
+settings. A new section (retention, nightly) is a model here and one property there.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..channels import CHANNEL_RE
-from ..errors import ConfigError
-from ..settings import SETTINGS_FILE, Environment
+from .channels import CHANNEL_RE
 
 DEFAULT_REGION = "us-east-1"
 PARAMETER_PREFIX = "/goldenimage"
@@ -156,38 +154,3 @@ class AwsSettings(_Model):
         return v
 
 
-def _parse(env: Environment, key: str, model: type[_Model]) -> Any:
-    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
-    raw = env.settings.extra.get(key) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{rel}: field extra.{key}: expected a mapping")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"extra.{key}.{loc}" if loc else f"extra.{key}"
-        raise ConfigError(f"{rel}: field {where}: {err['msg']}") from None
-
-
-def aws_settings(env: Environment) -> AwsSettings:
-    """`extra.aws` of the environment, validated (defaults when absent)."""
-    result: AwsSettings = _parse(env, "aws", AwsSettings)
-    return result
-
-
-def sandbox_settings(env: Environment) -> SandboxSettings:
-    """`extra.sandbox` of the environment, validated (defaults when absent)."""
-    result: SandboxSettings = _parse(env, "sandbox", SandboxSettings)
-    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
-    for gname, group in result.seed.groups.items():
-        if group.image not in env.settings.images:
-            raise ConfigError(
-                f"{rel}: field extra.sandbox.seed.groups.{gname}.image: "
-                f"unknown image {group.image!r} (known: {', '.join(sorted(env.settings.images))})"
-            )
-    return result
-
-
-def region_of(env: Environment) -> str:
-    return env.settings.region or DEFAULT_REGION
