@@ -154,7 +154,7 @@ def _start_server(
         import moto.server  # noqa: F401
     except ImportError:
         raise MissingToolError(
-            "the sandbox needs moto's server: pip install 'moto[server]==5.2.5'"
+            "the sandbox needs moto's server: pip install 'goldenimage[sandbox]'"
         ) from None
     d = sandbox_dir()
     d.mkdir(parents=True, exist_ok=True)

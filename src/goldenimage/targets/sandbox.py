@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aws.clients import AwsContext, Clients
+from ..aws.registry import AwsRegistry
 from ..aws.sandbox import running_state, sandbox_context
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..models import REVOKED, VALIDATED, ImageRecord
@@ -51,8 +52,11 @@ class SandboxTarget(LocalTarget, AwsSide):
         return sandbox_context(running_state(self.env), self.aws.max_attempts)
 
     # -- registry: the sandbox's AMIs; the local store still knows the local ids --------------
-    registry = AwsSide.registry
-    listing = AwsSide.listing
+    def registry(self) -> AwsRegistry:
+        return AwsSide.registry(self)
+
+    def listing(self) -> Result:
+        return AwsSide.listing(self)
 
     def registry_for(self, image_id: str) -> ImageRegistry:
         return self.registry() if image_id.startswith("ami-") else self.store
