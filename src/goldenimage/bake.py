@@ -1,6 +1,6 @@
 """`invoke bake`: plan, then apply (the shape of invocations' `_converge`).
 
-plan: base -> fingerprint -> a pure decision (`plan`): skip to a validated image with that
+plan: base -> fingerprint -> a pure decision (`plan.plan`): skip to a validated image with that
 fingerprint, or build, with the reason. apply: one path for every target -- the target's
 build, validation and registration (`targets.Target`).
 
@@ -16,38 +16,20 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from . import fingerprint
 from .build import NewImage, fingerprint_extra
 from .errors import ConfigError, GoldenImageError, ValidationFailed
 from .fsutil import file_lock
-from .models import VALIDATED, ImageRecord
+from .models import VALIDATED
 from .paths import store_dir
+from .plan import plan
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .store import LocalStore
 from .targets import Job, Target, target_for
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a bake will do, and why."""
-
-    action: Literal["skip", "build"]
-    reason: str
-    image: ImageRecord | None = None
-
-
-def plan(name: str, fp: str, hit: ImageRecord | None, force: bool) -> Plan:
-    """Skip to `hit` (a validated image with fingerprint `fp`) unless forced; else build."""
-    if force:
-        return Plan("build", "--force: rebuild even if a validated image has the fingerprint")
-    if hit is None:
-        return Plan("build", f"no validated {name} image has fingerprint {fp[:12]}")
-    return Plan("skip", f"up to date: {hit.id}", hit)
 
 
 def pick_image(env: Environment, image: str | None) -> str:

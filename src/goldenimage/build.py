@@ -1,7 +1,7 @@
 """What every target's build shares: the host tools, the new image's identity, the Packer
 run in a workspace, and the build's variables.
 
-The targets (`targets.local`, `targets.aws`) build with these; the bake pipeline
+The targets (`targets.local`, `aws.target`) build with these; the bake pipeline
 (`bake`) decides whether to build at all.
 """
 

@@ -184,8 +184,8 @@ class Check:
 
 def bake(world: dict[str, Any], check: Check, *, force: bool = False) -> dict[str, Any]:
     from goldenimage import bake as bake_pipeline
+    from goldenimage.aws.target import AwsTarget
     from goldenimage.settings import load_environment
-    from goldenimage.targets.aws import AwsTarget
 
     env = load_environment("awstest", world["project"])
     return bake_pipeline.run(AwsTarget(env, check=check), "probe", force, Reporter(quiet=True))

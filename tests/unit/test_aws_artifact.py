@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from goldenimage.aws.target import parse_artifact
 from goldenimage.errors import BuildFailed
-from goldenimage.targets.aws import parse_artifact
 
 
 @pytest.mark.parametrize(("artifact", "amis"), [

@@ -204,8 +204,8 @@ def test_image_of_another_environment_is_refused(root: Path, store: LocalStore) 
 def test_remote_targets_use_their_registry(
     root: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
+    from goldenimage.aws.target import AwsSide
     from goldenimage.models import ImageRecord
-    from goldenimage.targets.aws import AwsSide
 
     s = root / "inventories/local/goldenimage.yml"
     s.write_text(s.read_text().replace("target: local", f"target: {target}"))
@@ -321,7 +321,7 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
     }
     assert seen["spec"] == env.settings.base
 
-    from goldenimage.targets import aws
+    from goldenimage.aws import target as aws
 
     s = root / "inventories/local/goldenimage.yml"
     s.write_text(s.read_text().replace("target: local", "target: aws"))

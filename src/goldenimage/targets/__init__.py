@@ -4,8 +4,9 @@ One interface (`Target`), three implementations chosen once from the environment
 `target:` setting, in the spirit of pytest-testinfra's backend registry: `local` (qemu
 source, the local image store), `sandbox` (a local bake, then registered as an AMI in the
 loopback AWS API) and `aws` (amazon-ebs source, AMIs and SSM channels). The modules of
-this package are the only code that asks which target an environment has; commands and the
-bake pipeline are written once against `Target`.
+this package and `aws.target` (the aws and sandbox targets) are the only code that asks
+which target an environment has; commands and the bake pipeline are written once against
+`Target`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ Result = dict[str, Any]
 # name -> "module:class", imported when chosen: a local bake never imports boto3
 TARGETS = {
     "local": "goldenimage.targets.local:LocalTarget",
-    "sandbox": "goldenimage.targets.sandbox:SandboxTarget",
-    "aws": "goldenimage.targets.aws:AwsTarget",
+    "sandbox": "goldenimage.aws.target:SandboxTarget",
+    "aws": "goldenimage.aws.target:AwsTarget",
 }
 
 
