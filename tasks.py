@@ -121,7 +121,7 @@ def iam_policy(c, env):
     return lambda r: iam.iam_policy(env, r)
 
 
-@command("goldenimage.aws.sandbox:human_status", name="up")
+@command("goldenimage.aws.sandbox:human_status", name="up", default_env="sandbox_env")
 def sandbox_up(c, env):
     """Start the loopback AWS API (a moto server) and seed it from inventories/<env>."""
     from goldenimage.aws import sandbox
