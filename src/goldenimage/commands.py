@@ -22,7 +22,7 @@ from .build import fingerprint_extra
 from .errors import ConfigError
 from .progress import Reporter
 from .settings import Environment, load_environment
-from .targets import ImageRegistry, target_for
+from .targets import ImageRegistry, Target, target_for
 
 Result = dict[str, Any]
 ExtraResolver = Callable[[Environment, str, Reporter], dict[str, str]]
@@ -49,12 +49,19 @@ def required(**options: str | None) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
 
 
-def _env_check(env: Environment, registry: ImageRegistry, image_id: str) -> None:
-    rec = registry.get(image_id)  # NotFoundError if unknown
+def _image_registry(env_name: str, root: Path | None, registry: ImageRegistry | None,
+                    image_id: str) -> tuple[Environment, Target, ImageRegistry]:
+    """The environment, its target and the registry that holds `image_id`, an image of
+    this environment (NotFoundError if unknown, ConfigError if another's)."""
+    env = load_environment(env_name, root)
+    target = target_for(env)
+    reg = registry or target.registry()
+    rec = reg.get(image_id)
     if rec.env and rec.env != env.name:
         raise ConfigError(
             f"image {image_id} belongs to environment {rec.env!r}, not {env.name!r} (use --env)"
         )
+    return env, target, reg
 
 
 def _stamp(user: str | None, now: datetime | None) -> dict[str, Any]:
@@ -127,17 +134,9 @@ def human_validate(result: Result) -> list[str]:
 
 
 # -- promote -----------------------------------------------------------------------------
-def promote(
-    env_name: str,
-    image_id: str | None,
-    channel: str | None,
-    reporter: Reporter,
-    *,
-    registry: ImageRegistry | None = None,
-    root: Path | None = None,
-    user: str | None = None,
-    now: datetime | None = None,
-) -> Result:
+def promote(env_name: str, image_id: str | None, channel: str | None, reporter: Reporter, *,
+            registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
+            now: datetime | None = None) -> Result:
     """Point `channel` at a validated, non-revoked image; the move joins its history.
 
     The result has the same keys on every target: env, target, image, channel, image_id,
@@ -145,11 +144,8 @@ def promote(
     """
     required(image_id=image_id, channel=channel)
     assert image_id is not None and channel is not None
-    env = load_environment(env_name, root)
     ch.check_channel(channel)
-    target = target_for(env)
-    reg = registry or target.registry()
-    _env_check(env, reg, image_id)
+    env, target, reg = _image_registry(env_name, root, registry, image_id)
     with reporter.phase("promote", f"{image_id} -> {channel}"):
         result = reg.promote(image_id, channel, **_stamp(user, now))
     back = reg.rollback_target(result["image"], channel)
@@ -174,17 +170,9 @@ def human_promote(r: Result) -> list[str]:
 
 
 # -- revoke ------------------------------------------------------------------------------
-def revoke(
-    env_name: str,
-    image_id: str | None,
-    reason: str | None,
-    reporter: Reporter,
-    *,
-    registry: ImageRegistry | None = None,
-    root: Path | None = None,
-    user: str | None = None,
-    now: datetime | None = None,
-) -> Result:
+def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Reporter, *,
+           registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
+           now: datetime | None = None) -> Result:
     """Revoke an image for good; channels on it fall back and the result says where.
 
     Same keys on every target: env, target, image_id, image, reason, previous_status,
@@ -193,10 +181,7 @@ def revoke(
     """
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
-    env = load_environment(env_name, root)
-    target = target_for(env)
-    reg = registry or target.registry()
-    _env_check(env, reg, image_id)
+    env, target, reg = _image_registry(env_name, root, registry, image_id)
     with reporter.phase("revoke", image_id):
         result = reg.revoke(image_id, reason, **_stamp(user, now))
     for channel, to in sorted(result["channels_moved"].items()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,6 +22,14 @@ PARAMETER_PREFIX = "/goldenimage"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _each(values: list[str], ok: Callable[[str], object], problem: str) -> list[str]:
+    """`values` if `ok` holds for each; else ValueError naming the first that fails."""
+    for v in values:
+        if not ok(v):
+            raise ValueError(problem.format(v=repr(v)))
+    return values
 
 
 class SeedGroup(_Model):
@@ -43,17 +52,12 @@ class SeedSettings(_Model):
     @field_validator("channels")
     @classmethod
     def _channels(cls, v: list[str]) -> list[str]:
-        for ch in v:
-            if not CHANNEL_RE.match(ch):
-                raise ValueError(f"channel {ch!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
-        return v
+        return _each(v, CHANNEL_RE.match, "channel {v}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
 
     @field_validator("zones")
     @classmethod
     def _zones(cls, v: list[str]) -> list[str]:
-        for z in v:
-            if not re.fullmatch(r"[a-z]", z):
-                raise ValueError(f"zone {z!r}: a zone is a letter suffix of the region (a, b, c)")
+        _each(v, re.compile(r"[a-z]").fullmatch, "zone {v}: a zone is a letter suffix of the region (a, b, c)")
         if len(set(v)) != len(v):
             raise ValueError("zones must be distinct")
         return v
@@ -123,10 +127,7 @@ class BuildSpec(_Model):
     @field_validator("ami_users")
     @classmethod
     def _users(cls, v: list[str]) -> list[str]:
-        for u in v:
-            if not re.fullmatch(r"[0-9]{12}", u):
-                raise ValueError(f"{u!r} is not a 12-digit AWS account id")
-        return v
+        return _each(v, re.compile(r"[0-9]{12}").fullmatch, "{v} is not a 12-digit AWS account id")
 
 
 class AwsSettings(_Model):
@@ -148,9 +149,6 @@ class AwsSettings(_Model):
     @field_validator("subnets")
     @classmethod
     def _subnets(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if not re.fullmatch(r"subnet-[0-9a-f]+", s):
-                raise ValueError(f"{s!r} is not a subnet id (subnet-...)")
-        return v
+        return _each(v, re.compile(r"subnet-[0-9a-f]+").fullmatch, "{v} is not a subnet id (subnet-...)")
 
 

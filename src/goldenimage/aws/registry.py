@@ -36,7 +36,7 @@ from ..errors import ConfigError, NotFoundError
 from ..models import STATUSES, TAG, ImageRecord, history_entry
 from ..sections import PARAMETER_PREFIX
 from .clients import Clients
-from .errors import aws_errors, error_code
+from .errors import aws_errors, code_means, error_code
 
 FACT_TAGS = {
     "name": "name",
@@ -170,15 +170,9 @@ class AwsRegistry:
 
     def _image(self, image_id: str) -> dict[str, Any]:
         check_ami_id(image_id)
-        try:
+        with code_means("InvalidAMIID.", lambda code: NotFoundError(
+                f"unknown image id {image_id!r} in {self.clients.ctx.region} ({code})")):
             images = self._describe([], [image_id])
-        except ClientError as exc:
-            if error_code(exc).startswith("InvalidAMIID."):
-                raise NotFoundError(
-                    f"unknown image id {image_id!r} in {self.clients.ctx.region} "
-                    f"({error_code(exc)})"
-                ) from None
-            raise
         if not images:
             raise NotFoundError(f"unknown image id {image_id!r} in {self.clients.ctx.region}")
         image = images[0]

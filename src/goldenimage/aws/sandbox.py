@@ -228,16 +228,17 @@ def _status_result(env: Environment, state: dict[str, Any], *, counts: bool = Tr
     return result
 
 
-def sandbox_up(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
-    """Start and seed the environment's sandbox, or report the one already running."""
-    rep = reporter or Reporter(quiet=True)
+def _sandbox_env(env: str | Environment, root: Path | None) -> Environment:
     e = environment(env, root)
     require_sandbox(e)
+    return e
+
+
+def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+               root: Path | None = None) -> Result:
+    """Start and seed the environment's sandbox, or report the one already running."""
+    rep = reporter or Reporter(quiet=True)
+    e = _sandbox_env(env, root)
     sb, aws = e.sandbox, e.aws
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
@@ -289,15 +290,10 @@ def sandbox_up(
     return {**_status_result(e, state), "started_now": True}
 
 
-def sandbox_status(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
+def sandbox_status(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+                   root: Path | None = None) -> Result:
     """The sandbox's pid, endpoint, whether it is alive, and its groups' instance counts."""
-    e = environment(env, root)
-    require_sandbox(e)
+    e = _sandbox_env(env, root)
     state = read_state(e.name)
     if state is None:
         return {
@@ -316,16 +312,11 @@ def sandbox_status(
     return result
 
 
-def sandbox_down(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
+def sandbox_down(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+                 root: Path | None = None) -> Result:
     """Stop the sandbox's server and remove its state (nothing to do when none runs)."""
     rep = reporter or Reporter(quiet=True)
-    e = environment(env, root)
-    require_sandbox(e)
+    e = _sandbox_env(env, root)
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
         if state is None:

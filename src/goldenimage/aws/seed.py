@@ -71,15 +71,8 @@ def base_record(image: str, env: str, now: dt.datetime) -> ImageRecord:
     )
 
 
-def seed_fleet(
-    clients: Clients,
-    seed: SeedSettings,
-    *,
-    env: str,
-    reporter: Reporter | None = None,
-    registry: AwsRegistry | None = None,
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
+def seed_fleet(clients: Clients, seed: SeedSettings, *, env: str, reporter: Reporter | None = None,
+               registry: AwsRegistry | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
     """Create the fleet; returns the ids of what it made."""
     rep = reporter or Reporter(quiet=True)
     now = now or dt.datetime.now(dt.UTC)
