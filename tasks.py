@@ -121,26 +121,26 @@ def iam_policy(c, env):
     return lambda r: iam.iam_policy(env, r)
 
 
-@command("goldenimage.aws.sandbox:human_status", name="up", default_env="sandbox_env")
+@command("goldenimage.sandbox:human_status", name="up", default_env="sandbox_env")
 def sandbox_up(c, env):
     """Start the loopback AWS API (a moto server) and seed it from inventories/<env>."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
     return lambda r: sandbox.sandbox_up(env, r)
 
 
-@command("goldenimage.aws.sandbox:human_down", name="down", default_env="sandbox_env")
+@command("goldenimage.sandbox:human_down", name="down", default_env="sandbox_env")
 def sandbox_down(c, env):
     """Stop the sandbox and forget its state."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
     return lambda r: sandbox.sandbox_down(env, r)
 
 
-@command("goldenimage.aws.sandbox:human_status", name="status", default_env="sandbox_env")
+@command("goldenimage.sandbox:human_status", name="status", default_env="sandbox_env")
 def sandbox_status(c, env):
     """Is the sandbox running: pid, endpoint, and its groups' instances."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
     return lambda r: sandbox.sandbox_status(env, r)
 

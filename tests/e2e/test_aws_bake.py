@@ -123,7 +123,7 @@ extra:
 def _toolkit_calls_are_in_the_iam_list() -> Iterator[None]:
     """Least privilege: what the toolkit itself calls during an AMI bake is in iam.ACTIONS."""
     from goldenimage.aws import iam
-    from goldenimage.aws.testing import CallRecorder
+    from tests.aws_faults import CallRecorder
 
     with CallRecorder() as recorder:
         yield

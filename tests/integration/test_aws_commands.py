@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from goldenimage import commands
-from goldenimage.aws import sandbox
+from goldenimage import commands, sandbox
 from goldenimage.aws.ami import packer_vars, resolve_base_ami
 from goldenimage.aws.clients import Clients
 from goldenimage.aws.context import registry_for

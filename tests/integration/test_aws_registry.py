@@ -237,7 +237,7 @@ def test_region_without_the_ami(registry: AwsRegistry, moto_endpoint: str) -> No
 def test_a_failed_registration_leaves_nothing_behind(
     registry: AwsRegistry, moto_client: Callable[[str], Any]
 ) -> None:
-    from goldenimage.aws.testing import ErrorInjector
+    from tests.aws_faults import ErrorInjector
 
     with (
         ErrorInjector("ec2:CreateTags", code="InternalError", status=400),

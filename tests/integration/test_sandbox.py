@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from goldenimage.aws import sandbox
+from goldenimage import sandbox
 from goldenimage.aws.clients import AwsContext
 from goldenimage.aws.context import context_for, registry_for
 from goldenimage.cli import run

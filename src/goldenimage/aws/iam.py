@@ -34,7 +34,7 @@ ACTIONS: dict[str, str] = {
     "ssm:GetParametersByPath": "registry: list an image's channels",
     "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
     "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
-    # sandbox status and fleet counts (aws/seed.py: fleet_counts)
+    # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
     "ec2:DescribeInstances": "status and validation: an instance's AMI and state",
     # AMI validation (aws/validate.py)

@@ -4,7 +4,7 @@ One interface (`Target`), three implementations chosen once from the environment
 `target:` setting, in the spirit of pytest-testinfra's backend registry: `local` (qemu
 source, the local image store), `sandbox` (a local bake, then registered as an AMI in the
 loopback AWS API) and `aws` (amazon-ebs source, AMIs and SSM channels). The modules of
-this package and `aws.target` (the aws and sandbox targets) are the only code that asks
+this package, `aws.target` and `sandbox.target` are the only code that asks
 which target an environment has; commands and the bake pipeline are written once against
 `Target`.
 """
@@ -34,7 +34,7 @@ Result = dict[str, Any]
 # name -> "module:class", imported when chosen: a local bake never imports boto3
 TARGETS = {
     "local": "goldenimage.targets.local:LocalTarget",
-    "sandbox": "goldenimage.aws.target:SandboxTarget",
+    "sandbox": "goldenimage.sandbox.target:SandboxTarget",
     "aws": "goldenimage.aws.target:AwsTarget",
 }
 

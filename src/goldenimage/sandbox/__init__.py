@@ -1,10 +1,12 @@
 """The sandbox: an AWS API on loopback (a moto server) seeded with a small fleet.
 
-`sandbox_up` starts `goldenimage.aws.sandbox_server` as a detached process on 127.0.0.1,
+`sandbox_up` starts `goldenimage.sandbox.server` as a detached process on 127.0.0.1,
 records it in `data_home()/sandbox/<env>.json` (written atomically), and seeds it from the
 environment's `extra.sandbox.seed`. A second `up` finds it running and reports its status.
 `sandbox_status` shows it; `sandbox_down` stops it and removes the state. Every AWS-side
-command of a `target: sandbox` environment reaches it through `context.context_for`.
+command of a `target: sandbox` environment reaches it through its target (`sandbox.target`).
+The package holds everything of the sandbox target: its server (`server`), the seeded
+fleet (`seed`) and the target itself (`target`); nothing else loads moto.
 
 Each command is a library function taking plain arguments and a `Reporter` and returning
 a result dict for `cli.run`.
@@ -28,14 +30,14 @@ from typing import Any
 
 import goldenimage
 
+from ..aws.clients import AwsContext, Clients
+from ..aws.errors import aws_errors
 from ..errors import ConfigError, MissingToolError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, pid_alive
 from ..paths import data_home
 from ..progress import Reporter
 from ..settings import SETTINGS_FILE, Environment, load_environment
 from ..targets import require_sandbox
-from .clients import AwsContext, Clients
-from .errors import aws_errors
 from .seed import fleet_counts, seed_fleet, vendor_amis
 
 Result = dict[str, Any]
@@ -69,7 +71,7 @@ def _is_our_server(pid: int) -> bool:
     """False when the pid was reused by an unrelated process (where /proc tells us)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
     try:
-        return b"goldenimage.aws.sandbox_server" in cmdline.read_bytes()
+        return b"goldenimage.sandbox.server" in cmdline.read_bytes()
     except OSError:
         return pid_alive(pid)
 
@@ -173,7 +175,7 @@ def _start_server(
             [
                 sys.executable,
                 "-m",
-                "goldenimage.aws.sandbox_server",
+                "goldenimage.sandbox.server",
                 "--host",
                 host,
                 "--port",

@@ -18,11 +18,11 @@ import datetime as dt
 import hashlib
 from typing import Any
 
+from ..aws.clients import Clients
+from ..aws.registry import AwsRegistry, iso
 from ..models import ImageRecord
 from ..progress import Reporter
 from ..sections import SeedSettings
-from .clients import Clients
-from .registry import AwsRegistry, iso
 
 SEED_TAG = {"Key": "goldenimage:sandbox", "Value": "seed"}
 DEBIAN_OWNER = "136693071363"
