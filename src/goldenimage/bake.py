@@ -63,7 +63,7 @@ def run(target: Target, name: str, force: bool, reporter: Reporter) -> dict[str,
     with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
         target.check_ready(name, tools, reporter)
         with reporter.phase("base", "the base image"):
-            base = target.resolve_base(tools, reporter)
+            base = target.resolve_base(reporter)
         result.update(base.result)
 
         with reporter.phase("fingerprint"):

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import channels as ch
 from . import fingerprint as fp
+from .adapters.packer import Packer
 from .build import fingerprint_extra
 from .errors import ConfigError
 from .progress import Reporter
@@ -34,11 +35,11 @@ def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, st
     identity (local and sandbox: the base disk's content hash, built or fetched once, then
     cached; aws: the base AMI resolved now), the Packer and ansible-core versions."""
     env.image(image)
-    target = target_for(env)
-    tools = target.detect_tools()
+    from ansible.release import __version__ as ansible_version
+
     with reporter.phase("base", "base identity"):
-        identity = target.resolve_base(tools, reporter).identity
-    return fingerprint_extra(identity, tools.packer.version_text, tools.ansible)
+        identity = target_for(env).base_identity(reporter)
+    return fingerprint_extra(identity, Packer.detect().version_text, ansible_version)
 
 
 def required(**options: str | None) -> None:

@@ -93,3 +93,11 @@ def test_other_parts_own_the_rest_of_extra(tmp_path: Path) -> None:
         "e1", env_with(tmp_path, "extra: {rotate: {anything: 1}, aws: {groups: {web: {batch: 2}}}}")
     )
     assert env.aws.groups == {"web": {"batch": 2}}
+
+
+def test_the_rotation_section_is_the_rotation_policy_parser(tmp_path: Path) -> None:
+    env = load_environment("e1", env_with(tmp_path, "extra: {rotation: {groups: {web: {image: web, batch_size: 2}}}}"))
+    assert env.rotation["web"].asg == "web" and env.rotation["web"].image == "web"
+    bad = load_environment("e1", env_with(tmp_path, "extra: {rotation: {groups: {web: {batch_size: x}}}}"))
+    with pytest.raises(ConfigError, match=r"^inventories/e1/goldenimage.yml: field extra.rotation.groups.web.batch_size"):
+        assert bad.rotation

@@ -298,9 +298,7 @@ def test_cli_json_success(root: Path, store: LocalStore, capsys: pytest.CaptureF
 def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ansible.release import __version__ as ansible_version
 
-    from goldenimage import build
-    from goldenimage.adapters import baseimage, packer, qemu
-    from goldenimage.targets import local as local_target
+    from goldenimage.adapters import baseimage, packer
 
     seen: dict[str, object] = {}
 
@@ -310,8 +308,6 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(baseimage, "ensure_base_image", fake_base)
     monkeypatch.setattr(packer.Packer, "detect", classmethod(lambda cls: cls("/p", (1, 11, 2))))
-    monkeypatch.setattr(qemu, "choose_accelerator", lambda *a, **k: "tcg")
-    monkeypatch.setattr(local_target, "detect_tools", lambda local=True: build.Tools(packer.Packer.detect(), ansible_version, ""))
     env = load_environment("local", root)
     got = commands.bake_extra(env, "web", quiet())
     assert got == {
@@ -326,7 +322,6 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
     s = root / "inventories/local/goldenimage.yml"
     s.write_text(s.read_text().replace("target: local", "target: aws"))
     monkeypatch.setattr(aws, "resolve_base_ami", lambda clients, spec: {"id": "ami-0abc", "name": "debian"})
-    monkeypatch.setattr(aws, "detect_tools", lambda local=True: build.Tools(packer.Packer.detect(), ansible_version, ""))
     # the same identity the AMI bake fingerprints: the region and the AMI id
     assert commands.bake_extra(load_environment("local", root), "web", quiet())["base:image"] == "ami:us-east-1:ami-0abc"
 

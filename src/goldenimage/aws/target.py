@@ -145,7 +145,7 @@ class AwsTarget(AwsSide):
     def detect_tools(self) -> Tools:
         return detect_tools(local=False)
 
-    def resolve_base(self, tools: Tools, reporter: Reporter) -> Base:
+    def resolve_base(self, reporter: Reporter) -> Base:
         base = resolve_base_ami(self.clients, self.aws.base_ami)
         region = self.clients.ctx.region
         reporter.info(f"    base {base['id']} ({base['name'] or 'unnamed'}) in {region}")

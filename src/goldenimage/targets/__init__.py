@@ -144,8 +144,12 @@ class Target(ABC):
         return None
 
     @abstractmethod
-    def resolve_base(self, tools: Tools, reporter: Reporter) -> Base:
+    def resolve_base(self, reporter: Reporter) -> Base:
         """What the image is built on, resolved now (its identity joins the fingerprint)."""
+
+    def base_identity(self, reporter: Reporter) -> str:
+        """The base's identity alone (`invoke fingerprint`): the bake's, without its extras."""
+        return self.resolve_base(reporter).identity
 
     @abstractmethod
     def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:

@@ -71,7 +71,10 @@ class LocalTarget(Target):
     def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
         check_templates(self.env, name, tools)
 
-    def resolve_base(self, tools: Tools, reporter: Reporter) -> Base:
+    def base_identity(self, reporter: Reporter) -> str:
+        return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
+
+    def resolve_base(self, reporter: Reporter) -> Base:
         base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, base.path, base_cache_dir(),
                                         reporter)
