@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from goldenimage import bake as bk  # noqa: E402
+from goldenimage import build as bk  # noqa: E402
 from goldenimage.adapters import baseimage, qemu  # noqa: E402
 from goldenimage.fsutil import atomic_write_json  # noqa: E402
 from goldenimage.paths import base_cache_dir  # noqa: E402
@@ -82,7 +82,7 @@ def packer_direct() -> float:
             "goldenimage_fingerprint": "0" * 64, "goldenimage_build_time": "2026-01-01T00:00:00Z",
         })
         var_file = ws / "vars.pkrvars.json"
-        atomic_write_json(var_file, bk._packer_vars(
+        atomic_write_json(var_file, bk.common_packer_vars(
             envd, "web", ws, image_id="web-bench", fingerprint="0" * 64, base_image=str(base.path),
             base_image_checksum=base.identity, accelerator=accel, ssh_private_key_file=str(key),
             seed_files=[str(s) for s in seeds],
