@@ -147,8 +147,7 @@ def promote(env_name: str, image_id: str | None, channel: str | None, reporter: 
     assert image_id is not None and channel is not None
     ch.check_channel(channel)
     env, target, reg = _image_registry(env_name, root, registry, image_id)
-    with reporter.phase("promote", f"{image_id} -> {channel}"):
-        result = reg.promote(image_id, channel, **_stamp(user, now))
+    result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
     back = reg.rollback_target(result["image"], channel)
     return {"env": env.name, "target": target.name, **result, "rollback_target": back}
 
@@ -183,8 +182,7 @@ def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Re
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
     env, target, reg = _image_registry(env_name, root, registry, image_id)
-    with reporter.phase("revoke", image_id):
-        result = reg.revoke(image_id, reason, **_stamp(user, now))
+    result = reg.revoke(image_id, reason, **_stamp(user, now))
     for channel, to in sorted(result["channels_moved"].items()):
         reporter.warn(f"channel {result['image']}/{channel} fell back to {to}")
     for channel in result["channels_left"]:
