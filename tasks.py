@@ -1,154 +1,150 @@
-"""Invoke tasks: each parses its options, calls the goldenimage library and sets the exit code.
+"""Invoke tasks: the table of contents of the goldenimage library.
 
-Every task takes --env (default `local`), --json (one JSON document on stdout) and --debug.
-Exit codes: 0 done, 1 the operation failed or was rolled back, 2 bad input or configuration.
+Every task takes --env (default: the `goldenimage.env` setting of Invoke's configuration,
+`local`, and `goldenimage.sandbox_env`, `sandbox`, for the sandbox.* tasks; see README), --json (one JSON document on stdout) and --debug; `command` adds
+them and runs the work through `cli.run`. Exit codes: 0 done, 1 the operation failed or
+was rolled back, 2 bad input or configuration.
 """
 
-from invoke import Collection, task
+from invoke import Collection
 
-from goldenimage import bake as _bake
-from goldenimage import hostsetup
-from goldenimage.cli import run
-
-COMMON = {"env": "environment: a directory under inventories/", "json": "print one JSON document",
-          "debug": "show tracebacks"}
+from goldenimage.cli import command
 
 
-@task(help={**COMMON, "check": "only check, install nothing"})
-def setup(c, env="local", json=False, debug=False, check=False):
+@command("goldenimage.hostsetup:human", check="only check, install nothing")
+def setup(c, check=False):
     """Install (apt, idempotent) or check what the host needs; print each tool's version."""
-    run(lambda r: hostsetup.setup(check, r), json_out=json, debug=debug, human=hostsetup.human)
+    from goldenimage import hostsetup
+
+    return lambda r: hostsetup.setup(check, r)
 
 
-@task(help={**COMMON, "image": "image to bake (default: the environment's only image, or web)",
-            "force": "rebuild even if a validated image has the same fingerprint"})
-def bake(c, env="local", image=None, force=False, json=False, debug=False):
+@command("goldenimage.bake:human_bake", image="image to bake (default: the environment's only image, or web)",
+         force="rebuild even if a validated image has the same fingerprint")
+def bake(c, env, image=None, force=False):
     """Fingerprint, then build, validate and register the image unless it is up to date."""
-    run(lambda r: _bake.bake(env, image, force, r), json_out=json, debug=debug, human=_bake.human_bake)
+    from goldenimage import bake
+
+    return lambda r: bake.bake(env, image, force, r)
 
 
-@task(help={**COMMON, "image_id": "the image to boot and test again"})
-def validate(c, image_id=None, env="local", json=False, debug=False):
+@command("goldenimage.commands:human_validate", image_id="the image to boot and test again")
+def validate(c, env, image_id=None):
     """Boot a registered image and run the testinfra suite (tests/image) again."""
-    run(lambda r: _bake.validate(env, image_id, r), json_out=json, debug=debug, human=_bake.human_validate)
+    from goldenimage import commands
+
+    return lambda r: commands.validate(env, image_id, r)
 
 
-@task(help={**COMMON, "image": "only images of this name",
-            "image_id": "one image's provenance: manifest, fingerprint inputs, SBOM, validation"})
-def images(c, env="local", image=None, image_id=None, json=False, debug=False):
+@command("goldenimage.commands:human_images", image="only images of this name",
+         image_id="one image's provenance: manifest, fingerprint inputs, SBOM, validation")
+def images(c, env, image=None, image_id=None):
     """List images: id, name, fingerprint, created, status, channels."""
-    run(lambda r: _bake.images(env, image, image_id, r), json_out=json, debug=debug, human=_bake.human_images)
+    from goldenimage import commands
+
+    return lambda r: commands.images(env, image, image_id, r)
 
 
-@task(help={**COMMON, "image": "image name (default: every image of the environment)",
-            "explain": "list every input with its digest",
-            "against": "an image id: which inputs differ from those it was built from"})
-def fingerprint(c, env="local", image=None, explain=False, against=None, json=False, debug=False):
+@command("goldenimage.commands:human_fingerprint", image="image name (default: every image of the environment)",
+         explain="list every input with its digest",
+         against="an image id: which inputs differ from those it was built from")
+def fingerprint(c, env, image=None, explain=False, against=None):
     """Print an image's fingerprint: the hash of every input that shapes it."""
     from goldenimage import commands
 
-    run(lambda r: commands.fingerprint_cmd(env, image, explain, against, r), json_out=json, debug=debug,
-        human=commands.human_fingerprint)
+    return lambda r: commands.fingerprint_cmd(env, image, explain, against, r)
 
 
-@task(help={**COMMON, "image_id": "a validated, non-revoked image", "channel": "channel name, e.g. stable"})
-def promote(c, image_id=None, channel=None, env="local", json=False, debug=False):
+@command("goldenimage.commands:human_promote", image_id="a validated, non-revoked image",
+         channel="channel name, e.g. stable")
+def promote(c, env, image_id=None, channel=None):
     """Point a channel at a validated image; every move is kept in the channel's history."""
     from goldenimage import commands
 
-    run(lambda r: commands.promote(env, image_id, channel, r), json_out=json, debug=debug,
-        human=commands.human_promote)
+    return lambda r: commands.promote(env, image_id, channel, r)
 
 
-@task(help={**COMMON, "image_id": "the image to revoke", "reason": "why (recorded with the image)"})
-def revoke(c, image_id=None, reason=None, env="local", json=False, debug=False):
+@command("goldenimage.commands:human_revoke", image_id="the image to revoke",
+         reason="why (recorded with the image)")
+def revoke(c, env, image_id=None, reason=None):
     """Revoke an image for good; channels on it fall back to their newest earlier valid image."""
     from goldenimage import commands
 
-    run(lambda r: commands.revoke(env, image_id, reason, r), json_out=json, debug=debug,
-        human=commands.human_revoke)
+    return lambda r: commands.revoke(env, image_id, reason, r)
 
 
-@task(help={**COMMON, "image": "image name, e.g. web", "channel": "channel name, e.g. stable"})
-def history(c, image=None, channel=None, env="local", json=False, debug=False):
+@command("goldenimage.commands:human_history", image="image name, e.g. web", channel="channel name, e.g. stable")
+def history(c, env, image=None, channel=None):
     """A channel's moves (time, user, from, to) and its rollback target."""
     from goldenimage import commands
 
-    run(lambda r: commands.history(env, image, channel, r), json_out=json, debug=debug,
-        human=commands.human_history)
+    return lambda r: commands.history(env, image, channel, r)
 
 
-@task(help={**COMMON, "group": "group under extra.rotation.groups in the environment's settings",
-            "image_id": "AMI to rotate in (default: the group's channel)",
-            "channel": "take the image from this channel",
-            "strategy": "rolling or refresh (default: the group's policy)",
-            "dry_run": "print the plan; change nothing",
-            "resume": "continue an unfinished rotation whose owner is gone"})
-def rotate(c, group=None, env="local", image_id=None, channel=None, strategy=None, dry_run=False, resume=False,
-           json=False, debug=False):
+@command("goldenimage.rotation.executor:human_rotate",
+         group="group under extra.rotation.groups in the environment's settings",
+         image_id="AMI to rotate in (default: the group's channel)", channel="take the image from this channel",
+         strategy="rolling or refresh (default: the group's policy)", dry_run="print the plan; change nothing",
+         resume="continue an unfinished rotation whose owner is gone")
+def rotate(c, env, group=None, image_id=None, channel=None, strategy=None, dry_run=False, resume=False):
     """Replace a group's instances with a new image; roll back when health says no."""
     from goldenimage.commands import required
     from goldenimage.rotation.commands import rotate_command
-    from goldenimage.rotation.executor import human_rotate
 
     def work(r):
         required(group=group)
         return rotate_command(r, env=env, group=group, image_id=image_id, channel=channel, strategy=strategy,
                               dry_run=dry_run, resume=resume)
 
-    run(work, json_out=json, debug=debug, human=human_rotate)
+    return work
 
 
-@task(help={**COMMON, "group": "group under extra.rotation.groups", "dry_run": "say what would happen; change nothing"})
-def rollback(c, group=None, env="local", dry_run=False, json=False, debug=False):
+@command("goldenimage.rotation.executor:human_rotate", group="group under extra.rotation.groups",
+         dry_run="say what would happen; change nothing")
+def rollback(c, env, group=None, dry_run=False):
     """Return a group to the exact image and launch-template version it ran before the last rotation."""
     from goldenimage.commands import required
     from goldenimage.rotation.commands import rollback_command
-    from goldenimage.rotation.executor import human_rotate
 
     def work(r):
         required(group=group)
         return rollback_command(r, env=env, group=group, dry_run=dry_run)
 
-    run(work, json_out=json, debug=debug, human=human_rotate)
+    return work
 
 
-@task(name="iam-policy", help=COMMON)
-def iam_policy(c, env="local", json=False, debug=False):
+@command("goldenimage.aws.iam:human_policy", name="iam-policy")
+def iam_policy(c, env):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
     from goldenimage.aws import iam
 
-    run(lambda r: iam.iam_policy(env, r), json_out=json, debug=debug, human=iam.human_policy)
+    return lambda r: iam.iam_policy(env, r)
 
 
-@task(help=COMMON)
-def sandbox_up(c, env="sandbox", json=False, debug=False):
+@command("goldenimage.sandbox:human_status", name="up", default_env="sandbox_env")
+def sandbox_up(c, env):
     """Start the loopback AWS API (a moto server) and seed it from inventories/<env>."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
-    run(lambda r: sandbox.sandbox_up(env, r), json_out=json, debug=debug, human=sandbox.human_status)
+    return lambda r: sandbox.sandbox_up(env, r)
 
 
-@task(help=COMMON)
-def sandbox_down(c, env="sandbox", json=False, debug=False):
+@command("goldenimage.sandbox:human_down", name="down", default_env="sandbox_env")
+def sandbox_down(c, env):
     """Stop the sandbox and forget its state."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
-    run(lambda r: sandbox.sandbox_down(env, r), json_out=json, debug=debug, human=sandbox.human_down)
+    return lambda r: sandbox.sandbox_down(env, r)
 
 
-@task(help=COMMON)
-def sandbox_status(c, env="sandbox", json=False, debug=False):
+@command("goldenimage.sandbox:human_status", name="status", default_env="sandbox_env")
+def sandbox_status(c, env):
     """Is the sandbox running: pid, endpoint, and its groups' instances."""
-    from goldenimage.aws import sandbox
+    from goldenimage import sandbox
 
-    run(lambda r: sandbox.sandbox_status(env, r), json_out=json, debug=debug, human=sandbox.human_status)
+    return lambda r: sandbox.sandbox_status(env, r)
 
 
-sandbox_ns = Collection("sandbox")
-sandbox_ns.add_task(sandbox_up, name="up")
-sandbox_ns.add_task(sandbox_down, name="down")
-sandbox_ns.add_task(sandbox_status, name="status")
-
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, iam_policy)
-ns.add_collection(sandbox_ns)
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, iam_policy,
+                Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
+ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from goldenimage import bake as bk  # noqa: E402
+from goldenimage import build as bk  # noqa: E402
 from goldenimage import timing  # noqa: E402
 from goldenimage.adapters import ansible, baseimage, qemu  # noqa: E402
 from goldenimage.fsutil import atomic_write_json  # noqa: E402

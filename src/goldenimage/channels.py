@@ -1,7 +1,8 @@
 """Channels: named pointers at images that keep their whole history. Pure rules, no I/O.
 
 A channel (`stable`, `canary`, ...) belongs to one image name. Its history is a list of
-moves, oldest first; the last entry is where the channel points now:
+moves, oldest first (`models.history_entry`); the last entry is where the channel points now.
+The local store keeps each move as
 
     {"image_id": "web-...", "from": "web-..." | None, "at": "2026-11-26T10:00:00Z",
      "user": "alice", "action": "promote" | "revoke", "reason": "..."}
@@ -10,7 +11,8 @@ moves, oldest first; the last entry is where the channel points now:
 no earlier entry was still valid). Every move is appended, never rewritten, so the entry
 before the current one is the exact image the channel pointed at before.
 
-The registry backends (local store, AWS) apply these rules to their own storage.
+The registries (local store, AWS) apply these rules to their own storage: the channel-name
+check, the rollback target and the cleaning of revocation reasons live only here.
 """
 
 from __future__ import annotations
@@ -92,6 +94,17 @@ def fallback_entry(
         "action": "revoke",
         "reason": reason,
     }
+
+
+def rollback_target(history: History) -> str | None:
+    """The validated image the channel pointed at before its current one: the newest
+    earlier entry (`models.history_entry`, with its image's `status`) that is validated."""
+    now = current(history)
+    for entry in reversed(history[:-1]):
+        cand = entry.get("image_id")
+        if cand and cand != now and entry.get("status") == "validated":
+            return str(cand)
+    return None
 
 
 def clean_reason(reason: str) -> str:

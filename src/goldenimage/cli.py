@@ -8,6 +8,9 @@ other exception is a bug and shows its traceback only with `--debug`.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import json
 import os
 import signal
@@ -21,6 +24,7 @@ from .errors import GoldenImageError, Interrupted
 from .progress import Reporter
 
 Result = dict[str, Any]
+Work = Callable[[Reporter], Result]
 
 
 def _emit(text: str, stream: TextIO) -> None:
@@ -77,3 +81,39 @@ def run(
         lines = human(result) if human else [json.dumps(result, indent=2, default=str)]
         _emit("\n".join(lines), sys.stdout)
     sys.exit(code)
+
+
+COMMON_HELP = {"env": "environment: a directory under inventories/ (default: the goldenimage.env setting)",
+               "json": "print one JSON document", "debug": "show tracebacks"}
+
+
+def command(human: str, *, name: str | None = None, default_env: str = "env",
+            **help: str) -> Callable[[Callable[..., Work]], Any]:
+    """An Invoke task whose body returns the work (a function of the Reporter) for `run`.
+
+    The task gets the options every task has: --env (default: `goldenimage.<default_env>`
+    of Invoke's configuration, which tasks.py sets with `ns.configure` and `invoke.yaml` or
+    `INVOKE_GOLDENIMAGE_ENV` override), --json and --debug. `human` names the formatter of
+    the result ("module:function"), imported when the task runs.
+    """
+    from invoke.tasks import task
+
+    def decorate(body: Callable[..., Work]) -> Any:
+        sig = inspect.signature(body)
+        takes_env = "env" in sig.parameters
+        own = [p for p in sig.parameters.values() if p.name != "env"]
+        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+                  for n, d in (("env", None), ("json", False), ("debug", False))]
+
+        @functools.wraps(body)
+        def wrapper(c: Any, *, env: str | None = None, json: bool = False, debug: bool = False,
+                    **options: Any) -> None:
+            env = env or c.config.goldenimage[default_env]
+            work = body(c, env=env, **options) if takes_env else body(c, **options)
+            module, func = human.split(":")
+            run(work, json_out=json, debug=debug, human=getattr(importlib.import_module(module), func))
+
+        wrapper.__signature__ = sig.replace(parameters=[*own, *common])  # type: ignore[attr-defined]
+        return task(wrapper, name=name, help={**COMMON_HELP, **help})
+
+    return decorate

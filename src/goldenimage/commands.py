@@ -1,12 +1,12 @@
-"""What `invoke fingerprint`, `invoke promote`, `invoke revoke` and `invoke history` do.
+"""What `invoke images`, `validate`, `promote`, `revoke`, `history` and `fingerprint` do.
 
 Each command takes plain arguments and a Reporter and returns the result dict that
 `cli.run` prints (`--json`) or hands to the matching `human_*` formatter. Errors are
 GoldenImageErrors, so `cli.run` turns them into one `error:` line and the exit code.
 
-Channels live where the environment's images live: the local image store for target
-`local`, the AWS registry (SSM parameters, `aws.commands`) for `aws` and `sandbox`. The
-results carry the same keys on every target, plus `target`.
+Every command is written once against the environment's target (`targets.target_for`):
+its registry holds the images and channels (the local image store, or AMIs and SSM
+parameters). The results carry the same keys on every target, plus `target`.
 """
 
 from __future__ import annotations
@@ -14,62 +14,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import channels as ch
 from . import fingerprint as fp
-from .adapters import baseimage, packer
+from . import timing
+from .adapters.packer import Packer
+from .build import fingerprint_extra
 from .errors import ConfigError
-from .paths import base_cache_dir, store_dir
 from .progress import Reporter
 from .settings import Environment, load_environment
-from .store import ImageRecord, LocalStore
+from .targets import ImageRegistry, Target, target_for
 
 Result = dict[str, Any]
 ExtraResolver = Callable[[Environment, str, Reporter], dict[str, str]]
-
-
-class ImageLookup(Protocol):
-    """What `fingerprint_cmd` needs of a registry (the local store and AWS both have it)."""
-
-    def get(self, image_id: str) -> ImageRecord: ...
-
-    def manifest(self, image_id: str) -> dict[str, Any]: ...
-
-    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
+ImageLookup = ImageRegistry
 
 
 def bake_extra(env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
-    """The resolved fingerprint inputs, from the same sources `bake` uses: the base image
+    """The resolved fingerprint inputs, from the same sources `bake` uses: the target's base
     identity (local and sandbox: the base disk's content hash, built or fetched once, then
-    cached; aws: the base AMI id resolved now), the Packer and ansible-core versions.
-
-    Both this and `bake.bake` build the dict with `bake.fingerprint_extra`, so `invoke
-    fingerprint` and `invoke bake` agree about what is up to date.
-    """
+    cached; aws: the base AMI resolved now), the Packer and ansible-core versions."""
     env.image(image)
     from ansible.release import __version__ as ansible_version
 
-    if env.settings.target == "aws":  # the AMI the amazon-ebs source filter resolves to now
-        from .aws import commands as aws_commands
-
-        identity = str(aws_commands.base_ami(env, reporter)["base_ami"]["id"])
-    else:  # local and sandbox bake on the local base disk
-        with reporter.phase("base", "base disk identity"):
-            identity = baseimage.ensure_base_image(env.settings.base, base_cache_dir(), reporter).identity
-    from .bake import fingerprint_extra
-
-    return fingerprint_extra(identity, packer.Packer.detect().version_text, ansible_version)
-
-
-def local_store(env: Environment) -> LocalStore:
-    """The registry of a local environment (the host's image store)."""
-    if env.settings.target != "local":
-        raise ConfigError(
-            f"{env.rel(env.settings_file)}: field target: environment {env.name!r} has target "
-            f"{env.settings.target!r}; the local image store serves target local"
-        )
-    return LocalStore(store_dir())
+    with reporter.phase("base", "base identity"):
+        identity = target_for(env).base_identity(reporter)
+    return fingerprint_extra(identity, Packer.detect().version_text, ansible_version)
 
 
 def required(**options: str | None) -> None:
@@ -80,67 +51,117 @@ def required(**options: str | None) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
 
 
-def _env_check(env: Environment, registry: LocalStore, image_id: str) -> None:
-    rec = registry.get(image_id)  # NotFoundError if unknown
-    if rec.env != env.name:
+def _image_registry(env_name: str, root: Path | None, registry: ImageRegistry | None,
+                    image_id: str) -> tuple[Environment, Target, ImageRegistry]:
+    """The environment, its target and the registry that holds `image_id`, an image of
+    this environment (NotFoundError if unknown, ConfigError if another's)."""
+    env = load_environment(env_name, root)
+    target = target_for(env)
+    reg = registry or target.registry()
+    rec = reg.get(image_id)
+    if rec.env and rec.env != env.name:
         raise ConfigError(
             f"image {image_id} belongs to environment {rec.env!r}, not {env.name!r} (use --env)"
         )
+    return env, target, reg
+
+
+def _stamp(user: str | None, now: datetime | None) -> dict[str, Any]:
+    """Who and when, where a test fixes them (the local store takes them)."""
+    return {k: v for k, v in (("user", user), ("now", now)) if v is not None}
+
+
+# -- images and validate -----------------------------------------------------------------
+def images(env_name: str, image: str | None, image_id: str | None, reporter: Reporter,
+           *, root: Path | None = None) -> Result:
+    """`invoke images`: the environment's images; with an id, that image's full provenance."""
+    env = load_environment(env_name, root)
+    if image is not None:
+        env.image(image)
+    target = target_for(env)
+    reg = target.registry()
+    if image_id is not None:
+        return {"image": reg.get(image_id).summary(), "manifest": reg.manifest(image_id),
+                **target.provenance(image_id)}
+    return {"env": env.name, **target.listing(), "images": [r.summary() for r in reg.list(image)]}
+
+
+def human_images(result: Result) -> list[str]:
+    import json
+
+    if "manifest" in result:
+        m, rec = result["manifest"], result["image"]
+        lines = [f"{k:<12} {rec.get(k)}" for k in ("id", "name", "status", "fingerprint", "created")]
+        lines.append(f"{'channels':<12} {', '.join(rec.get('channels') or []) or '-'}")
+        for key in ("base", "tools", "git", "validation"):
+            if key in m:
+                lines.append(f"{key:<12} {json.dumps(m[key], sort_keys=True, default=str)}")
+        if "directory" in result:
+            lines.append(f"{'directory':<12} {result['directory']}")
+        return lines + timing.human(m.get("timings") or {}, top=timing.SLOWEST)
+    rows = result["images"]
+    if "region" in result:  # AMIs
+        if not rows:
+            return [f"no images in {result['env']} ({result['region']})"]
+        lines = [f"{'ID':<22} {'NAME':<10} {'STATUS':<11} {'CREATED':<20} {'FINGERPRINT':<20} CHANNELS"]
+        for r in rows:
+            short = r["fingerprint"].removeprefix("sha256:")[:16]
+            lines.append(f"{r['id']:<22} {r['name']:<10} {r['status']:<11} {r['created']:<20} "
+                         f"{short:<20} {','.join(r['channels']) or '-'}")
+        return lines
+    if not rows:
+        return [f"no images in {result['store']}"]
+    head = f"{'ID':<34} {'NAME':<8} {'FINGERPRINT':<14} {'CREATED':<21} {'STATUS':<12} CHANNELS"
+    return [head] + [
+        f"{r['id']:<34} {r['name']:<8} {r['fingerprint'][:12]:<14} {r['created']:<21} {r['status']:<12} "
+        f"{','.join(r['channels']) or '-'}"
+        for r in rows
+    ]
+
+
+def validate(env_name: str, image_id: str | None, reporter: Reporter) -> Result:
+    """`invoke validate`: boot a registered image again and rerun the image suite."""
+    required(image_id=image_id)
+    assert image_id is not None
+    return target_for(load_environment(env_name)).validate_image(image_id, reporter)
+
+
+def human_validate(result: Result) -> list[str]:
+    if "checks" not in result:  # an AMI: launched, checked, cleaned up
+        return [f"passed: {result['image_id']}"]
+    c = result["checks"]
+    verdict = "passed" if result["ok"] else "FAILED"
+    lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
+    return lines + [f"  {f}" for f in c["failures"]]
 
 
 # -- promote -----------------------------------------------------------------------------
-def promote(
-    env_name: str,
-    image_id: str | None,
-    channel: str | None,
-    reporter: Reporter,
-    *,
-    registry: LocalStore | None = None,
-    root: Path | None = None,
-    user: str | None = None,
-    now: datetime | None = None,
-) -> Result:
+def promote(env_name: str, image_id: str | None, channel: str | None, reporter: Reporter, *,
+            registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
+            now: datetime | None = None) -> Result:
     """Point `channel` at a validated, non-revoked image; the move joins its history.
 
-    Local environments use the host's image store; aws and sandbox environments their
-    registry (`aws.commands.promote`). The result has the same keys on every target:
-    env, target, image, channel, image_id, previous, changed, rollback_target.
+    The result has the same keys on every target: env, target, image, channel, image_id,
+    previous, changed, rollback_target (AWS adds parameter and version).
     """
     required(image_id=image_id, channel=channel)
     assert image_id is not None and channel is not None
-    env = load_environment(env_name, root)
     ch.check_channel(channel)
-    if env.remote and registry is None:
-        from .aws import commands as aws_commands
-
-        remote = aws_commands.promote(env, image_id, channel, reporter, root=root)
-        reg = aws_registry(env, root)
-        back = reg.rollback_target(remote["image"], channel)
-        return {"target": env.settings.target, **remote, "rollback_target": back}
-    store = registry or local_store(env)
-    _env_check(env, store, image_id)
-    with reporter.phase("promote", f"{image_id} -> {channel}"):
-        result = store.promote(image_id, channel, user, now)
-    back = store.rollback_target(result["image"], channel)
-    return {"env": env.name, "target": "local", **result, "rollback_target": back}
-
-
-def aws_registry(env: Environment, root: Path | None) -> Any:
-    from .aws.context import registry_for
-
-    return registry_for(env, root=root)
+    env, target, reg = _image_registry(env_name, root, registry, image_id)
+    result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
+    back = reg.rollback_target(result["image"], channel)
+    return {"env": env.name, "target": target.name, **result, "rollback_target": back}
 
 
 def human_promote(r: Result) -> list[str]:
     where = f"{r['image']}/{r['channel']}"
     if not r["changed"]:
         lines = [f"{where} already points at {r['image_id']}: nothing to do"]
-    elif r["target"] == "local":
-        lines = [f"{where}: {r['previous'] or 'nothing'} -> {r['image_id']}"]
+    elif "parameter" in r:  # an SSM parameter version
+        lines = [f"{where}: {r['previous'] or 'nothing'} -> {r['image_id']} "
+                 f"(version {r.get('version')}, {r['parameter']})"]
     else:
-        from .aws import commands as aws_commands
-
-        lines = aws_commands.human_promote(r)
+        lines = [f"{where}: {r['previous'] or 'nothing'} -> {r['image_id']}"]
     if r.get("rollback_target"):
         lines.append(
             f"rollback: invoke promote --env {r['env']} --image-id {r['rollback_target']} "
@@ -150,57 +171,40 @@ def human_promote(r: Result) -> list[str]:
 
 
 # -- revoke ------------------------------------------------------------------------------
-def revoke(
-    env_name: str,
-    image_id: str | None,
-    reason: str | None,
-    reporter: Reporter,
-    *,
-    registry: LocalStore | None = None,
-    root: Path | None = None,
-    user: str | None = None,
-    now: datetime | None = None,
-) -> Result:
+def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Reporter, *,
+           registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
+           now: datetime | None = None) -> Result:
     """Revoke an image for good; channels on it fall back and the result says where.
 
     Same keys on every target: env, target, image_id, image, reason, previous_status,
-    channels_moved ({channel: image id}), channels_left (nothing valid to fall back to).
+    changed, channels_moved ({channel: image id}), channels_left (nothing valid to fall
+    back to).
     """
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
-    env = load_environment(env_name, root)
-    if env.remote and registry is None:
-        from .aws import commands as aws_commands
-
-        remote = aws_commands.revoke(env, image_id, reason, reporter, root=root)
-        return {"target": env.settings.target, "changed": True, **remote}
-    store = registry or local_store(env)
-    _env_check(env, store, image_id)
-    with reporter.phase("revoke", image_id):
-        result = store.revoke(image_id, reason, user, now)
-    for channel, target in sorted(result["channels_moved"].items()):
-        reporter.warn(f"channel {result['image']}/{channel} fell back to {target}")
+    env, target, reg = _image_registry(env_name, root, registry, image_id)
+    result = reg.revoke(image_id, reason, **_stamp(user, now))
+    for channel, to in sorted(result["channels_moved"].items()):
+        reporter.warn(f"channel {result['image']}/{channel} fell back to {to}")
     for channel in result["channels_left"]:
         reporter.warn(
-            f"channel {result['image']}/{channel} has no earlier valid image: it points at "
-            "nothing now; promote a new one"
+            f"channel {result['image']}/{channel} has no earlier valid image: promote a new one"
         )
-    return {"env": env.name, "target": "local", **result}
+    return {"env": env.name, "target": target.name, "changed": True, **result}
 
 
 def human_revoke(r: Result) -> list[str]:
-    if r["target"] != "local":
-        from .aws import commands as aws_commands
-
-        return aws_commands.human_revoke(r)
     if not r["changed"]:
         return [f"{r['image_id']} was already revoked ({r['reason']}): nothing to do"]
     lines = [f"revoked {r['image_id']} ({r['image']}): {r['reason']}"]
-    for channel, target in sorted(r["channels_moved"].items()):
-        lines.append(f"  channel {r['image']}/{channel} moved back to {target}")
+    if "deprecation" in r:
+        lines.append(f"  deprecation: {r['deprecation']}")
+    for channel, to in sorted(r["channels_moved"].items()):
+        lines.append(f"  channel {r['image']}/{channel} moved back to {to}")
+    left = "still names it" if "deprecation" in r else "points at nothing now"
     for channel in r["channels_left"]:
-        lines.append(f"  channel {r['image']}/{channel} points at nothing now: promote a new image")
-    if not r["channels_moved"] and not r["channels_left"]:
+        lines.append(f"  channel {r['image']}/{channel} {left}: promote a new image")
+    if not r["channels_moved"] and not r["channels_left"] and "deprecation" not in r:
         lines.append("  no channel pointed at it")
     return lines
 
@@ -212,30 +216,24 @@ def history(
     channel: str | None,
     reporter: Reporter,
     *,
-    registry: LocalStore | None = None,
+    registry: ImageRegistry | None = None,
     root: Path | None = None,
 ) -> Result:
-    """A channel's moves, oldest first, and its rollback target."""
+    """A channel's moves, oldest first (`models.history_entry`), and its rollback target."""
     required(image=image, channel=channel)
     assert image is not None and channel is not None
     env = load_environment(env_name, root)
     env.image(image)
     ch.check_channel(channel)
-    if env.remote and registry is None:
-        from .aws import commands as aws_commands
-
-        return {
-            "target": env.settings.target,
-            **aws_commands.history(env, image, channel, reporter, root=root),
-        }
-    store = registry or local_store(env)
+    target = target_for(env)
+    reg = registry or target.registry()
     return {
         "env": env.name,
-        "target": "local",
+        "target": target.name,
         "image": image,
         "channel": channel,
-        "history": store.history(image, channel),
-        "rollback_target": store.rollback_target(image, channel),
+        "history": reg.history(image, channel),
+        "rollback_target": reg.rollback_target(image, channel),
     }
 
 
@@ -245,13 +243,12 @@ def human_history(r: Result) -> list[str]:
         return [f"{where}: no history (never promoted)"]
     lines = [f"{where}:"]
     for e in r["history"]:
-        when = e.get("at") or e.get("promoted") or ""
-        what = f"{e['image_id'] or '(nothing)'} [{e.get('status') or '-'}]"
-        if e.get("action") == "revoke":
-            what += f"  fell back: {e.get('from')} revoked ({e.get('reason', '')})"
-        if e.get("user"):
+        what = f"{e['image_id'] or '(nothing)'} [{e['status'] or '-'}]"
+        if e["action"] == "revoke":
+            what += f"  fell back: {e['from']} revoked ({e['reason'] or ''})"
+        if e["user"]:
             what += f"  by {e['user']}"
-        lines.append(f"  {when}  {what}")
+        lines.append(f"  {e['at']}  {what}")
     lines.append(f"rollback target: {r['rollback_target'] or 'none'}")
     return lines
 
@@ -272,21 +269,14 @@ def fingerprint_cmd(
     each input and its digest; with `against` which inputs differ from an existing image."""
     env = load_environment(env_name, root)
     resolve = resolve_extra or bake_extra
-    # what `invoke bake` would skip to: a local bake (local and sandbox) looks in this store
-    store: ImageLookup | None = registry
-    if store is None and env.settings.target in ("local", "sandbox"):
-        store = LocalStore(store_dir())
+    target = target_for(env)
+    # what `invoke bake` would skip to
+    store = registry or target.fingerprint_lookup()
 
     old: dict[str, str] | None = None
     old_rec = None
     if against:
-        reg: ImageLookup
-        if registry is not None:
-            reg = registry
-        elif env.settings.target == "aws" or against.startswith("ami-"):
-            reg = aws_registry(env, root)
-        else:
-            reg = LocalStore(store_dir())
+        reg = registry or target.registry_for(against)
         old_rec = reg.get(against)  # NotFoundError if unknown
         if image is not None and image != old_rec.name:
             raise ConfigError(f"image {against} is a {old_rec.name!r} image, not {image!r}")

@@ -6,18 +6,26 @@ and group_vars) and the toolkit's own settings for that environment.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, NotFoundError
+from .sections import DEFAULT_REGION, AwsSettings, SandboxSettings
+
+if TYPE_CHECKING:
+    from .rotation.policy import GroupPolicy
 
 SETTINGS_FILE = "goldenimage.yml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Model(BaseModel):
@@ -82,10 +90,46 @@ class Environment:
     def directory(self) -> Path:
         return self.root / "inventories" / self.name
 
+    # -- typed sections of `extra:`, each parsed once --------------------------------------
+    @functools.cached_property
+    def aws(self) -> AwsSettings:
+        """`extra.aws`: the AWS target's settings (defaults when absent)."""
+        return self._section("aws", AwsSettings)
+
+    @functools.cached_property
+    def sandbox(self) -> SandboxSettings:
+        """`extra.sandbox`: the loopback AWS API and the fleet it is seeded with."""
+        result = self._section("sandbox", SandboxSettings)
+        for gname, group in result.seed.groups.items():
+            if group.image not in self.settings.images:
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.sandbox.seed.groups.{gname}.image: "
+                    f"unknown image {group.image!r} (known: {', '.join(sorted(self.settings.images))})"
+                )
+        return result
+
+    @functools.cached_property
+    def rotation(self) -> dict[str, GroupPolicy]:
+        """`extra.rotation.groups`: each group's rotation policy (`rotation.policy`)."""
+        from .rotation.policy import load_policies
+
+        return load_policies(self.settings.extra, self.rel(self.settings_file))
+
     @property
-    def remote(self) -> bool:
-        """Whether images live in an AWS account (the real one or the sandbox's)."""
-        return self.settings.target in ("aws", "sandbox")
+    def region(self) -> str:
+        return self.settings.region or DEFAULT_REGION
+
+    def _section(self, key: str, model: type[M]) -> M:
+        raw = self.settings.extra.get(key) or {}
+        where = f"{self.rel(self.settings_file)}: field extra.{key}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{where}{'.' + loc if loc else ''}: {err['msg']}") from None
 
     @property
     def settings_file(self) -> Path:

@@ -23,84 +23,19 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import channels as ch
 from .adapters.proc import kill_processes_mentioning
 from .errors import ConfigError, NotFoundError
 from .fsutil import atomic_write_json, file_lock, pid_alive
+from .models import QUARANTINED, REVOKED, STATUSES, VALIDATED, ChannelHistory, ImageRecord, history_entry
+
+__all__ = ["STATUSES", "ImageRecord", "LocalStore", "current_user"]
 
 CATALOG_VERSION = 1
-STATUSES = ("validated", "quarantined", "revoked")
-
-ChannelHistory = list[dict[str, Any]]  # an alias: inside the classes `list` is a method
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """What the catalog knows of one image (the full story is its manifest)."""
-
-    id: str
-    name: str
-    env: str
-    fingerprint: str
-    created: str
-    status: str
-    artifact: str
-    channels: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "env": self.env,
-            "fingerprint": self.fingerprint,
-            "created": self.created,
-            "status": self.status,
-            "artifact": self.artifact,
-            "channels": list(self.channels),
-            **self.extra,
-        }
-
-
-class Registry(Protocol):
-    """What every image registry (local store, AWS) offers."""
-
-    def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path) -> ImageRecord: ...
-
-    def get(self, image_id: str) -> ImageRecord: ...
-
-    def list(self, name: str | None = None) -> list[ImageRecord]: ...
-
-    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
-
-    def manifest(self, image_id: str) -> dict[str, Any]: ...
-
-    def promote(self, image_id: str, channel: str) -> dict[str, Any]:
-        """Point `channel` of the image's name at a validated, non-revoked image.
-
-        Result: image, channel, image_id, previous (the id it pointed at before), changed.
-        """
-        ...
-
-    def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
-        """Mark an image revoked for good; each channel on it falls back to its newest
-        earlier valid image. Result: image_id, image, reason, previous_status,
-        channels_moved ({channel: image id}), channels_left (channels with nothing valid
-        to fall back to)."""
-        ...
-
-    def history(self, name: str, channel: str) -> ChannelHistory:
-        """The channel's moves, oldest first (each with `image_id` and `status`)."""
-        ...
-
-    def rollback_target(self, name: str, channel: str) -> str | None:
-        """The validated image the channel pointed at before its current one."""
-        ...
 
 
 def current_user() -> str:
@@ -174,13 +109,13 @@ class LocalStore:
     def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path) -> ImageRecord:
         """Register a finished image: move `files` into place, then index it atomically."""
         atomic_write_json(files / "manifest.json", manifest)
-        target = (self.quarantine_dir if record.status == "quarantined" else self.images_dir) / record.id
+        target = (self.quarantine_dir if record.status == QUARANTINED else self.images_dir) / record.id
         target.parent.mkdir(parents=True, exist_ok=True)
         with self.locked() as doc:
             if target.exists() or record.id in doc["images"]:
                 raise ConfigError(f"image id {record.id} already exists in {self.root}")
             os.replace(files, target)
-            if record.status != "quarantined":
+            if record.status != QUARANTINED:
                 entry = record.summary()
                 entry.pop("channels", None)
                 doc["images"][record.id] = entry
@@ -195,7 +130,7 @@ class LocalStore:
                 m = json.loads(q.read_text())
                 return ImageRecord(
                     id=image_id, name=m["name"], env=m["env"], fingerprint=m["fingerprint"],
-                    created=m["created"], status="quarantined", artifact=m["artifact"],
+                    created=m["created"], status=QUARANTINED, artifact=m["artifact"],
                 )
             raise NotFoundError(f"unknown image id {image_id!r} in {self.root}")
         return self._record(doc, entry)
@@ -213,13 +148,13 @@ class LocalStore:
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
         hits = [
             r for r in self.list(name, quarantined=False)
-            if r.fingerprint == fingerprint and r.status == "validated"
+            if r.fingerprint == fingerprint and r.status == VALIDATED
         ]
         return hits[-1] if hits else None
 
     def manifest(self, image_id: str) -> dict[str, Any]:
         rec = self.get(image_id)
-        base = self.quarantine_dir if rec.status == "quarantined" else self.images_dir
+        base = self.quarantine_dir if rec.status == QUARANTINED else self.images_dir
         doc: dict[str, Any] = json.loads((base / image_id / "manifest.json").read_text())
         return doc
 
@@ -233,12 +168,12 @@ class LocalStore:
                 f"image {image_id} is {rec.status}: it failed validation and can never be promoted"
             )
         status = entry.get("status")
-        if status == "revoked":
+        if status == REVOKED:
             why = entry.get("revoked_reason", "")
             raise ConfigError(
                 f"image {image_id} is revoked{f' ({why})' if why else ''}: it can never be promoted"
             )
-        if status != "validated":
+        if status != VALIDATED:
             raise ConfigError(f"image {image_id} is {status}: only validated images can be promoted")
         return dict(entry)
 
@@ -289,7 +224,7 @@ class LocalStore:
             name = entry["name"]
             previous_status = entry.get("status")
             result = {"image_id": image_id, "image": name, "previous_status": previous_status}
-            if previous_status == "revoked":
+            if previous_status == REVOKED:
                 return {
                     **result,
                     "reason": entry.get("revoked_reason", ""),
@@ -300,11 +235,11 @@ class LocalStore:
                     "channels_left": [],
                 }
             at = ch.timestamp(now)
-            entry.update(status="revoked", revoked_reason=reason, revoked_at=at, revoked_by=user)
+            entry.update(status=REVOKED, revoked_reason=reason, revoked_at=at, revoked_by=user)
 
             def valid(other: str) -> bool:
                 e = doc["images"].get(other)
-                return e is not None and e.get("status") == "validated"
+                return e is not None and e.get("status") == VALIDATED
 
             for channel, hist in sorted(doc["channels"].get(name, {}).items()):
                 move = ch.fallback_entry(hist, image_id, valid, user, now, reason)
@@ -325,14 +260,17 @@ class LocalStore:
         }
 
     def history(self, name: str, channel: str) -> ChannelHistory:
-        """Every move of the channel, oldest first; each entry also says the current
-        `status` of its image (None for a move to nothing)."""
+        """Every move of the channel, oldest first (`models.history_entry`); `status` is the
+        current status of the move's image (None for a move to nothing)."""
         ch.check_channel(channel)
         doc = self._read()
         out = []
-        for e in doc["channels"].get(name, {}).get(channel, []):
+        for n, e in enumerate(doc["channels"].get(name, {}).get(channel, []), start=1):
             image = doc["images"].get(e.get("image_id") or "")
-            out.append({**e, "status": image.get("status") if image else None})
+            out.append(history_entry(
+                n, at=e.get("at", ""), image_id=e.get("image_id"), previous=e.get("from"),
+                action=e.get("action", "promote"), user=e.get("user"), reason=e.get("reason"),
+                status=image.get("status") if image else None))
         return out
 
     def previous(self, name: str, channel: str) -> dict[str, Any] | None:
@@ -340,12 +278,7 @@ class LocalStore:
         return ch.previous(self.history(name, channel))
 
     def rollback_target(self, name: str, channel: str) -> str | None:
-        hist = self.history(name, channel)
-        current = ch.current(hist)
-        for e in reversed(hist[:-1]):
-            if e.get("image_id") and e["image_id"] != current and e["status"] == "validated":
-                return str(e["image_id"])
-        return None
+        return ch.rollback_target(self.history(name, channel))
 
     def channel_map(self, name: str | None = None) -> dict[str, dict[str, str | None]]:
         """`{image name: {channel: current image id or None}}`."""
@@ -358,7 +291,7 @@ class LocalStore:
 
     def image_dir(self, image_id: str) -> Path:
         rec = self.get(image_id)
-        return (self.quarantine_dir if rec.status == "quarantined" else self.images_dir) / rec.id
+        return (self.quarantine_dir if rec.status == QUARANTINED else self.images_dir) / rec.id
 
     # -- work in progress ----------------------------------------------------------------
     def sweep_stale(self) -> builtins.list[Path]:

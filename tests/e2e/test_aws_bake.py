@@ -123,7 +123,7 @@ extra:
 def _toolkit_calls_are_in_the_iam_list() -> Iterator[None]:
     """Least privilege: what the toolkit itself calls during an AMI bake is in iam.ACTIONS."""
     from goldenimage.aws import iam
-    from goldenimage.aws.testing import CallRecorder
+    from tests.aws_faults import CallRecorder
 
     with CallRecorder() as recorder:
         yield
@@ -183,12 +183,12 @@ class Check:
 
 
 def bake(world: dict[str, Any], check: Check, *, force: bool = False) -> dict[str, Any]:
-    from goldenimage.aws.bake import bake_ami
-    from goldenimage.bake import detect_tools
+    from goldenimage import bake as bake_pipeline
+    from goldenimage.aws.target import AwsTarget
     from goldenimage.settings import load_environment
 
     env = load_environment("awstest", world["project"])
-    return bake_ami(env, "probe", force, Reporter(quiet=True), detect_tools(local=False), check=check)
+    return bake_pipeline.run(AwsTarget(env, check=check), "probe", force, Reporter(quiet=True))
 
 
 def test_amazon_ebs_bake_validates_copies_shares_and_then_is_up_to_date(aws_env: dict[str, Any]) -> None:

@@ -38,9 +38,9 @@ from botocore.config import Config
 
 from goldenimage.aws import iam
 from goldenimage.aws.clients import AwsContext, Clients
-from goldenimage.aws.config import SeedSettings
-from goldenimage.aws.seed import seed_fleet
-from goldenimage.aws.testing import CallRecorder, ThrottleInjector
+from goldenimage.sandbox.seed import seed_fleet
+from goldenimage.sections import SeedSettings
+from tests.aws_faults import CallRecorder, ThrottleInjector
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from goldenimage.aws import commands, sandbox
+from goldenimage import commands, sandbox
 from goldenimage.aws.ami import packer_vars, resolve_base_ami
 from goldenimage.aws.clients import Clients
-from goldenimage.aws.config import BaseAmiSpec
+from goldenimage.aws.context import registry_for
 from goldenimage.cli import run
 from goldenimage.errors import ConfigError, NotFoundError
+from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
+from goldenimage.sections import BaseAmiSpec
 from goldenimage.settings import load_environment
-from goldenimage.store import ImageRecord
 
 
 def cli(
@@ -44,7 +45,7 @@ def test_the_sandbox_walkthrough(
     running: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = running["seed"]["images"]["web"]
-    code, doc, _ = cli(capsys, lambda rep: commands.images("sandbox", rep))
+    code, doc, _ = cli(capsys, lambda rep: commands.images("sandbox", None, None, rep))
     assert code == 0 and [i["id"] for i in doc["images"]] == [base]
 
     baked = ImageRecord(
@@ -56,15 +57,9 @@ def test_the_sandbox_walkthrough(
         status="validated",
         artifact="images/web-20261126-1200-abcd/disk.qcow2",
     )
-    code, doc, _ = cli(
-        capsys,
-        lambda rep: commands.register_baked_image(
-            "sandbox", baked, {"base_ami": "debian-12-sha256:x", "git_commit": "0123abc"}, rep
-        ),
-    )
-    assert code == 0
-    ami = doc["image"]["id"]
-    assert doc["image"]["local_id"] == baked.id and doc["image"]["status"] == "validated"
+    rec = registry_for("sandbox").put(baked, {"base_ami": "debian-12-sha256:x", "git_commit": "0123abc"})
+    ami = rec.id
+    assert rec.extra["local_id"] == baked.id and rec.status == "validated"
 
     code, doc, _ = cli(capsys, lambda rep: commands.promote("sandbox", ami, "canary", rep))
     assert (code, doc["previous"], doc["image_id"]) == (0, base, ami)
@@ -80,24 +75,15 @@ def test_the_sandbox_walkthrough(
     code, doc, err = cli(capsys, lambda rep: commands.promote("sandbox", ami, "stable", rep))
     assert code == 2 and err.startswith(f"error: image {ami} (web) is revoked: bad build")
 
-    code, doc, _ = cli(capsys, lambda rep: commands.images("sandbox", rep, image="web"))
+    code, doc, _ = cli(capsys, lambda rep: commands.images("sandbox", "web", None, rep))
     assert {i["id"]: i["status"] for i in doc["images"]} == {base: "validated", ami: "revoked"}
-    code, doc, err = cli(capsys, lambda rep: commands.images("sandbox", rep, image="db"))
+    code, doc, err = cli(capsys, lambda rep: commands.images("sandbox", "db", None, rep))
     assert code == 2 and "unknown image 'db'" in err
     code, doc, err = cli(
         capsys, lambda rep: commands.revoke("sandbox", "ami-0000000000000000a", "x", rep)
     )
     assert code == 2 and "unknown image id 'ami-0000000000000000a'" in err
-    assert commands.human_images(commands.images("sandbox"))[0].startswith("ID")
-
-
-def test_commands_refuse_a_local_environment(sandbox_project: Path) -> None:
-    (sandbox_project / "inventories" / "local").mkdir()
-    (sandbox_project / "inventories" / "local" / "goldenimage.yml").write_text(
-        "images: {web: {playbook: playbooks/web.yml}}\n"
-    )
-    with pytest.raises(ConfigError, match="has target 'local', not aws or sandbox"):
-        commands.images("local")
+    assert commands.human_images(commands.images("sandbox", None, None, Reporter(quiet=True)))[0].startswith("ID")
 
 
 def _image(ec2: Any, name: str, arch: str = "x86_64") -> str:
@@ -197,10 +183,11 @@ def test_every_sandbox_command_completes_under_throttling(
             status="validated",
             artifact="",
         )
-        ami = commands.register_baked_image("sandbox", rec, {})["image"]["id"]
-        assert commands.promote("sandbox", ami, "stable")["previous"] == base
-        assert commands.revoke("sandbox", ami, "throttled")["channels_moved"] == {"stable": base}
-        assert len(commands.images("sandbox")["images"]) == 2
+        quiet = Reporter(quiet=True)
+        ami = registry_for("sandbox").put(rec, {}).id
+        assert commands.promote("sandbox", ami, "stable", quiet)["previous"] == base
+        assert commands.revoke("sandbox", ami, "throttled", quiet)["channels_moved"] == {"stable": base}
+        assert len(commands.images("sandbox", None, None, quiet)["images"]) == 2
         assert sandbox.sandbox_status("sandbox")["groups"]["web"]["healthy"] == 6
     finally:
         sandbox.sandbox_down("sandbox")

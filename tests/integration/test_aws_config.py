@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from goldenimage.aws.config import aws_settings, sandbox_settings
 from goldenimage.errors import ConfigError
 from goldenimage.settings import load_environment
 
@@ -27,10 +26,10 @@ def env_with(root: Path, extra: str, target: str = "aws") -> Path:
 
 def test_defaults_when_absent(tmp_path: Path) -> None:
     env = load_environment("e1", env_with(tmp_path, ""))
-    aws = aws_settings(env)
+    aws = env.aws
     assert aws.profile is None and aws.max_attempts == 5 and aws.parameter_prefix == "/goldenimage"
     assert aws.build.encrypt_boot is True and aws.build.ssh_cidrs == []
-    sb = sandbox_settings(env)
+    sb = env.sandbox
     assert sb.port == 0 and sb.seed.zones == ["a", "b", "c"] and sb.seed.groups["web"].size == 6
 
 
@@ -41,7 +40,7 @@ def test_the_repository_sandbox_settings_are_valid() -> None:
         pytest.skip("playbooks/web.yml is not in this checkout yet")
     env = load_environment("sandbox", root)
     assert env.settings.target == "sandbox"
-    assert sandbox_settings(env).seed.channels == ["stable", "canary"]
+    assert env.sandbox.seed.channels == ["stable", "canary"]
 
 
 @pytest.mark.parametrize(
@@ -84,8 +83,7 @@ def test_the_repository_sandbox_settings_are_valid() -> None:
 def test_field_errors_name_the_file_and_field(tmp_path: Path, extra: str, message: str) -> None:
     env = load_environment("e1", env_with(tmp_path, extra))
     with pytest.raises(ConfigError) as err:
-        aws_settings(env)
-        sandbox_settings(env)
+        assert env.aws and env.sandbox
     assert str(err.value).startswith("inventories/e1/goldenimage.yml: ")
     assert message in str(err.value)
 
@@ -94,4 +92,12 @@ def test_other_parts_own_the_rest_of_extra(tmp_path: Path) -> None:
     env = load_environment(
         "e1", env_with(tmp_path, "extra: {rotate: {anything: 1}, aws: {groups: {web: {batch: 2}}}}")
     )
-    assert aws_settings(env).groups == {"web": {"batch": 2}}
+    assert env.aws.groups == {"web": {"batch": 2}}
+
+
+def test_the_rotation_section_is_the_rotation_policy_parser(tmp_path: Path) -> None:
+    env = load_environment("e1", env_with(tmp_path, "extra: {rotation: {groups: {web: {image: web, batch_size: 2}}}}"))
+    assert env.rotation["web"].asg == "web" and env.rotation["web"].image == "web"
+    bad = load_environment("e1", env_with(tmp_path, "extra: {rotation: {groups: {web: {batch_size: x}}}}"))
+    with pytest.raises(ConfigError, match=r"^inventories/e1/goldenimage.yml: field extra.rotation.groups.web.batch_size"):
+        assert bad.rotation

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from goldenimage.aws.clients import AwsContext, Clients
-from goldenimage.aws.config import SeedSettings
 from goldenimage.aws.registry import AwsRegistry
-from goldenimage.aws.seed import fleet_counts, seed_fleet
-from goldenimage.aws.testing import ErrorInjector, ThrottleInjector
 from goldenimage.cli import run
 from goldenimage.errors import ConfigError, NotFoundError, OperationFailed
+from goldenimage.sandbox.seed import fleet_counts, seed_fleet
+from goldenimage.sections import SeedSettings
 from goldenimage.store import ImageRecord
+from tests.aws_faults import ErrorInjector, ThrottleInjector
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from goldenimage.aws import iam
 from goldenimage.aws.clients import IAM_PREFIX, Clients
-from goldenimage.aws.testing import CallRecorder
 from goldenimage.cli import run
+from tests.aws_faults import CallRecorder
 
 
 def test_every_listed_action_is_a_real_api_operation() -> None:

@@ -109,8 +109,9 @@ def test_packer_runs_from_a_deep_work_directory(packer: Packer, tmp_path: Path) 
 
 
 def test_the_bakes_template_check_passes_on_the_real_templates() -> None:
-    from goldenimage.bake import check_templates, detect_tools
+    from goldenimage.build import detect_tools
     from goldenimage.settings import load_environment
+    from goldenimage.targets.local import check_templates
 
     env = load_environment("local", ROOT)
     check_templates(env, "web", detect_tools())  # raises TemplateError on any complaint
@@ -133,7 +134,7 @@ def test_amazon_ebs_source_requires_imdsv2_encrypts_and_admits_only_the_runner()
 def test_amazon_ebs_source_validates_with_the_bakes_own_variables(packer: Packer, tmp_path: Path) -> None:
     """The variables an AMI bake writes (aws/ami.packer_vars) are exactly what the templates take."""
     from goldenimage.aws.ami import packer_vars
-    from goldenimage.bake import common_packer_vars
+    from goldenimage.build import common_packer_vars
     from goldenimage.settings import load_environment
 
     project = tmp_path / "project"

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from goldenimage.aws import sandbox
+from goldenimage import sandbox
 from goldenimage.aws.clients import AwsContext
 from goldenimage.aws.context import context_for, registry_for
 from goldenimage.cli import run
@@ -100,7 +100,7 @@ def test_the_sandbox_publishes_debian_base_amis(up: dict[str, Any]) -> None:
     EBS-backed (Packer's amazon-ebs refuses anything else), in every region."""
     from goldenimage.aws.ami import resolve_base_ami
     from goldenimage.aws.clients import Clients
-    from goldenimage.aws.config import BaseAmiSpec
+    from goldenimage.sections import BaseAmiSpec
 
     for region in ("us-east-1", "eu-west-1"):
         ctx = AwsContext(region=region, endpoint_url=up["endpoint"], max_attempts=1,

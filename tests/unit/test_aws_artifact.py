@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from goldenimage.aws.bake import parse_artifact
+from goldenimage.aws.target import parse_artifact
 from goldenimage.errors import BuildFailed
 
 

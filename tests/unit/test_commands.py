@@ -201,51 +201,34 @@ def test_image_of_another_environment_is_refused(root: Path, store: LocalStore) 
 
 
 @pytest.mark.parametrize("target", ["aws", "sandbox"])
-def test_remote_targets_go_to_the_aws_commands(
+def test_remote_targets_use_their_registry(
     root: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
-    from goldenimage.aws import commands as aws_commands
+    from goldenimage.aws.target import AwsSide
+    from goldenimage.models import ImageRecord
 
     s = root / "inventories/local/goldenimage.yml"
     s.write_text(s.read_text().replace("target: local", f"target: {target}"))
     calls: list[tuple[str, ...]] = []
 
-    def fake_promote(
-        env: Environment, image_id: str, channel: str, rep: Reporter, *, root: Path
-    ) -> dict[str, Any]:
-        calls.append(("promote", image_id, channel))
-        return {
-            "env": env.name,
-            "image": "web",
-            "channel": channel,
-            "image_id": image_id,
-            "previous": "ami-1",
-            "changed": True,
-            "parameter": "/p",
-            "version": 2,
-        }
-
-    def fake_revoke(
-        env: Environment, image_id: str, reason: str, rep: Reporter, *, root: Path
-    ) -> dict[str, Any]:
-        calls.append(("revoke", image_id, reason))
-        return {
-            "env": env.name,
-            "image_id": image_id,
-            "image": "web",
-            "reason": reason,
-            "channels_moved": {},
-            "channels_left": [],
-            "deprecation": "skipped",
-        }
-
     class FakeRegistry:
+        def get(self, image_id: str) -> ImageRecord:
+            return ImageRecord(image_id, "web", "local", "f", "t", "validated", "a")
+
+        def promote(self, image_id: str, channel: str) -> dict[str, Any]:
+            calls.append(("promote", image_id, channel))
+            return {"image": "web", "channel": channel, "image_id": image_id, "previous": "ami-1",
+                    "changed": True, "parameter": "/p", "version": 2}
+
+        def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
+            calls.append(("revoke", image_id, reason))
+            return {"image_id": image_id, "image": "web", "reason": reason, "channels_moved": {},
+                    "channels_left": [], "deprecation": "skipped"}
+
         def rollback_target(self, name: str, channel: str) -> str:
             return "ami-1"
 
-    monkeypatch.setattr(aws_commands, "promote", fake_promote)
-    monkeypatch.setattr(aws_commands, "revoke", fake_revoke)
-    monkeypatch.setattr(commands, "aws_registry", lambda env, root: FakeRegistry())
+    monkeypatch.setattr(AwsSide, "registry", lambda self: FakeRegistry())
     p = commands.promote("local", "ami-2", "stable", quiet(), root=root)
     assert p["target"] == target and p["rollback_target"] == "ami-1"
     assert commands.human_promote(p)[0] == "web/stable: ami-1 -> ami-2 (version 2, /p)"
@@ -334,12 +317,13 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
     }
     assert seen["spec"] == env.settings.base
 
-    from goldenimage.aws import commands as aws_commands
+    from goldenimage.aws import target as aws
 
     s = root / "inventories/local/goldenimage.yml"
     s.write_text(s.read_text().replace("target: local", "target: aws"))
-    monkeypatch.setattr(aws_commands, "base_ami", lambda env, rep: {"base_ami": {"id": "ami-0abc"}})
-    assert commands.bake_extra(load_environment("local", root), "web", quiet())["base:image"] == "ami-0abc"
+    monkeypatch.setattr(aws, "resolve_base_ami", lambda clients, spec: {"id": "ami-0abc", "name": "debian"})
+    # the same identity the AMI bake fingerprints: the region and the AMI id
+    assert commands.bake_extra(load_environment("local", root), "web", quiet())["base:image"] == "ami:us-east-1:ami-0abc"
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,12 @@ from typing import Any
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, NotFoundError
+from ..models import TAG
+from ..sections import BaseAmiSpec
 from ..settings import SETTINGS_FILE, Environment
 from .clients import Clients
-from .config import BaseAmiSpec, aws_settings, region_of
 from .errors import aws_errors, error_code
-from .registry import TAG, check_ami_id
+from .registry import check_ami_id
 
 
 def resolve_base_ami(clients: Clients, spec: BaseAmiSpec) -> dict[str, str]:
@@ -90,7 +91,7 @@ def packer_vars(
     `base` is what `resolve_base_ami` returned. The tags mark the AMI `building` until the
     bake has validated it: nothing treats a `building` AMI as usable.
     """
-    aws = aws_settings(env)
+    aws = env.aws
     b = aws.build
     rel = f"inventories/{env.name}/{SETTINGS_FILE}"
     if not b.ssh_cidrs:
@@ -114,7 +115,7 @@ def packer_vars(
         TAG + "local-id": image_id,
     }
     return {
-        "aws_region": region_of(env),
+        "aws_region": env.region,
         "aws_profile": aws.profile or "",
         "aws_endpoint_ec2": ec2_endpoint(),
         "aws_source_ami": base["id"],

@@ -89,6 +89,11 @@ class AwsContext:
         return self.endpoint_url is not None
 
 
+def _service(name: str) -> Any:
+    """A property of `Clients` that is the client of one service."""
+    return property(lambda self: self.client(name))
+
+
 @dataclass
 class Clients:
     """Lazily created boto3 clients sharing one session."""
@@ -124,26 +129,10 @@ class Clients:
             )
         return self._cache[service]
 
-    @property
-    def ec2(self) -> Any:
-        return self.client("ec2")
-
-    @property
-    def autoscaling(self) -> Any:
-        return self.client("autoscaling")
-
-    @property
-    def ssm(self) -> Any:
-        return self.client("ssm")
-
-    @property
-    def cloudwatch(self) -> Any:
-        return self.client("cloudwatch")
-
-    @property
-    def elbv2(self) -> Any:
-        return self.client("elbv2")
-
-    @property
-    def sts(self) -> Any:
-        return self.client("sts")
+    # the services the toolkit calls, each created on first use
+    ec2 = _service("ec2")
+    autoscaling = _service("autoscaling")
+    ssm = _service("ssm")
+    cloudwatch = _service("cloudwatch")
+    elbv2 = _service("elbv2")
+    sts = _service("sts")

@@ -1,23 +1,20 @@
-"""Which AWS API an environment talks to: `context_for(env)`.
+"""Which AWS API an environment talks to, for code that only needs clients and the AMI
+registry (the rotator): the environment's target says (`targets.target_for`).
 
 - target `sandbox`: the environment's running loopback moto server (from the sandbox
   state file) with dummy credentials; ConfigError when it is not running.
 - target `aws`: the profile (`extra.aws.profile`, else boto3's own resolution: AWS_PROFILE,
   environment keys, SSO, instance role) and `region:` from the settings.
-- target `local`: no AWS API at all.
+- target `local`: no AWS API at all (ConfigError).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..settings import SETTINGS_FILE, Environment, load_environment
+from ..settings import Environment, load_environment
 from .clients import AwsContext, Clients
-from .config import aws_settings, region_of
 from .registry import AwsRegistry
-
-SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
 
 
 def environment(env: Environment | str, root: Path | None = None) -> Environment:
@@ -26,25 +23,9 @@ def environment(env: Environment | str, root: Path | None = None) -> Environment
 
 def context_for(env: Environment | str, *, root: Path | None = None) -> AwsContext:
     """The AWS context every AWS-side command of `env` uses."""
-    from .sandbox import running_state  # the sandbox module imports this one
+    from ..targets import target_for
 
-    e = environment(env, root)
-    aws = aws_settings(e)
-    target = e.settings.target
-    if target == "sandbox":
-        state = running_state(e)
-        return AwsContext(
-            region=str(state["region"]),
-            endpoint_url=str(state["endpoint"]),
-            max_attempts=aws.max_attempts,
-            credentials=dict(SANDBOX_CREDENTIALS),
-        )
-    if target == "aws":
-        return AwsContext(region=region_of(e), profile=aws.profile, max_attempts=aws.max_attempts)
-    raise ConfigError(
-        f"inventories/{e.name}/{SETTINGS_FILE}: field target: environment {e.name!r} has target "
-        f"{target!r}; AWS commands need target 'aws' or 'sandbox'"
-    )
+    return target_for(environment(env, root)).aws_context()
 
 
 def clients_for(env: Environment | str, *, root: Path | None = None) -> Clients:
@@ -55,14 +36,6 @@ def registry_for(
     env: Environment | str, *, root: Path | None = None, clients: Clients | None = None
 ) -> AwsRegistry:
     """The AMI registry of an aws or sandbox environment."""
-    e = environment(env, root)
-    aws = aws_settings(e)
-    c = clients or clients_for(e)
-    return AwsRegistry(
-        c,
-        e.name,
-        prefix=aws.parameter_prefix,
-        channel_data_type=aws.channel_data_type,
-        # moto (the sandbox) has no EnableImageDeprecation
-        supports_deprecation=aws.deprecate_revoked and not c.ctx.is_sandbox,
-    )
+    from ..targets import target_for
+
+    return target_for(environment(env, root)).aws_registry(clients)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     BotoCoreError,
@@ -113,3 +113,14 @@ def aws_errors(clients: Clients | None = None) -> Iterator[None]:
         if new is exc:
             raise
         raise new from exc
+
+
+@contextlib.contextmanager
+def code_means(prefix: str, error: Callable[[str], Exception]) -> Iterator[None]:
+    """Inside: an AWS error whose code starts with `prefix` raises `error(code)` instead."""
+    try:
+        yield
+    except ClientError as exc:
+        if error_code(exc).startswith(prefix):
+            raise error(error_code(exc)) from None
+        raise

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..progress import Reporter
-from .config import PARAMETER_PREFIX
+from ..sections import PARAMETER_PREFIX
 
 ACTIONS: dict[str, str] = {
     # registry (aws/registry.py)
@@ -34,7 +34,7 @@ ACTIONS: dict[str, str] = {
     "ssm:GetParametersByPath": "registry: list an image's channels",
     "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
     "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
-    # sandbox status and fleet counts (aws/seed.py: fleet_counts)
+    # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
     "ec2:DescribeInstances": "status and validation: an instance's AMI and state",
     # AMI validation (aws/validate.py)
@@ -145,10 +145,9 @@ def iam_policy(
     """`invoke iam-policy`: the policy document (with the env's SSM prefix when given)."""
     prefix = PARAMETER_PREFIX
     if env is not None:
-        from .config import aws_settings
         from .context import environment
 
-        prefix = aws_settings(environment(env, root)).parameter_prefix
+        prefix = environment(env, root).aws.parameter_prefix
     return {
         "policy": policy_document(prefix),
         "actions": dict(sorted(ACTIONS.items())),

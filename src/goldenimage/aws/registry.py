@@ -31,14 +31,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
-from ..channels import CHANNEL_RE
+from .. import channels as ch
 from ..errors import ConfigError, NotFoundError
-from ..store import ImageRecord
+from ..models import STATUSES, TAG, ImageRecord, history_entry
+from ..sections import PARAMETER_PREFIX
 from .clients import Clients
-from .config import PARAMETER_PREFIX
-from .errors import aws_errors, error_code
+from .errors import aws_errors, code_means, error_code
 
-TAG = "goldenimage:"
 FACT_TAGS = {
     "name": "name",
     "fingerprint": "fingerprint",
@@ -49,8 +48,8 @@ FACT_TAGS = {
     "env": "env",
     "local-id": "local_id",
 }
-STATUSES = ("validated", "quarantined", "revoked")
 AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_REVOKED_FROM = re.compile(r"\(revoked (ami-[0-9a-f]+)\)")  # a channel move written by `revoke`
 MAX_PARAMETER = 8192  # advanced tier; standard is 4096
 
 P = ParamSpec("P")
@@ -122,10 +121,7 @@ class AwsRegistry:
 
     # -- names ---------------------------------------------------------------------------
     def channel_parameter(self, name: str, channel: str) -> str:
-        if not CHANNEL_RE.match(channel):
-            raise ConfigError(
-                f"invalid channel name {channel!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'"
-            )
+        ch.check_channel(channel)
         return f"{self.prefix}/{name}/{channel}"
 
     def manifest_parameter(self, name: str, image_id: str) -> str:
@@ -174,15 +170,9 @@ class AwsRegistry:
 
     def _image(self, image_id: str) -> dict[str, Any]:
         check_ami_id(image_id)
-        try:
+        with code_means("InvalidAMIID.", lambda code: NotFoundError(
+                f"unknown image id {image_id!r} in {self.clients.ctx.region} ({code})")):
             images = self._describe([], [image_id])
-        except ClientError as exc:
-            if error_code(exc).startswith("InvalidAMIID."):
-                raise NotFoundError(
-                    f"unknown image id {image_id!r} in {self.clients.ctx.region} "
-                    f"({error_code(exc)})"
-                ) from None
-            raise
         if not images:
             raise NotFoundError(f"unknown image id {image_id!r} in {self.clients.ctx.region}")
         image = images[0]
@@ -254,7 +244,8 @@ class AwsRegistry:
 
     @_translated
     def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]:
-        """The channel's promotions, oldest first: version, image_id, promoted, status."""
+        """The channel's moves, oldest first (`models.history_entry`): every version of its
+        parameter; a move written by `revoke` is a `revoke` with the revoked image's reason."""
         param = self.channel_parameter(name, channel)
         try:
             pages = self.clients.ssm.get_paginator("get_parameter_history").paginate(Name=param)
@@ -264,25 +255,26 @@ class AwsRegistry:
                 raise NotFoundError(f"channel {name}/{channel} does not exist ({param})") from None
             raise
         ids = sorted({e["Value"] for e in entries if AMI_RE.match(e["Value"])})
-        statuses = self._statuses(ids)
-        out = []
+        tags = self._image_tags(ids)
+        out: builtins.list[dict[str, Any]] = []
+        previous: str | None = None
         for e in sorted(entries, key=lambda e: int(e["Version"])):
             modified = e.get("LastModifiedDate")
-            out.append(
-                {
-                    "version": int(e["Version"]),
-                    "image_id": e["Value"],
-                    "promoted": iso(modified)
-                    if isinstance(modified, dt.datetime)
-                    else str(modified),
-                    "status": statuses.get(e["Value"], "deregistered"),
-                    "labels": list(e.get("Labels", [])),
-                }
-            )
+            revoked = _REVOKED_FROM.search(str(e.get("Description", "")))
+            out.append(history_entry(
+                int(e["Version"]),
+                at=iso(modified) if isinstance(modified, dt.datetime) else str(modified),
+                image_id=e["Value"], previous=previous, action="revoke" if revoked else "promote",
+                user=e.get("LastModifiedUser"),
+                reason=tags.get(revoked[1], {}).get(TAG + "revoked-reason") if revoked else None,
+                status=tags[e["Value"]].get(TAG + "status", "unknown") if e["Value"] in tags
+                else "deregistered"))
+            previous = e["Value"]
         return out
 
-    def _statuses(self, ids: builtins.list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _image_tags(self, ids: builtins.list[str]) -> dict[str, dict[str, str]]:
+        """{AMI id: its tags} of the AMIs that still exist."""
+        out: dict[str, dict[str, str]] = {}
         for i in range(0, len(ids), 100):
             chunk = ids[i : i + 100]
             try:
@@ -298,19 +290,12 @@ class AwsRegistry:
                         if not error_code(exc2).startswith("InvalidAMIID."):
                             raise
             for img in images:
-                out[img["ImageId"]] = _tags(img).get(TAG + "status", "unknown")
+                out[img["ImageId"]] = _tags(img)
         return out
 
     def rollback_target(self, name: str, channel: str) -> str | None:
         """The validated image the channel pointed at before its current one."""
-        hist = self.history(name, channel)
-        if not hist:
-            return None
-        current = hist[-1]["image_id"]
-        for entry in reversed(hist[:-1]):
-            if entry["image_id"] != current and entry["status"] == "validated":
-                return str(entry["image_id"])
-        return None
+        return ch.rollback_target(self.history(name, channel))
 
     @_translated
     def resolve_channel(self, name: str, channel: str) -> ImageRecord:
@@ -368,9 +353,7 @@ class AwsRegistry:
 
     @_translated
     def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
-        reason = " ".join(reason.split())
-        if not reason:
-            raise ConfigError("revoke needs a --reason")
+        reason = ch.clean_reason(reason)
         image = self._image(image_id)
         rec = self._record(image)
         result: dict[str, Any] = {
@@ -404,7 +387,7 @@ class AwsRegistry:
                 Type="String",
                 DataType=self.channel_data_type,
                 Overwrite=True,
-                Description=f"goldenimage channel {rec.name}/{channel} (revoked {image_id})",
+                Description=f"goldenimage channel {rec.name}/{channel} (revoked {image_id})",  # _REVOKED_FROM
             )
             result["channels_moved"][channel] = target
         return result

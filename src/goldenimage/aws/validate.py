@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped, unus
 from ..errors import ConfigError, ValidationFailed
 from ..progress import Reporter
 from .clients import Clients
-from .errors import aws_errors, error_code
+from .errors import aws_errors, code_means, error_code
 from .registry import AwsRegistry
 
 VALIDATION_TAG = "goldenimage:validation"
@@ -220,15 +220,9 @@ def validate_ami(
             if rec.status == "revoked":
                 raise ConfigError(f"image {image_id} is revoked: it is not validated again")
             with rep.phase("launch", f"{image_id} in {subnet}"):
-                try:
+                with code_means("InvalidSubnetID", lambda code: ConfigError(
+                        f"field extra.aws.validation.subnet: subnet {subnet} does not exist in {clients.ctx.region}")):
                     sn = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]
-                except ClientError as exc:
-                    if error_code(exc).startswith("InvalidSubnetID"):
-                        raise ConfigError(
-                            f"field extra.aws.validation.subnet: subnet {subnet} does not exist "
-                            f"in {clients.ctx.region}"
-                        ) from None
-                    raise
                 cidrs = ssh_cidrs or [sn["CidrBlock"]]
                 res.key_dir = tempfile.TemporaryDirectory(prefix="goldenimage-validate-")
                 key = ec2.create_key_pair(

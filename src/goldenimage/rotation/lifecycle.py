@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, GoldenImageError, Interrupted, NotFoundError
+from ..models import FINGERPRINT_TAG, STATUS_TAG
 from ..progress import Reporter
 from .adapter import RotationAws
 from .clock import Clock, StopFlag, Stopped
@@ -29,9 +30,6 @@ from .state import (
     iso,
     tag_map,
 )
-
-FINGERPRINT_TAG = "goldenimage:fingerprint"
-STATUS_TAG = "goldenimage:status"
 
 
 def one_line(text: str, limit: int = 400) -> str:

@@ -1,10 +1,12 @@
 """The sandbox: an AWS API on loopback (a moto server) seeded with a small fleet.
 
-`sandbox_up` starts `goldenimage.aws.sandbox_server` as a detached process on 127.0.0.1,
+`sandbox_up` starts `goldenimage.sandbox.server` as a detached process on 127.0.0.1,
 records it in `data_home()/sandbox/<env>.json` (written atomically), and seeds it from the
 environment's `extra.sandbox.seed`. A second `up` finds it running and reports its status.
 `sandbox_status` shows it; `sandbox_down` stops it and removes the state. Every AWS-side
-command of a `target: sandbox` environment reaches it through `context.context_for`.
+command of a `target: sandbox` environment reaches it through its target (`sandbox.target`).
+The package holds everything of the sandbox target: its server (`server`), the seeded
+fleet (`seed`) and the target itself (`target`); nothing else loads moto.
 
 Each command is a library function taking plain arguments and a `Reporter` and returning
 a result dict for `cli.run`.
@@ -28,19 +30,23 @@ from typing import Any
 
 import goldenimage
 
+from ..aws.clients import AwsContext, Clients
+from ..aws.errors import aws_errors
 from ..errors import ConfigError, MissingToolError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, pid_alive
 from ..paths import data_home
 from ..progress import Reporter
-from ..settings import SETTINGS_FILE, Environment
-from .clients import AwsContext, Clients
-from .config import aws_settings, region_of, sandbox_settings
-from .context import SANDBOX_CREDENTIALS, environment
-from .errors import aws_errors
+from ..settings import SETTINGS_FILE, Environment, load_environment
+from ..targets import require_sandbox
 from .seed import fleet_counts, seed_fleet, vendor_amis
 
 Result = dict[str, Any]
 STATE_VERSION = 1
+SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
+
+
+def environment(env: Environment | str, root: Path | None = None) -> Environment:
+    return env if isinstance(env, Environment) else load_environment(env, root)
 
 
 def sandbox_dir() -> Path:
@@ -65,7 +71,7 @@ def _is_our_server(pid: int) -> bool:
     """False when the pid was reused by an unrelated process (where /proc tells us)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
     try:
-        return b"goldenimage.aws.sandbox_server" in cmdline.read_bytes()
+        return b"goldenimage.sandbox.server" in cmdline.read_bytes()
     except OSError:
         return pid_alive(pid)
 
@@ -100,15 +106,6 @@ def running_state(env: Environment | str) -> dict[str, Any]:
     if not state or not state.get("seeded") or not probe(state)["answers"]:
         raise _not_running(name)
     return state
-
-
-def _require_sandbox_target(env: Environment) -> None:
-    if env.settings.target != "sandbox":
-        raise ConfigError(
-            f"inventories/{env.name}/{SETTINGS_FILE}: field target: environment {env.name!r} has "
-            f"target {env.settings.target!r}; the sandbox needs target 'sandbox' "
-            "(try --env sandbox)"
-        )
 
 
 def sandbox_context(state: dict[str, Any], max_attempts: int = 5) -> AwsContext:
@@ -159,7 +156,7 @@ def _start_server(
         import moto.server  # noqa: F401
     except ImportError:
         raise MissingToolError(
-            "the sandbox needs moto's server: pip install 'moto[server]==5.2.5'"
+            "the sandbox needs moto's server: pip install 'goldenimage[sandbox]'"
         ) from None
     d = sandbox_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -178,7 +175,7 @@ def _start_server(
             [
                 sys.executable,
                 "-m",
-                "goldenimage.aws.sandbox_server",
+                "goldenimage.sandbox.server",
                 "--host",
                 host,
                 "--port",
@@ -227,24 +224,24 @@ def _status_result(env: Environment, state: dict[str, Any], *, counts: bool = Tr
         "seed": state.get("seed", {}),
     }
     if counts and alive["answers"]:
-        clients = Clients(sandbox_context(state, aws_settings(env).max_attempts))
+        clients = Clients(sandbox_context(state, env.aws.max_attempts))
         with aws_errors(clients):
             result["groups"] = fleet_counts(clients)
     return result
 
 
-def sandbox_up(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
+def _sandbox_env(env: str | Environment, root: Path | None) -> Environment:
+    e = environment(env, root)
+    require_sandbox(e)
+    return e
+
+
+def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+               root: Path | None = None) -> Result:
     """Start and seed the environment's sandbox, or report the one already running."""
     rep = reporter or Reporter(quiet=True)
-    e = environment(env, root)
-    _require_sandbox_target(e)
-    sb = sandbox_settings(e)
-    aws = aws_settings(e)
+    e = _sandbox_env(env, root)
+    sb, aws = e.sandbox, e.aws
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
         if state is not None:
@@ -274,7 +271,7 @@ def sandbox_up(
                 "host": sb.host,
                 "port": info["port"],
                 "endpoint": endpoint,
-                "region": region_of(e),
+                "region": e.region,
                 "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "log": str(log),
                 "seeded": False,
@@ -295,15 +292,10 @@ def sandbox_up(
     return {**_status_result(e, state), "started_now": True}
 
 
-def sandbox_status(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
+def sandbox_status(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+                   root: Path | None = None) -> Result:
     """The sandbox's pid, endpoint, whether it is alive, and its groups' instance counts."""
-    e = environment(env, root)
-    _require_sandbox_target(e)
+    e = _sandbox_env(env, root)
     state = read_state(e.name)
     if state is None:
         return {
@@ -322,16 +314,11 @@ def sandbox_status(
     return result
 
 
-def sandbox_down(
-    env: str | Environment = "sandbox",
-    reporter: Reporter | None = None,
-    *,
-    root: Path | None = None,
-) -> Result:
+def sandbox_down(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,
+                 root: Path | None = None) -> Result:
     """Stop the sandbox's server and remove its state (nothing to do when none runs)."""
     rep = reporter or Reporter(quiet=True)
-    e = environment(env, root)
-    _require_sandbox_target(e)
+    e = _sandbox_env(env, root)
     with file_lock(sandbox_dir() / f"{e.name}.lock"):
         state = read_state(e.name)
         if state is None:

@@ -1,6 +1,6 @@
 """The sandbox's server process: a moto server on loopback, detached from the shell.
 
-Started by `sandbox.sandbox_up` as `python -m goldenimage.aws.sandbox_server --host H
+Started by `sandbox.sandbox_up` as `python -m goldenimage.sandbox.server --host H
 --port P --ready FILE`. It binds (port 0 picks a free port), writes `{"pid", "port"}` to
 FILE atomically once it answers, and serves until SIGTERM or SIGINT.
 """

@@ -18,11 +18,11 @@ import datetime as dt
 import hashlib
 from typing import Any
 
+from ..aws.clients import Clients
+from ..aws.registry import AwsRegistry, iso
+from ..models import ImageRecord
 from ..progress import Reporter
-from ..store import ImageRecord
-from .clients import Clients
-from .config import SeedSettings
-from .registry import AwsRegistry, iso
+from ..sections import SeedSettings
 
 SEED_TAG = {"Key": "goldenimage:sandbox", "Value": "seed"}
 DEBIAN_OWNER = "136693071363"
@@ -71,15 +71,8 @@ def base_record(image: str, env: str, now: dt.datetime) -> ImageRecord:
     )
 
 
-def seed_fleet(
-    clients: Clients,
-    seed: SeedSettings,
-    *,
-    env: str,
-    reporter: Reporter | None = None,
-    registry: AwsRegistry | None = None,
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
+def seed_fleet(clients: Clients, seed: SeedSettings, *, env: str, reporter: Reporter | None = None,
+               registry: AwsRegistry | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
     """Create the fleet; returns the ids of what it made."""
     rep = reporter or Reporter(quiet=True)
     now = now or dt.datetime.now(dt.UTC)

@@ -1,21 +1,20 @@
-"""The AWS and sandbox parts of an environment's settings (`extra.aws`, `extra.sandbox`).
+"""The typed sections of an environment's settings under `extra:` (`aws`, `sandbox`).
 
-`settings.Settings` keeps target-specific settings under its free-form `extra:` mapping;
-this module validates the two keys the AWS target owns, with the same file/field errors
-as the rest of the settings. Other keys of `extra` belong to other parts of the toolkit.
+`settings.Environment` parses each section once, when first asked (`env.aws`,
+`env.sandbox`, `env.rotation`), with the same file/field errors as the rest of the
+settings. A new section (retention, nightly) is a model here and one property there.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..channels import CHANNEL_RE
-from ..errors import ConfigError
-from ..settings import SETTINGS_FILE, Environment
+from .channels import CHANNEL_RE
 
 DEFAULT_REGION = "us-east-1"
 PARAMETER_PREFIX = "/goldenimage"
@@ -23,6 +22,14 @@ PARAMETER_PREFIX = "/goldenimage"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _each(values: list[str], ok: Callable[[str], object], problem: str) -> list[str]:
+    """`values` if `ok` holds for each; else ValueError naming the first that fails."""
+    for v in values:
+        if not ok(v):
+            raise ValueError(problem.format(v=repr(v)))
+    return values
 
 
 class SeedGroup(_Model):
@@ -45,17 +52,12 @@ class SeedSettings(_Model):
     @field_validator("channels")
     @classmethod
     def _channels(cls, v: list[str]) -> list[str]:
-        for ch in v:
-            if not CHANNEL_RE.match(ch):
-                raise ValueError(f"channel {ch!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
-        return v
+        return _each(v, CHANNEL_RE.match, "channel {v}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
 
     @field_validator("zones")
     @classmethod
     def _zones(cls, v: list[str]) -> list[str]:
-        for z in v:
-            if not re.fullmatch(r"[a-z]", z):
-                raise ValueError(f"zone {z!r}: a zone is a letter suffix of the region (a, b, c)")
+        _each(v, re.compile(r"[a-z]").fullmatch, "zone {v}: a zone is a letter suffix of the region (a, b, c)")
         if len(set(v)) != len(v):
             raise ValueError("zones must be distinct")
         return v
@@ -125,10 +127,7 @@ class BuildSpec(_Model):
     @field_validator("ami_users")
     @classmethod
     def _users(cls, v: list[str]) -> list[str]:
-        for u in v:
-            if not re.fullmatch(r"[0-9]{12}", u):
-                raise ValueError(f"{u!r} is not a 12-digit AWS account id")
-        return v
+        return _each(v, re.compile(r"[0-9]{12}").fullmatch, "{v} is not a 12-digit AWS account id")
 
 
 class AwsSettings(_Model):
@@ -150,44 +149,6 @@ class AwsSettings(_Model):
     @field_validator("subnets")
     @classmethod
     def _subnets(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if not re.fullmatch(r"subnet-[0-9a-f]+", s):
-                raise ValueError(f"{s!r} is not a subnet id (subnet-...)")
-        return v
+        return _each(v, re.compile(r"subnet-[0-9a-f]+").fullmatch, "{v} is not a subnet id (subnet-...)")
 
 
-def _parse(env: Environment, key: str, model: type[_Model]) -> Any:
-    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
-    raw = env.settings.extra.get(key) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{rel}: field extra.{key}: expected a mapping")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"extra.{key}.{loc}" if loc else f"extra.{key}"
-        raise ConfigError(f"{rel}: field {where}: {err['msg']}") from None
-
-
-def aws_settings(env: Environment) -> AwsSettings:
-    """`extra.aws` of the environment, validated (defaults when absent)."""
-    result: AwsSettings = _parse(env, "aws", AwsSettings)
-    return result
-
-
-def sandbox_settings(env: Environment) -> SandboxSettings:
-    """`extra.sandbox` of the environment, validated (defaults when absent)."""
-    result: SandboxSettings = _parse(env, "sandbox", SandboxSettings)
-    rel = f"inventories/{env.name}/{SETTINGS_FILE}"
-    for gname, group in result.seed.groups.items():
-        if group.image not in env.settings.images:
-            raise ConfigError(
-                f"{rel}: field extra.sandbox.seed.groups.{gname}.image: "
-                f"unknown image {group.image!r} (known: {', '.join(sorted(env.settings.images))})"
-            )
-    return result
-
-
-def region_of(env: Environment) -> str:
-    return env.settings.region or DEFAULT_REGION

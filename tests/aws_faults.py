@@ -1,7 +1,7 @@
 """Test helpers for AWS-side code: fault injection and call recording via botocore events.
 
-Used by the integration suite (tests/integration/conftest.py) and reusable by any test of
-code that talks to AWS through `clients.Clients`:
+Used by the integration and e2e suites (tests/integration/conftest.py) and reusable by any
+test of code that talks to AWS through `goldenimage.aws.clients.Clients`:
 
 - `ThrottleInjector(rate=0.3)`: answers a share of HTTP requests with the service's own
   throttling error *before* they are sent (`before-send`), so botocore's standard retry
@@ -24,7 +24,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse  # type: ignore[import-untyped, unused-ignore]
 
-from .clients import iam_action, register_hook
+from goldenimage.aws.clients import iam_action, register_hook
 
 THROTTLE_CODES = {
     "query": ("Throttling", 400),

@@ -1,0 +1,246 @@
+"""Target `aws`: Packer's amazon-ebs source, validation on an instance, AMIs and SSM channels.
+
+base (resolve the base AMI with boto3) -> fingerprint (it holds that AMI id) -> skip when a
+validated AMI has the fingerprint -> `packer build -only=amazon-ebs.aws` -> launch the new
+AMI and run `tests/image` against it -> tag it `validated` (or `quarantined`) in every
+region it was copied to.
+
+Nothing half-done is usable: every AMI the build makes carries `goldenimage:status=
+building` until the last step, and lookups, promote and channels only take `validated`.
+A bake that fails or is interrupted after Packer made the AMIs deregisters them (and
+their snapshots) in every region; an interrupted Packer cleans up its own build instance,
+key pair and security group, and an interrupted validation its own (aws/validate.py). A
+validation whose checks *fail* keeps the AMIs, quarantined, for the post-mortem.
+
+`AwsSide` is what the aws and sandbox targets share: the AMI registry, `invoke validate`
+of an AMI and where validation launches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import fingerprint
+from ..adapters.packer import read_manifest
+from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
+from ..errors import BuildFailed, ConfigError, ValidationFailed
+from ..models import QUARANTINED, STATUS_TAG, VALIDATED, ImageRecord
+from ..paths import store_dir
+from ..progress import Reporter
+from ..sections import AwsSettings
+from ..settings import Environment
+from ..targets import Base, Checked, Job, Result, Target
+from .ami import packer_vars, resolve_base_ami
+from .clients import AwsContext, Clients
+from .registry import AwsRegistry
+from .validate import RemoteCheck, TestinfraCheck, validate_ami
+
+SOURCE = "amazon-ebs.aws"
+PACKER_GRACE = 600.0  # an interrupted Packer terminates its instance and waits for it
+_ARTIFACT = re.compile(r"^([a-z0-9-]+):(ami-[0-9a-f]+)$")
+
+
+def parse_artifact(artifact_id: str) -> dict[str, str]:
+    """Packer's amazon artifact id `eu-west-1:ami-1,us-east-1:ami-2` as {region: ami}."""
+    out: dict[str, str] = {}
+    for part in filter(None, artifact_id.split(",")):
+        m = _ARTIFACT.match(part.strip())
+        if not m:
+            raise BuildFailed(f"packer manifest: unexpected artifact id part {part!r}")
+        out[m[1]] = m[2]
+    if not out:
+        raise BuildFailed("packer manifest: the build recorded no AMI")
+    return out
+
+
+class AwsSide(Target):
+    """The AWS-side half of the aws and sandbox targets."""
+
+    def __init__(self, env: Environment, *, clients: Clients | None = None,
+                 check: RemoteCheck | None = None) -> None:
+        super().__init__(env)
+        self._clients = clients
+        self._check = check
+
+    @property
+    def aws(self) -> AwsSettings:
+        return self.env.aws
+
+    @property
+    def clients(self) -> Clients:
+        if self._clients is None:
+            self._clients = Clients(self.aws_context())
+        return self._clients
+
+    def registry(self) -> AwsRegistry:
+        c = self.clients
+        return AwsRegistry(
+            c, self.env.name, prefix=self.aws.parameter_prefix, channel_data_type=self.aws.channel_data_type,
+            # moto (the sandbox) has no EnableImageDeprecation
+            supports_deprecation=self.aws.deprecate_revoked and not c.ctx.is_sandbox,
+        )
+
+    def aws_registry(self, clients: Clients | None = None) -> AwsRegistry:
+        if clients is not None:
+            self._clients = clients
+        return self.registry()
+
+    def listing(self) -> Result:
+        return {"target": self.name, "region": self.clients.ctx.region}
+
+    def default_subnet(self) -> str | None:
+        """Where validation launches when the settings name no subnet."""
+        return None
+
+    def validation_subnet(self) -> str:
+        """extra.aws.validation.subnet, the first of extra.aws.subnets, the build subnet, or
+        the target's default."""
+        aws = self.aws
+        subnet = aws.validation.subnet or (aws.subnets[0] if aws.subnets else None) or aws.build.subnet
+        subnet = subnet or self.default_subnet()
+        if subnet is None:
+            raise ConfigError(
+                f"{self.env.rel(self.env.settings_file)}: field extra.aws.validation.subnet: "
+                "a subnet to launch the validation instance in is required"
+            )
+        return subnet
+
+    def remote_check(self, expect: dict[str, Any], work: Path) -> RemoteCheck:
+        """What runs against a launched AMI: the image suite over SSH, expecting `expect`."""
+        return self._check or TestinfraCheck(self.env.root / "tests" / "image", expect=expect, work=work,
+                                             boot_timeout=self.aws.validation.boot_timeout)
+
+    def launch_and_check(self, image_id: str, check: RemoteCheck, reporter: Reporter,
+                         reg: AwsRegistry) -> dict[str, Any]:
+        v = self.aws.validation
+        return validate_ami(reg.clients, image_id, subnet=self.validation_subnet(), check=check,
+                            reporter=reporter, instance_type=v.instance_type, ssh_user=v.ssh_user,
+                            ssh_cidrs=v.ssh_cidrs or None, registry=reg)
+
+    def validate_image(self, image_id: str, reporter: Reporter) -> Result:
+        """`invoke validate --image-id ami-...`: launch it, run the image suite, clean up."""
+        reg = self.registry()
+        self.validation_subnet()  # a missing subnet is an error before any lookup
+        rec = reg.get(image_id)
+        with tempfile.TemporaryDirectory(prefix="goldenimage-validate-") as work:
+            built = reg.manifest(image_id).get("created") or rec.created
+            expect = {"image_name": rec.name, "image_id": str(rec.extra.get("local_id") or rec.id),
+                      "fingerprint": rec.fingerprint, "build_time": str(built)}
+            result = self.launch_and_check(image_id, self.remote_check(expect, Path(work)), reporter, reg)
+        return {"env": self.env.name, **result}
+
+
+class AwsTarget(AwsSide):
+    name = "aws"
+
+    def aws_context(self) -> AwsContext:
+        return AwsContext(region=self.env.region, profile=self.aws.profile, max_attempts=self.aws.max_attempts)
+
+    # -- bake --------------------------------------------------------------------------------
+    def detect_tools(self) -> Tools:
+        return detect_tools(local=False)
+
+    def resolve_base(self, reporter: Reporter) -> Base:
+        base = resolve_base_ami(self.clients, self.aws.base_ami)
+        region = self.clients.ctx.region
+        reporter.info(f"    base {base['id']} ({base['name'] or 'unnamed'}) in {region}")
+        return Base(f"ami:{region}:{base['id']}", base, {"region": region, "base_ami": base["id"]})
+
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
+        return self.registry().find_by_fingerprint(name, fingerprint)
+
+    def started(self, job: Job) -> Result:
+        return {"local_id": job.image.id}
+
+    def build(self, job: Job, reporter: Reporter) -> Result:
+        c, img, ws = self.clients, job.image, job.ws
+        amis: dict[str, str] = job.artifacts.setdefault("amis", {})
+        git = job.artifacts["git"] = git_state(self.env.root)
+        (ws / "image").mkdir()
+        with reporter.phase("build", f"packer build of {img.name} ({img.id}) in {c.ctx.region}"):
+            try:
+                job.artifacts["timings"] = packer_build(
+                    self.env, img, job.tools, ws, SOURCE, reporter, grace=PACKER_GRACE, **packer_vars(
+                    self.env, job.base.details, image=img.name, image_id=img.id, fingerprint=img.fingerprint,
+                    git_commit=git.get("commit") or ""))
+            finally:
+                # the manifest exists once Packer made the AMIs: they are ours to remove on failure
+                if (ws / "packer-manifest.json").is_file():
+                    amis.update(parse_artifact(str(read_manifest(ws / "packer-manifest.json").get("artifact_id", ""))))
+            if c.ctx.region not in amis:
+                raise BuildFailed(f"packer made no AMI in {c.ctx.region} (made: {amis})")
+            home = amis[c.ctx.region]
+            reporter.info(f"    built {', '.join(f'{r}:{a}' for r, a in sorted(amis.items()))}")
+        return {"image_id": home, "amis": dict(amis), "artifact": f"{c.ctx.region}:{home}"}
+
+    def validate(self, job: Job, reporter: Reporter) -> Checked:
+        home = job.artifacts["amis"][self.clients.ctx.region]
+        reg = self.registry()
+        self.validation_subnet()
+        with reporter.phase("validate", f"launch {home} and run tests/image"):
+            check = self.remote_check(job.image.facts(), job.ws / "validate")
+            try:
+                validated = self.launch_and_check(home, check, reporter, reg)
+                failures: list[str] = []
+            except ValidationFailed as exc:
+                validated, failures = exc.result, list(exc.failures) or [exc.message]
+        return Checked(not failures, failures, validated)
+
+    def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
+        c, img, amis, git = self.clients, job.image, job.artifacts["amis"], job.artifacts["git"]
+        home = amis[c.ctx.region]
+        status = VALIDATED if checked.ok else QUARANTINED
+        validated = checked.details
+        with reporter.phase("register", f"{status}: {home}"):
+            base = job.base.details
+            manifest = {
+                "id": img.id, "name": img.name, "env": self.env.name, "fingerprint": img.fingerprint,
+                "fingerprint_inputs": fingerprint.as_manifest(job.inputs), "created": img.build_time,
+                "status": status, "ami_id": home, "amis": dict(amis), "base_ami": base["id"], "base": base,
+                "git_commit": git.get("commit") or "", "git": git, "tools": job.tools.versions(),
+                "validation": {"status": status, "failures": checked.failures,
+                               "instance": validated.get("instance_id"), "cleaned_up": validated.get("cleaned_up")},
+                "durations": dict(reporter.durations),
+                # the whole record stays with the build's logs; the SSM manifest keeps its gist
+                "timings": {k: job.artifacts["timings"][k] for k in ("ansible_seconds", "slowest_tasks")},
+            }
+            record = ImageRecord(id=img.id, name=img.name, env=self.env.name, fingerprint=img.fingerprint,
+                                 created=img.build_time, status=status, artifact=f"{c.ctx.region}:{home}")
+            tags = [{"Key": STATUS_TAG, "Value": status}]
+            for region, ami in sorted(amis.items()):  # the copies first: the home AMI is what lookups see
+                if region != c.ctx.region:
+                    _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
+            self.registry().put(record, manifest)
+        job.finished = True
+        return {"failures": checked.failures, "validation": validated, "status": status}
+
+    def discard(self, job: Job, reporter: Reporter) -> None:
+        """Deregister the AMIs of a bake that did not finish, with their snapshots."""
+        c = self.clients
+        for region, ami in sorted(job.artifacts.get("amis", {}).items()):
+            reporter.info(f"    removing {region}:{ami} (the bake did not finish)")
+            reg = AwsRegistry(_in_region(c, region), env="")
+            try:
+                reg.discard(ami)
+            except Exception as exc:  # keep removing the others; say what is left
+                reporter.warn(f"could not remove {region}:{ami}: {exc} (tagged {STATUS_TAG}=building)")
+
+    def kept_logs(self, job: Job) -> Path | None:
+        logs = store_dir() / "logs" / job.image.id
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in ("build.log", TIMINGS):
+            if (job.ws / "image" / name).is_file():
+                shutil.copy2(job.ws / "image" / name, logs / name)
+        return logs
+
+    def quarantined(self, result: Result) -> str:
+        return f"quarantined: tagged {STATUS_TAG}=quarantined in {', '.join(sorted(result['amis']))}"
+
+
+def _in_region(c: Clients, region: str) -> Clients:
+    return c if region == c.ctx.region else Clients(dataclasses.replace(c.ctx, region=region))

@@ -1,0 +1,107 @@
+"""Target `sandbox`: a local bake (qemu, the local store), then the validated image also
+stands as an AMI in the environment's running sandbox (a moto server on loopback), whose
+registry holds the channels.
+
+The sandbox boots no guests: validating one of its AMIs reports what the local bake
+validated instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..aws.clients import AwsContext, Clients
+from ..aws.registry import AwsRegistry
+from ..aws.target import AwsSide
+from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
+from ..models import REVOKED, VALIDATED, ImageRecord
+from ..progress import Reporter
+from ..settings import Environment
+from ..targets import Checked, ImageRegistry, Job, Result
+from ..targets.local import LocalTarget
+from . import running_state, sandbox_context
+
+
+class SandboxCheck:
+    """The sandbox runs no guests: the remote check reports what was validated instead."""
+
+    def __init__(self, local_id: str) -> None:
+        self.local_id = local_id
+
+    def __call__(self, target: RemoteTarget, reporter: Reporter) -> CheckResult:
+        return CheckResult(
+            passed=True,
+            details={
+                "skipped": "the sandbox (moto) boots no guests; the image's local qcow2 "
+                f"({self.local_id or 'unknown'}) was validated by the local bake",
+            },
+        )
+
+
+class SandboxTarget(LocalTarget, AwsSide):
+    name = "sandbox"
+
+    def __init__(self, env: Environment, *, clients: Clients | None = None,
+                 check: RemoteCheck | None = None) -> None:
+        LocalTarget.__init__(self, env)  # and AwsSide's, next in the method order
+        self._clients, self._check = clients, check
+
+    def aws_context(self) -> AwsContext:
+        # ConfigError when the environment's sandbox is not running
+        return sandbox_context(running_state(self.env), self.aws.max_attempts)
+
+    # -- registry: the sandbox's AMIs; the local store still knows the local ids --------------
+    def registry(self) -> AwsRegistry:
+        return AwsSide.registry(self)
+
+    def listing(self) -> Result:
+        return AwsSide.listing(self)
+
+    def registry_for(self, image_id: str) -> ImageRegistry:
+        return self.registry() if image_id.startswith("ami-") else self.store
+
+    def provenance(self, image_id: str) -> Result:
+        return {}
+
+    def default_subnet(self) -> str | None:
+        return str(running_state(self.env)["seed"]["subnets"][0])
+
+    def remote_check(self, expect: dict[str, Any], work: Path) -> RemoteCheck:
+        return self._check or SandboxCheck(str(expect.get("image_id", "")))
+
+    def validate_image(self, image_id: str, reporter: Reporter) -> Result:
+        return AwsSide.validate_image(self, image_id, reporter)
+
+    # -- bake: local, then registered in the sandbox -----------------------------------------
+    def check_ready(self, name: str, tools: Any, reporter: Reporter) -> None:
+        self.registry()  # a sandbox that is not running is an error now, not after the bake
+        super().check_ready(name, tools, reporter)
+
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
+        hit = self.store.find_by_fingerprint(name, fingerprint)
+        if hit is not None and any(r.status == REVOKED and r.extra.get("local_id") == hit.id
+                                   for r in self.registry().list(hit.name)):
+            reporter.warn(f"{hit.id} is revoked in {self.env.name}: it may not be used again, baking anew")
+            return None
+        return hit
+
+    def skipped(self, hit: ImageRecord, reporter: Reporter) -> Result:
+        return {**super().skipped(hit, reporter), "registered": self._register_remote(hit, reporter)}
+
+    def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
+        out = super().register(job, checked, reporter)
+        if out["status"] == VALIDATED:
+            out["registered"] = self._register_remote(self.store.get(out["image_id"]), reporter)
+        return out
+
+    def _register_remote(self, rec: ImageRecord, reporter: Reporter) -> dict[str, Any]:
+        """The locally validated image also stands as an AMI in the sandbox (once)."""
+        remote = self.registry()
+        existing = remote.find_by_fingerprint(rec.name, rec.fingerprint)
+        if existing is not None:
+            return {"image_id": existing.id, "new": False}
+        with reporter.phase("register-remote", f"register {rec.id} in {self.env.name}"):
+            done = remote.put(rec, self.store.manifest(rec.id))
+            reporter.info(f"registered {done.id} ({done.name}, {done.status}) in {done.extra['region']}")
+        return {"image_id": done.id, "new": True}

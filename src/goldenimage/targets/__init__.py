@@ -1,0 +1,208 @@
+"""Targets: where an environment's images are built, validated and registered.
+
+One interface (`Target`), three implementations chosen once from the environment's
+`target:` setting, in the spirit of pytest-testinfra's backend registry: `local` (qemu
+source, the local image store), `sandbox` (a local bake, then registered as an AMI in the
+loopback AWS API) and `aws` (amazon-ebs source, AMIs and SSM channels). The modules of
+this package, `aws.target` and `sandbox.target` are the only code that asks
+which target an environment has; commands and the bake pipeline are written once against
+`Target`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..errors import ConfigError
+from ..fingerprint import FingerprintInput
+from ..models import ImageRecord
+from ..progress import Reporter
+from ..settings import Environment
+
+if TYPE_CHECKING:
+    from ..aws.clients import AwsContext, Clients
+    from ..aws.registry import AwsRegistry
+    from ..build import NewImage, Tools
+
+Result = dict[str, Any]
+
+# name -> "module:class", imported when chosen: a local bake never imports boto3
+TARGETS = {
+    "local": "goldenimage.targets.local:LocalTarget",
+    "sandbox": "goldenimage.sandbox.target:SandboxTarget",
+    "aws": "goldenimage.aws.target:AwsTarget",
+}
+
+
+class ImageRegistry(Protocol):
+    """What commands need of a target's registry (`models.Registry`, untyped `put`)."""
+
+    def get(self, image_id: str) -> ImageRecord: ...
+
+    def list(self, name: str | None = None) -> list[ImageRecord]: ...
+
+    def manifest(self, image_id: str) -> dict[str, Any]: ...
+
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None: ...
+
+    def promote(self, image_id: str, channel: str) -> dict[str, Any]: ...
+
+    def revoke(self, image_id: str, reason: str) -> dict[str, Any]: ...
+
+    def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]: ...
+
+    def rollback_target(self, name: str, channel: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Base:
+    """What an image is built on: its identity (a fingerprint input) and target details."""
+
+    identity: str
+    details: dict[str, Any]
+    result: dict[str, Any] = field(default_factory=dict)  # what the bake's result shows of it
+
+
+@dataclass
+class Job:
+    """One build in progress: the new image, its inputs and its private workspace."""
+
+    env: Environment
+    image: NewImage
+    inputs: list[FingerprintInput]
+    base: Base
+    tools: Tools
+    ws: Path
+    artifacts: dict[str, Any] = field(default_factory=dict)  # what the build made so far
+    finished: bool = False  # registered (validated or quarantined): nothing to discard
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The validation of a built image."""
+
+    ok: bool
+    failures: list[str]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Target(ABC):
+    """One kind of place images live in; `target_for(env)` picks the environment's."""
+
+    name: ClassVar[str]
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+
+    # -- the registry and its commands ---------------------------------------------------
+    @abstractmethod
+    def registry(self) -> ImageRegistry:
+        """Where the environment's images and channels are listed, promoted, revoked."""
+
+    def registry_for(self, image_id: str) -> ImageRegistry:
+        """The registry that knows `image_id` (a sandbox knows local ids and AMIs)."""
+        return self.registry()
+
+    def listing(self) -> Result:
+        """What `invoke images` shows beside the images (where they are)."""
+        return {}
+
+    def provenance(self, image_id: str) -> Result:
+        """What `invoke images --image-id` shows beside the record and the manifest."""
+        return {}
+
+    @abstractmethod
+    def validate_image(self, image_id: str, reporter: Reporter) -> Result:
+        """`invoke validate`: boot a registered image again and run the image suite."""
+
+    def aws_context(self) -> AwsContext:
+        """The AWS API this environment's AWS-side commands use."""
+        raise self._not_aws()
+
+    def aws_registry(self, clients: Clients | None = None) -> AwsRegistry:
+        """The AMI registry (with `clients`, else the target's own)."""
+        raise self._not_aws()
+
+    def _not_aws(self) -> ConfigError:
+        return ConfigError(
+            f"{self.env.rel(self.env.settings_file)}: field target: environment {self.env.name!r} has "
+            f"target {self.name!r}; AWS commands need target 'aws' or 'sandbox'"
+        )
+
+    # -- the bake --------------------------------------------------------------------------
+    @abstractmethod
+    def detect_tools(self) -> Tools:
+        """The host tools this target's bake needs (MissingToolError if one is absent)."""
+
+    def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
+        """Fail before any slow step: templates, a registry that must be reachable."""
+        return None
+
+    @abstractmethod
+    def resolve_base(self, reporter: Reporter) -> Base:
+        """What the image is built on, resolved now (its identity joins the fingerprint)."""
+
+    def base_identity(self, reporter: Reporter) -> str:
+        """The base's identity alone (`invoke fingerprint`): the bake's, without its extras."""
+        return self.resolve_base(reporter).identity
+
+    @abstractmethod
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
+        """A validated image with this fingerprint that a bake may skip to."""
+
+    def fingerprint_lookup(self) -> ImageRegistry | None:
+        """Where `invoke fingerprint` looks for an up-to-date image (None: nowhere)."""
+        return None
+
+    def skipped(self, hit: ImageRecord, reporter: Reporter) -> Result:
+        """The result fields of a bake that skipped to `hit`."""
+        return {"image_id": hit.id, "status": hit.status, "artifact": hit.artifact}
+
+    def started(self, job: Job) -> Result:
+        """The result fields known once the build starts."""
+        return {"image_id": job.image.id}
+
+    @abstractmethod
+    def build(self, job: Job, reporter: Reporter) -> Result:
+        """Build the image with this target's Packer source; the result fields it adds."""
+
+    @abstractmethod
+    def validate(self, job: Job, reporter: Reporter) -> Checked:
+        """Boot the final artifact and run `tests/image` against it."""
+
+    @abstractmethod
+    def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
+        """Register the image (validated or quarantined); the result fields it adds."""
+
+    def discard(self, job: Job, reporter: Reporter) -> None:
+        """Remove what an unfinished build made outside its workspace."""
+        return None
+
+    def quarantined(self, result: Result) -> str:
+        """Where a quarantined image is, for the error message."""
+        return "quarantined"
+
+    def kept_logs(self, job: Job) -> Path | None:
+        """Where a finished build's logs are kept outside the registered image (if anywhere)."""
+        return None
+
+
+def target_for(env: Environment) -> Target:
+    """The environment's target, chosen once from its `target:` setting."""
+    module, cls = TARGETS[env.settings.target].split(":")
+    chosen: type[Target] = getattr(importlib.import_module(module), cls)
+    return chosen(env)
+
+
+def require_sandbox(env: Environment) -> None:
+    """The sandbox commands (`invoke sandbox.*`) serve target sandbox only."""
+    if env.settings.target != "sandbox":
+        raise ConfigError(
+            f"{env.rel(env.settings_file)}: field target: environment {env.name!r} has "
+            f"target {env.settings.target!r}; the sandbox needs target 'sandbox' (try --env sandbox)"
+        )

@@ -1,0 +1,202 @@
+"""Target `local`: Packer's qemu source, validation in QEMU, the local image store.
+
+The artifact that is validated is the artifact that is registered: the final qcow2, after
+the hygiene role, booted through an overlay with a fresh key.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import fingerprint, sbom
+from ..adapters import baseimage, packer, qemu, testinfra
+from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
+from ..errors import TemplateError
+from ..fsutil import atomic_write_json, sha256_file
+from ..models import QUARANTINED, VALIDATED, ImageRecord
+from ..paths import base_cache_dir, store_dir
+from ..progress import Reporter
+from ..settings import Environment
+from ..store import LocalStore
+from . import Base, Checked, ImageRegistry, Job, Result, Target
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        self.store = LocalStore(store_dir())
+
+    # -- registry ----------------------------------------------------------------------------
+    def registry(self) -> ImageRegistry:
+        return self.store
+
+    def listing(self) -> Result:
+        return {"store": str(self.store.root)}
+
+    def provenance(self, image_id: str) -> Result:
+        directory = self.store.image_dir(image_id)
+        manifest = self.store.manifest(image_id)
+        sbom_file = directory / str(manifest.get("sbom", "sbom.cdx.json"))
+        return {"directory": str(directory),
+                "sbom": json.loads(sbom_file.read_text()) if sbom_file.is_file() else None,
+                "junit": str(directory / "junit.xml")}
+
+    def validate_image(self, image_id: str, reporter: Reporter) -> Result:
+        detect_tools()
+        store = self.store
+        rec = store.get(image_id)
+        manifest = store.manifest(image_id)
+        disk = store.image_dir(image_id) / rec.artifact
+        accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
+        with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run tests/image"):
+            suite, _ = validate_disk(self.env, disk, accel, {
+                "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
+                "build_time": manifest["created"],
+            }, ws, reporter)
+        return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
+                "durations": reporter.durations, "exit_code": 0 if suite.ok else 1}
+
+    # -- bake --------------------------------------------------------------------------------
+    def detect_tools(self) -> Tools:
+        return detect_tools()
+
+    def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
+        check_templates(self.env, name, tools)
+
+    def base_identity(self, reporter: Reporter) -> str:
+        return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
+
+    def resolve_base(self, reporter: Reporter) -> Base:
+        base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
+        accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, base.path, base_cache_dir(),
+                                        reporter)
+        reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
+        return Base(base.identity, {"disk": base, "accelerator": accel})
+
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
+        return self.store.find_by_fingerprint(name, fingerprint)
+
+    def fingerprint_lookup(self) -> ImageRegistry | None:
+        return self.store
+
+    def skipped(self, hit: ImageRecord, reporter: Reporter) -> Result:
+        return {"image_id": hit.id, "status": hit.status,
+                "artifact": str(self.store.image_dir(hit.id) / hit.artifact)}
+
+    def build(self, job: Job, reporter: Reporter) -> Result:
+        from ..build import packer_build
+
+        ws, img, disk = job.ws, job.image, job.base.details["disk"]
+        image_dir = ws / "image"
+        image_dir.mkdir()
+        with reporter.phase("build", f"packer build of {img.name} ({img.id})"):
+            key = ws / "build_key"
+            pubkey = qemu.make_key(key)
+            seeds = qemu.seed_files(ws / "seed", BUILD_USER, pubkey, img.name)
+            job.artifacts["timings"] = packer_build(
+                self.env, img, job.tools, ws, "qemu.local", reporter, base_image=str(disk.path),
+                base_image_checksum=disk.identity, accelerator=job.base.details["accelerator"],
+                ssh_private_key_file=str(key), seed_files=[str(s) for s in seeds])
+            key.unlink()
+            job.artifacts["packer_manifest"] = packer.read_manifest(ws / "packer-manifest.json")
+            artifact = ws / "output" / "disk.qcow2"
+            if not artifact.is_file():
+                raise TemplateError(f"packer reported success but {artifact.name} is missing")
+            shutil.move(str(artifact), image_dir / "disk.qcow2")
+            shutil.copy2(ws / "packer-manifest.json", image_dir / "packer-manifest.json")
+        return {}
+
+    def validate(self, job: Job, reporter: Reporter) -> Checked:
+        image_dir = job.ws / "image"
+        with reporter.phase("validate", "boot the final image and run tests/image"):
+            suite, packages = validate_disk(self.env, image_dir / "disk.qcow2", job.base.details["accelerator"],
+                                            job.image.facts(), job.ws / "validate", reporter)
+            shutil.copy2(suite.junit, image_dir / "junit.xml")
+        return Checked(suite.ok, list(suite.as_dict().get("failures", [])),
+                       {"suite": suite, "packages": packages})
+
+    def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
+        env, img, ws = self.env, job.image, job.ws
+        image_dir = ws / "image"
+        status = VALIDATED if checked.ok else QUARANTINED
+        packages = checked.details["packages"]
+        disk = job.base.details["disk"]
+        manifest: dict[str, Any] = {
+            "id": img.id, "name": img.name, "env": env.name, "fingerprint": img.fingerprint,
+            "fingerprint_inputs": fingerprint.as_manifest(job.inputs),
+            "created": img.build_time, "status": status, "artifact": "disk.qcow2",
+            "artifact_sha256": sha256_file(image_dir / "disk.qcow2"),
+            "base": {"source": disk.source, "identity": disk.identity, "path": str(disk.path)},
+            "tools": job.tools.versions(), "accelerator": job.base.details["accelerator"],
+            "git": git_state(env.root),
+            "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "packages": [{"name": n, "version": v, "arch": a} for n, v, a in packages],
+            "sbom": "sbom.cdx.json",
+            "validation": {"status": status, **checked.details["suite"].as_dict(), "junit": "junit.xml"},
+            "packer_manifest": job.artifacts["packer_manifest"],
+            "timings": job.artifacts["timings"],
+        }
+        atomic_write_json(image_dir / "sbom.cdx.json",
+                          sbom.build(packages, image_name=img.name, fingerprint=img.fingerprint, now=img.created))
+        record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
+                             created=img.build_time, status=status, artifact="disk.qcow2")
+        with reporter.phase("register"):
+            manifest["durations"] = dict(reporter.durations)
+            self.store.put(record, manifest, image_dir)
+        job.finished = True
+        return {"image_id": record.id, "status": record.status,
+                "artifact": str(self.store.image_dir(record.id) / record.artifact),
+                **({} if checked.ok else {"failures": manifest["validation"]["failures"]})}
+
+    def quarantined(self, result: Result) -> str:
+        return f"quarantined at {self.store.image_dir(result['image_id'])}"
+
+
+def check_templates(env: Environment, name: str, tools: Tools) -> None:
+    """`packer validate` the staged templates with placeholder values: Packer's own file:line
+    for a malformed template, before any slow step."""
+    with tempfile.TemporaryDirectory(prefix="goldenimage-check-") as tmp:
+        work = Path(tmp)
+        staged = tools.packer.stage(env.root / "packer", work / "packer")
+        var_file = work / "check.pkrvars.json"
+        (work / "inventory").mkdir()
+        key = work / "check_key"
+        qemu.make_key(key)
+        placeholders = {"fingerprint": "0" * 64, "image_id": f"{name}-check", "ssh_private_key_file": str(key),
+                        "base_image": str(work / "base.qcow2"), "base_image_checksum": "sha256:" + "0" * 64}
+        atomic_write_json(var_file, common_packer_vars(env, name, work, **placeholders))
+        tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
+
+
+def validate_disk(
+    env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
+) -> tuple[testinfra.SuiteResult, list[tuple[str, str, str]]]:
+    """Boot `disk` through an overlay with a fresh key and run `tests/image/` against it."""
+    q = env.settings.qemu
+    with qemu.boot(disk, work, accelerator=accel, cpus=q.cpus, memory=q.memory,
+                   timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
+        pub = Path(f"{vm.key}.pub").read_text().strip()
+        suite = testinfra.run_suite(env.root / "tests" / "image", vm.host, vm.ssh_config, {
+            **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
+        }, work, reporter)
+        packages = _packages(vm)
+    reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+    return suite, packages
+
+
+def _packages(vm: qemu.Vm) -> list[tuple[str, str, str]]:
+    res = vm.ssh(r"dpkg-query -W -f '${Package}\t${Version}\t${Architecture}\n'")
+    out: list[tuple[str, str, str]] = []
+    for ln in res.stdout.splitlines():
+        parts = ln.split("\t")
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2]))
+    return out
