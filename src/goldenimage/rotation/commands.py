@@ -13,13 +13,13 @@ from ..errors import ConfigError
 from ..progress import Reporter
 from ..settings import load_environment
 from .executor import Result, rollback, rotate
-from .policy import GroupPolicy, get_policy, load_policies
+from .policy import GroupPolicy, get_policy
 
 
 def _group(env_name: str, group: str) -> tuple[Any, GroupPolicy, Any]:
     env = load_environment(env_name)
     source = env.rel(env.settings_file)
-    policy = get_policy(load_policies(env.settings.extra, source), group, source)
+    policy = get_policy(env.rotation, group, source)  # the environment's typed section, parsed once
     context = importlib.import_module("goldenimage.aws.context")
     return env, policy, context
 
