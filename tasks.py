@@ -1,8 +1,9 @@
 """Invoke tasks: the table of contents of the goldenimage library.
 
 Every task takes --env (default: the `goldenimage.env` setting of Invoke's configuration,
-`local`, and `goldenimage.sandbox_env`, `sandbox`, for the sandbox.* tasks; see README), --json (one JSON document on stdout) and --debug; `command` adds
-them and runs the work through `cli.run`. Exit codes: 0 done, 1 the operation failed or
+`local`, and `goldenimage.sandbox_env`, `sandbox`, for the sandbox.* tasks; see README),
+--json (one JSON document on stdout) and --debug; `command` adds them and runs the work
+through `cli.run`. Exit codes: 0 done, 1 the operation failed or
 was rolled back, 2 bad input or configuration.
 """
 
