@@ -15,9 +15,11 @@ import builtins
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .. import retention
 from ..errors import ConfigError
 from ..fingerprint import FingerprintInput
 from ..models import ImageRecord
@@ -91,6 +93,17 @@ class Checked:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GcWorld:
+    """What `invoke gc` plans from, gathered once per run (`retention.plan`'s inputs)."""
+
+    images: list[retention.Image]
+    references: list[retention.Reference]
+    channels: dict[str, dict[str, list[dict[str, Any]]]]
+    leftovers: list[retention.Leftover] = field(default_factory=list)
+    where: dict[str, Any] = field(default_factory=dict)  # what the plan shows of the place
+
+
 class Target(ABC):
     """One kind of place images live in; `target_for(env)` picks the environment's."""
 
@@ -132,6 +145,26 @@ class Target(ABC):
         return ConfigError(
             f"{self.env.rel(self.env.settings_file)}: field target: environment {self.env.name!r} has "
             f"target {self.name!r}; AWS commands need target 'aws' or 'sandbox'"
+        )
+
+    # -- retention (invoke gc) -------------------------------------------------------------
+    def gc_world(self) -> GcWorld:
+        """The images, their references and channels, and the leftovers, gathered now."""
+        raise self._no_gc()
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        """Carry out one decision (deprecate, disable, delete), re-checking right before that
+        nothing uses the image. Result: `done` True, or `skipped` with the use found."""
+        raise self._no_gc()
+
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        """Remove one leftover the plan decided to delete."""
+        raise self._no_gc()
+
+    def _no_gc(self) -> ConfigError:
+        return ConfigError(
+            f"{self.env.rel(self.env.settings_file)}: field target: `invoke gc` is not built for target "
+            f"{self.name!r} yet (target 'local' only)"
         )
 
     # -- the bake --------------------------------------------------------------------------
