@@ -113,12 +113,13 @@ def rollback(c, env, group=None, dry_run=False):
     return work
 
 
-@command("goldenimage.gc:human_gc", apply="carry out the plan (default: print it only)")
-def gc(c, env, apply=False):
+@command("goldenimage.gc:human_gc", apply="carry out the plan (default: print it only)",
+         restore="an image id: take back its deprecate/disable stage (usable again)")
+def gc(c, env, apply=False, restore=None):
     """Retention: keep, deprecate, disable or delete each image, with its reason (a dry run unless --apply)."""
     from goldenimage import gc
 
-    return lambda r: gc.gc(env, apply, r)
+    return lambda r: gc.gc(env, apply, r, restore=restore)
 
 
 @command("goldenimage.aws.iam:human_policy", name="iam-policy")

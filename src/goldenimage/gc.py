@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import retention
-from .errors import GoldenImageError
+from .errors import ConfigError, GoldenImageError
 from .progress import Reporter
 from .settings import load_environment
 from .targets import target_for
@@ -24,12 +24,19 @@ Result = dict[str, Any]
 
 
 def gc(env_name: str, apply: bool, reporter: Reporter, *, root: Path | None = None,
-       now: datetime | None = None) -> Result:
+       now: datetime | None = None, restore: str | None = None) -> Result:
     """The plan (every image's decision with its reason and the bytes a delete reclaims);
-    with `apply`, each change's outcome under `applied`."""
+    with `apply`, each change's outcome under `applied`; with `restore`, only that: the
+    image's deprecate/disable stage taken back."""
     env = load_environment(env_name, root)
     policy = env.retention  # ConfigError (exit 2) before anything is gathered
     target = target_for(env)
+    if restore is not None:
+        if apply:
+            raise ConfigError("--restore and --apply go separately: restore first, then plan again")
+        was = target.gc_restore(restore)["stage"]
+        return {"env": env.name, "target": target.name, "restored": restore,
+                "stage": was, "changed": was is not None}
     now = now or datetime.now(UTC)
     with reporter.phase("gather", "images, their references and channels"):
         world = target.gc_world()
@@ -76,6 +83,10 @@ def size(n: int) -> str:
 
 
 def human_gc(r: Result) -> list[str]:
+    if "restored" in r:
+        if not r["changed"]:
+            return [f"{r['restored']} was in no retention stage: nothing to do"]
+        return [f"restored {r['restored']}: no longer {r['stage']['stage']} (since {r['stage']['at']})"]
     rows = [*r["decisions"], *r["leftovers"]]
     if not rows:
         return [f"nothing to collect in {r.get('store', r['env'])}"]

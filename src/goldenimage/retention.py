@@ -220,7 +220,8 @@ def _decide(img: Image, protected: Mapping[str, str], newest: set[str],
         return Decision(img.id, img.name, KEEP, f"keep: {reason}", img.stage)
 
     if img.id in protected:
-        return keep(protected[img.id] + (f" (it is {img.stage}: restore it)" if img.stage else ""))
+        return keep(protected[img.id] + (f" (it is {img.stage}: `invoke gc --restore {img.id}`)"
+                                         if img.stage else ""))
     rules = policy.get(img.name)
     if rules is None:
         return keep(f"no retention policy for {img.name}")

@@ -333,6 +333,7 @@ class LocalStore:
 
     def restore(self, image_id: str) -> dict[str, Any] | None:
         """Take an image's retention stage back (usable again); the stage it had, if any."""
+        self.get(image_id)  # NotFoundError if unknown
         with self.locked() as doc:
             stage: dict[str, Any] | None = doc.get("retention", {}).pop(image_id, None)
         return stage

@@ -257,3 +257,26 @@ def test_qcow2_backing_file_with_qemu_img(tmp_path: Path) -> None:
     assert usage.qcow2_backing_file(base) is None
     refs = usage.backing_references({"web-1": base}, [tmp_path])
     assert [(r.image_id, r.where) for r in refs] == [("web-1", str(over))]
+
+
+def test_restore_through_the_command(root: Path, store: LocalStore) -> None:
+    world(store)
+    run_gc(root, apply=True)
+    r = gc.gc("local", False, Reporter(io.StringIO()), root=root, now=NOW, restore="web-4")
+    assert r["changed"] and r["stage"]["stage"] == "deprecated"
+    assert gc.human_gc(r) == ["restored web-4: no longer deprecated (since 2026-11-30T09:00:00Z)"]
+    again = gc.gc("local", False, Reporter(io.StringIO()), root=root, now=NOW, restore="web-4")
+    assert gc.human_gc(again) == ["web-4 was in no retention stage: nothing to do"]
+    with pytest.raises(ConfigError, match="go separately"):
+        gc.gc("local", True, Reporter(io.StringIO()), root=root, now=NOW, restore="web-4")
+
+
+@pytest.mark.parametrize("env", ["sandbox", "aws"])
+def test_other_targets_say_gc_is_not_built_there_yet(env: str) -> None:
+    from tests.conftest import ROOT
+
+    with pytest.raises(ConfigError, match=rf"field target: `invoke gc` is not built for target '{env}'") as exc:
+        gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW)
+    assert exc.value.exit_code == 2
+    with pytest.raises(ConfigError, match="not built"):
+        gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW, restore="ami-0123")

@@ -99,7 +99,7 @@ CASES: list[tuple[str, list[rt.Image], list[rt.Reference], dict[str, Any], dict[
     ("a protected image in a stage is kept and flagged", [
         img(1, age=1), img(2, age=2), img(3, age=50, stage="disabled", stage_age=30)],
      [rt.Reference("web-3", "vm", "pid 7")], {}, {
-        "web-3": "keep: vm pid 7 (it is disabled: restore it)",
+        "web-3": "keep: vm pid 7 (it is disabled: `invoke gc --restore web-3`)",
     }),
     ("no policy, no collection",
      [img(1, age=100, name="db"), img(2, age=200, name="db")], [], {}, {

@@ -8,9 +8,11 @@ validated instead.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .. import retention
 from ..aws.clients import AwsContext, Clients
 from ..aws.registry import AwsRegistry
 from ..aws.target import AwsSide
@@ -18,7 +20,7 @@ from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
-from ..targets import Checked, ImageRegistry, Job, Result
+from ..targets import Checked, GcWorld, ImageRegistry, Job, Result
 from ..targets.local import LocalTarget
 from . import running_state, sandbox_context
 
@@ -46,6 +48,20 @@ class SandboxTarget(LocalTarget, AwsSide):
                  check: RemoteCheck | None = None) -> None:
         LocalTarget.__init__(self, env)  # and AwsSide's, next in the method order
         self._clients, self._check = clients, check
+
+    # gc: the sandbox's images are AMIs (registered from local bakes); collecting the local
+    # store underneath them would delete the qcow2s they came from. Not built yet.
+    def gc_world(self) -> GcWorld:
+        raise self._no_gc()
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        raise self._no_gc()
+
+    def gc_restore(self, image_id: str) -> Result:
+        raise self._no_gc()
+
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        raise self._no_gc()
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running

@@ -157,6 +157,10 @@ class Target(ABC):
         nothing uses the image. Result: `done` True, or `skipped` with the use found."""
         raise self._no_gc()
 
+    def gc_restore(self, image_id: str) -> Result:
+        """Take back an image's deprecate/disable stage. Result: `stage` it had (None: none)."""
+        raise self._no_gc()
+
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
         """Remove one leftover the plan decided to delete."""
         raise self._no_gc()

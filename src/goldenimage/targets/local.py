@@ -113,6 +113,9 @@ class LocalTarget(Target):
             raise ValueError(f"not an action to carry out: {action}")
         return {"done": False, "skipped": f"in use now: {why}"} if why else {"done": True}
 
+    def gc_restore(self, image_id: str) -> Result:
+        return {"stage": self.store.restore(image_id)}
+
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
         directory = self.store.failed_dir / decision.image_id
         shutil.rmtree(directory)
