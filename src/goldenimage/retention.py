@@ -125,8 +125,8 @@ def parse_time(text: str | None) -> datetime | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-def _days(delta: timedelta) -> str:
-    n = int(delta / DAY)
+def _days(n: int) -> str:
+    """Whole days as the reasons say them: today, 1 day ago, 8 days ago."""
     return "today" if n <= 0 else f"{n} day{'s' if n != 1 else ''} ago"
 
 
@@ -202,8 +202,8 @@ def plan(
     decisions = [_decide(img, protected, newest, superseded, policy, now) for img in ordered]
     lefts = []
     for lo in sorted(leftovers, key=lambda x: (x.created, x.id)):
-        age = now - lo.created
-        if age >= failed_logs_days * DAY:
+        age = (now - lo.created).days
+        if age >= failed_logs_days:
             lefts.append(Decision(lo.id, lo.kind, DELETE,
                                   f"delete: {lo.kind} from {_days(age)}, kept {failed_logs_days} days",
                                   None, lo.size))
@@ -216,20 +216,20 @@ def plan(
 def _decide(img: Image, protected: Mapping[str, str], newest: set[str],
             superseded: Mapping[str, tuple[datetime, int]], policy: Mapping[str, ImageRetention],
             now: datetime) -> Decision:
-    def keep(reason: str) -> Decision:
-        return Decision(img.id, img.name, KEEP, f"keep: {reason}", img.stage)
-
-    if img.id in protected:
-        return keep(protected[img.id] + (f" (it is {img.stage}: `invoke gc --restore {img.id}`)"
-                                         if img.stage else ""))
+    why = protected.get(img.id)
+    if why is not None:
+        if img.stage:
+            why += f" (it is {img.stage}: `invoke gc --restore {img.id}`)"
+        return Decision(img.id, img.name, KEEP, f"keep: {why}", img.stage)
     rules = policy.get(img.name)
     if rules is None:
-        return keep(f"no retention policy for {img.name}")
-    if img.status == VALIDATED:
+        return Decision(img.id, img.name, KEEP, f"keep: no retention policy for {img.name}", img.stage)
+    validated = img.status == VALIDATED
+    if validated:
         if img.id in newest:
-            return keep(f"among the newest {rules.keep} validated")
-        if now - img.created < rules.min_age_days * DAY:
-            return keep(f"younger than {rules.min_age_days} days")
+            return Decision(img.id, img.name, KEEP, f"keep: among the newest {rules.keep} validated", img.stage)
+        if (now - img.created).days < rules.min_age_days:
+            return Decision(img.id, img.name, KEEP, f"keep: younger than {rules.min_age_days} days", img.stage)
     graces = rules.graces(img.status)
     action = NEXT[img.stage][0]
     if img.stage is None:
@@ -238,13 +238,14 @@ def _decide(img: Image, protected: Mapping[str, str], newest: set[str],
     else:
         since, what = img.stage_at or img.created, img.stage
         wait = graces.disable_after if img.stage == DEPRECATED else graces.delete_after
-    said = f"{what} {_days(now - since)}"
-    if img.status == VALIDATED:
+    elapsed = (now - since).days  # whole days (timedelta.days floors)
+    said = f"{what} {_days(elapsed)}"
+    if validated:
         said += f", {superseded[img.id][1]} newer kept"
-    if now - since < wait * DAY:
-        return keep(f"{said}; {action} after {wait} day{'s' if wait != 1 else ''}")
-    return Decision(img.id, img.name, action, f"{action}: {said}", img.stage,
-                    img.size if action == DELETE else 0)
+    if elapsed < wait:
+        return Decision(img.id, img.name, KEEP, f"keep: {said}; {action} after {wait} day{'s' if wait != 1 else ''}",
+                        img.stage)
+    return Decision(img.id, img.name, action, f"{action}: {said}", img.stage, img.size if action == DELETE else 0)
 
 
 def applied(images: Sequence[Image], result: Plan) -> list[Image]:

@@ -8,6 +8,7 @@ of the settings. A new section (nightly) is a model here and one property there.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -187,6 +188,10 @@ class ImageRetention(_Model):
         if status in ("quarantined", "revoked", "building"):
             g: Graces = getattr(self, status)
             return g
+        return self._own
+
+    @functools.cached_property
+    def _own(self) -> Graces:
         return Graces(deprecate_after=self.deprecate_after, disable_after=self.disable_after,
                       delete_after=self.delete_after)
 

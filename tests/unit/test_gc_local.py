@@ -280,3 +280,14 @@ def test_other_targets_say_gc_is_not_built_there_yet(env: str) -> None:
     assert exc.value.exit_code == 2
     with pytest.raises(ConfigError, match="not built"):
         gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW, restore="ami-0123")
+
+
+def test_images_lists_the_stage(root: Path, store: LocalStore) -> None:
+    from goldenimage import commands
+
+    world(store)
+    run_gc(root, apply=True)
+    lines = commands.human_images(commands.images("local", None, None, Reporter(io.StringIO()), root=root))
+    row = next(ln for ln in lines if ln.startswith("web-4 "))
+    assert row.endswith("(deprecated by gc since 2026-11-30T09:00:00Z)")
+    assert not next(ln for ln in lines if ln.startswith("web-1 ")).endswith(")")
