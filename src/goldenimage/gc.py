@@ -31,6 +31,8 @@ def gc(env_name: str, apply: bool, reporter: Reporter, *, root: Path | None = No
     env = load_environment(env_name, root)
     policy = env.retention  # ConfigError (exit 2) before anything is gathered
     target = target_for(env)
+    if apply and not target.gc_applies:
+        raise target.gc_not_built("`invoke gc --apply`")  # before anything is gathered
     if restore is not None:
         if apply:
             raise ConfigError("--restore and --apply go separately: restore first, then plan again")

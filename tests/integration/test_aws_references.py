@@ -84,3 +84,42 @@ def test_every_kind_of_use_is_found_and_nothing_else(aws_clients: Clients,
     assert set(rec.calls) == {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplates",
                               "ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations",
                               "autoscaling:DescribeAutoScalingGroups", "ssm:GetParametersByPath"}
+
+
+def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """The aws target's gc world on the moto server, planned: exactly the unused, old-enough
+    AMIs move a stage; a disabled one (moto has DisableImage) is in its `disabled` stage."""
+    from datetime import UTC, datetime
+
+    from goldenimage import retention
+    from goldenimage.aws.target import AwsTarget
+    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
+    from goldenimage.sections import ImageRetention
+    from goldenimage.settings import load_environment
+    from tests.conftest import ROOT
+
+    amis = world(moto_client)
+    ec2 = moto_client("ec2")
+    order = ["running", "stopped", "terminated", "lt_old", "lt_default", "lt_latest", "lc", "mixed",
+             "previous", "current", "ssm_any", "ssm_channel", "unused1", "unused2"]
+    for day, n in enumerate(order, start=1):
+        ec2.create_tags(Resources=[amis[n]], Tags=[
+            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
+            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
+            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}])
+    ec2.disable_image(ImageId=amis["unused1"])
+    target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
+    w = target.gc_world()
+    assert {i.id for i in w.images} == {amis[n] for n in order}
+    assert w.channels["web"]["stable"][-1]["image_id"] == amis["ssm_channel"]
+    policy = {"web": ImageRetention(keep=1, min_age_days=0, deprecate_after=0, disable_after=0, delete_after=0)}
+    plan = retention.plan(w.images, w.references, w.channels, policy, datetime(2026, 6, 1, tzinfo=UTC))
+    by = {d.image_id: d for d in plan.decisions}
+    assert by[amis["unused2"]].reason == "keep: among the newest 1 validated"
+    assert by[amis["ssm_channel"]].reason == "keep: channel stable"
+    assert by[amis["lt_old"]].reason == f"keep: {amis['lt_id']} v1 (web)"
+    assert by[amis["unused1"]].action == "delete" and by[amis["unused1"]].stage == "disabled"
+    assert by[amis["terminated"]].action == "deprecate"
+    changed = {i for i, d in by.items() if d.action != "keep"}
+    assert changed == {amis["unused1"], amis["terminated"]}
+    assert by[amis["unused1"]].reclaim > 0 and by[amis["unused1"]].reclaim % (1 << 30) == 0  # snapshot GiB

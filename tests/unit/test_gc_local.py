@@ -272,13 +272,14 @@ def test_restore_through_the_command(root: Path, store: LocalStore) -> None:
 
 
 @pytest.mark.parametrize("env", ["sandbox", "aws"])
-def test_other_targets_say_gc_is_not_built_there_yet(env: str) -> None:
+def test_other_targets_plan_only(env: str) -> None:
+    """On sandbox and aws, --apply and --restore are refused before anything is gathered."""
     from tests.conftest import ROOT
 
-    with pytest.raises(ConfigError, match=rf"field target: `invoke gc` is not built for target '{env}'") as exc:
-        gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW)
+    with pytest.raises(ConfigError, match=rf"field target: `invoke gc --apply` is not built for target '{env}'") as exc:
+        gc.gc(env, True, Reporter(io.StringIO()), root=ROOT, now=NOW)
     assert exc.value.exit_code == 2
-    with pytest.raises(ConfigError, match="not built"):
+    with pytest.raises(ConfigError, match=rf"`invoke gc --restore` is not built for target '{env}'"):
         gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW, restore="ami-0123")
 
 

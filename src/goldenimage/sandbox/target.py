@@ -49,19 +49,22 @@ class SandboxTarget(LocalTarget, AwsSide):
         LocalTarget.__init__(self, env)  # and AwsSide's, next in the method order
         self._clients, self._check = clients, check
 
-    # gc: the sandbox's images are AMIs (registered from local bakes); collecting the local
-    # store underneath them would delete the qcow2s they came from. Not built yet.
+    # gc: the sandbox's images are AMIs (registered from local bakes): it plans over them
+    # like target aws, never over the local store underneath them (that would delete the
+    # qcow2s they came from). Carrying the plan out is not built yet.
+    gc_applies = False
+
     def gc_world(self) -> GcWorld:
-        raise self._no_gc()
+        return AwsSide.gc_world(self)
 
     def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --apply`")
 
     def gc_restore(self, image_id: str) -> Result:
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --restore`")
 
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --apply`")
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running

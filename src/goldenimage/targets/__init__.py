@@ -108,6 +108,7 @@ class Target(ABC):
     """One kind of place images live in; `target_for(env)` picks the environment's."""
 
     name: ClassVar[str]
+    gc_applies: ClassVar[bool] = False  # `invoke gc --apply` is built for this target
 
     def __init__(self, env: Environment) -> None:
         self.env = env
@@ -150,24 +151,25 @@ class Target(ABC):
     # -- retention (invoke gc) -------------------------------------------------------------
     def gc_world(self) -> GcWorld:
         """The images, their references and channels, and the leftovers, gathered now."""
-        raise self._no_gc()
+        raise self.gc_not_built()
 
     def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
         """Carry out one decision (deprecate, disable, delete), re-checking right before that
         nothing uses the image. Result: `done` True, or `skipped` with the use found."""
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --apply`")
 
     def gc_restore(self, image_id: str) -> Result:
         """Take back an image's deprecate/disable stage. Result: `stage` it had (None: none)."""
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --restore`")
 
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
         """Remove one leftover the plan decided to delete."""
-        raise self._no_gc()
+        raise self.gc_not_built("`invoke gc --apply`")
 
-    def _no_gc(self) -> ConfigError:
+    def gc_not_built(self, what: str = "`invoke gc`") -> ConfigError:
+        """The exit-2 error of a gc step this target does not have yet."""
         return ConfigError(
-            f"{self.env.rel(self.env.settings_file)}: field target: `invoke gc` is not built for target "
+            f"{self.env.rel(self.env.settings_file)}: field target: {what} is not built for target "
             f"{self.name!r} yet (target 'local' only)"
         )
 

@@ -32,6 +32,7 @@ FAILED_LOGS = "failed bake logs"
 
 class LocalTarget(Target):
     name = "local"
+    gc_applies = True
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
