@@ -292,3 +292,21 @@ def test_images_lists_the_stage(root: Path, store: LocalStore) -> None:
     row = next(ln for ln in lines if ln.startswith("web-4 "))
     assert row.endswith("(deprecated by gc since 2026-11-30T09:00:00Z)")
     assert not next(ln for ln in lines if ln.startswith("web-1 ")).endswith(")")
+
+
+def test_a_vm_booted_through_an_overlay_anywhere_protects(tmp_path: Path, store: LocalStore) -> None:
+    """QEMU names only its overlay (outside the store); the overlay's backing chain (two
+    levels here) leads to the image's disk."""
+    world(store)
+    disk = store.images_dir / "web-4" / "disk.qcow2"
+    mid = tmp_path / "vms" / "mid.qcow2"
+    top = tmp_path / "vms" / "top.qcow2"
+    mid.parent.mkdir()
+    qcow2_backed_by(mid, str(disk))
+    qcow2_backed_by(top, "mid.qcow2")
+    proc = tmp_path / "proc"
+    (proc / "99").mkdir(parents=True)
+    (proc / "99" / "cmdline").write_bytes(
+        b"qemu-system-x86_64\0-drive\0file=" + str(top).encode() + b",if=virtio,format=qcow2\0-m\0512\0")
+    refs = usage.vm_references({"web-4": disk, "web-5": store.images_dir / "web-5" / "disk.qcow2"}, proc)
+    assert [(r.image_id, r.reason()) for r in refs] == [("web-4", "vm qemu pid 99")]

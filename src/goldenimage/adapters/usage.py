@@ -38,15 +38,48 @@ def qemu_processes(proc: Path = Path("/proc")) -> list[tuple[int, list[str]]]:
 
 
 def vm_references(images: Mapping[str, Path], proc: Path = Path("/proc")) -> list[Reference]:
-    """A reference for each running QEMU whose arguments mention an image's directory or disk."""
-    refs: list[Reference] = []
-    processes = qemu_processes(proc)
-    for image_id, disk in sorted(images.items()):
-        needles = {str(disk), str(disk.parent) + os.sep}
-        for pid, argv in processes:
-            if any(n in a for a in argv for n in needles):
-                refs.append(Reference(image_id, "vm", f"qemu pid {pid}"))
-    return refs
+    """A reference for each running QEMU process (`qemu-system-*`, `qemu-img`, `qemu-nbd`, ...)
+    that uses an image: its arguments name the image's directory or disk, or a disk file
+    whose backing chain leads to the image's disk (a VM booted through an overlay kept
+    anywhere)."""
+    by_disk = {Path(os.path.realpath(d)): i for i, d in images.items()}
+    refs: set[Reference] = set()
+    for pid, argv in qemu_processes(proc):
+        for image_id, disk in images.items():
+            if any(str(disk) in a or str(disk.parent) + os.sep in a for a in argv):
+                refs.add(Reference(image_id, "vm", f"qemu pid {pid}"))
+        for path in _disk_arguments(argv):
+            for link in _backing_chain(path):
+                used = by_disk.get(link)
+                if used is not None:
+                    refs.add(Reference(used, "vm", f"qemu pid {pid}"))
+    return sorted(refs, key=lambda r: (r.image_id, r.where))
+
+
+def _disk_arguments(argv: list[str]) -> list[Path]:
+    """Absolute paths in QEMU arguments (`file=/x.qcow2,if=virtio`, `-hda /x.qcow2`) that are files."""
+    out = []
+    for arg in argv[1:]:
+        for part in arg.split(","):
+            value = part.split("=", 1)[1] if "=" in part else part
+            if value.startswith(os.sep) and os.path.isfile(value):
+                out.append(Path(value))
+    return out
+
+
+def _backing_chain(path: Path, depth: int = 16) -> list[Path]:
+    """`path` and the files its qcow2 backing chain leads to, resolved (at most `depth`)."""
+    chain = [Path(os.path.realpath(path))]
+    current: Path | None = path
+    for _ in range(depth):
+        current = qcow2_backing_file(current) if current is not None else None
+        if current is None:
+            break
+        real = Path(os.path.realpath(current))
+        if real in chain:
+            break
+        chain.append(real)
+    return chain
 
 
 def qcow2_backing_file(path: Path) -> Path | None:
