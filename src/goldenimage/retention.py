@@ -6,8 +6,8 @@ I/O. The targets gather the data and carry the plan out (`targets.Target.gc_*`).
 Rules, in order, for each image:
 
 1. **Protected, whatever its age or stage**: an image a channel points at, each channel's
-   rollback target (the previous entry of its history, and the newest earlier validated
-   one), an image any reference names (a running VM, a disk backing onto it, an instance,
+   rollback target (the previous entry of its history unless that image was revoked or
+   quarantined since, and the newest earlier validated one), an image any reference names (a running VM, a disk backing onto it, an instance,
    a launch-template version, ...; references are plain data: kind + where). An image's
    copies (an AMI in other regions) are one image: a reference to any copy protects it.
 2. An image whose name has no retention policy is kept.
@@ -148,8 +148,9 @@ def protections(
         for channel, hist in sorted(channels[name].items()):
             protect(ch.current(hist), f"channel {channel}")
         for channel, hist in sorted(channels[name].items()):
-            before = ch.previous(hist)
-            protect(before.get("image_id") if before else None, f"rollback target of {channel}")
+            before = ch.previous(hist)  # unless revoked or quarantined: no one rolls back to those
+            if before and before.get("status") not in (REVOKED, QUARANTINED):
+                protect(before.get("image_id"), f"rollback target of {channel}")
             protect(ch.rollback_target(hist), f"rollback target of {channel}")
     for ref in sorted(references, key=lambda r: (r.image_id, r.kind, r.where)):
         protect(ref.image_id, ref.reason())

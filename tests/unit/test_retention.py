@@ -52,6 +52,12 @@ CASES: list[tuple[str, list[rt.Image], list[rt.Reference], dict[str, Any], dict[
         "web-5": "keep: rollback target of prod",
         "web-3": "keep: channel stable",
     }),
+    ("a revoked previous entry is no rollback target; the newest earlier validated one is",
+     [img(1, age=1), img(2, age=2), img(3, age=30), img(4, status="revoked", age=40, revoked_at=NOW - 10 * D)],
+     [], {"web": {"prod": hist("web-3", "web-4", "web-2", statuses={"web-4": "revoked"})}}, {
+        "web-4": "deprecate: revoked 10 days ago",
+        "web-3": "keep: rollback target of prod",
+    }),
     ("references protected with their reason", FIVE,
      [rt.Reference("web-3", "lt-0abc v3", "(asg web)"), rt.Reference("web-4", "vm", "pid 42")], {}, {
         "web-3": "keep: lt-0abc v3 (asg web)",
@@ -173,6 +179,7 @@ def worlds(draw: st.DrawFn) -> tuple[list[rt.Image], list[rt.Reference], dict[st
 
 
 def channel_pointed(channels: dict[str, Any]) -> set[str]:
+    """Where each channel points, and where it pointed before (its entries are validated)."""
     out = set()
     for per in channels.values():
         for h in per.values():
