@@ -310,3 +310,28 @@ def test_a_vm_booted_through_an_overlay_anywhere_protects(tmp_path: Path, store:
         b"qemu-system-x86_64\0-drive\0file=" + str(top).encode() + b",if=virtio,format=qcow2\0-m\0512\0")
     refs = usage.vm_references({"web-4": disk, "web-5": store.images_dir / "web-5" / "disk.qcow2"}, proc)
     assert [(r.image_id, r.reason()) for r in refs] == [("web-4", "vm qemu pid 99")]
+
+
+def test_a_real_process_in_proc_protects(tmp_path: Path, store: LocalStore) -> None:
+    """Through the real /proc: a process whose program is named qemu-* and whose arguments
+    name the image's disk (a Python sleeping under that name stands in for QEMU)."""
+    import sys
+    import time
+
+    world(store)
+    disk = store.images_dir / "web-4" / "disk.qcow2"
+    fake = tmp_path / "qemu-system-test"
+    fake.symlink_to(os.path.realpath(sys.executable))
+    child = subprocess.Popen([str(fake), "-c", "import time; time.sleep(30)", f"file={disk},if=virtio"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if any(pid == child.pid for pid, _ in usage.qemu_processes()):
+                break
+            time.sleep(0.05)
+        refs = usage.vm_references({"web-4": disk, "web-5": store.images_dir / "web-5" / "disk.qcow2"})
+        assert [(r.image_id, r.where) for r in refs] == [("web-4", f"qemu pid {child.pid}")]
+    finally:
+        child.kill()
+        child.wait()
+    assert not usage.vm_references({"web-4": disk})
