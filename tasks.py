@@ -114,6 +114,15 @@ def rollback(c, env, group=None, dry_run=False):
     return work
 
 
+@command("goldenimage.gc:human_gc", apply="carry out the plan (default: print it only)",
+         restore="an image id: take back its deprecate/disable stage (usable again)")
+def gc(c, env, apply=False, restore=None):
+    """Retention: keep, deprecate, disable or delete each image, with its reason (a dry run unless --apply)."""
+    from goldenimage import gc
+
+    return lambda r: gc.gc(env, apply, r, restore=restore)
+
+
 @command("goldenimage.aws.iam:human_policy", name="iam-policy")
 def iam_policy(c, env):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
@@ -146,6 +155,6 @@ def sandbox_status(c, env):
     return lambda r: sandbox.sandbox_status(env, r)
 
 
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, iam_policy,
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, iam_policy,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

@@ -114,7 +114,7 @@ def human_images(result: Result) -> list[str]:
     head = f"{'ID':<34} {'NAME':<8} {'FINGERPRINT':<14} {'CREATED':<21} {'STATUS':<12} CHANNELS"
     return [head] + [
         f"{r['id']:<34} {r['name']:<8} {r['fingerprint'][:12]:<14} {r['created']:<21} {r['status']:<12} "
-        f"{','.join(r['channels']) or '-'}"
+        f"{','.join(r['channels']) or '-'}" + (f"  ({r['stage']} by gc since {r['stage_at']})" if r.get("stage") else "")
         for r in rows
     ]
 

@@ -34,6 +34,9 @@ ENV_TAG = TAG + "env"
 LOCAL_ID_TAG = TAG + "local-id"
 REVOKED_REASON_TAG = TAG + "revoked-reason"
 REVOKED_AT_TAG = TAG + "revoked-at"
+# auto-scaling group tags the rotator leaves behind (rotation.state); gc protects these AMIs
+PREVIOUS_IMAGE_TAG = TAG + "previous-image"
+CURRENT_IMAGE_TAG = TAG + "current-image"
 
 HISTORY_KEYS = ("version", "at", "image_id", "from", "action", "user", "reason", "status")
 

@@ -1,12 +1,14 @@
-"""The typed sections of an environment's settings under `extra:` (`aws`, `sandbox`).
+"""The typed sections of an environment's settings under `extra:` (`aws`, `sandbox`,
+`retention`).
 
 `settings.Environment` parses each section once, when first asked (`env.aws`,
-`env.sandbox`, `env.rotation`), with the same file/field errors as the rest of the
-settings. A new section (retention, nightly) is a model here and one property there.
+`env.sandbox`, `env.retention`, `env.rotation`), with the same file/field errors as the rest
+of the settings. A new section (nightly) is a model here and one property there.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -152,3 +154,52 @@ class AwsSettings(_Model):
         return _each(v, re.compile(r"subnet-[0-9a-f]+").fullmatch, "{v} is not a subnet id (subnet-...)")
 
 
+
+
+class Graces(_Model):
+    """Days an image waits in each stage before the next: created or revoked -> deprecated
+    -> disabled -> deleted (the shorter graces of quarantined, revoked, stale building)."""
+
+    deprecate_after: int = Field(default=0, ge=0, description="days after the stage's anchor")
+    disable_after: int = Field(default=1, ge=0, description="days after it was deprecated")
+    delete_after: int = Field(default=1, ge=0, description="days after it was disabled")
+
+
+class ImageRetention(_Model):
+    """Retention of one image name (`extra.retention.images.<name>`).
+
+    A validated image is kept while it is among the newest `keep` validated images or younger
+    than `min_age_days`. Once out of both, it is deprecated `deprecate_after` days after the
+    newer image that pushed it out of the newest `keep` was created, disabled `disable_after`
+    days after that, deleted `delete_after` days after being disabled: one stage per run.
+    """
+
+    keep: int = Field(default=3, ge=0, description="newest validated images always kept")
+    min_age_days: int = Field(default=7, ge=0, description="younger images are always kept")
+    deprecate_after: int = Field(default=0, ge=0)
+    disable_after: int = Field(default=7, ge=0)
+    delete_after: int = Field(default=14, ge=0)
+    quarantined: Graces = Graces()
+    revoked: Graces = Graces(deprecate_after=0, disable_after=1, delete_after=3)
+    building: Graces = Graces(deprecate_after=1, disable_after=0, delete_after=0)
+
+    def graces(self, status: str) -> Graces:
+        """The graces of an image of this status (validated: the image's own three)."""
+        if status in ("quarantined", "revoked", "building"):
+            g: Graces = getattr(self, status)
+            return g
+        return self._own
+
+    @functools.cached_property
+    def _own(self) -> Graces:
+        return Graces(deprecate_after=self.deprecate_after, disable_after=self.disable_after,
+                      delete_after=self.delete_after)
+
+
+class RetentionSettings(_Model):
+    """`extra.retention`: what `invoke gc` keeps, per image name, and the kept bake logs."""
+
+    images: dict[str, ImageRetention] = Field(
+        default_factory=dict, description="image names without an entry are never collected"
+    )
+    failed_logs_days: int = Field(default=14, ge=0, description="logs of failed bakes kept this long")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, NotFoundError
-from .sections import DEFAULT_REGION, AwsSettings, SandboxSettings
+from .sections import DEFAULT_REGION, AwsSettings, RetentionSettings, SandboxSettings
 
 if TYPE_CHECKING:
     from .rotation.policy import GroupPolicy
@@ -105,6 +105,18 @@ class Environment:
                 raise ConfigError(
                     f"{self.rel(self.settings_file)}: field extra.sandbox.seed.groups.{gname}.image: "
                     f"unknown image {group.image!r} (known: {', '.join(sorted(self.settings.images))})"
+                )
+        return result
+
+    @functools.cached_property
+    def retention(self) -> RetentionSettings:
+        """`extra.retention`: what `invoke gc` keeps, per image name of this environment."""
+        result = self._section("retention", RetentionSettings)
+        for name in result.images:
+            if name not in self.settings.images:
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.retention.images.{name}: "
+                    f"unknown image {name!r} (known: {', '.join(sorted(self.settings.images))})"
                 )
         return result
 

@@ -6,11 +6,18 @@ Layout under `paths.store_dir()`:
     catalog.lock            flock held while the catalog is read-modify-written
     images/<id>/            a registered image: disk.qcow2, manifest.json, junit.xml, ...
     quarantine/<id>/        an image that failed validation (never registered)
+    failed/<id>/            the logs of a bake that failed or was interrupted
     .tmp/<token>/           work in progress of a running bake (removed on exit or by the
                             next bake once its owner process is gone)
 
 An image becomes visible only by a rename of its finished directory into `images/` and an
 atomic rewrite of the catalog, so a crash never leaves a half-registered image.
+
+`invoke gc` records an image's retention stage (`deprecated`, `disabled`) in the catalog's
+`retention` map; a disabled image is never promoted nor skipped to by a bake, and
+`restore` takes the stage back. A delete rewrites the catalog without the image first, then
+renames its directory into `.tmp/` and removes it there (a crash in between leaves at most
+a directory nothing indexes; one under `.tmp/` is swept by the next bake).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,8 @@ from .adapters.proc import kill_processes_mentioning
 from .errors import ConfigError, NotFoundError
 from .fsutil import atomic_write_json, file_lock, pid_alive
 from .models import QUARANTINED, REVOKED, STATUSES, VALIDATED, ChannelHistory, ImageRecord, history_entry
+
+DISABLED = "disabled"  # a retention stage (see `retention`): unusable until restored
 
 __all__ = ["STATUSES", "ImageRecord", "LocalStore", "current_user"]
 
@@ -93,6 +102,7 @@ class LocalStore:
             )
         )
         known = {"id", "name", "env", "fingerprint", "created", "status", "artifact", "channels"}
+        stage = doc.get("retention", {}).get(entry["id"])
         return ImageRecord(
             id=entry["id"],
             name=name,
@@ -102,7 +112,8 @@ class LocalStore:
             status=entry["status"],
             artifact=entry["artifact"],
             channels=channels,
-            extra={k: v for k, v in entry.items() if k not in known},
+            extra={**{k: v for k, v in entry.items() if k not in known},
+                   **({"stage": stage["stage"], "stage_at": stage["at"]} if stage else {})},
         )
 
     # -- Registry ------------------------------------------------------------------------
@@ -128,9 +139,11 @@ class LocalStore:
             q = self.quarantine_dir / image_id / "manifest.json"
             if q.is_file():
                 m = json.loads(q.read_text())
+                stage = doc.get("retention", {}).get(image_id)
                 return ImageRecord(
                     id=image_id, name=m["name"], env=m["env"], fingerprint=m["fingerprint"],
                     created=m["created"], status=QUARANTINED, artifact=m["artifact"],
+                    extra={"stage": stage["stage"], "stage_at": stage["at"]} if stage else {},
                 )
             raise NotFoundError(f"unknown image id {image_id!r} in {self.root}")
         return self._record(doc, entry)
@@ -148,7 +161,7 @@ class LocalStore:
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
         hits = [
             r for r in self.list(name, quarantined=False)
-            if r.fingerprint == fingerprint and r.status == VALIDATED
+            if r.fingerprint == fingerprint and r.status == VALIDATED and r.extra.get("stage") != DISABLED
         ]
         return hits[-1] if hits else None
 
@@ -175,6 +188,12 @@ class LocalStore:
             )
         if status != VALIDATED:
             raise ConfigError(f"image {image_id} is {status}: only validated images can be promoted")
+        stage = doc.get("retention", {}).get(image_id, {})
+        if stage.get("stage") == DISABLED:
+            raise ConfigError(
+                f"image {image_id} was disabled by gc at {stage.get('at')}: it can't be promoted "
+                "until it is restored"
+            )
         return dict(entry)
 
     def promote(
@@ -288,6 +307,59 @@ class LocalStore:
             for n in sorted(chans)
             if name is None or n == name
         }
+
+    def histories(self) -> dict[str, dict[str, ChannelHistory]]:
+        """Every channel's history (`history` shape), `{image name: {channel: history}}`."""
+        chans = self._read()["channels"]
+        return {n: {c: self.history(n, c) for c in sorted(chans[n])} for n in sorted(chans)}
+
+    # -- retention (invoke gc) -----------------------------------------------------------
+    @property
+    def failed_dir(self) -> Path:
+        return self.root / "failed"
+
+    def set_stage(self, image_id: str, stage: str, now: datetime,
+                  still_used: Callable[[], str | None] = lambda: None) -> str | None:
+        """Record that `image_id` entered a retention stage (`deprecated`, `disabled`).
+
+        `still_used` is asked under the store lock; if it names a use, nothing changes and
+        that reason is returned. None: recorded."""
+        self.get(image_id)  # NotFoundError if unknown
+        with self.locked() as doc:
+            why = still_used()
+            if why is None:
+                doc.setdefault("retention", {})[image_id] = {"stage": stage, "at": ch.timestamp(now)}
+        return why
+
+    def restore(self, image_id: str) -> dict[str, Any] | None:
+        """Take an image's retention stage back (usable again); the stage it had, if any."""
+        self.get(image_id)  # NotFoundError if unknown
+        with self.locked() as doc:
+            stage: dict[str, Any] | None = doc.get("retention", {}).pop(image_id, None)
+        return stage
+
+    def remove(self, image_id: str, still_used: Callable[[], str | None]) -> str | None:
+        """Delete an image: its catalog entry and retention stage, then its directory.
+
+        `still_used` is asked under the store lock (no promote can run meanwhile); if it
+        names a use, nothing is removed and that reason is returned. None: removed.
+        """
+        rec = self.get(image_id)
+        directory = (self.quarantine_dir if rec.status == QUARANTINED else self.images_dir) / image_id
+        trash = self.tmp_dir / f"gc-{uuid.uuid4().hex[:12]}"
+        with file_lock(self.lock_path):
+            why = still_used()
+            if why is not None:
+                return why
+            doc = self._read()
+            doc["images"].pop(image_id, None)
+            doc.get("retention", {}).pop(image_id, None)
+            self._write(doc)
+            if directory.exists():
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(directory, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return None
 
     def image_dir(self, image_id: str) -> Path:
         rec = self.get(image_id)

@@ -56,3 +56,42 @@ def test_bad_settings_name_file_and_field(project: Path, text: str, message: str
     assert str(exc.value).startswith("inventories/local/goldenimage.yml")
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+RETENTION_BASE = "images: {web: {playbook: playbooks/web.yml}}\nextra:\n  retention:\n"
+
+
+def test_retention_policy_defaults_and_values(project: Path) -> None:
+    write(project, RETENTION_BASE + "    failed_logs_days: 3\n    images:\n      web: {keep: 5, min_age_days: 2,"
+                   " revoked: {deprecate_after: 0, disable_after: 0, delete_after: 1}}\n")
+    r = load_environment("local", project).retention
+    assert r.failed_logs_days == 3
+    web = r.images["web"]
+    assert (web.keep, web.min_age_days, web.disable_after, web.delete_after) == (5, 2, 7, 14)
+    assert web.graces("revoked").delete_after == 1
+    assert web.graces("validated").disable_after == 7
+    assert load_environment("aws", project).retention.images == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("    images: {web: {keep: -1}}\n", "field extra.retention.images.web.keep: Input should be greater than"),
+        ("    images: {db: {keep: 2}}\n", "field extra.retention.images.db: unknown image 'db' (known: web)"),
+        ("    images: {web: {delete_after: -3}}\n", "field extra.retention.images.web.delete_after:"),
+        ("    images: {web: {quarantined: {disable_after: -1}}}\n",
+         "field extra.retention.images.web.quarantined.disable_after:"),
+        ("    images: {web: {keep_newest: 2}}\n", "field extra.retention.images.web.keep_newest: Extra inputs"),
+        ("    failed_logs_days: -1\n", "field extra.retention.failed_logs_days"),
+        ("    [1, 2]\n", "field extra.retention: expected a mapping"),
+    ],
+)
+def test_bad_retention_policy_names_file_and_field(project: Path, text: str, message: str) -> None:
+    write(project, RETENTION_BASE + text)
+    env = load_environment("local", project)
+    with pytest.raises(ConfigError) as exc:
+        env.retention  # noqa: B018
+    assert exc.value.exit_code == 2
+    assert str(exc.value).startswith("inventories/local/goldenimage.yml: field extra.retention")
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)

@@ -31,12 +31,12 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeSnapshots": "registry: wait for that snapshot",
     "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot",
     "ssm:GetParameter": "registry: read a channel or a manifest",
-    "ssm:GetParametersByPath": "registry: list an image's channels",
+    "ssm:GetParametersByPath": "registry: list an image's channels; gc: AMI ids in any parameter (read-only, all paths)",
     "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
     "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
     # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
-    "ec2:DescribeInstances": "status and validation: an instance's AMI and state",
+    "ec2:DescribeInstances": "status and validation: an instance's AMI and state; gc: AMIs instances use",
     # AMI validation (aws/validate.py)
     "ec2:RunInstances": "validate: launch one instance of the new AMI",
     "ec2:TerminateInstances": "validate: clean up that instance",
@@ -60,7 +60,10 @@ ACTIONS: dict[str, str] = {
     "autoscaling:DescribeInstanceRefreshes": "rotate --strategy refresh: progress",
     "autoscaling:CancelInstanceRefresh": "rotate --strategy refresh: Ctrl-C",
     "ec2:CreateLaunchTemplateVersion": "rotate: a version with the full data of the current one + new AMI",
-    "ec2:DescribeLaunchTemplateVersions": "rotate: read the current version's full data",
+    "ec2:DescribeLaunchTemplateVersions": "rotate: read the current version's full data; gc: every version's AMI",
+    # retention (aws/references.py): what uses an AMI
+    "ec2:DescribeLaunchTemplates": "gc: every launch template, to list all its versions",
+    "autoscaling:DescribeLaunchConfigurations": "gc: AMIs launch configurations use",
     "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
 }
@@ -107,6 +110,11 @@ SANDBOX_ONLY: dict[str, str] = {
 }
 
 
+# SSM reads gc makes below any path (an AMI id may sit in any parameter): granted on every
+# parameter, read-only; every other SSM action stays below the toolkit's prefix.
+SSM_ANY_PARAMETER = frozenset({"ssm:GetParametersByPath"})
+
+
 def allowed(action: str, *, sandbox: bool = True) -> bool:
     return action in ACTIONS or (sandbox and action in SANDBOX_ONLY)
 
@@ -115,7 +123,7 @@ def policy_document(parameter_prefix: str = PARAMETER_PREFIX) -> dict[str, Any]:
     """The IAM policy granting exactly `ACTIONS` and Packer's `PACKER_ACTIONS`; SSM access
     only below the prefix."""
     prefix = parameter_prefix.strip("/")
-    ssm = sorted(a for a in ACTIONS if a.startswith("ssm:"))
+    ssm = sorted(a for a in ACTIONS if a.startswith("ssm:") and a not in SSM_ANY_PARAMETER)
     other = sorted({a for a in (*ACTIONS, *PACKER_ACTIONS) if not a.startswith("ssm:")})
     return {
         "Version": "2012-10-17",
@@ -134,6 +142,12 @@ def policy_document(parameter_prefix: str = PARAMETER_PREFIX) -> dict[str, Any]:
                     f"arn:aws:ssm:*:*:parameter/{prefix}",
                     f"arn:aws:ssm:*:*:parameter/{prefix}/*",
                 ],
+            },
+            {
+                "Sid": "GoldenImageGcReadParameters",
+                "Effect": "Allow",
+                "Action": sorted(SSM_ANY_PARAMETER),
+                "Resource": "arn:aws:ssm:*:*:parameter/*",
             },
         ],
     }

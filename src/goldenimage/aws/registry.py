@@ -138,6 +138,10 @@ class AwsRegistry:
         pages = self.clients.ec2.get_paginator("describe_images").paginate(**kw)
         return [img for page in pages for img in page.get("Images", [])]
 
+    def record(self, image: dict[str, Any], channels: dict[str, str] | None = None) -> ImageRecord:
+        """The record of one `DescribeImages` entry (`channels`: {channel: AMI id})."""
+        return self._record(image, channels)
+
     def _record(self, image: dict[str, Any], channels: dict[str, str] | None = None) -> ImageRecord:
         tags = _tags(image)
         facts = {py: tags.get(TAG + tag, "") for tag, py in FACT_TAGS.items()}

@@ -25,16 +25,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import fingerprint
+from .. import fingerprint, retention
 from ..adapters.packer import read_manifest
 from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, ValidationFailed
-from ..models import QUARANTINED, STATUS_TAG, VALIDATED, ImageRecord
+from ..models import ENV_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
 from ..sections import AwsSettings
 from ..settings import Environment
-from ..targets import Base, Checked, Job, Result, Target
+from ..targets import Base, Checked, GcWorld, Job, Result, Target
+from . import references
 from .ami import packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .registry import AwsRegistry
@@ -56,6 +57,9 @@ def parse_artifact(artifact_id: str) -> dict[str, str]:
     if not out:
         raise BuildFailed("packer manifest: the build recorded no AMI")
     return out
+
+
+GC_STAGE_TAG, GC_STAGE_AT_TAG = TAG + "gc-stage", TAG + "gc-stage-at"  # what gc --apply will record
 
 
 class AwsSide(Target):
@@ -92,6 +96,35 @@ class AwsSide(Target):
 
     def listing(self) -> Result:
         return {"target": self.name, "region": self.clients.ctx.region}
+
+    # -- retention (invoke gc): the plan; carrying it out is not built yet -------------------
+    def gc_world(self) -> GcWorld:
+        """The environment's AMIs in its region (disabled ones too), what uses any AMI there
+        (`aws.references`, each source listed once), and every channel's history."""
+        reg = self.registry()
+        ec2 = self.clients.ec2
+        pages = ec2.get_paginator("describe_images").paginate(
+            Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
+        images = []
+        for page in pages:
+            for img in page.get("Images", []):
+                rec = reg.record(img)
+                tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+                stage = tags.get(GC_STAGE_TAG) or None
+                if img.get("State") == "disabled":
+                    stage = "disabled"
+                created = retention.parse_time(rec.created)
+                if created is None:
+                    continue  # not an image of ours that says when it was made: never collected
+                size = sum(int(m.get("Ebs", {}).get("VolumeSize", 0)) for m in img.get("BlockDeviceMappings", []))
+                images.append(retention.Image(
+                    id=rec.id, name=rec.name, status=rec.status, created=created, stage=stage,
+                    stage_at=retention.parse_time(tags.get(GC_STAGE_AT_TAG)),
+                    revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30))
+        channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
+                    for name in sorted(self.env.settings.images)}
+        return GcWorld(images, references.gather(self.clients), channels, [],
+                       {"region": self.clients.ctx.region})
 
     def default_subnet(self) -> str | None:
         """Where validation launches when the settings name no subnet."""

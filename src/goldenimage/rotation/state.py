@@ -21,10 +21,12 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..models import CURRENT_IMAGE_TAG, PREVIOUS_IMAGE_TAG
+
 ROT = "goldenimage:rotation-"
-PREVIOUS_IMAGE = "goldenimage:previous-image"
+PREVIOUS_IMAGE = PREVIOUS_IMAGE_TAG
 PREVIOUS_VERSION = "goldenimage:previous-version"
-CURRENT_IMAGE = "goldenimage:current-image"
+CURRENT_IMAGE = CURRENT_IMAGE_TAG
 CURRENT_VERSION = "goldenimage:current-version"
 LAST_ROTATION = "goldenimage:last-rotation"
 

@@ -8,9 +8,11 @@ validated instead.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .. import retention
 from ..aws.clients import AwsContext, Clients
 from ..aws.registry import AwsRegistry
 from ..aws.target import AwsSide
@@ -18,7 +20,7 @@ from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
-from ..targets import Checked, ImageRegistry, Job, Result
+from ..targets import Checked, GcWorld, ImageRegistry, Job, Result
 from ..targets.local import LocalTarget
 from . import running_state, sandbox_context
 
@@ -46,6 +48,23 @@ class SandboxTarget(LocalTarget, AwsSide):
                  check: RemoteCheck | None = None) -> None:
         LocalTarget.__init__(self, env)  # and AwsSide's, next in the method order
         self._clients, self._check = clients, check
+
+    # gc: the sandbox's images are AMIs (registered from local bakes): it plans over them
+    # like target aws, never over the local store underneath them (that would delete the
+    # qcow2s they came from). Carrying the plan out is not built yet.
+    gc_applies = False
+
+    def gc_world(self) -> GcWorld:
+        return AwsSide.gc_world(self)
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        raise self.gc_not_built("`invoke gc --apply`")
+
+    def gc_restore(self, image_id: str) -> Result:
+        raise self.gc_not_built("`invoke gc --restore`")
+
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        raise self.gc_not_built("`invoke gc --apply`")
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running

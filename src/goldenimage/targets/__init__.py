@@ -15,9 +15,11 @@ import builtins
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .. import retention
 from ..errors import ConfigError
 from ..fingerprint import FingerprintInput
 from ..models import ImageRecord
@@ -91,10 +93,22 @@ class Checked:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GcWorld:
+    """What `invoke gc` plans from, gathered once per run (`retention.plan`'s inputs)."""
+
+    images: list[retention.Image]
+    references: list[retention.Reference]
+    channels: dict[str, dict[str, list[dict[str, Any]]]]
+    leftovers: list[retention.Leftover] = field(default_factory=list)
+    where: dict[str, Any] = field(default_factory=dict)  # what the plan shows of the place
+
+
 class Target(ABC):
     """One kind of place images live in; `target_for(env)` picks the environment's."""
 
     name: ClassVar[str]
+    gc_applies: ClassVar[bool] = False  # `invoke gc --apply` is built for this target
 
     def __init__(self, env: Environment) -> None:
         self.env = env
@@ -132,6 +146,31 @@ class Target(ABC):
         return ConfigError(
             f"{self.env.rel(self.env.settings_file)}: field target: environment {self.env.name!r} has "
             f"target {self.name!r}; AWS commands need target 'aws' or 'sandbox'"
+        )
+
+    # -- retention (invoke gc) -------------------------------------------------------------
+    def gc_world(self) -> GcWorld:
+        """The images, their references and channels, and the leftovers, gathered now."""
+        raise self.gc_not_built()
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        """Carry out one decision (deprecate, disable, delete), re-checking right before that
+        nothing uses the image. Result: `done` True, or `skipped` with the use found."""
+        raise self.gc_not_built("`invoke gc --apply`")
+
+    def gc_restore(self, image_id: str) -> Result:
+        """Take back an image's deprecate/disable stage. Result: `stage` it had (None: none)."""
+        raise self.gc_not_built("`invoke gc --restore`")
+
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        """Remove one leftover the plan decided to delete."""
+        raise self.gc_not_built("`invoke gc --apply`")
+
+    def gc_not_built(self, what: str = "`invoke gc`") -> ConfigError:
+        """The exit-2 error of a gc step this target does not have yet."""
+        return ConfigError(
+            f"{self.env.rel(self.env.settings_file)}: field target: {what} is not built for target "
+            f"{self.name!r} yet (target 'local' only)"
         )
 
     # -- the bake --------------------------------------------------------------------------

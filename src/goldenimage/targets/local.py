@@ -11,11 +11,12 @@ import json
 import shutil
 import socket
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import fingerprint, sbom
-from ..adapters import baseimage, packer, qemu, testinfra
+from .. import fingerprint, retention, sbom
+from ..adapters import baseimage, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
 from ..fsutil import atomic_write_json, sha256_file
@@ -24,11 +25,14 @@ from ..paths import base_cache_dir, store_dir
 from ..progress import Reporter
 from ..settings import Environment
 from ..store import LocalStore
-from . import Base, Checked, ImageRegistry, Job, Result, Target
+from . import Base, Checked, GcWorld, ImageRegistry, Job, Result, Target
+
+FAILED_LOGS = "failed bake logs"
 
 
 class LocalTarget(Target):
     name = "local"
+    gc_applies = True
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
@@ -63,6 +67,60 @@ class LocalTarget(Target):
             }, ws, reporter)
         return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
                 "durations": reporter.durations, "exit_code": 0 if suite.ok else 1}
+
+    # -- retention (invoke gc) ---------------------------------------------------------------
+    def gc_world(self) -> GcWorld:
+        """The store's images (quarantined too), the uses of their disks (running VMs, qcow2
+        files backing onto them), the channels, and the logs of failed bakes."""
+        store = self.store
+        images: list[retention.Image] = []
+        disks: dict[str, Path] = {}
+        for rec in store.list():
+            directory = store.image_dir(rec.id)
+            disks[rec.id] = directory / rec.artifact
+            images.append(retention.Image(
+                id=rec.id, name=rec.name, status=rec.status, created=_time(rec.created),
+                stage=rec.extra.get("stage"), stage_at=retention.parse_time(rec.extra.get("stage_at")),
+                revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=usage.tree_size(directory)))
+        leftovers = []
+        if store.failed_dir.is_dir():
+            for d in sorted(store.failed_dir.iterdir()):
+                if d.is_dir():
+                    leftovers.append(retention.Leftover(
+                        d.name, FAILED_LOGS, datetime.fromtimestamp(d.stat().st_mtime, UTC), usage.tree_size(d)))
+        return GcWorld(images, self._uses(disks), store.histories(), leftovers, {"store": str(store.root)})
+
+    def _uses(self, disks: dict[str, Path]) -> list[retention.Reference]:
+        return [*usage.vm_references(disks),
+                *usage.backing_references(disks, [self.store.root, base_cache_dir()])]
+
+    def _still_used(self, image_id: str) -> str | None:
+        """Why `image_id` must not be touched now (a channel, its rollback target, a VM, a
+        backing file), gathered afresh; None if nothing uses it."""
+        rec = self.store.get(image_id)
+        disk = self.store.image_dir(image_id) / rec.artifact
+        img = retention.Image(id=rec.id, name=rec.name, status=rec.status, created=_time(rec.created))
+        return retention.protections([img], self._uses({image_id: disk}), self.store.histories()).get(image_id)
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        image_id, action = decision.image_id, decision.action
+        if action == retention.DELETE:
+            why = self.store.remove(image_id, lambda: self._still_used(image_id))
+        elif action in (retention.DEPRECATE, retention.DISABLE):
+            stage = retention.NEXT[decision.stage][1]
+            assert stage is not None
+            why = self.store.set_stage(image_id, stage, now, still_used=lambda: self._still_used(image_id))
+        else:
+            raise ValueError(f"not an action to carry out: {action}")
+        return {"done": False, "skipped": f"in use now: {why}"} if why else {"done": True}
+
+    def gc_restore(self, image_id: str) -> Result:
+        return {"stage": self.store.restore(image_id)}
+
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        directory = self.store.failed_dir / decision.image_id
+        shutil.rmtree(directory)
+        return {"done": True}
 
     # -- bake --------------------------------------------------------------------------------
     def detect_tools(self) -> Tools:
@@ -158,6 +216,13 @@ class LocalTarget(Target):
 
     def quarantined(self, result: Result) -> str:
         return f"quarantined at {self.store.image_dir(result['image_id'])}"
+
+
+def _time(text: str) -> datetime:
+    parsed = retention.parse_time(text)
+    if parsed is None:
+        raise ValueError("an image without a creation time")
+    return parsed
 
 
 def check_templates(env: Environment, name: str, tools: Tools) -> None:

@@ -1,0 +1,125 @@
+"""What uses an AMI, gathered from the moto server page by page (`aws.references`)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from goldenimage.aws import references
+from goldenimage.aws.clients import Clients
+from goldenimage.models import CURRENT_IMAGE_TAG, PREVIOUS_IMAGE_TAG
+from tests.aws_faults import CallRecorder
+
+
+def world(moto_client: Callable[[str], Any]) -> dict[str, str]:
+    """AMIs used in every way gc must see, and two nothing uses."""
+    ec2, asg, ssm = moto_client("ec2"), moto_client("autoscaling"), moto_client("ssm")
+    ec2.register_image(Name="seed", RootDeviceName="/dev/sda1")  # moto: a base AMI for run_instances
+    names = ["running", "stopped", "terminated", "lt_old", "lt_default", "lt_latest", "lc", "mixed",
+             "previous", "current", "ssm_any", "ssm_channel", "unused1", "unused2"]
+    base = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    amis = {}
+    for n in names:
+        inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        amis[n] = ec2.create_image(InstanceId=inst, Name=f"gc-{n}")["ImageId"]
+        ec2.terminate_instances(InstanceIds=[inst])
+    amis["base"] = base
+    for state in ("running", "stopped", "terminated"):
+        i = ec2.run_instances(ImageId=amis[state], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        if state == "stopped":
+            ec2.stop_instances(InstanceIds=[i])
+        if state == "terminated":
+            ec2.terminate_instances(InstanceIds=[i])
+    data = {"InstanceType": "t3.micro", "UserData": base64.b64encode(b"#!/bin/sh\n").decode()}
+    lt = ec2.create_launch_template(LaunchTemplateName="web", LaunchTemplateData={**data, "ImageId": amis["lt_old"]})
+    lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
+    ec2.create_launch_template_version(LaunchTemplateId=lt_id, LaunchTemplateData={**data, "ImageId": amis["lt_default"]})
+    ec2.create_launch_template_version(LaunchTemplateId=lt_id, LaunchTemplateData={**data, "ImageId": amis["lt_latest"]})
+    ec2.modify_launch_template(LaunchTemplateId=lt_id, DefaultVersion="2")
+    mixed = ec2.create_launch_template(LaunchTemplateName="mixed", LaunchTemplateData={**data, "ImageId": amis["mixed"]})
+    asg.create_launch_configuration(LaunchConfigurationName="old-lc", ImageId=amis["lc"], InstanceType="t3.micro")
+    zones = ["us-east-1a"]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="web", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=zones,
+        LaunchTemplate={"LaunchTemplateId": lt_id, "Version": "1"},  # an old, non-default version
+        Tags=[{"Key": PREVIOUS_IMAGE_TAG, "Value": amis["previous"], "PropagateAtLaunch": False,
+               "ResourceId": "web", "ResourceType": "auto-scaling-group"},
+              {"Key": CURRENT_IMAGE_TAG, "Value": amis["current"], "PropagateAtLaunch": False,
+               "ResourceId": "web", "ResourceType": "auto-scaling-group"}])
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="batch", MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=zones,
+        MixedInstancesPolicy={"LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateName": "mixed", "Version": "$Latest"},
+            "Overrides": [{"InstanceType": "t3.small"}]}})
+    assert mixed
+    ssm.put_parameter(Name="/team/app/ami", Value=amis["ssm_any"], Type="String")
+    ssm.put_parameter(Name="/goldenimage/web/stable", Value=amis["ssm_channel"], Type="String")
+    ssm.put_parameter(Name="/team/app/not-an-ami", Value="hello", Type="String")
+    return {**amis, "lt_id": lt_id}
+
+
+def test_every_kind_of_use_is_found_and_nothing_else(aws_clients: Clients,
+                                                     moto_client: Callable[[str], Any]) -> None:
+    amis = world(moto_client)
+    with CallRecorder() as rec:
+        refs = references.gather(aws_clients)
+    used = {r.image_id for r in refs}
+    expected_used = {"running", "stopped", "lt_old", "lt_default", "lt_latest", "lc", "mixed", "previous",
+                     "current", "ssm_any", "ssm_channel"}
+    assert used == {amis[n] for n in expected_used}
+    for n in ("terminated", "unused1", "unused2", "base"):  # base: its instances are all terminated
+        assert amis[n] not in used
+    why = {(r.image_id, r.reason()) for r in refs}
+    lt_id = amis["lt_id"]
+    assert (amis["lt_old"], f"{lt_id} v1 (web)") in why
+    assert (amis["lt_latest"], f"{lt_id} v3 (web)") in why
+    assert (amis["lc"], "launch configuration old-lc") in why
+    assert (amis["previous"], "rotation state (asg web, previous image)") in why
+    assert (amis["ssm_any"], "ssm parameter /team/app/ami v1") in why
+    assert any(i == amis["mixed"] and r.startswith("mixed-instances template lt-") and r.endswith("(asg batch)")
+               for i, r in why)
+    assert any(i == amis["stopped"] and r.endswith("(stopped)") for i, r in why)
+    # listings page by page: no call names an image
+    assert set(rec.calls) == {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplates",
+                              "ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations",
+                              "autoscaling:DescribeAutoScalingGroups", "ssm:GetParametersByPath"}
+
+
+def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """The aws target's gc world on the moto server, planned: exactly the unused, old-enough
+    AMIs move a stage; a disabled one (moto has DisableImage) is in its `disabled` stage."""
+    from datetime import UTC, datetime
+
+    from goldenimage import retention
+    from goldenimage.aws.target import AwsTarget
+    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
+    from goldenimage.sections import ImageRetention
+    from goldenimage.settings import load_environment
+    from tests.conftest import ROOT
+
+    amis = world(moto_client)
+    ec2 = moto_client("ec2")
+    order = ["running", "stopped", "terminated", "lt_old", "lt_default", "lt_latest", "lc", "mixed",
+             "previous", "current", "ssm_any", "ssm_channel", "unused1", "unused2"]
+    for day, n in enumerate(order, start=1):
+        ec2.create_tags(Resources=[amis[n]], Tags=[
+            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
+            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
+            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}])
+    ec2.disable_image(ImageId=amis["unused1"])
+    target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
+    w = target.gc_world()
+    assert {i.id for i in w.images} == {amis[n] for n in order}
+    assert w.channels["web"]["stable"][-1]["image_id"] == amis["ssm_channel"]
+    policy = {"web": ImageRetention(keep=1, min_age_days=0, deprecate_after=0, disable_after=0, delete_after=0)}
+    plan = retention.plan(w.images, w.references, w.channels, policy, datetime(2026, 6, 1, tzinfo=UTC))
+    by = {d.image_id: d for d in plan.decisions}
+    assert by[amis["unused2"]].reason == "keep: among the newest 1 validated"
+    assert by[amis["ssm_channel"]].reason == "keep: channel stable"
+    assert by[amis["lt_old"]].reason == f"keep: {amis['lt_id']} v1 (web)"
+    assert by[amis["unused1"]].action == "delete" and by[amis["unused1"]].stage == "disabled"
+    assert by[amis["terminated"]].action == "deprecate"
+    changed = {i for i, d in by.items() if d.action != "keep"}
+    assert changed == {amis["unused1"], amis["terminated"]}
+    assert by[amis["unused1"]].reclaim > 0 and by[amis["unused1"]].reclaim % (1 << 30) == 0  # snapshot GiB
