@@ -20,6 +20,10 @@ Two halves, as elsewhere in the toolkit:
   - `ansible.cfg` at the project root, if any;
   - the environment's inventory (hosts, group_vars, host_vars), with the toolkit settings
     file reduced to the parts that shape this image (its own spec, the base, the target);
+  - the image's suite directories (`Environment.suites`: `tests/image/common/` and
+    `tests/image/<image>/`, or its `tests:` list) and the conftest they share
+    (`tests/image/conftest.py`): what a validated image was checked against; a change to
+    common changes every image, a change to `tests/image/web/` changes web only;
   - `extra`: values the caller resolves (base image identity, tool versions), e.g.
     `{"base:image": "sha256:...", "tool:packer": "1.11.2"}`.
 
@@ -47,7 +51,7 @@ import yaml
 from hcl2 import SerializationOptions
 
 from .errors import ConfigError, TemplateError
-from .settings import SETTINGS_FILE, Environment
+from .settings import IMAGE_SUITES, SETTINGS_FILE, Environment
 
 FORMAT = "goldenimage-fingerprint-v1"
 
@@ -542,6 +546,18 @@ def collect_inventory(root: Path, env: Environment) -> list[FingerprintInput]:
     return hash_files(files, root)
 
 
+def collect_suites(root: Path, env: Environment, image: str) -> list[FingerprintInput]:
+    """Every file of the image's suite directories, and the image suites' shared conftest."""
+    root = root.resolve()
+    files: list[str] = []
+    for top in env.suites(image):
+        files += _walk(os.fspath(root / top.relative_to(env.root)))
+    shared = root / IMAGE_SUITES / "conftest.py"
+    if shared.is_file():
+        files.append(os.fspath(shared))
+    return hash_files(sorted(set(files)), root)
+
+
 def collect(
     root: Path, env: Environment, image: str, extra: Mapping[str, str] | None = None
 ) -> list[FingerprintInput]:
@@ -554,6 +570,7 @@ def collect(
     found += collect_playbook(root, spec.playbook)[0]
     found += collect_inventory(root, env)
     found += settings_inputs(env, image)
+    found += collect_suites(root, env, image)
     for name, value in sorted((extra or {}).items()):
         if ":" not in name or "/" in name.split(":", 1)[0]:
             raise ValueError(f"extra fingerprint input {name!r} must look like 'kind:name'")

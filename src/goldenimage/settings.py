@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .rotation.policy import GroupPolicy
 
 SETTINGS_FILE = "goldenimage.yml"
+IMAGE_SUITES = "tests/image"  # the image suites: common/, one directory per image, conftest.py
+COMMON_SUITE = f"{IMAGE_SUITES}/common"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
@@ -38,6 +40,11 @@ class ImageSpec(_Model):
     playbook: str = Field(description="playbook path, relative to the project root")
     groups: list[str] = Field(default_factory=list, description="inventory groups of the build host")
     disk_size: str = Field(default="4G", pattern=r"^[0-9]+[MG]$")
+    tests: list[str] | None = Field(
+        default=None, min_length=1,
+        description="image suite directories, relative to the project root "
+                    "(default: tests/image/common and tests/image/<image> when it exists)",
+    )
 
 
 class BaseImageSpec(_Model):
@@ -156,6 +163,23 @@ class Environment:
                 f"unknown image {name!r} in {self.rel(self.settings_file)} (known: {known})"
             ) from None
 
+    def suites(self, name: str) -> list[Path]:
+        """The image suite directories that validate image `name`: its `tests:` list, else
+        tests/image/common plus tests/image/<name> when that exists (an image no longer in
+        the settings, validated again, gets the default)."""
+        spec = self.settings.images.get(name)
+        if spec is not None and spec.tests is not None:
+            return [self.root / t for t in spec.tests]
+        own = self.root / IMAGE_SUITES / name
+        return [self.root / COMMON_SUITE] + ([own] if own.is_dir() else [])
+
+    def suite_note(self, name: str) -> str | None:
+        """A line for the bake output when image `name` gets the common checks only."""
+        spec = self.settings.images.get(name)
+        if (spec is None or spec.tests is None) and not (self.root / IMAGE_SUITES / name).is_dir():
+            return f"{name}: no {IMAGE_SUITES}/{name}/, so the common checks only"
+        return None
+
     def rel(self, path: Path) -> str:
         try:
             return str(path.relative_to(self.root))
@@ -177,6 +201,18 @@ def project_root() -> Path:
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
+
+
+def _check_suite_dir(root: Path, rel: str, field: str, entry: str) -> None:
+    """A `tests:` entry must name a directory inside the project."""
+    path = Path(entry)
+    if path.is_absolute() or ".." in path.parts:
+        raise ConfigError(f"{rel}: field {field}: {entry} must be relative to the project root, inside it")
+    full = root / path
+    if not full.exists():
+        raise ConfigError(f"{rel}: field {field}: {entry} does not exist")
+    if not full.is_dir():
+        raise ConfigError(f"{rel}: field {field}: {entry} is not a directory")
 
 
 def load_environment(name: str, root: Path | None = None) -> Environment:
@@ -211,4 +247,6 @@ def load_environment(name: str, root: Path | None = None) -> Environment:
             raise ConfigError(f"{rel}: field images.{image}: image names are [a-z][a-z0-9-]*")
         if not (root / spec.playbook).is_file():
             raise ConfigError(f"{rel}: field images.{image}.playbook: {spec.playbook} does not exist")
+        for i, entry in enumerate(spec.tests or []):
+            _check_suite_dir(root, rel, f"images.{image}.tests[{i}]", entry)
     return Environment(root, name, settings)

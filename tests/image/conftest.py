@@ -1,4 +1,4 @@
-"""The image suite: testinfra against a booted FINAL image (after hygiene).
+"""The image suites: testinfra against a booted FINAL image (after hygiene).
 
 Run by the validation step as
     pytest tests/image --hosts=ssh://target --ssh-config=FILE --sudo --junitxml=...

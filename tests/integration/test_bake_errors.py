@@ -139,3 +139,20 @@ def test_setup_reports_versions(project: Path) -> None:
     versions = json.loads(res.stdout)["versions"]
     assert versions["packer"].startswith("1.") and versions["ansible-core"].startswith("2.")
     assert all(versions[t] for t in ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "extlinux"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [("tests/image/nope", "tests/image/nope does not exist"),
+     ("tests/image/conftest.py", "tests/image/conftest.py is not a directory")],
+)
+def test_missing_image_suite_directory(project: Path, tmp_path: Path, entry: str, fragment: str) -> None:
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    assert "  web:\n    playbook:" in text
+    settings.write_text(text.replace("  web:\n    playbook:", f"  web:\n    tests: [tests/image/common, {entry}]\n    playbook:", 1))
+    home = tmp_path / "home"
+    res = run_invoke("bake", root=project, home=home)
+    assert res.returncode == 2, res.stderr
+    assert_one_error_line(res.stderr, "inventories/local/goldenimage.yml", "field images.web.tests[1]", fragment)
+    assert_nothing_written(home)

@@ -1,10 +1,12 @@
-"""testinfra: run the image suite (`tests/image/`) against a booted VM over SSH."""
+"""testinfra: run an image's suite directories (`tests/image/common/`, `tests/image/<image>/`)
+against a booted VM over SSH."""
 
 from __future__ import annotations
 
 import os
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +35,19 @@ class SuiteResult:
 
 
 def run_suite(
-    suite: Path, host: str, ssh_config: Path, expect: dict[str, Any], work: Path, reporter: Reporter
+    suites: Sequence[Path], host: str, ssh_config: Path, expect: dict[str, Any], work: Path,
+    reporter: Reporter, *, root: Path,
 ) -> SuiteResult:
-    """Run pytest-testinfra on `suite` against `host` of `ssh_config` (a booted VM or a
-    launched instance); expectations reach the suite as a JSON file."""
+    """Run pytest-testinfra on the suite directories `suites` (one pytest run, from the
+    project `root`) against `host` of `ssh_config` (a booted VM or a launched instance);
+    expectations reach the suite as a JSON file."""
+    if not suites:
+        raise ValueError("run_suite needs at least one suite directory")
     expect_file = work / "expect.json"
     atomic_write_json(expect_file, expect)
     junit = work / "junit.xml"
     argv = [
-        sys.executable, "-m", "pytest", str(suite), f"--hosts=ssh://{host}",
+        sys.executable, "-m", "pytest", *(str(s) for s in suites), f"--hosts=ssh://{host}",
         f"--ssh-config={ssh_config}", "--sudo", f"--junitxml={junit}",
         "-p", "no:cacheprovider", "-q", "-rN", "--color=no", "-o", "addopts=",
     ]
@@ -51,7 +57,7 @@ def run_suite(
         if ln.strip():
             reporter.step(f"testinfra: {ln.strip()[:100]}")
 
-    res = proc.run(argv, env=env, cwd=suite.parent.parent, on_line=line)
+    res = proc.run(argv, env=env, cwd=root, on_line=line)
     if not junit.is_file():
         tail = "; ".join(x.strip() for x in res.lines[-3:] if x.strip())
         return SuiteResult(0, 0, 1, 0, [f"the image suite did not run: {tail}"], junit)

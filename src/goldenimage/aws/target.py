@@ -145,8 +145,12 @@ class AwsSide(Target):
 
     def remote_check(self, expect: dict[str, Any], work: Path) -> RemoteCheck:
         """What runs against a launched AMI: the image suite over SSH, expecting `expect`."""
-        return self._check or TestinfraCheck(self.env.root / "tests" / "image", expect=expect, work=work,
-                                             boot_timeout=self.aws.validation.boot_timeout)
+        if self._check:
+            return self._check
+        note = self.env.suite_note(str(expect["image_name"]))
+        return TestinfraCheck(self.env.suites(str(expect["image_name"])), root=self.env.root,
+                              expect=expect, work=work, note=note,
+                              boot_timeout=self.aws.validation.boot_timeout)
 
     def launch_and_check(self, image_id: str, check: RemoteCheck, reporter: Reporter,
                          reg: AwsRegistry) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -82,7 +82,8 @@ def wait_for_ssh(host: str, port: int, timeout: float, poll: float = 2.0) -> Non
 
 
 class TestinfraCheck:
-    """The image suite (tests/image) over SSH with testinfra, as the local validation runs it.
+    """The image's suite directories over SSH with testinfra, as the local validation runs
+    them (one pytest run from the project `root`).
 
     `expect` holds what the image must report (image_name, image_id, fingerprint,
     build_time); the user and public key of this validation boot are added here.
@@ -91,9 +92,12 @@ class TestinfraCheck:
     __test__ = False  # not a pytest class
 
     def __init__(
-        self, suite: Path, *, expect: dict[str, Any], work: Path, boot_timeout: float = 600
+        self, suites: Sequence[Path], *, root: Path, expect: dict[str, Any], work: Path,
+        boot_timeout: float = 600, note: str | None = None,
     ) -> None:
-        self.suite = suite
+        self.suites = list(suites)
+        self.root = root
+        self.note = note  # said in the output: e.g. the image gets the common checks only
         self.expect = expect
         self.work = work
         self.boot_timeout = boot_timeout
@@ -103,6 +107,8 @@ class TestinfraCheck:
         from ..adapters.qemu import write_ssh_config
         from ..fsutil import short_tempdir
 
+        if self.note:
+            reporter.info(f"    {self.note}")
         reporter.step(f"waiting for SSH on {target.host}:{target.port}")
         wait_for_ssh(target.host, target.port, self.boot_timeout)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,8 @@ class TestinfraCheck:
                 self.work / "ssh_config", target.port, target.user, target.key_file, control,
                 hostname=target.host,
             )
-            suite = testinfra.run_suite(self.suite, "target", config, expect, self.work, reporter)
+            suite = testinfra.run_suite(self.suites, "target", config, expect, self.work, reporter,
+                                        root=self.root)
         reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
         return CheckResult(passed=suite.ok, failures=suite.failures,
                            details={**suite.as_dict(), "junit": str(suite.junit)})

@@ -244,14 +244,19 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
 def validate_disk(
     env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
 ) -> tuple[testinfra.SuiteResult, list[tuple[str, str, str]]]:
-    """Boot `disk` through an overlay with a fresh key and run `tests/image/` against it."""
+    """Boot `disk` through an overlay with a fresh key and run the image's suite directories
+    (`Environment.suites` of expect["image_name"]) against it."""
     q = env.settings.qemu
+    suites = env.suites(expect["image_name"])
+    note = env.suite_note(expect["image_name"])
+    if note:
+        reporter.info(f"    {note}")
     with qemu.boot(disk, work, accelerator=accel, cpus=q.cpus, memory=q.memory,
                    timeout=q.boot_timeout, reporter=reporter, user=BUILD_USER) as vm:
         pub = Path(f"{vm.key}.pub").read_text().strip()
-        suite = testinfra.run_suite(env.root / "tests" / "image", vm.host, vm.ssh_config, {
+        suite = testinfra.run_suite(suites, vm.host, vm.ssh_config, {
             **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
-        }, work, reporter)
+        }, work, reporter, root=env.root)
         packages = _packages(vm)
     reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
     return suite, packages
