@@ -169,3 +169,18 @@ def test_an_ignored_file_in_a_suite_does_not_count(fproject: Path) -> None:
     write(fproject, "tests/image/web/__pycache__/test_web.cpython-312.pyc", "x")
     write(fproject, "tests/image/web/.pytest_cache/x", "x")
     assert fingerprints(fproject) == before
+
+
+def test_the_ami_validation_runs_the_images_suites(project: Path, tmp_path: Path) -> None:
+    from goldenimage.aws.target import AwsTarget
+    from goldenimage.aws.validate import TestinfraCheck
+
+    env = load_environment("aws", project)
+    check = AwsTarget(env).remote_check({"image_name": "web", "image_id": "x"}, tmp_path)
+    assert isinstance(check, TestinfraCheck)
+    assert check.suites == [project / "tests/image/common", project / "tests/image/web"]
+    assert check.root == project and check.note is None
+    other = AwsTarget(env).remote_check({"image_name": "db", "image_id": "y"}, tmp_path)
+    assert isinstance(other, TestinfraCheck)
+    assert other.suites == [project / "tests/image/common"]
+    assert other.note is not None and "common checks only" in other.note
