@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,9 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40
     assert manifest["packer_manifest"]["builder_type"] == "qemu"
     assert (image_dir / "junit.xml").is_file()
+    # web is validated by the common checks and its own, and by nothing else
+    suites = {case.get("classname") for case in ET.parse(image_dir / "junit.xml").getroot().iter("testcase")}
+    assert suites == {"tests.image.common.test_common", "tests.image.web.test_web"}, suites  # --rootdir
     assert (image_dir / "sbom.cdx.json").is_file()
     # where the build's time went, kept with the image and shown at the end of the bake
     timings = manifest["timings"]

@@ -95,6 +95,7 @@ def test_run_suite_runs_every_directory_from_the_project_root(
                               Reporter(quiet=True), root=tmp_path)
     argv = seen["argv"]
     assert isinstance(argv, list) and argv[3:5] == [str(s) for s in suites]
+    assert f"--rootdir={tmp_path}" in argv  # the same check names in a copy of the project
     assert seen["cwd"] == tmp_path
     assert not res.ok and "did not run" in res.failures[0]
     with pytest.raises(ValueError):

@@ -48,7 +48,7 @@ def run_suite(
     junit = work / "junit.xml"
     argv = [
         sys.executable, "-m", "pytest", *(str(s) for s in suites), f"--hosts=ssh://{host}",
-        f"--ssh-config={ssh_config}", "--sudo", f"--junitxml={junit}",
+        f"--ssh-config={ssh_config}", "--sudo", f"--junitxml={junit}", f"--rootdir={root}",
         "-p", "no:cacheprovider", "-q", "-rN", "--color=no", "-o", "addopts=",
     ]
     env = {**os.environ, "GOLDENIMAGE_EXPECT": str(expect_file)}
