@@ -31,7 +31,7 @@ def bake(c, env, image=None, force=False):
 
 @command("goldenimage.commands:human_validate", image_id="the image to boot and test again")
 def validate(c, env, image_id=None):
-    """Boot a registered image and run the testinfra suite (tests/image) again."""
+    """Boot a registered image and run its testinfra suites (tests/image/common + its own) again."""
     from goldenimage import commands
 
     return lambda r: commands.validate(env, image_id, r)

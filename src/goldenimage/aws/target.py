@@ -2,7 +2,7 @@
 
 base (resolve the base AMI with boto3) -> fingerprint (it holds that AMI id) -> skip when a
 validated AMI has the fingerprint -> `packer build -only=amazon-ebs.aws` -> launch the new
-AMI and run `tests/image` against it -> tag it `validated` (or `quarantined`) in every
+AMI and run the image's suites against it -> tag it `validated` (or `quarantined`) in every
 region it was copied to.
 
 Nothing half-done is usable: every AMI the build makes carries `goldenimage:status=
@@ -219,7 +219,7 @@ class AwsTarget(AwsSide):
         home = job.artifacts["amis"][self.clients.ctx.region]
         reg = self.registry()
         self.validation_subnet()
-        with reporter.phase("validate", f"launch {home} and run tests/image"):
+        with reporter.phase("validate", f"launch {home} and run the image checks"):
             check = self.remote_check(job.image.facts(), job.ws / "validate")
             try:
                 validated = self.launch_and_check(home, check, reporter, reg)

@@ -2,7 +2,7 @@
 
 `validate_ami` launches one instance of the AMI in a configured subnet with a temporary
 key pair and a temporary security group (SSH only from the given CIDRs), waits for it to
-run, hands it to a `RemoteCheck` (the testinfra suite of tests/image over SSH in real
+run, hands it to a `RemoteCheck` (the image's testinfra suites over SSH in real
 use; a fake against moto, which runs no guests), and then removes the instance, the
 security group and the key pair -- on success, on failure, and on Ctrl-C/SIGTERM.
 

@@ -212,7 +212,7 @@ class Target(ABC):
 
     @abstractmethod
     def validate(self, job: Job, reporter: Reporter) -> Checked:
-        """Boot the final artifact and run `tests/image` against it."""
+        """Boot the final artifact and run the image's suites (`Environment.suites`) against it."""
 
     @abstractmethod
     def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:

@@ -60,7 +60,7 @@ class LocalTarget(Target):
         manifest = store.manifest(image_id)
         disk = store.image_dir(image_id) / rec.artifact
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
-        with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run tests/image"):
+        with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
             suite, _ = validate_disk(self.env, disk, accel, {
                 "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
                 "build_time": manifest["created"],
@@ -174,7 +174,7 @@ class LocalTarget(Target):
 
     def validate(self, job: Job, reporter: Reporter) -> Checked:
         image_dir = job.ws / "image"
-        with reporter.phase("validate", "boot the final image and run tests/image"):
+        with reporter.phase("validate", "boot the final image and run the image checks"):
             suite, packages = validate_disk(self.env, image_dir / "disk.qcow2", job.base.details["accelerator"],
                                             job.image.facts(), job.ws / "validate", reporter)
             shutil.copy2(suite.junit, image_dir / "junit.xml")
