@@ -32,7 +32,7 @@ ACTIONS: dict[str, str] = {
     "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot",
     "ssm:GetParameter": "registry: read a channel or a manifest",
     "ssm:GetParametersByPath": "registry: list an image's channels; gc: AMI ids in any parameter (read-only, all paths)",
-    "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
+    "ssm:GetParameterHistory": "registry: channel promotion history and rollback target; gc: pinned parameter versions",
     "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
     # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
@@ -63,6 +63,7 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeLaunchTemplateVersions": "rotate: read the current version's full data; gc: every version's AMI",
     # retention (aws/references.py): what uses an AMI
     "ec2:DescribeLaunchTemplates": "gc: every launch template, to list all its versions",
+    "ec2:DescribeImageReferences": "gc: AWS's own view of what uses an AMI, as a second opinion",
     "autoscaling:DescribeLaunchConfigurations": "gc: AMIs launch configurations use",
     "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",

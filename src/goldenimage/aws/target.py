@@ -105,7 +105,7 @@ class AwsSide(Target):
         ec2 = self.clients.ec2
         pages = ec2.get_paginator("describe_images").paginate(
             Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
-        images = []
+        images, local_ids = [], {}
         for page in pages:
             for img in page.get("Images", []):
                 rec = reg.record(img)
@@ -113,6 +113,8 @@ class AwsSide(Target):
                 stage = tags.get(GC_STAGE_TAG) or None
                 if img.get("State") == "disabled":
                     stage = "disabled"
+                if rec.extra.get("local_id"):
+                    local_ids[str(rec.extra["local_id"])] = rec.id
                 created = retention.parse_time(rec.created)
                 if created is None:
                     continue  # not an image of ours that says when it was made: never collected
@@ -123,8 +125,39 @@ class AwsSide(Target):
                     revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30))
         channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
                     for name in sorted(self.env.settings.images)}
-        return GcWorld(images, references.gather(self.clients), channels, [],
-                       {"region": self.clients.ctx.region})
+        return GcWorld(images, self.gc_references([i.id for i in images], local_ids), channels, [],
+                       {"region": self.clients.ctx.region, "copy_regions": self.copy_regions()})
+
+    def copy_regions(self) -> list[str]:
+        """The other regions the environment's AMIs are copied to (extra.aws.ami_regions)."""
+        home = self.clients.ctx.region
+        return sorted({r for r in self.aws.build.ami_regions if r != home})
+
+    def copies(self, region: str, local_ids: dict[str, str]) -> dict[str, str]:
+        """{copy AMI id in `region`: its home AMI id}: the same image (the same
+        `local-id` tag) copied there, disabled copies too."""
+        pages = _in_region(self.clients, region).ec2.get_paginator("describe_images").paginate(
+            Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
+        out = {}
+        for page in pages:
+            for img in page.get("Images", []):
+                tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+                home = local_ids.get(tags.get(TAG + "local-id", ""))
+                if home:
+                    out[img["ImageId"]] = home
+        return out
+
+    def gc_references(self, image_ids: list[str], local_ids: dict[str, str]) -> list[retention.Reference]:
+        """What uses the images in the home region, and what uses any of their copies in the
+        copy regions (counted against the home AMI: an image goes only when every copy in
+        every region is unreferenced). `local_ids`: {local-id tag: home AMI id}."""
+        refs = references.gather(self.clients, image_ids)
+        for region in self.copy_regions():
+            copies = self.copies(region, local_ids)
+            for r in references.gather(_in_region(self.clients, region), sorted(copies)):
+                if r.image_id in copies:
+                    refs.append(retention.Reference(copies[r.image_id], r.kind, f"{r.where} in {region} ({r.image_id})"))
+        return refs
 
     def default_subnet(self) -> str | None:
         """Where validation launches when the settings name no subnet."""
