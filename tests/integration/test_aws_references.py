@@ -223,14 +223,14 @@ def test_a_copy_in_another_region_keeps_the_image(aws_clients: Clients, moto_cli
 def test_describe_image_references_is_asked_at_full_depth_on_real_aws() -> None:
     """moto lacks DescribeImageReferences: a botocore Stubber stands for real AWS. gc asks it
     for every launch-template version (depth 10,000, not the default 10), instances in any
-    state but terminated, in batches and page by page; the sandbox endpoint is never asked."""
+    state but terminated, 10 AMIs per request (its limit) and page by page; the sandbox endpoint is never asked."""
     from botocore.stub import Stubber
 
     from goldenimage.aws.clients import AwsContext
 
     clients = Clients(AwsContext(region="us-east-1", credentials={"aws_access_key_id": "x",
                                                                   "aws_secret_access_key": "x"}))
-    ids = [f"ami-{i:017x}" for i in range(150)]
+    ids = [f"ami-{i:017x}" for i in range(15)]
     stub = Stubber(clients.ec2)
     types = [{"ResourceType": "ec2:Instance", "ResourceTypeOptions": [
                  {"OptionName": "state-name", "OptionValues": references.LIVE_STATES}]},
@@ -241,12 +241,12 @@ def test_describe_image_references_is_asked_at_full_depth_on_real_aws() -> None:
     arn = "arn:aws:ec2:us-east-1:123456789012:launch-template/lt-0abc"
     stub.add_response("describe_image_references",
                       {"ImageReferences": [{"ImageId": ids[3], "ResourceType": "ec2:LaunchTemplate", "Arn": arn}],
-                       "NextToken": "t"}, {"ImageIds": ids[:100], "ResourceTypes": types})
+                       "NextToken": "t"}, {"ImageIds": ids[:10], "ResourceTypes": types})
     stub.add_response("describe_image_references",
                       {"ImageReferences": [{"ImageId": ids[7], "ResourceType": "ec2:Instance", "Arn": "arn:i"}]},
-                      {"ImageIds": ids[:100], "ResourceTypes": types, "NextToken": "t"})
+                      {"ImageIds": ids[:10], "ResourceTypes": types, "NextToken": "t"})
     stub.add_response("describe_image_references", {"ImageReferences": []},
-                      {"ImageIds": ids[100:], "ResourceTypes": types})
+                      {"ImageIds": ids[10:], "ResourceTypes": types})
     with stub:
         refs = references.second_opinion(clients, list(reversed(ids)))
     stub.assert_no_pending_responses()

@@ -32,7 +32,7 @@ AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]  # all but terminated
 SSM_ALIAS = "resolve:ssm:"
 LT_DEPTH = "10000"  # DescribeImageReferences' deepest launch-template look (its default is 10)
-REFERENCE_BATCH = 100  # image ids per DescribeImageReferences request
+REFERENCE_BATCH = 10  # DescribeImageReferences takes at most 10 AMIs per request
 
 
 def _pages(client: Any, operation: str, key: str, **kw: Any) -> Iterator[dict[str, Any]]:
