@@ -258,3 +258,36 @@ def test_a_failure_on_one_image_is_reported_and_the_others_go_on(
     assert r["exit_code"] == 1
     img = moto_client("ec2").describe_images(ImageIds=[amis["unused1"]])["Images"][0]  # still launchable
     assert {t["Key"]: t["Value"] for t in img["Tags"]}[collect.GC_STAGE_TAG] == "deprecated"  # stage put back
+
+
+def test_the_sandbox_applies_like_aws_without_the_calls_moto_lacks(
+        aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """Target sandbox carries the plan out on its AMIs (never on the local store under them):
+    its deprecation is only recorded (moto has no EnableImageDeprecation, which would fail
+    with HTTP 500 here), and its disable is moto's DisableImage."""
+    from goldenimage.sandbox.target import SandboxTarget
+
+    ec2 = moto_client("ec2")
+    ec2.register_image(Name="seed", RootDeviceName="/dev/sda1")
+    base = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    amis = {}
+    for day, n in enumerate(["old", "new"], start=1):
+        inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        amis[n] = ec2.create_image(InstanceId=inst, Name=f"gc-{n}")["ImageId"]
+        ec2.create_tags(Resources=[amis[n]], Tags=[
+            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "sandbox"},
+            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
+            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}])
+    target = SandboxTarget(load_environment("sandbox", ROOT), clients=aws_clients)
+    assert target.gc_applies
+    for day, stage in enumerate(["deprecated", "disabled"]):
+        w = target.gc_world()
+        plan = retention.plan(w.images, w.references, w.channels, POLICY, NOW + timedelta(days=day))
+        changes = [d for d in plan.decisions if d.changes]
+        assert [d.image_id for d in changes] == [amis["old"]]
+        assert target.gc_apply(changes[0], NOW + timedelta(days=day))["done"]
+        img = ec2.describe_images(ImageIds=[amis["old"]], IncludeDisabled=True)["Images"][0]
+        assert {t["Key"]: t["Value"] for t in img["Tags"]}[collect.GC_STAGE_TAG] == stage
+    assert img["State"] == "disabled"
+    assert target.gc_restore(amis["old"])["stage"]["stage"] == "disabled"
+    assert ec2.describe_images(ImageIds=[amis["old"]])["Images"][0]["State"] == "available"

@@ -164,7 +164,8 @@ class AwsSide(Target):
                 out += [(region, copy) for copy in sorted(self.copies(region, {local_id: image_id}))]
         return [*out, (self.clients.ctx.region, image_id)]
 
-    def _still_used(self, image_id: str) -> str | None:
+    # named apart from LocalTarget._still_used: the sandbox inherits both, the local one first
+    def _ami_still_used(self, image_id: str) -> str | None:
         """Why the image must not be touched now (a channel, its rollback target, any use of
         it or of a copy), gathered afresh; None if nothing uses it."""
         reg = self.registry()
@@ -193,7 +194,7 @@ class AwsSide(Target):
 
     def _gc_step(self, decision: retention.Decision, now: datetime) -> Result:
         image_id, action = decision.image_id, decision.action
-        why = self._still_used(image_id)
+        why = self._ami_still_used(image_id)
         if why:
             return {"done": False, "skipped": f"in use now: {why}"}
         places = self._everywhere(image_id)
