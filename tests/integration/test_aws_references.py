@@ -83,7 +83,8 @@ def test_every_kind_of_use_is_found_and_nothing_else(aws_clients: Clients,
     # listings page by page: no call names an image
     assert set(rec.calls) == {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplates",
                               "ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations",
-                              "autoscaling:DescribeAutoScalingGroups", "ssm:GetParametersByPath"}
+                              "autoscaling:DescribeAutoScalingGroups", "ssm:GetParametersByPath",
+                              "ssm:GetParameterHistory"}  # once per parameter holding an AMI
 
 
 def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
@@ -123,3 +124,134 @@ def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Ca
     changed = {i for i, d in by.items() if d.action != "keep"}
     assert changed == {amis["unused1"], amis["terminated"]}
     assert by[amis["unused1"]].reclaim > 0 and by[amis["unused1"]].reclaim % (1 << 30) == 0  # snapshot GiB
+
+
+def _amis(moto_client: Callable[[str], Any], *names: str) -> dict[str, str]:
+    ec2 = moto_client("ec2")
+    ec2.register_image(Name="seed", RootDeviceName="/dev/sda1")
+    base = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    out = {}
+    for n in names:
+        inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        out[n] = ec2.create_image(InstanceId=inst, Name=f"gc-{n}")["ImageId"]
+        ec2.terminate_instances(InstanceIds=[inst])
+    return out
+
+
+def test_pinned_parameter_versions_and_templates_that_resolve_a_parameter(
+        aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """An older version of a parameter still pinned by a label, and launch templates naming
+    a parameter (`resolve:ssm:name`, `:N`, `:label`: moto leaves them unresolved, so gc
+    reads the parameter's history itself) protect the AMIs they reach; an older version
+    nothing pins does not."""
+    amis = _amis(moto_client, "v1_labeled", "v2_unpinned", "v3_current", "lt_v1", "lt_cur", "lt_label",
+                 "lt_label_v1", "unused")
+    ssm, ec2 = moto_client("ssm"), moto_client("ec2")
+    name = "/team/app/ami"
+    for n in ("v1_labeled", "v2_unpinned", "v3_current"):
+        ssm.put_parameter(Name=name, Value=amis[n], Type="String", Overwrite=True, DataType="text")
+    ssm.label_parameter_version(Name=name, ParameterVersion=1, Labels=["golden"])
+    # parameters only launch templates name (no AMI-valued current version of their own matter)
+    for n in ("lt_v1", "lt_cur"):
+        ssm.put_parameter(Name="/lt/ami", Value=amis[n], Type="String", Overwrite=True)
+    for n in ("lt_label_v1", "lt_label"):
+        ssm.put_parameter(Name="lt-label-ami", Value=amis[n], Type="String", Overwrite=True)
+    ssm.label_parameter_version(Name="lt-label-ami", ParameterVersion=1, Labels=["pinned"])
+    data = {"InstanceType": "t3.micro"}
+    lt = ec2.create_launch_template(LaunchTemplateName="ssm", LaunchTemplateData={**data, "ImageId": "resolve:ssm:/lt/ami:1"})
+    lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
+    ec2.create_launch_template_version(LaunchTemplateId=lt_id, LaunchTemplateData={**data, "ImageId": "resolve:ssm:/lt/ami"})
+    ec2.create_launch_template_version(LaunchTemplateId=lt_id,
+                                       LaunchTemplateData={**data, "ImageId": "resolve:ssm:lt-label-ami:pinned"})
+    ec2.create_launch_template_version(LaunchTemplateId=lt_id, LaunchTemplateData={**data, "ImageId": "resolve:ssm:/gone"})
+
+    refs = references.gather(aws_clients)
+    why = {(r.image_id, r.reason()) for r in refs}
+    used = {r.image_id for r in refs}
+    assert (amis["v1_labeled"], f"ssm parameter {name}:1 (label golden)") in why
+    assert (amis["v3_current"], f"ssm parameter {name} v3") in why
+    assert (amis["lt_v1"], f"{lt_id} v1 (ssm, resolve:ssm:/lt/ami:1)") in why
+    assert (amis["lt_cur"], f"{lt_id} v2 (ssm, resolve:ssm:/lt/ami)") in why
+    assert (amis["lt_label_v1"], f"{lt_id} v3 (ssm, resolve:ssm:lt-label-ami:pinned)") in why
+    assert amis["v2_unpinned"] not in used and amis["unused"] not in used
+    # lt-label-ami's current version holds an AMI, so it is a parameter use as well
+    assert amis["lt_label"] in used
+
+
+def test_a_copy_in_another_region_keeps_the_image(aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """extra.aws ami_regions: an image whose copy in another region is used is kept, with the
+    use and the region in its reason; an image whose copies are all unused moves on."""
+    from datetime import UTC, datetime
+
+    import boto3
+    from botocore.config import Config
+
+    from goldenimage import retention
+    from goldenimage.aws.target import AwsTarget
+    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG, TAG
+    from goldenimage.sections import ImageRetention
+    from goldenimage.settings import load_environment
+    from tests.conftest import ROOT
+    from tests.integration.conftest import CREDENTIALS
+
+    env = load_environment("aws", ROOT)
+    env.aws.build.ami_regions[:] = ["us-east-1", "eu-west-1"]
+    amis = _amis(moto_client, "used_copy", "no_use", "newest")
+    west = boto3.session.Session(region_name="eu-west-1", **CREDENTIALS).client(
+        "ec2", endpoint_url=aws_clients.ctx.endpoint_url, config=Config(retries={"max_attempts": 1}))
+    ec2 = moto_client("ec2")
+    copies = {}
+    for day, n in enumerate(amis, start=1):
+        tags = [{"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
+                {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
+                {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}, {"Key": TAG + "local-id", "Value": f"web-{n}"}]
+        ec2.create_tags(Resources=[amis[n]], Tags=tags)
+        copies[n] = west.copy_image(SourceImageId=amis[n], SourceRegion="us-east-1", Name=f"gc-{n}")["ImageId"]
+        west.create_tags(Resources=[copies[n]], Tags=tags)
+    west.run_instances(ImageId=copies["used_copy"], MinCount=1, MaxCount=1)
+    target = AwsTarget(env, clients=aws_clients)
+    w = target.gc_world()
+    assert w.where["copy_regions"] == ["eu-west-1"]
+    policy = {"web": ImageRetention(keep=1, min_age_days=0, deprecate_after=0, disable_after=0, delete_after=0)}
+    plan = retention.plan(w.images, w.references, w.channels, policy, datetime(2026, 6, 1, tzinfo=UTC))
+    by = {d.image_id: d for d in plan.decisions}
+    assert by[amis["used_copy"]].action == "keep"
+    assert "in eu-west-1" in by[amis["used_copy"]].reason and copies["used_copy"] in by[amis["used_copy"]].reason
+    assert by[amis["no_use"]].action == "deprecate"
+
+
+def test_describe_image_references_is_asked_at_full_depth_on_real_aws() -> None:
+    """moto lacks DescribeImageReferences: a botocore Stubber stands for real AWS. gc asks it
+    for every launch-template version (depth 10,000, not the default 10), instances in any
+    state but terminated, 10 AMIs per request (its limit) and page by page; the sandbox endpoint is never asked."""
+    from botocore.stub import Stubber
+
+    from goldenimage.aws.clients import AwsContext
+
+    clients = Clients(AwsContext(region="us-east-1", credentials={"aws_access_key_id": "x",
+                                                                  "aws_secret_access_key": "x"}))
+    ids = [f"ami-{i:017x}" for i in range(15)]
+    stub = Stubber(clients.ec2)
+    types = [{"ResourceType": "ec2:Instance", "ResourceTypeOptions": [
+                 {"OptionName": "state-name", "OptionValues": references.LIVE_STATES}]},
+             {"ResourceType": "ec2:LaunchTemplate", "ResourceTypeOptions": [
+                 {"OptionName": "version-depth", "OptionValues": ["10000"]}]},
+             {"ResourceType": "ssm:Parameter"}, {"ResourceType": "imagebuilder:ImageRecipe"},
+             {"ResourceType": "imagebuilder:ContainerRecipe"}]
+    arn = "arn:aws:ec2:us-east-1:123456789012:launch-template/lt-0abc"
+    stub.add_response("describe_image_references",
+                      {"ImageReferences": [{"ImageId": ids[3], "ResourceType": "ec2:LaunchTemplate", "Arn": arn}],
+                       "NextToken": "t"}, {"ImageIds": ids[:10], "ResourceTypes": types})
+    stub.add_response("describe_image_references",
+                      {"ImageReferences": [{"ImageId": ids[7], "ResourceType": "ec2:Instance", "Arn": "arn:i"}]},
+                      {"ImageIds": ids[:10], "ResourceTypes": types, "NextToken": "t"})
+    stub.add_response("describe_image_references", {"ImageReferences": []},
+                      {"ImageIds": ids[10:], "ResourceTypes": types})
+    with stub:
+        refs = references.second_opinion(clients, list(reversed(ids)))
+    stub.assert_no_pending_responses()
+    assert [(r.image_id, r.reason()) for r in refs] == [
+        (ids[3], f"image reference ec2:LaunchTemplate {arn}"), (ids[7], "image reference ec2:Instance arn:i")]
+    sandbox = Clients(AwsContext(region="us-east-1", endpoint_url="http://127.0.0.1:1",
+                                 credentials={"aws_access_key_id": "x", "aws_secret_access_key": "x"}))
+    assert references.second_opinion(sandbox, ids) == []

@@ -271,18 +271,6 @@ def test_restore_through_the_command(root: Path, store: LocalStore) -> None:
         gc.gc("local", True, Reporter(io.StringIO()), root=root, now=NOW, restore="web-4")
 
 
-@pytest.mark.parametrize("env", ["sandbox", "aws"])
-def test_other_targets_plan_only(env: str) -> None:
-    """On sandbox and aws, --apply and --restore are refused before anything is gathered."""
-    from tests.conftest import ROOT
-
-    with pytest.raises(ConfigError, match=rf"field target: `invoke gc --apply` is not built for target '{env}'") as exc:
-        gc.gc(env, True, Reporter(io.StringIO()), root=ROOT, now=NOW)
-    assert exc.value.exit_code == 2
-    with pytest.raises(ConfigError, match=rf"`invoke gc --restore` is not built for target '{env}'"):
-        gc.gc(env, False, Reporter(io.StringIO()), root=ROOT, now=NOW, restore="ami-0123")
-
-
 def test_images_lists_the_stage(root: Path, store: LocalStore) -> None:
     from goldenimage import commands
 

@@ -21,18 +21,18 @@ ACTIONS: dict[str, str] = {
     # registry (aws/registry.py)
     "ec2:DescribeImages": "registry: get/list/find-by-fingerprint, history statuses",
     "ec2:CreateTags": "registry: tag AMIs and snapshots with image facts, status, revocation",
-    "ec2:EnableImageDeprecation": "registry: revoke deprecates the AMI",
+    "ec2:EnableImageDeprecation": "registry: revoke deprecates the AMI; gc --apply: deprecate an unused AMI",
     "ec2:RegisterImage": "registry: register an AMI (sandbox bake of a local image)",
-    "ec2:DeregisterImage": "registry: discard a half-registered AMI",
+    "ec2:DeregisterImage": "registry: discard a half-registered AMI; gc --apply: deregister an unused AMI",
     "ec2:CreateVolume": "registry: the volume behind a registered AMI's snapshot",
     "ec2:DescribeVolumes": "registry: wait for that volume",
     "ec2:DeleteVolume": "registry: remove that volume",
     "ec2:CreateSnapshot": "registry: the snapshot a registered AMI boots from",
     "ec2:DescribeSnapshots": "registry: wait for that snapshot",
-    "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot",
+    "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot; gc --apply: the deregistered AMI's own snapshots",
     "ssm:GetParameter": "registry: read a channel or a manifest",
     "ssm:GetParametersByPath": "registry: list an image's channels; gc: AMI ids in any parameter (read-only, all paths)",
-    "ssm:GetParameterHistory": "registry: channel promotion history and rollback target",
+    "ssm:GetParameterHistory": "registry: channel promotion history and rollback target; gc: pinned parameter versions",
     "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
     # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
@@ -63,6 +63,11 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeLaunchTemplateVersions": "rotate: read the current version's full data; gc: every version's AMI",
     # retention (aws/references.py): what uses an AMI
     "ec2:DescribeLaunchTemplates": "gc: every launch template, to list all its versions",
+    "ec2:DescribeImageReferences": "gc: AWS's own view of what uses an AMI, as a second opinion",
+    "ec2:DisableImage": "gc --apply: disable an unused AMI (reversible, unlaunchable)",
+    "ec2:EnableImage": "gc --restore: make a disabled AMI launchable again",
+    "ec2:DisableImageDeprecation": "gc --restore: take back gc's deprecation",
+    "ec2:DeleteTags": "gc --restore: forget the AMI's gc stage",
     "autoscaling:DescribeLaunchConfigurations": "gc: AMIs launch configurations use",
     "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
@@ -110,9 +115,10 @@ SANDBOX_ONLY: dict[str, str] = {
 }
 
 
-# SSM reads gc makes below any path (an AMI id may sit in any parameter): granted on every
-# parameter, read-only; every other SSM action stays below the toolkit's prefix.
-SSM_ANY_PARAMETER = frozenset({"ssm:GetParametersByPath"})
+# SSM reads gc makes on any path (an AMI id, or a pinned older version of one, may sit in any
+# parameter): granted on every parameter, read-only; every other SSM action stays below the
+# toolkit's prefix.
+SSM_ANY_PARAMETER = frozenset({"ssm:GetParametersByPath", "ssm:GetParameterHistory"})
 
 
 def allowed(action: str, *, sandbox: bool = True) -> bool:

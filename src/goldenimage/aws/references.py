@@ -6,11 +6,14 @@ latest); launch configurations; the launch templates of every group's mixed-inst
 overrides (their versions are listed with the rest, and a template an override names is
 reported even when no other source does); a group's rotation state (the images it ran before and
 after the last rotation, in its tags); SSM parameters whose value is an AMI id (channels and any
-other parameter). The result is plain data (`retention.Reference`) for the pure planner.
-
-Not covered yet (see README, Retention): older SSM parameter versions pinned as `name:N`,
-launch templates that name an SSM parameter instead of an AMI (`resolve:ssm:`; real AWS
-resolves them with `ResolveAlias`), and `DescribeImageReferences` as a second opinion.
+other parameter), and older versions of a parameter still pinned: named as `name:N` or
+`name:label` by a launch template, or carrying a label (their history is paged through).
+A launch template that names a parameter (`resolve:ssm:`) counts for the AMI the parameter
+(or the version it pins) holds: real AWS resolves it (`ResolveAlias`); where the answer
+still names the parameter (moto), it is resolved here from the parameter's history. On
+real AWS, `DescribeImageReferences` with full launch-template depth is asked as a second
+opinion (`second_opinion`; moto lacks it, so never on the sandbox endpoint). The result
+is plain data (`retention.Reference`) for the pure planner.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ ROTATION_TAGS = {PREVIOUS_IMAGE_TAG: "previous image", CURRENT_IMAGE_TAG: "curre
 
 AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]  # all but terminated
+SSM_ALIAS = "resolve:ssm:"
+LT_DEPTH = "10000"  # DescribeImageReferences' deepest launch-template look (its default is 10)
+REFERENCE_BATCH = 10  # DescribeImageReferences takes at most 10 AMIs per request
 
 
 def _pages(client: Any, operation: str, key: str, **kw: Any) -> Iterator[dict[str, Any]]:
@@ -45,18 +51,56 @@ def instances(clients: Clients) -> list[Reference]:
     return out
 
 
-def launch_templates(clients: Clients) -> tuple[list[Reference], dict[str, list[str]]]:
+class ParameterHistory:
+    """SSM parameter histories, each paged through once per run and kept."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self._seen: dict[str, list[dict[str, Any]]] = {}
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        if name not in self._seen:
+            try:
+                self._seen[name] = list(_pages(self.clients.ssm, "get_parameter_history", "Parameters", Name=name))
+            except self.clients.ssm.exceptions.ParameterNotFound:
+                self._seen[name] = []
+        return self._seen[name]
+
+    def resolve(self, selector: str) -> str | None:
+        """The value of `name`, `name:N` or `name:label` (None: no such parameter/version)."""
+        name, _, pin = selector.partition(":")  # a parameter name holds no ':'
+        versions = self.versions(name)
+        if not versions:
+            return None
+        if not pin:
+            return str(versions[-1].get("Value", ""))
+        for v in versions:
+            if (pin.isdigit() and int(v.get("Version", -1)) == int(pin)) or pin in v.get("Labels", []):
+                return str(v.get("Value", ""))
+        return None
+
+
+def launch_templates(clients: Clients, history: ParameterHistory | None = None,
+                     ) -> tuple[list[Reference], dict[str, list[str]]]:
     """Every version of every launch template (one paginated listing per template), and
-    {template id and name: the AMIs of its versions} for the groups' overrides."""
+    {template id and name: the AMIs of its versions} for the groups' overrides. A version
+    that names an SSM parameter counts for the AMI it resolves to (`ResolveAlias`; else
+    read from the parameter's history)."""
+    history = history or ParameterHistory(clients)
     out = []
     by_template: dict[str, list[str]] = {}
     for lt in _pages(clients.ec2, "describe_launch_templates", "LaunchTemplates"):
         lt_id, lt_name = lt["LaunchTemplateId"], lt.get("LaunchTemplateName", "")
         for v in _pages(clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
-                        LaunchTemplateId=lt_id):
-            image = v.get("LaunchTemplateData", {}).get("ImageId", "")
+                        LaunchTemplateId=lt_id, ResolveAlias=True):
+            image = str(v.get("LaunchTemplateData", {}).get("ImageId", ""))
+            where = f"({lt_name})"
+            if image.startswith(SSM_ALIAS):
+                selector = image[len(SSM_ALIAS):]
+                image = history.resolve(selector) or ""
+                where = f"({lt_name}, {SSM_ALIAS}{selector})"
             if AMI_RE.match(image):
-                out.append(Reference(image, f"{lt_id} v{v['VersionNumber']}", f"({lt_name})"))
+                out.append(Reference(image, f"{lt_id} v{v['VersionNumber']}", where))
                 for key in (lt_id, lt_name):
                     by_template.setdefault(key, []).append(image)
     return out, by_template
@@ -88,15 +132,50 @@ def groups(clients: Clients, template_images: dict[str, list[str]]) -> list[Refe
     return out
 
 
-def parameters(clients: Clients) -> list[Reference]:
-    """SSM parameters (any path) whose current value is an AMI id."""
-    return [Reference(p["Value"], "ssm parameter", f"{p['Name']} v{p.get('Version', '?')}")
-            for p in _pages(clients.ssm, "get_parameters_by_path", "Parameters", Path="/", Recursive=True)
-            if AMI_RE.match(str(p.get("Value", "")))]
+def parameters(clients: Clients, history: ParameterHistory | None = None) -> list[Reference]:
+    """SSM parameters (any path) whose current value is an AMI id, and the older versions of
+    those parameters still pinned by a label (`name:label` reaches them)."""
+    history = history or ParameterHistory(clients)
+    out = []
+    for p in _pages(clients.ssm, "get_parameters_by_path", "Parameters", Path="/", Recursive=True):
+        if not AMI_RE.match(str(p.get("Value", ""))):
+            continue
+        name = p["Name"]
+        out.append(Reference(p["Value"], "ssm parameter", f"{name} v{p.get('Version', '?')}"))
+        for v in history.versions(name):
+            value, labels = str(v.get("Value", "")), v.get("Labels", [])
+            if labels and AMI_RE.match(value) and v.get("Version") != p.get("Version"):
+                out.append(Reference(value, "ssm parameter", f"{name}:{v['Version']} (label {', '.join(labels)})"))
+    return out
 
 
-def gather(clients: Clients) -> list[Reference]:
-    """Every reference to an AMI in the clients' region, each source listed once."""
-    templates, by_template = launch_templates(clients)
+def second_opinion(clients: Clients, image_ids: list[str]) -> list[Reference]:
+    """AWS's own `DescribeImageReferences` for `image_ids`, launch templates checked to full
+    depth (10,000 versions, not the default 10) and instances in any state but terminated.
+    Real AWS only: moto lacks it, so the sandbox endpoint is never asked."""
+    if clients.ctx.is_sandbox:
+        return []
+    out = []
+    types = [{"ResourceType": "ec2:Instance",
+              "ResourceTypeOptions": [{"OptionName": "state-name", "OptionValues": LIVE_STATES}]},
+             {"ResourceType": "ec2:LaunchTemplate",
+              "ResourceTypeOptions": [{"OptionName": "version-depth", "OptionValues": [LT_DEPTH]}]},
+             {"ResourceType": "ssm:Parameter"},
+             {"ResourceType": "imagebuilder:ImageRecipe"},
+             {"ResourceType": "imagebuilder:ContainerRecipe"}]
+    ids = sorted(set(image_ids))
+    for i in range(0, len(ids), REFERENCE_BATCH):
+        for ref in _pages(clients.ec2, "describe_image_references", "ImageReferences",
+                          ImageIds=ids[i:i + REFERENCE_BATCH], ResourceTypes=types):
+            out.append(Reference(ref["ImageId"], "image reference", f"{ref.get('ResourceType', '?')} {ref.get('Arn', '')}"))
+    return out
+
+
+def gather(clients: Clients, image_ids: list[str] | None = None) -> list[Reference]:
+    """Every reference to an AMI in the clients' region, each source listed once; with
+    `image_ids`, AWS's `DescribeImageReferences` on them too (real AWS only)."""
+    history = ParameterHistory(clients)
+    templates, by_template = launch_templates(clients, history)
     return [*instances(clients), *templates, *launch_configurations(clients),
-            *groups(clients, by_template), *parameters(clients)]
+            *groups(clients, by_template), *parameters(clients, history),
+            *second_opinion(clients, image_ids or [])]

@@ -22,22 +22,26 @@ import dataclasses
 import re
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from .. import fingerprint, retention
 from ..adapters.packer import read_manifest
 from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
-from ..errors import BuildFailed, ConfigError, ValidationFailed
+from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
 from ..models import ENV_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
 from ..sections import AwsSettings
 from ..settings import Environment
 from ..targets import Base, Checked, GcWorld, Job, Result, Target
-from . import references
+from . import collect, references
 from .ami import packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
+from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
 from .registry import AwsRegistry
 from .validate import RemoteCheck, TestinfraCheck, validate_ami
 
@@ -59,11 +63,12 @@ def parse_artifact(artifact_id: str) -> dict[str, str]:
     return out
 
 
-GC_STAGE_TAG, GC_STAGE_AT_TAG = TAG + "gc-stage", TAG + "gc-stage-at"  # what gc --apply will record
 
 
 class AwsSide(Target):
     """The AWS-side half of the aws and sandbox targets."""
+
+    gc_applies = True
 
     def __init__(self, env: Environment, *, clients: Clients | None = None,
                  check: RemoteCheck | None = None) -> None:
@@ -97,7 +102,7 @@ class AwsSide(Target):
     def listing(self) -> Result:
         return {"target": self.name, "region": self.clients.ctx.region}
 
-    # -- retention (invoke gc): the plan; carrying it out is not built yet -------------------
+    # -- retention (invoke gc) ---------------------------------------------------------------
     def gc_world(self) -> GcWorld:
         """The environment's AMIs in its region (disabled ones too), what uses any AMI there
         (`aws.references`, each source listed once), and every channel's history."""
@@ -105,7 +110,7 @@ class AwsSide(Target):
         ec2 = self.clients.ec2
         pages = ec2.get_paginator("describe_images").paginate(
             Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
-        images = []
+        images, local_ids = [], {}
         for page in pages:
             for img in page.get("Images", []):
                 rec = reg.record(img)
@@ -113,6 +118,8 @@ class AwsSide(Target):
                 stage = tags.get(GC_STAGE_TAG) or None
                 if img.get("State") == "disabled":
                     stage = "disabled"
+                if rec.extra.get("local_id"):
+                    local_ids[str(rec.extra["local_id"])] = rec.id
                 created = retention.parse_time(rec.created)
                 if created is None:
                     continue  # not an image of ours that says when it was made: never collected
@@ -123,8 +130,119 @@ class AwsSide(Target):
                     revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30))
         channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
                     for name in sorted(self.env.settings.images)}
-        return GcWorld(images, references.gather(self.clients), channels, [],
-                       {"region": self.clients.ctx.region})
+        return GcWorld(images, self.gc_references([i.id for i in images], local_ids), channels, [],
+                       {"region": self.clients.ctx.region, "copy_regions": self.copy_regions()})
+
+    def copy_regions(self) -> list[str]:
+        """The other regions the environment's AMIs are copied to (extra.aws.ami_regions)."""
+        home = self.clients.ctx.region
+        return sorted({r for r in self.aws.build.ami_regions if r != home})
+
+    def copies(self, region: str, local_ids: dict[str, str]) -> dict[str, str]:
+        """{copy AMI id in `region`: its home AMI id}: the same image (the same
+        `local-id` tag) copied there, disabled copies too."""
+        pages = _in_region(self.clients, region).ec2.get_paginator("describe_images").paginate(
+            Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
+        out = {}
+        for page in pages:
+            for img in page.get("Images", []):
+                tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+                home = local_ids.get(tags.get(TAG + "local-id", ""))
+                if home:
+                    out[img["ImageId"]] = home
+        return out
+
+    def _everywhere(self, image_id: str) -> list[tuple[str, str]]:
+        """[(region, AMI)] of the image: its copies in the copy regions, then the home AMI."""
+        img = collect.image(self.clients, image_id)
+        if img is None:
+            raise NotFoundError(f"{image_id} is not in {self.clients.ctx.region} (deleted since the plan?)")
+        local_id = {t["Key"]: t["Value"] for t in img.get("Tags", [])}.get(TAG + "local-id", "")
+        out = []
+        if local_id:
+            for region in self.copy_regions():
+                out += [(region, copy) for copy in sorted(self.copies(region, {local_id: image_id}))]
+        return [*out, (self.clients.ctx.region, image_id)]
+
+    # named apart from LocalTarget._still_used: the sandbox inherits both, the local one first
+    def _ami_still_used(self, image_id: str) -> str | None:
+        """Why the image must not be touched now (a channel, its rollback target, any use of
+        it or of a copy), gathered afresh; None if nothing uses it."""
+        reg = self.registry()
+        img = collect.image(self.clients, image_id)
+        if img is None:
+            return None
+        rec = reg.record(img)
+        local_ids = {str(rec.extra["local_id"]): image_id} if rec.extra.get("local_id") else {}
+        channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
+                    for name in sorted(self.env.settings.images)}
+        fresh = retention.Image(id=image_id, name=rec.name, status=rec.status,
+                                created=retention.parse_time(rec.created) or datetime.now(UTC))
+        return retention.protections([fresh], self.gc_references([image_id], local_ids), channels).get(image_id)
+
+    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+        """One stage for every copy of the image, after the uses were gathered again; an image
+        used since the plan, or whose stage moved since (restored), is skipped. A failing AWS
+        call is an OperationFailed naming the region and AMI."""
+        image_id, action = decision.image_id, decision.action
+        if action not in (retention.DEPRECATE, retention.DISABLE, retention.DELETE):
+            raise ValueError(f"not an action to carry out: {action}")
+        try:
+            return self._gc_step(decision, now)
+        except (ClientError, BotoCoreError) as exc:  # a failed read: nothing of this image was changed
+            raise OperationFailed(f"{action} {image_id}: {exc}") from exc
+
+    def _gc_step(self, decision: retention.Decision, now: datetime) -> Result:
+        image_id, action = decision.image_id, decision.action
+        why = self._ami_still_used(image_id)
+        if why:
+            return {"done": False, "skipped": f"in use now: {why}"}
+        places = self._everywhere(image_id)
+        home = collect.image(self.clients, image_id) or {}
+        now_stage = retention.DISABLED if home.get("State") == "disabled" else (
+            {t["Key"]: t["Value"] for t in home.get("Tags", [])}.get(GC_STAGE_TAG) or None)
+        if now_stage != decision.stage:
+            return {"done": False, "skipped": f"its stage is {now_stage or 'none'} now, "
+                                              f"not {decision.stage or 'none'} as planned"}
+        if action == retention.DELETE and home.get("State") != "disabled":
+            return {"done": False, "skipped": "not disabled: only a disabled AMI is deleted"}
+        done: list[str] = []
+        for region, ami in places:
+            c = _in_region(self.clients, region)
+            try:
+                if action == retention.DEPRECATE:
+                    collect.deprecate(c, ami, now)
+                elif action == retention.DISABLE:
+                    collect.disable(c, ami, now)
+                else:
+                    collect.deregister(c, ami)
+            except (ClientError, BotoCoreError) as exc:
+                raise OperationFailed(f"{action} {region}:{ami}: {exc}"
+                                      + (f" (done before it: {', '.join(done)})" if done else "")) from exc
+            done.append(f"{region}:{ami}")
+        return {"done": True, "where": done}
+
+    def gc_restore(self, image_id: str) -> Result:
+        """Enable the image again, take back its deprecation and forget its stage, in every
+        region it was copied to. `stage`: the stage it had (None: none)."""
+        stage = None
+        for region, ami in self._everywhere(image_id):
+            had = collect.restore(_in_region(self.clients, region), ami)
+            if region == self.clients.ctx.region:
+                stage = had
+        return {"stage": stage}
+
+    def gc_references(self, image_ids: list[str], local_ids: dict[str, str]) -> list[retention.Reference]:
+        """What uses the images in the home region, and what uses any of their copies in the
+        copy regions (counted against the home AMI: an image goes only when every copy in
+        every region is unreferenced). `local_ids`: {local-id tag: home AMI id}."""
+        refs = references.gather(self.clients, image_ids)
+        for region in self.copy_regions():
+            copies = self.copies(region, local_ids)
+            for r in references.gather(_in_region(self.clients, region), sorted(copies)):
+                if r.image_id in copies:
+                    refs.append(retention.Reference(copies[r.image_id], r.kind, f"{r.where} in {region} ({r.image_id})"))
+        return refs
 
     def default_subnet(self) -> str | None:
         """Where validation launches when the settings name no subnet."""

@@ -49,22 +49,22 @@ class SandboxTarget(LocalTarget, AwsSide):
         LocalTarget.__init__(self, env)  # and AwsSide's, next in the method order
         self._clients, self._check = clients, check
 
-    # gc: the sandbox's images are AMIs (registered from local bakes): it plans over them
-    # like target aws, never over the local store underneath them (that would delete the
-    # qcow2s they came from). Carrying the plan out is not built yet.
-    gc_applies = False
+    # gc: the sandbox's images are AMIs (registered from local bakes): it plans over them and
+    # carries the plan out like target aws, never over the local store underneath them
+    # (that would delete the qcow2s they came from).
+    gc_applies = True
 
     def gc_world(self) -> GcWorld:
         return AwsSide.gc_world(self)
 
     def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
-        raise self.gc_not_built("`invoke gc --apply`")
+        return AwsSide.gc_apply(self, decision, now)
 
     def gc_restore(self, image_id: str) -> Result:
-        raise self.gc_not_built("`invoke gc --restore`")
+        return AwsSide.gc_restore(self, image_id)
 
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
-        raise self.gc_not_built("`invoke gc --apply`")
+        raise self.gc_not_built("leftover removal")  # the AWS side's plan lists none
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running

@@ -1,0 +1,117 @@
+"""Carrying out `invoke gc --apply` on AMIs, per region for every copy of an image.
+
+deprecate (`EnableImageDeprecation`, a DeprecateAt just ahead; moto lacks it, so the
+sandbox only records the stage) -> disable (`DisableImage`: reversible, unlaunchable) ->
+deregister, with only that AMI's own snapshots: a snapshot that any other AMI of the
+region (disabled ones too) maps is never deleted. The stage and when it was reached are
+recorded in the AMI's tags (`goldenimage:gc-stage`, `goldenimage:gc-stage-at`), which the
+planner reads. `restore` takes a deprecate/disable stage back in every region.
+
+The caller re-gathers the uses right before each step (`AwsSide.gc_apply`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+from .. import retention
+from ..models import TAG
+from .clients import Clients
+
+GC_STAGE_TAG, GC_STAGE_AT_TAG = TAG + "gc-stage", TAG + "gc-stage-at"
+DEPRECATE_AHEAD = timedelta(minutes=5)  # DeprecateAt must lie in the future (AWS rounds to the minute)
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image(clients: Clients, ami: str) -> dict[str, Any] | None:
+    """The AMI as DescribeImages shows it (disabled too); None when it is gone."""
+    try:
+        imgs = clients.ec2.describe_images(ImageIds=[ami], IncludeDisabled=True).get("Images", [])
+    except ClientError as exc:  # real AWS answers an unknown id with an error, moto with nothing
+        if exc.response.get("Error", {}).get("Code", "").startswith("InvalidAMIID"):
+            return None
+        raise
+    return imgs[0] if imgs else None
+
+
+def _tag_stage(clients: Clients, ami: str, stage: str, now: datetime) -> None:
+    clients.ec2.create_tags(Resources=[ami], Tags=[{"Key": GC_STAGE_TAG, "Value": stage},
+                                                   {"Key": GC_STAGE_AT_TAG, "Value": _stamp(now)}])
+
+
+def deprecate(clients: Clients, ami: str, now: datetime) -> None:
+    """Deprecated: still launchable, marked as going. The sandbox (moto) has no
+    EnableImageDeprecation: there the stage is only recorded."""
+    if not clients.ctx.is_sandbox:
+        at = max(now, datetime.now(UTC)) + DEPRECATE_AHEAD
+        clients.ec2.enable_image_deprecation(ImageId=ami, DeprecateAt=at)
+    _tag_stage(clients, ami, retention.DEPRECATED, now)
+
+
+def disable(clients: Clients, ami: str, now: datetime) -> None:
+    """Disabled: no one can launch it; `restore` enables it again. The stage is recorded
+    first, so a disabled AMI always says since when; if disabling fails, the stage it had
+    is written back (an AMI tagged disabled that is not would be deleted too early)."""
+    before = {t["Key"]: t["Value"] for t in (image(clients, ami) or {}).get("Tags", [])}
+    _tag_stage(clients, ami, retention.DISABLED, now)
+    try:
+        clients.ec2.disable_image(ImageId=ami)
+    except Exception:
+        old = [{"Key": k, "Value": before[k]} for k in (GC_STAGE_TAG, GC_STAGE_AT_TAG) if k in before]
+        gone = [{"Key": k} for k in (GC_STAGE_TAG, GC_STAGE_AT_TAG) if k not in before]
+        if old:
+            clients.ec2.create_tags(Resources=[ami], Tags=old)
+        if gone:
+            clients.ec2.delete_tags(Resources=[ami], Tags=gone)
+        raise
+
+
+def own_snapshots(clients: Clients, ami: str) -> tuple[list[str], list[str]]:
+    """(the AMI's snapshots no other AMI of the region maps, the ones another AMI maps),
+    from every AMI the account owns there (disabled ones too), page by page."""
+    mine: set[str] = set()
+    others: set[str] = set()
+    for page in clients.ec2.get_paginator("describe_images").paginate(Owners=["self"], IncludeDisabled=True):
+        for img in page.get("Images", []):
+            snaps = {m["Ebs"]["SnapshotId"] for m in img.get("BlockDeviceMappings", [])
+                     if m.get("Ebs", {}).get("SnapshotId")}
+            (mine if img["ImageId"] == ami else others).update(snaps)
+    return sorted(mine - others), sorted(mine & others)
+
+
+def deregister(clients: Clients, ami: str) -> dict[str, Any]:
+    """Deregister the AMI and delete its own snapshots, never one another AMI maps. Real
+    AWS deletes them with the deregistration (`DeleteAssociatedSnapshots`) when none is
+    shared; otherwise (or on the sandbox) they are deleted one by one afterwards."""
+    own, shared = own_snapshots(clients, ami)
+    if not clients.ctx.is_sandbox and not shared:
+        clients.ec2.deregister_image(ImageId=ami, DeleteAssociatedSnapshots=True)
+    else:
+        clients.ec2.deregister_image(ImageId=ami)
+        for snap in own:
+            clients.ec2.delete_snapshot(SnapshotId=snap)
+    return {"snapshots": own, "kept_shared": shared}
+
+
+def restore(clients: Clients, ami: str) -> dict[str, str] | None:
+    """Take back the AMI's deprecate/disable stage; the stage it had and since when (None:
+    none)."""
+    img = image(clients, ami)
+    if img is None:
+        return None
+    tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+    stage = retention.DISABLED if img.get("State") == "disabled" else tags.get(GC_STAGE_TAG) or None
+    if img.get("State") == "disabled":
+        clients.ec2.enable_image(ImageId=ami)
+    revoked = bool(tags.get(TAG + "revoked-reason"))  # a revocation's deprecation stays
+    if stage and not revoked and not clients.ctx.is_sandbox and img.get("DeprecationTime"):
+        clients.ec2.disable_image_deprecation(ImageId=ami)
+    if GC_STAGE_TAG in tags or GC_STAGE_AT_TAG in tags:
+        clients.ec2.delete_tags(Resources=[ami], Tags=[{"Key": GC_STAGE_TAG}, {"Key": GC_STAGE_AT_TAG}])
+    return {"stage": stage, "at": tags.get(GC_STAGE_AT_TAG, "?")} if stage else None
