@@ -170,7 +170,7 @@ class Target(ABC):
         """The exit-2 error of a gc step this target does not have yet."""
         return ConfigError(
             f"{self.env.rel(self.env.settings_file)}: field target: {what} is not built for target "
-            f"{self.name!r} yet (target 'local' only)"
+            f"{self.name!r} yet"
         )
 
     # -- the bake --------------------------------------------------------------------------
