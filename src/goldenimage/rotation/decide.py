@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .plan import LEAVING, STANDBY, GroupState, Instance, _az_round_robin
+from .plan import LEAVING, STANDBY, GroupState, Instance, _az_round_robin, protected_rule
 from .policy import GroupPolicy
 
 Kind = Literal["wait", "abort", "grow", "retire", "launch", "done"]
@@ -97,13 +97,13 @@ def _classify(
             else:
                 alone[inst.id] = "in standby: left alone, not serving (policy standby: ignore)"
             continue
-        if inst.protected:
-            if policy.protected == "ignore":
-                alone[inst.id] = "protected from scale-in (policy protected: ignore)"
-                continue
-            if policy.protected == "wait":
-                blocked.append(f"{inst.id} is protected from scale-in")
-                continue
+        if (rule := protected_rule(inst, policy)) is not None:
+            kind, why = rule
+            if kind == "ignore":
+                alone[inst.id] = why
+            else:
+                blocked.append(why)
+            continue
         todo.append(inst)
     return todo, drop, alone, blocked
 

@@ -129,6 +129,17 @@ def _az_round_robin(instances: list[Instance]) -> list[Instance]:
     return order
 
 
+def protected_rule(inst: Instance, policy: GroupPolicy) -> tuple[str, str] | None:
+    """What the policy does with a scale-in-protected instance: ("ignore", why it is left
+    alone) or ("wait", why the rotation must wait); None: it is replaced like any other.
+    The up-front plan and the per-step decision (`decide`) both apply it."""
+    if not inst.protected or policy.protected not in ("ignore", "wait"):
+        return None
+    if policy.protected == "ignore":
+        return "ignore", "protected from scale-in (policy protected: ignore)"
+    return "wait", f"{inst.id} is protected from scale-in"
+
+
 def _classify(
     state: GroupState, target_image: str, policy: GroupPolicy
 ) -> tuple[list[Instance], list[str], dict[str, str]]:
@@ -150,13 +161,13 @@ def _classify(
             if policy.standby == "wait":
                 blocked.append(f"{inst.id} is in standby")
                 continue
-        if inst.protected:
-            if policy.protected == "ignore":
-                ignored[inst.id] = "protected from scale-in (policy protected: ignore)"
-                continue
-            if policy.protected == "wait":
-                blocked.append(f"{inst.id} is protected from scale-in")
-                continue
+        if (rule := protected_rule(inst, policy)) is not None:
+            kind, why = rule
+            if kind == "ignore":
+                ignored[inst.id] = why
+            else:
+                blocked.append(why)
+            continue
         replace.append(inst)
     if blocked:
         raise PlanError(
