@@ -43,7 +43,7 @@ def gc(env_name: str, apply: bool, reporter: Reporter, *, root: Path | None = No
     with reporter.phase("gather", "images, their references and channels"):
         world = target.gc_world()
     plan = retention.plan(world.images, world.references, world.channels, policy.images, now,
-                          world.leftovers, policy.failed_logs_days)
+                          world.leftovers, policy.failed_logs_days, policy.leftover_hours)
     result: Result = {"env": env.name, "target": target.name, **world.where, "apply": apply,
                       **plan.as_dict()}
     if not apply:

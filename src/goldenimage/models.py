@@ -37,6 +37,13 @@ REVOKED_AT_TAG = TAG + "revoked-at"
 # auto-scaling group tags the rotator leaves behind (rotation.state); gc protects these AMIs
 PREVIOUS_IMAGE_TAG = TAG + "previous-image"
 CURRENT_IMAGE_TAG = TAG + "current-image"
+# ... and the launch-template versions of those images (`rollback` pins the previous one)
+PREVIOUS_VERSION_TAG = TAG + "previous-version"
+CURRENT_VERSION_TAG = TAG + "current-version"
+ROTATION_STATE_PREFIX = TAG + "rotation-"  # an unfinished rotation's state (rotation.state)
+# how the rotator describes the launch-template versions it makes: gc finds its leftovers by it
+ROTATION_VERSION_DESCRIPTION = "goldenimage rotation "
+BUILD_TAG = TAG + "build"  # Packer's run_tags on the build instance (packer/sources.pkr.hcl)
 
 HISTORY_KEYS = ("version", "at", "image_id", "from", "action", "user", "reason", "status")
 

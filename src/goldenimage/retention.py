@@ -73,12 +73,25 @@ class Reference:
 
 @dataclass(frozen=True)
 class Leftover:
-    """Something a bake left behind that nothing can use (the logs of a failed bake)."""
+    """Something the toolkit left behind: the logs of a failed bake (kept `failed_logs_days`),
+    or on AWS what a killed validation or build, or an aborted rotation, left (kept
+    `leftover_hours`: `hours`). Facts only; the planner decides.
+
+    `what` names it in the reason ("validation instance i-1 of ami-2"); `in_use`, when set,
+    says why it must stay whatever its age (the default version of its launch template, an
+    unfinished rotation); `users` are the ids of live things that use it (instances using a
+    key pair or a security group): it goes only in a plan that also removes each of them.
+    Leftovers are removed in `order`, then oldest first (instances before what they use)."""
 
     id: str
     kind: str
     created: datetime
     size: int = 0
+    what: str = ""
+    in_use: str = ""
+    users: tuple[str, ...] = ()
+    hours: bool = False
+    order: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,12 @@ def parse_time(text: str | None) -> datetime | None:
         return None
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _hours(age: timedelta) -> str:
+    """An age as the leftovers' reasons say it: 0 h old, 9 h old, 3 days old."""
+    h = max(0, int(age.total_seconds() // 3600))
+    return f"{h} h old" if h < 72 else f"{h // 24} days old"
 
 
 def _days(n: int) -> str:
@@ -176,6 +195,7 @@ def plan(
     now: datetime,
     leftovers: Sequence[Leftover] = (),
     failed_logs_days: int = 14,
+    leftover_hours: int = 6,
 ) -> Plan:
     """One decision per image (sorted by name, creation, id) and one per leftover."""
     if now.tzinfo is None:
@@ -201,17 +221,38 @@ def plan(
                 superseded[img.id] = (pusher.created, keep)
 
     decisions = [_decide(img, protected, newest, superseded, policy, now) for img in ordered]
-    lefts = []
-    for lo in sorted(leftovers, key=lambda x: (x.created, x.id)):
+    return Plan(now, tuple(decisions), tuple(_leftovers(leftovers, now, failed_logs_days, leftover_hours)))
+
+
+def _leftovers(leftovers: Sequence[Leftover], now: datetime, failed_logs_days: int,
+               leftover_hours: int) -> list[Decision]:
+    """One decision per leftover, in removal order. Hourly leftovers (AWS) go once older than
+    `leftover_hours` and unused; the others (failed bake logs) after `failed_logs_days`."""
+    ordered = sorted(leftovers, key=lambda x: (x.order, x.created, x.id))
+    out: dict[str, Decision] = {}
+    for lo in sorted(ordered, key=lambda x: bool(x.users)):  # users decide before what they use
+        out[lo.id] = _leftover(lo, now, failed_logs_days, leftover_hours, out)
+    return [out[lo.id] for lo in ordered]
+
+
+def _leftover(lo: Leftover, now: datetime, failed_logs_days: int, leftover_hours: int,
+              decided: Mapping[str, Decision]) -> Decision:
+    if not lo.hours:
         age = (now - lo.created).days
         if age >= failed_logs_days:
-            lefts.append(Decision(lo.id, lo.kind, DELETE,
-                                  f"delete: {lo.kind} from {_days(age)}, kept {failed_logs_days} days",
-                                  None, lo.size))
-        else:
-            lefts.append(Decision(lo.id, lo.kind, KEEP,
-                                  f"keep: {lo.kind} from {_days(age)}, kept {failed_logs_days} days", None))
-    return Plan(now, tuple(decisions), tuple(lefts))
+            return Decision(lo.id, lo.kind, DELETE,
+                            f"delete: {lo.kind} from {_days(age)}, kept {failed_logs_days} days", None, lo.size)
+        return Decision(lo.id, lo.kind, KEEP, f"keep: {lo.kind} from {_days(age)}, kept {failed_logs_days} days", None)
+    said = f"{lo.what or f'{lo.kind} {lo.id}'}, {_hours(now - lo.created)}"
+    if lo.in_use:
+        return Decision(lo.id, lo.kind, KEEP, f"keep: {said}; {lo.in_use}", None)
+    if now - lo.created < timedelta(hours=leftover_hours):
+        return Decision(lo.id, lo.kind, KEEP,
+                        f"keep: {said}; it may still be in use: removed after {leftover_hours} h", None)
+    staying = [u for u in lo.users if u not in decided or decided[u].action != DELETE]
+    if staying:
+        return Decision(lo.id, lo.kind, KEEP, f"keep: {said}; used by {', '.join(staying)}", None)
+    return Decision(lo.id, lo.kind, DELETE, f"delete: {said}", None, lo.size)
 
 
 def _decide(img: Image, protected: Mapping[str, str], newest: set[str],

@@ -203,3 +203,7 @@ class RetentionSettings(_Model):
         default_factory=dict, description="image names without an entry are never collected"
     )
     failed_logs_days: int = Field(default=14, ge=0, description="logs of failed bakes kept this long")
+    leftover_hours: int = Field(
+        default=6, ge=0, description="AWS leftovers (a killed validation's or build's instance, key pair and "
+        "security group; an aborted rotation's launch-template version) younger than this are kept: "
+        "their run may still be going")

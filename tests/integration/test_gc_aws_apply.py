@@ -239,7 +239,7 @@ def test_a_failure_on_one_image_is_reported_and_the_others_go_on(
     target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
     monkeypatch.setattr(gc, "target_for", lambda env: target)
     monkeypatch.setattr(type(target.env), "retention", property(
-        lambda self: type("P", (), {"images": POLICY, "failed_logs_days": 14})()))
+        lambda self: type("P", (), {"images": POLICY, "failed_logs_days": 14, "leftover_hours": 6})()))
     _run(target, NOW)
     ec2 = aws_clients.ec2
     real = ec2.disable_image

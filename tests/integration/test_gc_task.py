@@ -71,3 +71,14 @@ def test_gc_task_bad_policy_is_exit_2(tmp_path: Path) -> None:
     assert res.stderr.strip().splitlines() == [
         "error: inventories/local/goldenimage.yml: field extra.retention.images.web.keep: "
         "Input should be greater than or equal to 0"]
+
+
+def test_gc_task_negative_leftover_hours_is_exit_2(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    settings = root / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text().replace("  retention:\n", "  retention:\n    leftover_hours: -1\n", 1))
+    res = run_invoke("gc", root=root, home=tmp_path / "home")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: inventories/local/goldenimage.yml: field extra.retention.leftover_hours: "
+        "Input should be greater than or equal to 0"]

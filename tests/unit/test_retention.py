@@ -138,6 +138,58 @@ def test_leftovers_by_age() -> None:
     assert p.leftovers[0].reason == "delete: failed bake logs from 20 days ago, kept 14 days"
 
 
+H = timedelta(hours=1)
+
+
+def aws_left(ident: str, kind: str, hours: float, **kw: Any) -> rt.Leftover:
+    return rt.Leftover(ident, kind, NOW - hours * H, what=f"{kind} {ident}", hours=True, **kw)
+
+
+AWS_LEFTOVER_CASES: list[tuple[str, list[rt.Leftover], list[tuple[str, str]]]] = [
+    ("old goes, young stays: its run may still be going", [
+        aws_left("i-old", "validation instance", 9), aws_left("i-young", "validation instance", 2)], [
+        ("i-old", "delete: validation instance i-old, 9 h old"),
+        ("i-young", "keep: validation instance i-young, 2 h old; it may still be in use: removed after 6 h")]),
+    ("in use whatever its age", [aws_left("lt-1 v2", "rotation launch-template version", 500, in_use="used by asg web")], [
+        ("lt-1 v2", "keep: rotation launch-template version lt-1 v2, 20 days old; used by asg web")]),
+    ("a key pair goes with the old instance using it, after it", [
+        aws_left("k-1", "validation key pair", 9, users=("i-old",), order=1),
+        aws_left("i-old", "validation instance", 9)], [
+        ("i-old", "delete: validation instance i-old, 9 h old"),
+        ("k-1", "delete: validation key pair k-1, 9 h old")]),
+    ("a group used by a young instance, or by one that is not ours, stays", [
+        aws_left("sg-1", "validation security group", 9, users=("i-young",), order=1),
+        aws_left("sg-2", "build security group", 9, users=("i-someone",), order=1),
+        aws_left("i-young", "validation instance", 1)], [
+        ("i-young", "keep: validation instance i-young, 1 h old; it may still be in use: removed after 6 h"),
+        ("sg-1", "keep: validation security group sg-1, 9 h old; used by i-young"),
+        ("sg-2", "keep: build security group sg-2, 9 h old; used by i-someone")]),
+]
+
+
+@pytest.mark.parametrize(("title", "lefts", "expected"), AWS_LEFTOVER_CASES, ids=[c[0] for c in AWS_LEFTOVER_CASES])
+def test_aws_leftovers_by_hours_and_use(title: str, lefts: list[rt.Leftover], expected: list[tuple[str, str]]) -> None:
+    p = rt.plan([], [], {}, {}, NOW, lefts, leftover_hours=6)
+    assert [(d.image_id, d.reason) for d in p.leftovers] == expected
+    assert all(d.action == d.reason.split(":")[0] for d in p.leftovers)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 48), st.booleans(), st.booleans()), max_size=12),
+       st.integers(0, 24))
+def test_no_leftover_in_use_or_younger_than_the_grace_is_ever_deleted(
+        facts: list[tuple[int, float, bool, bool]], grace: int) -> None:
+    lefts = [aws_left(f"x-{n}", "validation instance", age, in_use="in use" if used else "",
+                      users=(f"x-{(n + 1) % len(facts)}",) if user else ()) for n, (_, age, used, user) in enumerate(facts)]
+    p = rt.plan([], [], {}, {}, NOW, lefts, leftover_hours=grace)
+    by = {lo.id: lo for lo in lefts}
+    deleted = {d.image_id for d in p.leftovers if d.action == "delete"}
+    for i in deleted:
+        lo = by[i]
+        assert not lo.in_use and NOW - lo.created >= grace * H
+        assert all(u in deleted for u in lo.users)  # what it used goes with it, never alone
+    assert p == rt.plan([], [], {}, {}, NOW, list(reversed(lefts)), leftover_hours=grace)  # same inputs, same plan
+
+
 def test_naive_now_refused() -> None:
     with pytest.raises(ValueError):
         rt.plan([], [], {}, {}, datetime(2026, 1, 1))

@@ -83,6 +83,8 @@ def test_retention_policy_defaults_and_values(project: Path) -> None:
          "field extra.retention.images.web.quarantined.disable_after:"),
         ("    images: {web: {keep_newest: 2}}\n", "field extra.retention.images.web.keep_newest: Extra inputs"),
         ("    failed_logs_days: -1\n", "field extra.retention.failed_logs_days"),
+        ("    leftover_hours: -6\n", "field extra.retention.leftover_hours: Input should be greater than or equal to 0"),
+        ("    leftover_hours: soon\n", "field extra.retention.leftover_hours: Input should be a valid integer"),
         ("    [1, 2]\n", "field extra.retention: expected a mapping"),
     ],
 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import cached_property
 from typing import Any
 
 from ..models import CURRENT_IMAGE_TAG, PREVIOUS_IMAGE_TAG
@@ -40,14 +41,41 @@ def _pages(client: Any, operation: str, key: str, **kw: Any) -> Iterator[dict[st
         yield from page.get(key, [])
 
 
-def instances(clients: Clients) -> list[Reference]:
+class Listing:
+    """The region's instances (all but terminated), launch templates with every version, and
+    groups: each listed once per run, page by page, on first use, and kept, so that the
+    references and the leftovers (`aws.leftovers`) are found from the same pages."""
+
+    def __init__(self, clients: Clients, template_ids: list[str] | None = None) -> None:
+        self.clients = clients
+        self.template_ids = template_ids  # only these templates (a re-check of one)
+
+    @cached_property
+    def instances(self) -> list[dict[str, Any]]:
+        filters = [{"Name": "instance-state-name", "Values": LIVE_STATES}]
+        return [inst for r in _pages(self.clients.ec2, "describe_instances", "Reservations", Filters=filters)
+                for inst in r.get("Instances", [])
+                if inst.get("State", {}).get("Name", "") != "terminated"]
+
+    @cached_property
+    def templates(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """[(template, its versions)]: one paginated listing of versions per template."""
+        kw: dict[str, Any] = {"LaunchTemplateIds": self.template_ids} if self.template_ids else {}
+        return [(lt, list(_pages(self.clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
+                                 LaunchTemplateId=lt["LaunchTemplateId"], ResolveAlias=True)))
+                for lt in _pages(self.clients.ec2, "describe_launch_templates", "LaunchTemplates", **kw)]
+
+    @cached_property
+    def groups(self) -> list[dict[str, Any]]:
+        return list(_pages(self.clients.autoscaling, "describe_auto_scaling_groups", "AutoScalingGroups"))
+
+
+def instances(clients: Clients, listing: Listing | None = None) -> list[Reference]:
     out = []
-    filters = [{"Name": "instance-state-name", "Values": LIVE_STATES}]
-    for reservation in _pages(clients.ec2, "describe_instances", "Reservations", Filters=filters):
-        for inst in reservation.get("Instances", []):
+    for inst in (listing or Listing(clients)).instances:
+        if inst.get("ImageId"):
             state = inst.get("State", {}).get("Name", "")
-            if inst.get("ImageId") and state != "terminated":
-                out.append(Reference(inst["ImageId"], "instance", f"{inst['InstanceId']} ({state})"))
+            out.append(Reference(inst["ImageId"], "instance", f"{inst['InstanceId']} ({state})"))
     return out
 
 
@@ -80,7 +108,7 @@ class ParameterHistory:
         return None
 
 
-def launch_templates(clients: Clients, history: ParameterHistory | None = None,
+def launch_templates(clients: Clients, history: ParameterHistory | None = None, listing: Listing | None = None,
                      ) -> tuple[list[Reference], dict[str, list[str]]]:
     """Every version of every launch template (one paginated listing per template), and
     {template id and name: the AMIs of its versions} for the groups' overrides. A version
@@ -89,10 +117,9 @@ def launch_templates(clients: Clients, history: ParameterHistory | None = None,
     history = history or ParameterHistory(clients)
     out = []
     by_template: dict[str, list[str]] = {}
-    for lt in _pages(clients.ec2, "describe_launch_templates", "LaunchTemplates"):
+    for lt, versions in (listing or Listing(clients)).templates:
         lt_id, lt_name = lt["LaunchTemplateId"], lt.get("LaunchTemplateName", "")
-        for v in _pages(clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
-                        LaunchTemplateId=lt_id, ResolveAlias=True):
+        for v in versions:
             image = str(v.get("LaunchTemplateData", {}).get("ImageId", ""))
             where = f"({lt_name})"
             if image.startswith(SSM_ALIAS):
@@ -112,11 +139,12 @@ def launch_configurations(clients: Clients) -> list[Reference]:
             if lc.get("ImageId")]
 
 
-def groups(clients: Clients, template_images: dict[str, list[str]]) -> list[Reference]:
+def groups(clients: Clients, template_images: dict[str, list[str]], listing: Listing | None = None,
+           ) -> list[Reference]:
     """Per group: its rotation state (the previous image) and the templates its
     mixed-instances overrides name (`template_images`: template id/name -> its AMIs)."""
     out = []
-    for g in _pages(clients.autoscaling, "describe_auto_scaling_groups", "AutoScalingGroups"):
+    for g in (listing or Listing(clients)).groups:
         name = g["AutoScalingGroupName"]
         for tag in g.get("Tags", []):
             what = ROTATION_TAGS.get(tag.get("Key", ""))
@@ -171,11 +199,14 @@ def second_opinion(clients: Clients, image_ids: list[str]) -> list[Reference]:
     return out
 
 
-def gather(clients: Clients, image_ids: list[str] | None = None) -> list[Reference]:
-    """Every reference to an AMI in the clients' region, each source listed once; with
-    `image_ids`, AWS's `DescribeImageReferences` on them too (real AWS only)."""
+def gather(clients: Clients, image_ids: list[str] | None = None, listing: Listing | None = None,
+           ) -> list[Reference]:
+    """Every reference to an AMI in the clients' region, each source listed once (`listing`:
+    the run's listing, shared with the leftovers); with `image_ids`, AWS's
+    `DescribeImageReferences` on them too (real AWS only)."""
     history = ParameterHistory(clients)
-    templates, by_template = launch_templates(clients, history)
-    return [*instances(clients), *templates, *launch_configurations(clients),
-            *groups(clients, by_template), *parameters(clients, history),
+    listing = listing or Listing(clients)
+    templates, by_template = launch_templates(clients, history, listing)
+    return [*instances(clients, listing), *templates, *launch_configurations(clients),
+            *groups(clients, by_template, listing), *parameters(clients, history),
             *second_opinion(clients, image_ids or [])]

@@ -38,7 +38,7 @@ from ..progress import Reporter
 from ..sections import AwsSettings
 from ..settings import Environment
 from ..targets import Base, Checked, GcWorld, Job, Result, Target
-from . import collect, references
+from . import collect, leftovers, references
 from .ami import packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
@@ -105,7 +105,9 @@ class AwsSide(Target):
     # -- retention (invoke gc) ---------------------------------------------------------------
     def gc_world(self) -> GcWorld:
         """The environment's AMIs in its region (disabled ones too), what uses any AMI there
-        (`aws.references`, each source listed once), and every channel's history."""
+        (`aws.references`, each source listed once), every channel's history, and what a
+        killed validation or build, or an aborted rotation, left there (`aws.leftovers`, from
+        the same listing)."""
         reg = self.registry()
         ec2 = self.clients.ec2
         pages = ec2.get_paginator("describe_images").paginate(
@@ -130,7 +132,9 @@ class AwsSide(Target):
                     revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30))
         channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
                     for name in sorted(self.env.settings.images)}
-        return GcWorld(images, self.gc_references([i.id for i in images], local_ids), channels, [],
+        listing = references.Listing(self.clients)  # one listing for the references and the leftovers
+        return GcWorld(images, self.gc_references([i.id for i in images], local_ids, listing), channels,
+                       leftovers.gather(self.clients, listing),
                        {"region": self.clients.ctx.region, "copy_regions": self.copy_regions()})
 
     def copy_regions(self) -> list[str]:
@@ -232,11 +236,19 @@ class AwsSide(Target):
                 stage = had
         return {"stage": stage}
 
-    def gc_references(self, image_ids: list[str], local_ids: dict[str, str]) -> list[retention.Reference]:
+    def gc_remove_leftover(self, decision: retention.Decision) -> Result:
+        """Remove one leftover (an instance, key pair or security group of a killed validation
+        or build; a rotation's launch-template version), gathered again right before: one
+        that became used since the plan is skipped (`aws.leftovers.remove`)."""
+        return leftovers.remove(self.clients, decision)
+
+    def gc_references(self, image_ids: list[str], local_ids: dict[str, str],
+                      listing: references.Listing | None = None) -> list[retention.Reference]:
         """What uses the images in the home region, and what uses any of their copies in the
         copy regions (counted against the home AMI: an image goes only when every copy in
-        every region is unreferenced). `local_ids`: {local-id tag: home AMI id}."""
-        refs = references.gather(self.clients, image_ids)
+        every region is unreferenced). `local_ids`: {local-id tag: home AMI id}; `listing`:
+        the run's listing of the home region (else listed now)."""
+        refs = references.gather(self.clients, image_ids, listing)
         for region in self.copy_regions():
             copies = self.copies(region, local_ids)
             for r in references.gather(_in_region(self.clients, region), sorted(copies)):

@@ -6,8 +6,11 @@ run, hands it to a `RemoteCheck` (the image's testinfra suites over SSH in real
 use; a fake against moto, which runs no guests), and then removes the instance, the
 security group and the key pair -- on success, on failure, and on Ctrl-C/SIGTERM.
 
-Every temporary resource carries the tag `goldenimage:validation=<token>`, so a run that
-was killed outright (SIGKILL, power loss) leaves resources `leftovers()` can find.
+Every temporary resource carries the tag `goldenimage:validation=<token>`, the AMI it
+validates (`goldenimage:validation-image`) and when the run started (`goldenimage:created`;
+a security group has no creation time of its own), so a run that was killed outright
+(SIGKILL, power loss) leaves resources `invoke gc` finds, names and removes once they are
+old enough (`aws/leftovers.py`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, ValidationFailed
+from ..models import CREATED_TAG
 from ..progress import Reporter
 from .clients import Clients
 from .errors import aws_errors, code_means, error_code
 from .registry import AwsRegistry
 
 VALIDATION_TAG = "goldenimage:validation"
+VALIDATION_IMAGE_TAG = "goldenimage:validation-image"
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,8 @@ def validate_ami(
     result: dict[str, Any] = {"image_id": image_id, "token": token, "subnet": subnet}
     tags = [
         {"Key": VALIDATION_TAG, "Value": token},
+        {"Key": VALIDATION_IMAGE_TAG, "Value": image_id},
+        {"Key": CREATED_TAG, "Value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         {"Key": "Name", "Value": f"goldenimage-validate-{token}"},
     ]
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, GoldenImageError, Interrupted, NotFoundError
-from ..models import FINGERPRINT_TAG, STATUS_TAG
+from ..models import FINGERPRINT_TAG, ROTATION_VERSION_DESCRIPTION, STATUS_TAG
 from ..progress import Reporter
 from .adapter import RotationAws
 from .clock import Clock, StopFlag, Stopped
@@ -139,7 +139,7 @@ class Rotation:
             self.loop.warn(
                 f"launch template {lt_id} does not require IMDSv2 (MetadataOptions.HttpTokens != required)"
             )
-        return self.aws.new_template_version(lt_id, data, f"goldenimage rotation {rid}: {image_id}")
+        return self.aws.new_template_version(lt_id, data, f"{ROTATION_VERSION_DESCRIPTION}{rid}: {image_id}")
 
     def surge_in_group(self) -> int:
         """The rotation's surge still in the group (a run that stopped mid-batch)."""

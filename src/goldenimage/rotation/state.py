@@ -21,13 +21,19 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..models import CURRENT_IMAGE_TAG, PREVIOUS_IMAGE_TAG
+from ..models import (
+    CURRENT_IMAGE_TAG,
+    CURRENT_VERSION_TAG,
+    PREVIOUS_IMAGE_TAG,
+    PREVIOUS_VERSION_TAG,
+    ROTATION_STATE_PREFIX,
+)
 
-ROT = "goldenimage:rotation-"
+ROT = ROTATION_STATE_PREFIX
 PREVIOUS_IMAGE = PREVIOUS_IMAGE_TAG
-PREVIOUS_VERSION = "goldenimage:previous-version"
+PREVIOUS_VERSION = PREVIOUS_VERSION_TAG
 CURRENT_IMAGE = CURRENT_IMAGE_TAG
-CURRENT_VERSION = "goldenimage:current-version"
+CURRENT_VERSION = CURRENT_VERSION_TAG
 LAST_ROTATION = "goldenimage:last-rotation"
 
 

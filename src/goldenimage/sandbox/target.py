@@ -64,7 +64,7 @@ class SandboxTarget(LocalTarget, AwsSide):
         return AwsSide.gc_restore(self, image_id)
 
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
-        raise self.gc_not_built("leftover removal")  # the AWS side's plan lists none
+        return AwsSide.gc_remove_leftover(self, decision)
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running
