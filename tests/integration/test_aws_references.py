@@ -255,3 +255,21 @@ def test_describe_image_references_is_asked_at_full_depth_on_real_aws() -> None:
     sandbox = Clients(AwsContext(region="us-east-1", endpoint_url="http://127.0.0.1:1",
                                  credentials={"aws_access_key_id": "x", "aws_secret_access_key": "x"}))
     assert references.second_opinion(sandbox, ids) == []
+
+
+def test_templates_and_versions_past_a_moto_page_are_all_seen(aws_clients: Clients,
+                                                               moto_client: Callable[[str], Any]) -> None:
+    """moto cuts DescribeLaunchTemplates and DescribeLaunchTemplateVersions at 15 without a
+    NextToken: the sandbox asks for one page holding them all, so the 20th template and a
+    template's 20th version still protect their AMIs."""
+    ec2 = moto_client("ec2")
+    ec2.register_image(Name="seed", RootDeviceName="/dev/sda1")
+    amis = [ec2.register_image(Name=f"gc-{n}", RootDeviceName="/dev/sda1")["ImageId"] for n in range(40)]
+    for n in range(20):
+        ec2.create_launch_template(LaunchTemplateName=f"t{n:02d}", LaunchTemplateData={"ImageId": amis[n]})
+    deep = ec2.describe_launch_templates(LaunchTemplateNames=["t00"])["LaunchTemplates"][0]["LaunchTemplateId"]
+    for n in range(20, 40):
+        ec2.create_launch_template_version(LaunchTemplateId=deep, LaunchTemplateData={"ImageId": amis[n]})
+    assert len(ec2.describe_launch_templates()["LaunchTemplates"]) == 15  # moto's cut
+    used = {r.image_id for r in references.gather(aws_clients)}
+    assert used == set(amis)

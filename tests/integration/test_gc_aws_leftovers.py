@@ -246,7 +246,7 @@ def test_a_version_aws_refuses_to_delete_is_a_failure_naming_it() -> None:
     stub = Stubber(clients.ec2)
     stub.add_response("describe_launch_templates", {"LaunchTemplates": [template]}, {"LaunchTemplateIds": [lt]})
     stub.add_response("describe_launch_template_versions", {"LaunchTemplateVersions": [version]},
-                      {"LaunchTemplateId": lt, "ResolveAlias": True})
+                      {"LaunchTemplateId": lt, "ResolveAlias": True, "MaxResults": 200})
     stub.add_response("describe_instances", {"Reservations": []},
                       {"Filters": [{"Name": "instance-state-name", "Values": ["pending", "running", "shutting-down",
                                                                                "stopping", "stopped"]}]})

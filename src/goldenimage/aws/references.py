@@ -34,6 +34,11 @@ LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]  # 
 SSM_ALIAS = "resolve:ssm:"
 LT_DEPTH = "10000"  # DescribeImageReferences' deepest launch-template look (its default is 10)
 REFERENCE_BATCH = 10  # DescribeImageReferences takes at most 10 AMIs per request
+LT_PAGE = 200  # DescribeLaunchTemplates / DescribeLaunchTemplateVersions: at most 200 per page
+# moto (the sandbox) cuts these two listings at MaxResults (15 by default) and gives no
+# NextToken: a template past the 15th, or a version past its template's 15th, would be
+# missed, and an AMI only it uses collected. On the sandbox one page holds them all.
+SANDBOX_LT_PAGE = 1_000_000
 
 
 def _pages(client: Any, operation: str, key: str, **kw: Any) -> Iterator[dict[str, Any]]:
@@ -61,9 +66,11 @@ class Listing:
     def templates(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """[(template, its versions)]: one paginated listing of versions per template."""
         kw: dict[str, Any] = {"LaunchTemplateIds": self.template_ids} if self.template_ids else {}
+        page = {"PageSize": SANDBOX_LT_PAGE if self.clients.ctx.is_sandbox else LT_PAGE}
         return [(lt, list(_pages(self.clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
-                                 LaunchTemplateId=lt["LaunchTemplateId"], ResolveAlias=True)))
-                for lt in _pages(self.clients.ec2, "describe_launch_templates", "LaunchTemplates", **kw)]
+                                 LaunchTemplateId=lt["LaunchTemplateId"], ResolveAlias=True, PaginationConfig=page)))
+                for lt in _pages(self.clients.ec2, "describe_launch_templates", "LaunchTemplates",
+                                 **(kw or {"PaginationConfig": page}))]
 
     @cached_property
     def groups(self) -> list[dict[str, Any]]:
