@@ -261,3 +261,32 @@ def test_a_version_aws_refuses_to_delete_is_a_failure_naming_it() -> None:
     with stub, asg, pytest.raises(OperationFailed, match="launchTemplateVersionIsDefault"):
         leftovers.remove(clients, d)
     stub.assert_no_pending_responses()
+
+
+def test_an_ami_stuck_in_building_goes_through_its_own_short_stages(
+        aws_clients: Clients, moto_client: Callable[[str], Any]) -> None:
+    """A bake killed after Packer made the AMI leaves it tagged `building`: retention moves
+    it through the `building` graces (deprecate after 1 day, then disable and delete on the
+    next runs), one stage per run, while a younger one (its bake may still run) is kept."""
+    from goldenimage.models import ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
+
+    ec2 = moto_client("ec2")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    amis = {}
+    for n, age in (("stuck", 2 * 24), ("baking", 5)):
+        amis[n] = ec2.register_image(Name=f"gc-{n}", RootDeviceName="/dev/sda1")["ImageId"]
+        ec2.create_tags(Resources=[amis[n]], Tags=_tags(
+            (NAME_TAG, "web"), (ENV_TAG, "sandbox"), (STATUS_TAG, "building"),
+            (FINGERPRINT_TAG, "sha256:" + "0" * 64), (CREATED_TAG, _stamp(now - timedelta(hours=age)))))
+    target = SandboxTarget(load_environment("sandbox", ROOT), clients=aws_clients)
+    policy = {"web": ImageRetention()}
+    for day, action in enumerate(["deprecate", "disable", "delete"]):
+        w = target.gc_world()
+        plan = retention.plan(w.images, w.references, w.channels, policy, now + timedelta(days=day), w.leftovers)
+        by = {d.image_id: d for d in plan.decisions}
+        assert by[amis["stuck"]].action == action, by[amis["stuck"]].reason
+        if day == 0:
+            assert by[amis["stuck"]].reason == "deprecate: building since created 2 days ago"
+            assert by[amis["baking"]].reason == "keep: building since created today; deprecate after 1 day"
+        assert target.gc_apply(by[amis["stuck"]], now + timedelta(days=day))["done"]
+    assert not ec2.describe_images(ImageIds=[amis["stuck"]], IncludeDisabled=True)["Images"]
