@@ -72,6 +72,7 @@ def seed(url: str, region: str, env: str, name: str, amis: int, templates: int, 
     ids = _parallel(threads, [lambda n=n: ec2().register_image(Name=f"bench-{n:05d}", RootDeviceName="/dev/sda1")["ImageId"]
                               for n in range(amis)])
     t1 = time.perf_counter()
+    print(f"registered {amis} AMIs in {t1 - t0:.0f} s", file=sys.stderr, flush=True)
     base = datetime(2026, 1, 1, tzinfo=UTC)
     common = [{"Key": ENV_TAG, "Value": env}, {"Key": NAME_TAG, "Value": name},
               {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64}]
@@ -98,6 +99,7 @@ def seed(url: str, region: str, env: str, name: str, amis: int, templates: int, 
 
     lts = _parallel(threads, [lambda k=k: template(k) for k in range(templates)])
     t3 = time.perf_counter()
+    print(f"tagged in {t2 - t1:.0f} s; {templates} templates in {t3 - t2:.0f} s", file=sys.stderr, flush=True)
     asg, ssm, c = _client(url, region, "autoscaling"), _client(url, region, "ssm"), ec2()
     for g in range(5):  # a few groups pinning old versions, a few instances, a few parameters
         asg.create_auto_scaling_group(AutoScalingGroupName=f"bench-{g}", MinSize=0, MaxSize=2, DesiredCapacity=0,
@@ -114,16 +116,42 @@ def seed(url: str, region: str, env: str, name: str, amis: int, templates: int, 
             + templates * versions + 5 + 1 + 5}
 
 
-def count_requests(clients: Clients, services: tuple[str, ...]) -> Counter[str]:
-    counts: Counter[str] = Counter()
+def bench_clients(url: str, region: str, services: tuple[str, ...]) -> Clients:
+    """The toolkit's `Clients` for the server, with a long read timeout: moto answers a
+    DescribeImages over 10,000 AMIs in one page, slowly (real AWS pages by 1,000)."""
+    clients = Clients(AwsContext(region=region, endpoint_url=url, max_attempts=3, credentials=dict(CREDENTIALS)))
+    for svc in services:
+        clients._cache[svc] = clients._sess().client(
+            svc, endpoint_url=url, config=Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=1800))
+    return clients
 
-    def record(event_name: str, **_: Any) -> None:  # before-send.<service>.<Operation>: one HTTP request
+
+def count_requests(clients: Clients, services: tuple[str, ...]) -> tuple[Counter[str], Counter[str]]:
+    """(HTTP requests by operation, seconds spent in each operation)."""
+    counts: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    started: dict[str, float] = {}
+
+    def op_of(event_name: str) -> str:
         service, op = event_name.split(".")[1:3]
-        counts[f"{service}:{op}"] += 1
+        return f"{service}:{op}"
+
+    def send(event_name: str, **_: Any) -> None:  # before-send.<service>.<Operation>: one HTTP request
+        counts[op_of(event_name)] += 1
+
+    def call(event_name: str, **_: Any) -> None:
+        started[op_of(event_name)] = time.perf_counter()
+
+    def done(event_name: str, **_: Any) -> None:
+        op = op_of(event_name)
+        seconds[op] += time.perf_counter() - started.pop(op, time.perf_counter())
 
     for svc in services:
-        clients.client(svc).meta.events.register("before-send", record)
-    return counts
+        events = clients.client(svc).meta.events
+        events.register("before-send", send)
+        events.register("before-call", call)
+        events.register("after-call", done)
+    return counts, seconds
 
 
 def main() -> None:
@@ -138,8 +166,10 @@ def main() -> None:
     proc, url = start_server()
     try:
         made = seed(url, env.region, env.name, name, args.amis, args.templates, args.versions, args.threads)
-        clients = Clients(AwsContext(region=env.region, endpoint_url=url, max_attempts=3, credentials=dict(CREDENTIALS)))
-        counts = count_requests(clients, ("ec2", "autoscaling", "ssm"))
+        services = ("ec2", "autoscaling", "ssm")
+        clients = bench_clients(url, env.region, services)
+        counts, op_seconds = count_requests(clients, services)
+        print(f"seeded in {made['setup_seconds']['total']} s; gathering", file=sys.stderr, flush=True)
         target = AwsTarget(env, clients=clients)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         world = target.gc_world()
@@ -163,6 +193,7 @@ def main() -> None:
             (total - counts.get("ec2:DescribeLaunchTemplateVersions", 0)) / max(1, args.amis), 4),
         "seconds": {"gather": round(gathered - wall0, 2), "gather_and_plan": round(wall, 2),
                     "cpu_gather_and_plan": round(cpu, 2)},
+        "seconds_by_operation": {op: round(t, 2) for op, t in sorted(op_seconds.items())},
         **made,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }, indent=2))
