@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, NotFoundError
-from .sections import DEFAULT_REGION, AwsSettings, RetentionSettings, SandboxSettings
+from .sections import DEFAULT_REGION, AwsSettings, NightlySettings, RetentionSettings, SandboxSettings
 
 if TYPE_CHECKING:
     from .rotation.policy import GroupPolicy
@@ -56,6 +56,11 @@ class BaseImageSpec(_Model):
 
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
+    updates: bool = Field(default=True, description="also install from <suite>-updates (same mirror)")
+    security_mirror: str = Field(
+        default="http://deb.debian.org/debian-security",
+        description="where <suite>-security comes from; empty: no security suite",
+    )
     packages: list[str] = Field(default_factory=list, description="extra packages in the base")
     size: str = Field(default="3G", pattern=r"^[0-9]+[MG]$")
     url: str | None = None
@@ -124,6 +129,18 @@ class Environment:
                 raise ConfigError(
                     f"{self.rel(self.settings_file)}: field extra.retention.images.{name}: "
                     f"unknown image {name!r} (known: {', '.join(sorted(self.settings.images))})"
+                )
+        return result
+
+    @functools.cached_property
+    def nightly(self) -> NightlySettings:
+        """`extra.nightly`: the nightly job's channel, groups to rotate, gc mode, reports."""
+        result = self._section("nightly", NightlySettings)
+        for i, group in enumerate(result.rotate):
+            if group not in self.rotation:
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.nightly.rotate[{i}]: unknown group "
+                    f"{group!r} (groups of extra.rotation.groups: {', '.join(sorted(self.rotation)) or 'none'})"
                 )
         return result
 
