@@ -123,6 +123,28 @@ def gc(c, env, apply=False, restore=None):
     return lambda r: gc.gc(env, apply, r, restore=restore)
 
 
+@command("goldenimage.nightly:human_nightly", jobs="images baked in parallel (default: the bake's own)",
+         report_dir="where the JSON and Markdown reports go (default: extra.nightly.report_dir, else "
+                    "<store>/reports/nightly/<env>)",
+         webhook="POST the JSON report here (overrides extra.nightly.webhook.url)")
+def nightly(c, env, jobs=None, report_dir=None, webhook=None):
+    """Drift check, then bake what changed, validate, promote to the nightly channel, rotate, gc, report."""
+    from goldenimage import nightly
+
+    def work(r):
+        n = None
+        if jobs is not None:
+            from goldenimage.errors import ConfigError
+
+            try:
+                n = int(jobs)
+            except ValueError:
+                raise ConfigError(f"--jobs: {jobs!r} is not a number") from None
+        return nightly.nightly(env, r, jobs=n, report_dir=report_dir, webhook_url=webhook)
+
+    return work
+
+
 @command("goldenimage.aws.iam:human_policy", name="iam-policy")
 def iam_policy(c, env):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
@@ -155,6 +177,7 @@ def sandbox_status(c, env):
     return lambda r: sandbox.sandbox_status(env, r)
 
 
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, iam_policy,
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
+                iam_policy,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})
