@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from goldenimage import commands, nightly
 from goldenimage import fingerprint as fp
@@ -53,13 +54,13 @@ class World:
         monkeypatch.delenv("GOLDENIMAGE_BASE_CACHE", raising=False)
         for suite in SUITES:
             write_suite(self.archive, suite, BASE_PACKAGES if suite != "bookworm-updates" else [], DATE)
-        settings = self.root / "inventories" / "local" / "goldenimage.yml"
-        text = settings.read_text().replace(
-            "  mirror: http://deb.debian.org/debian\n",
-            f"  mirror: file://{self.archive}\n  security_mirror: file://{self.archive}\n")
+        self.settings_file = self.root / "inventories" / "local" / "goldenimage.yml"
+        doc = yaml.safe_load(self.settings_file.read_text())
+        doc["base"].update(mirror=f"file://{self.archive}", security_mirror=f"file://{self.archive}")
         for extra in images[1:]:
-            text = text.replace("images:\n", f"images:\n  {extra}:\n    playbook: playbooks/web.yml\n", 1)
-        settings.write_text(text.replace("extra:\n", "extra:\n  nightly: {gc: plan}\n", 1))
+            doc["images"][extra] = {"playbook": "playbooks/web.yml"}
+        self.settings_file.write_text(yaml.safe_dump(doc))
+        self.nightly(gc="plan")
         self.env = load_environment("local", self.root)
         spec = self.env.settings.base
         self.key = baseimage.recipe_key(spec, mmdebstrap_version())
@@ -77,6 +78,11 @@ class World:
         self.extra = commands.bake_extra(self.env, images[0], quiet())
         for n, name in enumerate(images, 1):
             self.register(f"{name}-{n}", name, created=f"2026-11-2{n}T00:00:00Z")
+
+    def nightly(self, **section: Any) -> None:
+        doc = yaml.safe_load(self.settings_file.read_text())
+        doc.setdefault("extra", {})["nightly"] = section
+        self.settings_file.write_text(yaml.safe_dump(doc))
 
     def inputs(self, name: str) -> list[fp.FingerprintInput]:
         return fp.collect(self.root, load_environment("local", self.root), name, self.extra)
@@ -247,10 +253,8 @@ def test_a_webhook_that_is_down_changes_nothing_but_is_noted(world: World) -> No
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    settings = world.root / "inventories" / "local" / "goldenimage.yml"
-    settings.write_text(settings.read_text().replace(
-        "nightly: {gc: plan}", f"nightly: {{gc: plan, webhook: {{url: 'http://127.0.0.1:{port}/x', "
-                               "attempts: 2, backoff: 0.1, timeout: 2}}"))
+    world.nightly(gc="plan", webhook={"url": f"http://127.0.0.1:{port}/x", "attempts": 2, "backoff": 0.1,
+                                      "timeout": 2})
     doc = world.run(no_bake)
     assert doc["exit_code"] == 0 and doc["ok"]
     assert doc["webhook"]["outcome"] == "failed" and doc["webhook"]["attempts"] == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from goldenimage import nightly_report as nr
 from goldenimage import pkgdiff
@@ -135,7 +136,9 @@ def test_bad_nightly_settings_are_exit_2_with_one_line(
 
     root = copy_project(tmp_path / "p")
     settings = root / "inventories" / "local" / "goldenimage.yml"
-    settings.write_text(settings.read_text().replace("extra:\n", f"extra:\n  {section}\n", 1))
+    doc = yaml.safe_load(settings.read_text())
+    doc["extra"].update(yaml.safe_load(section))
+    settings.write_text(yaml.safe_dump(doc))
     monkeypatch.setenv("GOLDENIMAGE_HOME", str(tmp_path / "home"))
     with pytest.raises(SystemExit) as exit_:
         run(lambda r: nightly.nightly("local", r, root=root))
