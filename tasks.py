@@ -123,11 +123,13 @@ def gc(c, env, apply=False, restore=None):
     return lambda r: gc.gc(env, apply, r, restore=restore)
 
 
-@command("goldenimage.nightly:human_nightly", jobs="images baked in parallel (default: the bake's own)",
+@command("goldenimage.nightly:human_nightly",
+         image="only this image (comma-separated list; with image families: the family) -- one CI job per family",
+         jobs="images baked in parallel (default: the bake's own)",
          report_dir="where the JSON and Markdown reports go (default: extra.nightly.report_dir, else "
                     "<store>/reports/nightly/<env>)",
          webhook="POST the JSON report here (overrides extra.nightly.webhook.url)")
-def nightly(c, env, jobs=None, report_dir=None, webhook=None):
+def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
     """Drift check, then bake what changed, validate, promote to the nightly channel, rotate, gc, report."""
     from goldenimage import nightly
 
@@ -140,7 +142,8 @@ def nightly(c, env, jobs=None, report_dir=None, webhook=None):
                 n = int(jobs)
             except ValueError:
                 raise ConfigError(f"--jobs: {jobs!r} is not a number") from None
-        return nightly.nightly(env, r, jobs=n, report_dir=report_dir, webhook_url=webhook)
+        images = [i.strip() for i in image.split(",") if i.strip()] if image else None
+        return nightly.nightly(env, r, images=images, jobs=n, report_dir=report_dir, webhook_url=webhook)
 
     return work
 

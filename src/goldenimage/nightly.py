@@ -47,21 +47,22 @@ from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
 
 Result = dict[str, Any]
-BakeImages = Callable[[str, int | None, Reporter], Result]
+BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
 
 
 # -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
-def _bake_images(env_name: str, jobs: int | None, reporter: Reporter) -> Result:
-    """Bake every image of the environment; the result has `family.bake_all`'s shape:
-    {env, ok, images: [{image, state: built|skipped|failed|blocked, image_id, status,
-    fingerprint, previous_id, error}]}. Until image families land: one image after the
-    other with `bake.bake` (`jobs` is not used yet)."""
+def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
+                 images: list[str] | None = None) -> Result:
+    """Bake every image of the environment (or `images`); the result has
+    `family.bake_all`'s shape: {env, ok, images: [{image, state: built|skipped|failed|blocked,
+    image_id, status, fingerprint, previous_id, error}]}. Until image families land: one
+    image after the other with `bake.bake` (`jobs` is not used yet)."""
     from . import bake
 
     env = load_environment(env_name)
     reg = target_for(env).registry()
     rows: list[Result] = []
-    for name in sorted(env.settings.images):
+    for name in images or sorted(env.settings.images):
         prev = newest_validated(reg, name)
         row: Result = {"image": name, "state": "failed", "image_id": None, "status": None, "fingerprint": None,
                        "previous_id": prev.id if prev else None, "error": None}
@@ -116,6 +117,7 @@ class _Run:
     jobs: int | None
     bake_images: BakeImages
     root: Path | None
+    names: list[str]
     doc: Result = field(default_factory=dict)
     previous: dict[str, ImageRecord | None] = field(default_factory=dict)
     base_dirs: dict[str, Path] = field(default_factory=dict)  # image -> its base disk's cache dir
@@ -153,7 +155,7 @@ class _Run:
         with self.step("drift") as row:
             reg = self.target.registry()
             bases: dict[Path, Result] = {}
-            for name in sorted(self.env.settings.images):
+            for name in self.names:
                 prev = self.previous[name] = newest_validated(reg, name)
                 item: Result = {"image": name, "previous_id": prev.id if prev else None, "drift": False,
                                 "reasons": []}
@@ -234,7 +236,8 @@ class _Run:
             if not self.doc["drift"]["drift"]:
                 row.update(outcome=nightly_report.SKIPPED, detail="no drift: nothing to bake")
                 return
-            result = self.bake_images(self.env.name, self.jobs, self.reporter)
+            chosen = None if self.names == sorted(self.env.settings.images) else list(self.names)
+            result = self.bake_images(self.env.name, self.jobs, self.reporter, images=chosen)
             self.doc["bake"] = result
             for img in result["images"]:
                 if not img.get("previous_id") and self.previous.get(img["image"]):
@@ -283,6 +286,8 @@ class _Run:
             promoted = {p["image"] for p in self.doc.get("promotions", []) if p["outcome"] == "done"}
             for group in groups:
                 policy = self.env.rotation[group]
+                if policy.image and policy.image not in self.names:
+                    continue  # another image's group (--image): its own run rotates it
                 entry: Result = {"group": group, "image": policy.image, "channel": channel}
                 self.doc["rotation"].append(entry)
                 if blocked:
@@ -393,7 +398,8 @@ class _Run:
         return first
 
 
-def nightly(env_name: str, reporter: Reporter, *, jobs: int | None = None, report_dir: str | None = None,
+def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = None, jobs: int | None = None,
+            report_dir: str | None = None,
             webhook_url: str | None = None, root: Path | None = None,
             bake_images: BakeImages | None = None) -> Result:
     """The nightly job; the result is the report (with `exit_code`)."""
@@ -401,6 +407,9 @@ def nightly(env_name: str, reporter: Reporter, *, jobs: int | None = None, repor
     cfg = env.nightly  # bad settings: exit 2 before anything runs
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: {jobs} must be at least 1")
+    for name in images or []:
+        env.image(name)  # unknown: exit 2 naming the settings file
+    names = sorted(set(images)) if images else sorted(env.settings.images)
     hook = cfg.webhook
     if webhook_url:
         try:
@@ -414,8 +423,8 @@ def nightly(env_name: str, reporter: Reporter, *, jobs: int | None = None, repor
     target = target_for(env)
     with run_lock(env.name):
         started = datetime.now(UTC)
-        run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root)
-        run.doc.update(env=env.name, target=target.name, started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names)
+        run.doc.update(env=env.name, target=target.name, images_selected=names, started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
                        settings=cfg.model_dump(exclude={"webhook"}), steps=[])
         run.check_drift()
         run.bake()
@@ -425,8 +434,9 @@ def nightly(env_name: str, reporter: Reporter, *, jobs: int | None = None, repor
         with run.step("report") as row:
             run.image_details()
             stamp = started.strftime("%Y%m%dT%H%M%SZ")
-            paths = {"json": str(out_dir / f"nightly-{env.name}-{stamp}.json"),
-                     "markdown": str(out_dir / f"nightly-{env.name}-{stamp}.md")}
+            tag = f"{env.name}-{'-'.join(images)}" if images else env.name
+            paths = {"json": str(out_dir / f"nightly-{tag}-{stamp}.json"),
+                     "markdown": str(out_dir / f"nightly-{tag}-{stamp}.md")}
             run.doc["report"] = paths
             row["detail"] = paths["json"]
         doc = run.doc

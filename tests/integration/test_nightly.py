@@ -114,7 +114,7 @@ def test_sandbox_nightly_promotes_rotates_the_dev_group_and_collects(
     unused = _ami("web-20261127-0100-aaaa", "2026-11-27T01:00:00Z")  # pushed out by the new one: deprecated
     baked: list[str] = []
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter) -> dict[str, Any]:
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         baked.append(_ami("web-20261130-0200-bbbb", "2026-11-30T02:00:00Z"))
         return {"env": env_name, "ok": True, "images": [
             {"image": "web", "state": "built", "image_id": baked[0], "status": "validated",

@@ -110,7 +110,7 @@ class World:
         return nightly.nightly("local", quiet(), root=self.root, bake_images=bake, **kw)
 
 
-def no_bake(env_name: str, jobs: int | None, reporter: Reporter) -> dict[str, Any]:
+def no_bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
     raise AssertionError("nothing drifted: the bake must not run")
 
 
@@ -148,7 +148,7 @@ def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter) -> dict[str, Any]:
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         assert (env_name, jobs) == ("local", 2)
         pkgs = [(n, v, a) for n, v, a, _ in BASE_PACKAGES if n != "sudo"] + [("nginx", "1.22.1-9", "amd64")]
         world.register("web-2", packages=pkgs)
@@ -177,7 +177,7 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     newer = [(n, "3.0.15-1~deb12u1" if n in ("openssl", "libssl3") else v, a, s) for n, v, a, s in BASE_PACKAGES]
     write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC", compress="xz")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter) -> dict[str, Any]:
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         # the bake would rebuild the stale base first: every fingerprint changes
         assert baseimage.stale_reason(world.base_dir) is not None
         rows = []
@@ -221,7 +221,7 @@ def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: W
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# broken\n")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter) -> dict[str, Any]:
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         world.register("web-2", status="quarantined")
         return {"env": env_name, "ok": False, "images": [
             {"image": "web", "state": "failed", "image_id": "web-2", "status": "quarantined", "fingerprint": None,
@@ -296,3 +296,26 @@ def test_bad_options_are_exit_2(world: World) -> None:
         world.run(no_bake, jobs=0)
     with pytest.raises(ConfigError, match="--webhook: 'ftp://x' is not an http"):
         world.run(no_bake, webhook_url="ftp://x")
+
+
+def test_one_image_only_checks_and_bakes_that_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    for name in ("web", "api"):
+        role = world.root / "roles" / "web" / "tasks" / "main.yml"
+        role.write_text(role.read_text() + f"\n# {name}\n")
+    asked: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        asked.append(images)
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "api", "state": "skipped", "image_id": "api-2", "status": "validated", "fingerprint": None,
+             "previous_id": None, "error": None}]}
+
+    doc = world.run(bake, images=["api"])
+    assert asked == [["api"]] and [i["image"] for i in doc["drift"]["images"]] == ["api"]
+    assert doc["images_selected"] == ["api"] and Path(doc["report"]["json"]).name.startswith("nightly-local-api-")
+    assert steps(doc)["promote"] == "skipped"  # skipped by the bake: nothing new
+    from goldenimage.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="unknown image 'db'"):
+        world.run(bake, images=["db"])
