@@ -150,3 +150,59 @@ def test_sandbox_nightly_promotes_rotates_the_dev_group_and_collects(
     assert saved["rotation"][0]["outcome"] == "done"
     md = Path(out["report"]["markdown"]).read_text()
     assert "| web | done |" in md and f"deprecate {unused} → done" in md
+
+
+def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """target aws against the moto server: the previous image was built from the AMI the
+    filter resolved to then; the vendor publishes a newer one -> drift naming both."""
+    import boto3
+
+    from goldenimage import commands
+    from goldenimage import fingerprint as fp
+
+    root = copy_project(tmp_path / "project")
+    settings = root / "inventories" / "aws" / "goldenimage.yml"
+    doc = yaml.safe_load(settings.read_text())
+    doc["region"] = "us-east-1"
+    doc["extra"]["aws"]["base_ami"]["owners"] = ["123456789012"]  # moto's account
+    doc["extra"]["nightly"] = {"gc": "off"}
+    settings.write_text(yaml.safe_dump(doc))
+    for k, v in {"GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(tmp_path / "home"),
+                 "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def vendor_ami(name: str) -> str:
+        snap = ec2.create_snapshot(VolumeId=ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"])
+        return str(ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64",
+                                      BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                                            "Ebs": {"SnapshotId": snap["SnapshotId"]}}])["ImageId"])
+
+    old = vendor_ami("debian-12-amd64-20261101-1")
+    env = load_environment("aws", root)
+    inputs = fp.collect(root, env, "web", commands.bake_extra(env, "web", Reporter(quiet=True)))
+    assert fp.as_manifest(inputs)["base:image"] and any(i.detail == f"ami:us-east-1:{old}" for i in inputs)
+    rec = ImageRecord(id="web-20261101-0100-cccc", name="web", env="aws", fingerprint=fp.compute(inputs),
+                      created="2026-11-01T01:00:00Z", status="validated", artifact="")
+    built = registry_for("aws").put(rec, {"base_ami": old, "fingerprint_inputs": fp.as_manifest(inputs),
+                                          "ami_id": vendor_ami("goldenimage-web-1")})
+
+    def skipped(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "web", "state": "skipped", "image_id": built.id, "status": "validated", "fingerprint": None,
+             "previous_id": built.id, "error": None}]}
+
+    same = nightly.nightly("aws", Reporter(quiet=True), bake_images=skipped, root=root)
+    assert same["exit_code"] == 0 and not same["drift"]["drift"], same["drift"]
+    assert same["drift"]["bases"] == []  # an AMI base has no archive record: its id is the input
+
+    time.sleep(1.1)  # a later CreationDate (seconds)
+    new = vendor_ami("debian-12-amd64-20261201-1")
+    moved = nightly.nightly("aws", Reporter(quiet=True), bake_images=skipped, root=root)
+    assert moved["drift"]["images"][0]["reasons"] == [f"base AMI filter now resolves to {new} (was {old})"]
+    assert moved["exit_code"] == 0 and moved["summary"] == "drift found, but every image was already up to date"
