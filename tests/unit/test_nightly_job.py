@@ -138,6 +138,10 @@ def test_unchanged_inputs_no_bake_and_the_report_says_so(world: World) -> None:
     assert "no drift: nothing changed since the last validated images, nothing baked" in md
     assert Path(doc["report"]["json"]).parent == world.home / "store" / "reports" / "nightly" / "local"
     assert baseimage.stale_reason(world.base_dir) is None
+    lines = nightly.human_nightly(doc)
+    assert lines[0] == "nightly local: no drift: nothing changed since the last validated images, nothing baked"
+    assert any(ln.split()[:2] == ["bake", "skipped"] and ln.endswith("no drift: nothing to bake") for ln in lines)
+    assert lines[-2] == f"report: {doc['report']['json']}"
 
 
 def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -215,8 +216,7 @@ def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
     rootfs = work / "rootfs.tar"
     packages = ",".join(sorted({*PACKAGES, *spec.packages}))
     reporter.step(f"mmdebstrap {spec.suite} from {', '.join(s.suite for s in archive_sources(spec))}")
-    # the installed packages, read before the hooks empty apt's lists (dpkg's own database)
-    record = f"dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f='{INSTALLED_FORMAT}' > {work / 'installed.tsv'}"
+    record = installed_hook(work / "installed.tsv")
     argv = [
         "mmdebstrap", "--variant=minbase", f"--include={packages}",
         "--aptopt=Acquire::Retries \"3\"",
@@ -262,6 +262,12 @@ def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
     proc.output(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], what="qemu-img convert")
     raw.unlink()
     return disk
+
+
+def installed_hook(out: Path) -> str:
+    """The mmdebstrap customize hook writing the installed packages (name, version, arch,
+    source package) to `out`, from dpkg's own database in the new root ("$1")."""
+    return f"dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f='{INSTALLED_FORMAT}' > {shlex.quote(str(out))}"
 
 
 def _size_bytes(size: str) -> int:
