@@ -133,20 +133,29 @@ class _Run:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Result]:
-        """Time a step; a GoldenImageError (or OSError) inside fails it, recorded, not raised."""
+        """Time a step; a failure inside is recorded in the step, not raised -- so the report
+        is still written -- except an interruption (Ctrl-C, SIGTERM), recorded and raised."""
         row: Result = {"step": name, "outcome": nightly_report.DONE, "detail": ""}
         start = time.monotonic()
-        with self.reporter.phase(f"nightly {name}"):
-            try:
-                yield row
-            except GoldenImageError as exc:
-                row.update(outcome=nightly_report.FAILED, detail=exc.message, exit_code=exc.exit_code)
-                self.reporter.warn(f"nightly {name} failed: {exc.message}")
-            except OSError as exc:
-                row.update(outcome=nightly_report.FAILED, detail=f"{type(exc).__name__}: {exc}", exit_code=1)
-                self.reporter.warn(f"nightly {name} failed: {exc}")
-        row["seconds"] = round(time.monotonic() - start, 3)
-        self.steps.append(row)
+        try:
+            with self.reporter.phase(f"nightly {name}"):
+                try:
+                    yield row
+                except GoldenImageError as exc:
+                    row.update(outcome=nightly_report.FAILED, detail=exc.message, exit_code=exc.exit_code)
+                    self.reporter.warn(f"nightly {name} failed: {exc.message}")
+                except KeyboardInterrupt:
+                    row.update(outcome=nightly_report.FAILED, detail="interrupted", exit_code=1)
+                    raise
+                except Exception as exc:  # a bug: recorded, so that the report still tells what ran
+                    what = f"{type(exc).__name__}: {exc}"
+                    if not isinstance(exc, OSError):
+                        what = f"internal error: {what}"
+                    row.update(outcome=nightly_report.FAILED, detail=what, exit_code=1)
+                    self.reporter.warn(f"nightly {name} failed: {what}")
+        finally:
+            row["seconds"] = round(time.monotonic() - start, 3)
+            self.steps.append(row)
 
     # -- drift ----------------------------------------------------------------------------
     def check_drift(self) -> None:
@@ -426,25 +435,31 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
         run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names)
         run.doc.update(env=env.name, target=target.name, images_selected=names, started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
                        settings=cfg.model_dump(exclude={"webhook"}), steps=[])
-        run.check_drift()
-        run.bake()
-        run.promote(cfg.channel)
-        run.rotate(list(cfg.rotate), cfg.channel)
-        run.gc(cfg.gc)
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        tag = f"{env.name}-{'-'.join(names)}" if images else env.name
+        run.doc["report"] = {"json": str(out_dir / f"nightly-{tag}-{stamp}.json"),
+                             "markdown": str(out_dir / f"nightly-{tag}-{stamp}.md")}
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            run.check_drift()
+            run.bake()
+            run.promote(cfg.channel)
+            run.rotate(list(cfg.rotate), cfg.channel)
+            run.gc(cfg.gc)
+        except KeyboardInterrupt as exc:  # stopped: the report says how far it got
+            interrupted = exc
         with run.step("report") as row:
             run.image_details()
-            stamp = started.strftime("%Y%m%dT%H%M%SZ")
-            tag = f"{env.name}-{'-'.join(images)}" if images else env.name
-            paths = {"json": str(out_dir / f"nightly-{tag}-{stamp}.json"),
-                     "markdown": str(out_dir / f"nightly-{tag}-{stamp}.md")}
-            run.doc["report"] = paths
-            row["detail"] = paths["json"]
+            row["detail"] = run.doc["report"]["json"]
         doc = run.doc
         doc["finished"] = _now()
         doc["exit_code"] = nightly_report.exit_code(doc["steps"])
         doc["ok"] = doc["exit_code"] == 0
         doc["summary"] = nightly_report.headline(doc)
         doc["webhook"] = {"outcome": "off"}
+        if interrupted is not None:
+            write_report(doc, Path(doc["report"]["json"]), Path(doc["report"]["markdown"]), reporter)
+            raise interrupted
         if hook is not None:
             doc["webhook"] = webhook.post(doc, hook)
             if doc["webhook"]["outcome"] != "sent":

@@ -323,3 +323,25 @@ def test_one_image_only_checks_and_bakes_that_image(tmp_path: Path, monkeypatch:
 
     with pytest.raises(NotFoundError, match="unknown image 'db'"):
         world.run(bake, images=["db"])
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), KeyboardInterrupt()])
+def test_a_bug_or_an_interruption_in_a_step_still_writes_the_report(world: World, error: BaseException) -> None:
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# a change\n")
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        raise error
+
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            world.run(bake)
+        reports = sorted((world.home / "store" / "reports" / "nightly" / "local").glob("*.json"))
+        doc = json.loads(reports[-1].read_text())
+        assert steps(doc) == {"drift": "done", "bake": "failed", "report": "done"}
+        assert doc["steps"][1]["detail"] == "interrupted"
+    else:
+        doc = world.run(bake)
+        assert steps(doc)["bake"] == "failed" and doc["steps"][1]["detail"] == "internal error: RuntimeError: a bug"
+        assert steps(doc)["gc"] == "done" and Path(doc["report"]["json"]).is_file()
+    assert doc["exit_code"] == 1
