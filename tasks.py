@@ -20,13 +20,17 @@ def setup(c, check=False):
     return lambda r: hostsetup.setup(check, r)
 
 
-@command("goldenimage.bake:human_bake", image="image to bake (default: the environment's only image, or web)",
+@command("goldenimage.family:human_bake",
+         image="image to bake, its parents first (default: the environment's only image, or web); "
+               "a,b: these images",
+         all="every image of the environment, parents first, independent ones in parallel",
+         jobs="with --all or a,b: images baked at once (default: what the host's cores and memory allow)",
          force="rebuild even if a validated image has the same fingerprint")
-def bake(c, env, image=None, force=False):
+def bake(c, env, image=None, force=False, all=False, jobs=None):
     """Fingerprint, then build, validate and register the image unless it is up to date."""
-    from goldenimage import bake
+    from goldenimage import family
 
-    return lambda r: bake.bake(env, image, force, r)
+    return lambda r: family.bake_cmd(env, image, all, jobs, force, r)
 
 
 @command("goldenimage.commands:human_validate", image_id="the image to boot and test again")
@@ -38,12 +42,13 @@ def validate(c, env, image_id=None):
 
 
 @command("goldenimage.commands:human_images", image="only images of this name",
-         image_id="one image's provenance: manifest, fingerprint inputs, SBOM, validation")
-def images(c, env, image=None, image_id=None):
-    """List images: id, name, fingerprint, created, status, channels."""
+         image_id="one image's provenance: manifest, fingerprint inputs, SBOM, validation",
+         tree="the family: each image under its parent, outdated ones marked")
+def images(c, env, image=None, image_id=None, tree=False):
+    """List images: id, name, fingerprint, created, status, channels, outdated."""
     from goldenimage import commands
 
-    return lambda r: commands.images(env, image, image_id, r)
+    return lambda r: commands.images(env, image, image_id, r, tree=tree)
 
 
 @command("goldenimage.commands:human_fingerprint", image="image name (default: every image of the environment)",
@@ -66,12 +71,12 @@ def promote(c, env, image_id=None, channel=None):
 
 
 @command("goldenimage.commands:human_revoke", image_id="the image to revoke",
-         reason="why (recorded with the image)")
-def revoke(c, env, image_id=None, reason=None):
+         reason="why (recorded with the image)", cascade="revoke the images built on it too")
+def revoke(c, env, image_id=None, reason=None, cascade=False):
     """Revoke an image for good; channels on it fall back to their newest earlier valid image."""
     from goldenimage import commands
 
-    return lambda r: commands.revoke(env, image_id, reason, r)
+    return lambda r: commands.revoke(env, image_id, reason, r, cascade=cascade)
 
 
 @command("goldenimage.commands:human_history", image="image name, e.g. web", channel="channel name, e.g. stable")

@@ -53,29 +53,14 @@ BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
 # -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
 def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
                  images: list[str] | None = None) -> Result:
-    """Bake every image of the environment (or `images`); the result has
-    `family.bake_all`'s shape: {env, ok, images: [{image, state: built|skipped|failed|blocked,
-    image_id, status, fingerprint, previous_id, error}]}. Until image families land: one
-    image after the other with `bake.bake` (`jobs` is not used yet)."""
-    from . import bake
+    """Bake every image of the environment (or `images`, with their parents), parents first,
+    independent ones `jobs` at a time (`family.bake_all`): {env, ok, images: [{image, state:
+    built|skipped|failed|blocked, image_id, status, fingerprint, previous_id, error}]}."""
+    from .family import bake_all
 
-    env = load_environment(env_name)
-    reg = target_for(env).registry()
-    rows: list[Result] = []
-    for name in images or sorted(env.settings.images):
-        prev = newest_validated(reg, name)
-        row: Result = {"image": name, "state": "failed", "image_id": None, "status": None, "fingerprint": None,
-                       "previous_id": prev.id if prev else None, "error": None}
-        try:
-            res = bake.bake(env_name, name, False, reporter)
-        except GoldenImageError as exc:
-            row.update(error=exc.message, image_id=exc.result.get("image_id"), status=exc.result.get("status"),
-                       fingerprint=exc.result.get("fingerprint"))
-        else:
-            row.update(state="skipped" if res.get("skipped") else "built", image_id=res.get("image_id"),
-                       status=res.get("status"), fingerprint=res.get("fingerprint"))
-        rows.append(row)
-    return {"env": env_name, "ok": all(r["state"] in ("built", "skipped") for r in rows), "images": rows}
+    result = bake_all(env_name, images, jobs, False, reporter)
+    result.pop("exit_code", None)
+    return result
 
 
 def newest_validated(reg: ImageRegistry, name: str) -> ImageRecord | None:

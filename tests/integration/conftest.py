@@ -134,7 +134,8 @@ def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "inventories").mkdir(parents=True)
     shutil.copytree(REPO / "inventories" / "sandbox", root / "inventories" / "sandbox")
     (root / "playbooks").mkdir()
-    (root / "playbooks" / "web.yml").write_text("- hosts: web\n  tasks: []\n")
+    for image in ("base", "web"):  # the sandbox's family: web on base
+        (root / "playbooks" / f"{image}.yml").write_text("- hosts: all\n  tasks: []\n")
     (root / "packer").mkdir()
     monkeypatch.setenv("GOLDENIMAGE_ROOT", str(root))
     monkeypatch.setenv("GOLDENIMAGE_HOME", str(tmp_path / "home"))

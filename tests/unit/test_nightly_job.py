@@ -57,8 +57,9 @@ class World:
         self.settings_file = self.root / "inventories" / "local" / "goldenimage.yml"
         doc = yaml.safe_load(self.settings_file.read_text())
         doc["base"].update(mirror=f"file://{self.archive}", security_mirror=f"file://{self.archive}")
-        for extra in images[1:]:
-            doc["images"][extra] = {"playbook": "playbooks/web.yml"}
+        # images without parents: the stand-in bake registers each image on its own
+        doc["images"] = {name: {"playbook": "playbooks/web.yml", "groups": ["web"]} for name in images}
+        doc["extra"]["retention"]["images"] = {name: doc["extra"]["retention"]["images"]["web"] for name in images}
         self.settings_file.write_text(yaml.safe_dump(doc))
         self.nightly(gc="plan")
         self.env = load_environment("local", self.root)
