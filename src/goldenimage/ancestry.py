@@ -127,6 +127,13 @@ def built_on(records: Iterable[Mapping[str, Any]], image_id: str) -> list[str]:
     return out
 
 
+def parent_uses(records: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(parent id, child id) for every registered image built on another: a parent with a
+    child still registered is in use (gc never collects it before the child)."""
+    return sorted((str(r["parent"]["id"]), str(r["id"])) for r in records
+                  if isinstance(r.get("parent"), Mapping) and r["parent"].get("id"))
+
+
 def current_parent(parent: Mapping[str, Any], records: Iterable[Mapping[str, Any]],
                    channels: Mapping[str, Mapping[str, str | None]]) -> str | None:
     """The parent image a child would be built on now: the image the parent's channel points

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import fingerprint, retention, sbom
+from .. import ancestry, fingerprint, retention, sbom
 from ..adapters import baseimage, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
@@ -91,8 +91,11 @@ class LocalTarget(Target):
         return GcWorld(images, self._uses(disks), store.histories(), leftovers, {"store": str(store.root)})
 
     def _uses(self, disks: dict[str, Path]) -> list[retention.Reference]:
+        children = [retention.Reference(parent, "parent of", child)
+                    for parent, child in ancestry.parent_uses(r.summary() for r in self.store.list())]
         return [*usage.vm_references(disks),
-                *usage.backing_references(disks, [self.store.root, base_cache_dir()])]
+                *usage.backing_references(disks, [self.store.root, base_cache_dir()]),
+                *(c for c in children if c.image_id in disks)]
 
     def _still_used(self, image_id: str) -> str | None:
         """Why `image_id` must not be touched now (a channel, its rollback target, a VM, a
