@@ -3,11 +3,9 @@ parent's AMI, its tags record the ancestry, and revoke --cascade follows them.""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-import boto3
 import pytest
-import yaml
 
 from goldenimage import commands
 from goldenimage.aws.ami import packer_vars
@@ -16,34 +14,18 @@ from goldenimage.aws.target import AwsTarget
 from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
 from goldenimage.settings import load_environment
-from tests.conftest import copy_project
+from tests.integration.conftest import MotoAws
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_child_ami_stands_on_its_parent_ami(moto_endpoint: str, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    root = copy_project(tmp_path / "project")
-    settings = root / "inventories" / "aws" / "goldenimage.yml"
-    doc = yaml.safe_load(settings.read_text())
-    doc["region"] = "us-east-1"
-    doc["extra"]["aws"]["build"]["ssh_cidrs"] = ["203.0.113.7/32"]
-    doc["extra"]["aws"]["deprecate_revoked"] = False  # moto has no EnableImageDeprecation
-    settings.write_text(yaml.safe_dump(doc))
-    for k, v in {"GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(tmp_path / "home"),
-                 "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+def test_a_child_ami_stands_on_its_parent_ami(moto_aws: MotoAws) -> None:
+    def settings(doc: dict[str, Any]) -> None:
+        doc["extra"]["aws"]["build"]["ssh_cidrs"] = ["203.0.113.7/32"]
+        doc["extra"]["aws"]["deprecate_revoked"] = False  # moto has no EnableImageDeprecation
 
-    def ami(name: str) -> str:
-        snap = ec2.create_snapshot(VolumeId=ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"])
-        return str(ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64",
-                                      BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
-                                                            "Ebs": {"SnapshotId": snap["SnapshotId"]}}])["ImageId"])
-
+    moto_aws.settings(settings)
+    root, ami = moto_aws.root, moto_aws.ami
     reg = registry_for("aws")
     parent = reg.put(ImageRecord(id="base-1", name="base", env="aws", fingerprint="b" * 64,
                                  created="2026-11-30T01:00:00Z", status="validated", artifact=""),

@@ -24,6 +24,7 @@ from goldenimage.progress import Reporter
 from goldenimage.settings import load_environment
 from tests.conftest import copy_project, run_invoke
 from tests.debarchive import BASE_PACKAGES, served, write_suite
+from tests.integration.conftest import MotoAws
 
 pytestmark = pytest.mark.integration
 
@@ -153,38 +154,19 @@ def test_sandbox_nightly_promotes_rotates_the_dev_group_and_collects(
     assert "| web | done |" in md and f"deprecate {unused} → done" in md
 
 
-def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(
-    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(moto_aws: MotoAws, tmp_path: Path) -> None:
     """target aws against the moto server: the previous image was built from the AMI the
     filter resolved to then; the vendor publishes a newer one -> drift naming both."""
-    import boto3
-
     from goldenimage import commands
     from goldenimage import fingerprint as fp
 
-    root = copy_project(tmp_path / "project")
-    settings = root / "inventories" / "aws" / "goldenimage.yml"
-    doc = yaml.safe_load(settings.read_text())
-    doc["region"] = "us-east-1"
-    doc["extra"]["aws"]["base_ami"]["owners"] = ["123456789012"]  # moto's account
-    doc["extra"]["nightly"] = {"gc": "off"}
-    doc["images"] = {"web": {k: v for k, v in doc["images"]["web"].items() if k != "parent"}}  # on the base AMI
-    settings.write_text(yaml.safe_dump(doc))
-    for k, v in {"GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(tmp_path / "home"),
-                 "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    def settings(doc: dict[str, Any]) -> None:
+        doc["extra"]["aws"]["base_ami"]["owners"] = ["123456789012"]  # moto's account
+        doc["extra"]["nightly"] = {"gc": "off"}
+        doc["images"] = {"web": {k: v for k, v in doc["images"]["web"].items() if k != "parent"}}  # on the base AMI
 
-    def vendor_ami(name: str) -> str:
-        snap = ec2.create_snapshot(VolumeId=ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"])
-        return str(ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64",
-                                      BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
-                                                            "Ebs": {"SnapshotId": snap["SnapshotId"]}}])["ImageId"])
-
+    moto_aws.settings(settings)
+    root, vendor_ami = moto_aws.root, moto_aws.ami
     old = vendor_ami("debian-12-amd64-20261101-1")
     env = load_environment("aws", root)
     inputs = fp.collect(root, env, "web", commands.bake_extra(env, "web", Reporter(quiet=True)))
