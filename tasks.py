@@ -20,13 +20,17 @@ def setup(c, check=False):
     return lambda r: hostsetup.setup(check, r)
 
 
-@command("goldenimage.bake:human_bake", image="image to bake (default: the environment's only image, or web)",
+@command("goldenimage.family:human_bake",
+         image="image to bake, its parents first (default: the environment's only image, or web); "
+               "a,b: these images",
+         all="every image of the environment, parents first, independent ones in parallel",
+         jobs="with --all or a,b: images baked at once (default: what the host's cores and memory allow)",
          force="rebuild even if a validated image has the same fingerprint")
-def bake(c, env, image=None, force=False):
+def bake(c, env, image=None, force=False, all=False, jobs=None):
     """Fingerprint, then build, validate and register the image unless it is up to date."""
-    from goldenimage import bake
+    from goldenimage import family
 
-    return lambda r: bake.bake(env, image, force, r)
+    return lambda r: family.bake_cmd(env, image, all, jobs, force, r)
 
 
 @command("goldenimage.commands:human_validate", image_id="the image to boot and test again")
@@ -38,12 +42,13 @@ def validate(c, env, image_id=None):
 
 
 @command("goldenimage.commands:human_images", image="only images of this name",
-         image_id="one image's provenance: manifest, fingerprint inputs, SBOM, validation")
-def images(c, env, image=None, image_id=None):
-    """List images: id, name, fingerprint, created, status, channels."""
+         image_id="one image's provenance: manifest, fingerprint inputs, SBOM, validation",
+         tree="the family: each image under its parent, outdated ones marked")
+def images(c, env, image=None, image_id=None, tree=False):
+    """List images: id, name, fingerprint, created, status, channels, outdated."""
     from goldenimage import commands
 
-    return lambda r: commands.images(env, image, image_id, r)
+    return lambda r: commands.images(env, image, image_id, r, tree=tree)
 
 
 @command("goldenimage.commands:human_fingerprint", image="image name (default: every image of the environment)",
@@ -66,12 +71,12 @@ def promote(c, env, image_id=None, channel=None):
 
 
 @command("goldenimage.commands:human_revoke", image_id="the image to revoke",
-         reason="why (recorded with the image)")
-def revoke(c, env, image_id=None, reason=None):
+         reason="why (recorded with the image)", cascade="revoke the images built on it too")
+def revoke(c, env, image_id=None, reason=None, cascade=False):
     """Revoke an image for good; channels on it fall back to their newest earlier valid image."""
     from goldenimage import commands
 
-    return lambda r: commands.revoke(env, image_id, reason, r)
+    return lambda r: commands.revoke(env, image_id, reason, r, cascade=cascade)
 
 
 @command("goldenimage.commands:human_history", image="image name, e.g. web", channel="channel name, e.g. stable")
@@ -123,6 +128,31 @@ def gc(c, env, apply=False, restore=None):
     return lambda r: gc.gc(env, apply, r, restore=restore)
 
 
+@command("goldenimage.nightly:human_nightly",
+         image="only this image (comma-separated list; with image families: the family) -- one CI job per family",
+         jobs="images baked in parallel (default: the bake's own)",
+         report_dir="where the JSON and Markdown reports go (default: extra.nightly.report_dir, else "
+                    "<store>/reports/nightly/<env>)",
+         webhook="POST the JSON report here (overrides extra.nightly.webhook.url)")
+def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
+    """Drift check, then bake what changed, validate, promote to the nightly channel, rotate, gc, report."""
+    from goldenimage import nightly
+
+    def work(r):
+        n = None
+        if jobs is not None:
+            from goldenimage.errors import ConfigError
+
+            try:
+                n = int(jobs)
+            except ValueError:
+                raise ConfigError(f"--jobs: {jobs!r} is not a number") from None
+        images = [i.strip() for i in image.split(",") if i.strip()] if image else None
+        return nightly.nightly(env, r, images=images, jobs=n, report_dir=report_dir, webhook_url=webhook)
+
+    return work
+
+
 @command("goldenimage.aws.iam:human_policy", name="iam-policy")
 def iam_policy(c, env):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
@@ -155,6 +185,7 @@ def sandbox_status(c, env):
     return lambda r: sandbox.sandbox_status(env, r)
 
 
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, iam_policy,
+ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
+                iam_policy,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,21 +65,22 @@ def use_file_base(project: Path, env: str, tmp_path: Path) -> None:
     digest = hashlib.sha256(disk.read_bytes()).hexdigest()
     settings = project / "inventories" / env / "goldenimage.yml"
     text = settings.read_text().replace("accelerator: auto", "accelerator: tcg")
-    text = text.replace("base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", 1)
+    text = re.sub(r"^base:\n", f"base:\n  url: {disk}\n  checksum: sha256:{digest}\n", text, count=1,
+                  flags=re.MULTILINE)  # the top-level base disk, not the image named base
     settings.write_text(text)
 
 
-def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local") -> None:
-    """Register a validated `web` image in a local store, as a finishing bake would."""
+def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local", name: str = "web") -> None:
+    """Register a validated image (`web` by default) in a local store, as a finishing bake would."""
     from goldenimage.store import ImageRecord, LocalStore
 
     store = LocalStore(store_root)
     with store.workspace() as ws:
         (ws / "image").mkdir()
         (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
-        rec = ImageRecord(id=image_id, name="web", env=env, fingerprint=fingerprint,
+        rec = ImageRecord(id=image_id, name=name, env=env, fingerprint=fingerprint,
                           created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
-        store.put(rec, {"id": rec.id, "name": "web", "env": env, "fingerprint": fingerprint,
+        store.put(rec, {"id": rec.id, "name": name, "env": env, "fingerprint": fingerprint,
                         "created": rec.created}, ws / "image")
 
 

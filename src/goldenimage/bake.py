@@ -15,43 +15,56 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import fingerprint, timing
-from .build import TIMINGS, NewImage, fingerprint_extra
-from .errors import ConfigError, GoldenImageError, ValidationFailed
+from . import ancestry, fingerprint, timing
+from . import channels as ch
+from .build import TIMINGS, NewImage, fingerprint_extra, parent_inputs
+from .errors import ConfigError, GoldenImageError, NotFoundError, ValidationFailed
 from .fsutil import file_lock
-from .models import VALIDATED
+from .models import VALIDATED, ImageRecord
 from .paths import store_dir
 from .plan import plan
 from .progress import Reporter
-from .settings import Environment, load_environment
 from .store import LocalStore
-from .targets import Job, Target, target_for
+from .targets import Job, Target
 
 
-def pick_image(env: Environment, image: str | None) -> str:
-    if image:
-        env.image(image)
-        return image
-    names = sorted(env.settings.images)
-    if len(names) == 1:
-        return names[0]
-    if "web" in names:
-        return "web"
-    raise ConfigError(f"{env.rel(env.settings_file)} defines several images ({', '.join(names)}): "
-                      "choose one with --image")
+def resolve_parent(target: Target, name: str, parent_ids: Mapping[str, str]) -> ImageRecord | None:
+    """The validated image `name` is baked on (None: the environment's base): the image the
+    parent's channel points at, else the parent's bake in this run (`parent_ids`), else the
+    parent's newest validated image. Refused with one line if it is not usable."""
+    env = target.env
+    spec = env.image(name).parent
+    if spec is None:
+        return None
+    reg = target.parent_registry()
+    where = f"{env.rel(env.settings_file)}: field images.{name}.parent"
+    if spec.channel:
+        image_id = ch.current(reg.history(spec.image, spec.channel))
+        if image_id is None:
+            raise NotFoundError(f"{where}.channel: channel {spec.image}/{spec.channel} points at no image: "
+                                f"promote a {spec.image} image first")
+    else:
+        image_id = parent_ids.get(spec.image) or ancestry.current_parent(
+            {"name": spec.image}, [r.summary() for r in reg.list(spec.image)], {})
+        if image_id is None:
+            raise NotFoundError(f"{where}: parent {spec.image!r} has no validated image: bake it first "
+                                f"(invoke bake --image {name} bakes it first)")
+    rec = reg.get(image_id)
+    if rec.status != VALIDATED or rec.extra.get("stage") == "disabled":
+        state = "disabled by gc" if rec.status == VALIDATED else rec.status
+        raise ConfigError(f"{where}: parent image {rec.id} ({spec.image}) is {state}: "
+                          f"{name!r} is built only on a validated parent")
+    return rec
 
 
-def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
-    env = load_environment(env_name)
-    return run(target_for(env), pick_image(env, image), force, reporter)
-
-
-def run(target: Target, name: str, force: bool, reporter: Reporter) -> dict[str, Any]:
-    """Bake `name` with `target`: the result document of `invoke bake`."""
+def run(target: Target, name: str, force: bool, reporter: Reporter,
+        parent_ids: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Bake `name` with `target`: the result document of `invoke bake`. A child image is
+    baked on its parent (`resolve_parent`; `parent_ids`: parents baked in this run)."""
     env = target.env
     tools = target.detect_tools()
     store = LocalStore(store_dir())  # the bake's lock, workspace and kept logs, on every target
@@ -62,13 +75,16 @@ def run(target: Target, name: str, force: bool, reporter: Reporter) -> dict[str,
 
     with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
         target.check_ready(name, tools, reporter)
-        with reporter.phase("base", "the base image"):
-            base = target.resolve_base(reporter)
+        parent = resolve_parent(target, name, parent_ids or {})
+        with reporter.phase("base", f"the parent image {parent.id}" if parent else "the base image"):
+            base = target.resolve_base(reporter, parent)
         result.update(base.result)
+        if parent is not None:
+            result["parent"] = {"id": parent.id, "name": parent.name}
 
         with reporter.phase("fingerprint"):
-            inputs = fingerprint.collect(env.root, env, name, extra=fingerprint_extra(
-                base.identity, tools.packer.version_text, tools.ansible))
+            inputs = fingerprint.collect(env.root, env, name, extra={**fingerprint_extra(
+                base.identity, tools.packer.version_text, tools.ansible), **parent_inputs(parent)})
             fp = fingerprint.compute(inputs)
             reporter.info(f"    fingerprint {fp}")
         result["fingerprint"] = fp
@@ -80,7 +96,9 @@ def run(target: Target, name: str, force: bool, reporter: Reporter) -> dict[str,
             return result
 
         with store.workspace() as ws:
-            job = Job(env, NewImage.start(name, fp), inputs, base, tools, ws)
+            spec = env.image(name).parent
+            job = Job(env, NewImage.start(name, fp), inputs, base, tools, ws,
+                      parent=parent, parent_channel=spec.channel if spec else None)
             with logs_kept_on_failure(store, ws, lambda: job.image.id):
                 result.update(target.started(job))
                 try:

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__, hostsetup, timing
 from .adapters import packer, proc, qemu
 from .fsutil import atomic_write_json
+from .models import ImageRecord
 from .progress import Reporter
 from .settings import Environment
 
@@ -49,6 +50,21 @@ def detect_tools(*, local: bool = True) -> Tools:
 def fingerprint_extra(base_identity: str, packer_version: str, ansible_version: str) -> dict[str, str]:
     """The fingerprint inputs that are not files: the base identity and the tool versions."""
     return {"base:image": base_identity, "tool:packer": packer_version, "tool:ansible-core": ansible_version}
+
+
+def parent_inputs(parent: ImageRecord | None) -> dict[str, str]:
+    """The fingerprint inputs of a child image's parent: a new parent image (even of the same
+    fingerprint) means a new child."""
+    if parent is None:
+        return {}
+    return {"parent:image": parent.id, "parent:fingerprint": parent.fingerprint}
+
+
+def ancestry(parent: ImageRecord | None, channel: str | None) -> dict[str, Any] | None:
+    """What a child's manifest, catalog entry and AMI tags record of its parent."""
+    if parent is None:
+        return None
+    return {"id": parent.id, "name": parent.name, "fingerprint": parent.fingerprint, "channel": channel}
 
 
 def git_state(root: Path) -> dict[str, Any]:

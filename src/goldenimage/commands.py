@@ -16,12 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import ancestry, timing
 from . import channels as ch
 from . import fingerprint as fp
-from . import timing
 from .adapters.packer import Packer
-from .build import fingerprint_extra
+from .build import fingerprint_extra, parent_inputs
 from .errors import ConfigError
+from .models import REVOKED
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
@@ -73,8 +74,10 @@ def _stamp(user: str | None, now: datetime | None) -> dict[str, Any]:
 
 # -- images and validate -----------------------------------------------------------------
 def images(env_name: str, image: str | None, image_id: str | None, reporter: Reporter,
-           *, root: Path | None = None) -> Result:
-    """`invoke images`: the environment's images; with an id, that image's full provenance."""
+           *, root: Path | None = None, tree: bool = False) -> Result:
+    """`invoke images`: the environment's images (each built on a parent that has a newer
+    image since is `outdated`); with an id, that image's full provenance; with `tree`, the
+    family: each image name under its parent name, with its images."""
     env = load_environment(env_name, root)
     if image is not None:
         env.image(image)
@@ -83,11 +86,46 @@ def images(env_name: str, image: str | None, image_id: str | None, reporter: Rep
     if image_id is not None:
         return {"image": reg.get(image_id).summary(), "manifest": reg.manifest(image_id),
                 **target.provenance(image_id)}
-    return {"env": env.name, **target.listing(), "images": [r.summary() for r in reg.list(image)]}
+    every = [r.summary() for r in reg.list()]
+    channels: dict[str, dict[str, str | None]] = {}
+    for r in every:
+        for c in r["channels"]:
+            channels.setdefault(r["name"], {})[c] = r["id"]
+    stale = ancestry.outdated(every, channels)
+    rows = [{**r, **({"outdated": stale[r["id"]]} if r["id"] in stale else {})}
+            for r in every if image is None or r["name"] == image]
+    result: Result = {"env": env.name, **target.listing(), "images": rows}
+    if tree:
+        parents = env.parents
+        result["tree"] = [{"image": n, "depth": d, "parent": parents.get(n),
+                           "images": [r["id"] for r in rows if r["name"] == n]}
+                          for d, n in ancestry.tree(parents) if image is None or n == image]
+    return result
+
+
+def human_tree(result: Result) -> list[str]:
+    by_id = {r["id"]: r for r in result["images"]}
+    lines = []
+    for node in result["tree"]:
+        pad = "  " * node["depth"]
+        on = f" (on {node['parent']})" if node["parent"] else ""
+        lines.append(f"{pad}{node['image']}{on}")
+        for image_id in node["images"] or []:
+            r = by_id[image_id]
+            chans = f"  [{', '.join(r['channels'])}]" if r["channels"] else ""
+            parent = f"  built on {r['parent']['id']}" if r.get("parent") else ""
+            late = f"  {r['outdated']}" if r.get("outdated") else ""
+            lines.append(f"{pad}  {r['id']}  {r['status']}{chans}{parent}{late}")
+        if not node["images"]:
+            lines.append(f"{pad}  (no images)")
+    return lines
 
 
 def human_images(result: Result) -> list[str]:
     import json
+
+    if "tree" in result:
+        return human_tree(result)
 
     if "manifest" in result:
         m, rec = result["manifest"], result["image"]
@@ -115,6 +153,7 @@ def human_images(result: Result) -> list[str]:
     return [head] + [
         f"{r['id']:<34} {r['name']:<8} {r['fingerprint'][:12]:<14} {r['created']:<21} {r['status']:<12} "
         f"{','.join(r['channels']) or '-'}" + (f"  ({r['stage']} by gc since {r['stage_at']})" if r.get("stage") else "")
+        + (f"  {r['outdated']}" if r.get("outdated") else "")
         for r in rows
     ]
 
@@ -173,7 +212,7 @@ def human_promote(r: Result) -> list[str]:
 # -- revoke ------------------------------------------------------------------------------
 def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Reporter, *,
            registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
-           now: datetime | None = None) -> Result:
+           now: datetime | None = None, cascade: bool = False) -> Result:
     """Revoke an image for good; channels on it fall back and the result says where.
 
     Same keys on every target: env, target, image_id, image, reason, previous_status,
@@ -183,6 +222,21 @@ def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Re
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
     env, target, reg = _image_registry(env_name, root, registry, image_id)
+    result = _revoke_one(reg, image_id, reason, reporter, user, now)
+    built_on = [i for i in ancestry.built_on([r.summary() for r in reg.list()], image_id)
+                if reg.get(i).status != REVOKED]
+    out: Result = {"env": env.name, "target": target.name, "changed": True, **result, "descendants": built_on}
+    if cascade:
+        why = f"parent {image_id} revoked: {reason}"
+        out["cascaded"] = [_revoke_one(reg, i, why, reporter, user, now) for i in built_on]
+    elif built_on:
+        reporter.warn(f"{len(built_on)} image(s) built on {image_id} are not revoked: {', '.join(built_on)} "
+                      "(invoke revoke --cascade revokes them too)")
+    return out
+
+
+def _revoke_one(reg: ImageRegistry, image_id: str, reason: str, reporter: Reporter, user: str | None,
+                now: datetime | None) -> Result:
     result = reg.revoke(image_id, reason, **_stamp(user, now))
     for channel, to in sorted(result["channels_moved"].items()):
         reporter.warn(f"channel {result['image']}/{channel} fell back to {to}")
@@ -190,7 +244,7 @@ def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Re
         reporter.warn(
             f"channel {result['image']}/{channel} has no earlier valid image: promote a new one"
         )
-    return {"env": env.name, "target": target.name, "changed": True, **result}
+    return dict(result)
 
 
 def human_revoke(r: Result) -> list[str]:
@@ -206,6 +260,12 @@ def human_revoke(r: Result) -> list[str]:
         lines.append(f"  channel {r['image']}/{channel} {left}: promote a new image")
     if not r["channels_moved"] and not r["channels_left"] and "deprecation" not in r:
         lines.append("  no channel pointed at it")
+    for c in r.get("cascaded") or []:
+        lines.append(f"  revoked {c['image_id']} ({c['image']}) too: built on it"
+                     + ("" if c.get("changed", True) else " (already revoked)"))
+    if r.get("descendants") and "cascaded" not in r:
+        lines.append(f"  built on it and still usable: {', '.join(r['descendants'])} "
+                     "(invoke revoke --cascade revokes them too)")
     return lines
 
 
@@ -254,6 +314,26 @@ def human_history(r: Result) -> list[str]:
 
 
 # -- fingerprint -------------------------------------------------------------------------
+def _parent_extra(env: Environment, target: Target, reg: ImageRegistry, name: str,
+                  inputs_of: Callable[[str], list[fp.FingerprintInput]]) -> dict[str, str]:
+    """A child's parent inputs as its bake would have them: the parent's channel image, else
+    the validated parent image of the parent's current fingerprint; `(not built)` if none."""
+    spec = env.image(name).parent
+    if spec is None:
+        return {}
+    if spec.channel:
+        parent_id = ch.current(reg.history(spec.image, spec.channel))
+        rec = reg.get(parent_id) if parent_id else None
+        parent_fp = rec.fingerprint if rec else "(channel points at nothing)"
+    else:
+        parent_fp = fp.compute(inputs_of(spec.image))
+        rec = reg.find_by_fingerprint(spec.image, parent_fp)
+    if rec is None:
+        return {"base:image": f"(parent {spec.image} not built)", "parent:image": "(not built)",
+                "parent:fingerprint": parent_fp}
+    return {"base:image": target.parent_base_identity(rec, reg.manifest(rec.id)), **parent_inputs(rec)}
+
+
 def fingerprint_cmd(
     env_name: str,
     image: str | None,
@@ -289,12 +369,21 @@ def fingerprint_cmd(
 
     names = [image] if image is not None else sorted(env.settings.images)
     rows: list[Result] = []
+    known: dict[str, list[fp.FingerprintInput]] = {}
+
+    def inputs_of(name: str) -> list[fp.FingerprintInput]:
+        """The bake's inputs of `name`; a child's parent is the image its bake would take."""
+        if name not in known:
+            extra = {**resolve(env, name, reporter),
+                     **_parent_extra(env, target, registry or target.parent_registry(), name, inputs_of)}
+            with reporter.phase("fingerprint", name):
+                known[name] = fp.collect(env.root, env, name, extra)
+        return known[name]
+
     for name in names:
         env.image(name)  # NotFoundError naming the settings file
-        extra = resolve(env, name, reporter)
-        with reporter.phase("fingerprint", name):
-            inputs = fp.collect(env.root, env, name, extra)
-            value = fp.compute(inputs)
+        inputs = inputs_of(name)
+        value = fp.compute(inputs)
         row: Result = {"image": name, "fingerprint": value, "inputs": len(inputs)}
         if store is not None:
             hit = store.find_by_fingerprint(name, value)
@@ -310,6 +399,7 @@ def fingerprint_cmd(
                 "same": value == old_rec.fingerprint,
                 **d,
                 "now": details,
+                "reasons": fp.reasons(d),
             }
         rows.append(row)
     return {"env": env.name, "images": rows}
@@ -332,8 +422,9 @@ def human_fingerprint(r: Result) -> list[str]:
                 same = "same fingerprint" if a["same"] else "same inputs"
                 lines.append(f"against {a['image_id']}: {same}, nothing changed")
                 continue
+            why = f": {', '.join(a['reasons'])}" if a.get("reasons") else ""
             lines.append(
-                f"against {a['image_id']} ({a['fingerprint'][:16]}): {n} input{'s' if n != 1 else ''} differ"
+                f"against {a['image_id']} ({a['fingerprint'][:16]}): {n} input{'s' if n != 1 else ''} differ{why}"
             )
             for kind in ("changed", "added", "removed"):
                 for name in a[kind]:

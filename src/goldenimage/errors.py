@@ -59,6 +59,11 @@ class ValidationFailed(OperationFailed):
         self.failures = failures or []
 
 
+class IntegrityError(OperationFailed):
+    """An artifact's bytes are not the ones its manifest recorded: the image is marked and
+    nothing uses it again."""
+
+
 class Interrupted(OperationFailed):
     """SIGINT or SIGTERM arrived; work was stopped at a safe point and cleaned up."""
 

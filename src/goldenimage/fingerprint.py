@@ -145,6 +145,19 @@ def diff(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, list[str]]
     }
 
 
+def reasons(d: Mapping[str, list[str]]) -> list[str]:
+    """Why two sets of inputs differ, in words: "parent changed", "base changed", "roles
+    changed", ... (from `diff`'s changed/added/removed names)."""
+    names = [n for kind in ("changed", "added", "removed") for n in d.get(kind, [])]
+    kinds = [
+        ("parent:", "parent changed"), ("base:", "base changed"), ("tool:", "tools changed"),
+        ("roles/", "roles changed"), ("playbooks/", "playbook changed"), ("packer/", "templates changed"),
+        ("tests/", "image suites changed"), ("inventories/", "inventory or settings changed"),
+    ]
+    out = [why for prefix, why in kinds if any(n.startswith(prefix) for n in names)]
+    return out or (["other inputs changed"] if names else [])
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 VALIDATED, QUARANTINED, REVOKED = "validated", "quarantined", "revoked"
 STATUSES = (VALIDATED, QUARANTINED, REVOKED)
+CORRUPT = "corrupt"  # a local image whose artifact no longer matches its manifest's sha256
 BUILDING = "building"  # an AMI Packer made that no lookup, promotion or channel accepts yet
 
 # AMI tags: the registry writes them, lookups filter on them, the rotator reads them
@@ -32,6 +33,9 @@ CREATED_TAG = TAG + "created"
 GIT_COMMIT_TAG = TAG + "git-commit"
 ENV_TAG = TAG + "env"
 LOCAL_ID_TAG = TAG + "local-id"
+PARENT_ID_TAG = TAG + "parent-id"  # image families: the parent AMI a child was built on
+PARENT_NAME_TAG = TAG + "parent-name"
+PARENT_FINGERPRINT_TAG = TAG + "parent-fingerprint"
 REVOKED_REASON_TAG = TAG + "revoked-reason"
 REVOKED_AT_TAG = TAG + "revoked-at"
 # auto-scaling group tags the rotator leaves behind (rotation.state); gc protects these AMIs

@@ -1,5 +1,5 @@
 """The typed sections of an environment's settings under `extra:` (`aws`, `sandbox`,
-`retention`).
+`retention`, `nightly`).
 
 `settings.Environment` parses each section once, when first asked (`env.aws`,
 `env.sandbox`, `env.retention`, `env.rotation`), with the same file/field errors as the rest
@@ -207,3 +207,38 @@ class RetentionSettings(_Model):
         default=6, ge=0, description="AWS leftovers (a killed validation's or build's instance, key pair and "
         "security group; an aborted rotation's launch-template version) younger than this are kept: "
         "their run may still be going")
+
+
+class WebhookSpec(_Model):
+    """Where `invoke nightly` POSTs its JSON report: retried with exponential back-off,
+    bounded in attempts and in total time; its failure never changes the job's result."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", description="http(s) URL")
+    attempts: int = Field(default=4, ge=1, le=10)
+    timeout: float = Field(default=10.0, gt=0, le=120, description="seconds per attempt")
+    backoff: float = Field(default=1.0, ge=0, le=60, description="seconds before the 2nd attempt, doubled after")
+    deadline: float = Field(default=60.0, gt=0, le=600, description="seconds for all attempts together")
+
+
+class NightlySettings(_Model):
+    """`extra.nightly`: what `invoke nightly` does after its drift check and bake."""
+
+    channel: str = Field(default="nightly", description="channel each newly validated image is promoted to")
+    rotate: list[str] = Field(
+        default_factory=list, description="groups of extra.rotation.groups rotated to the channel"
+    )
+    gc: Literal["apply", "plan", "off"] = Field(default="plan", description="retention after the run")
+    report_dir: str | None = Field(default=None, description="default: <store>/reports/nightly/<env>")
+    webhook: WebhookSpec | None = None
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        return _each([v], CHANNEL_RE.match, "channel {v}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")[0]
+
+    @field_validator("rotate")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("groups must be distinct")
+        return v

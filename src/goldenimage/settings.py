@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .channels import CHANNEL_RE
 from .errors import ConfigError, NotFoundError
-from .sections import DEFAULT_REGION, AwsSettings, RetentionSettings, SandboxSettings
+from .sections import DEFAULT_REGION, AwsSettings, NightlySettings, RetentionSettings, SandboxSettings
 
 if TYPE_CHECKING:
     from .rotation.policy import GroupPolicy
@@ -34,6 +35,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ParentSpec(_Model):
+    """The image a child image is baked on (`images.<name>.parent`): another image of the same
+    environment, taken from its channel, or else the parent's bake in the same run (its
+    newest validated image of the current fingerprint)."""
+
+    image: str = Field(description="an image name of this environment")
+    channel: str | None = Field(default=None, description="take the parent from this channel")
+    env: str | None = Field(default=None, description="must be this environment (parents never cross)")
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str | None) -> str | None:
+        if v is not None and not CHANNEL_RE.match(v):
+            raise ValueError(f"channel {v!r}: a lowercase letter, then up to 31 of a-z, 0-9 and '-'")
+        return v
+
+
 class ImageSpec(_Model):
     """One image the environment can bake: a playbook run against inventory groups."""
 
@@ -45,6 +63,12 @@ class ImageSpec(_Model):
         description="image suite directories, relative to the project root "
                     "(default: tests/image/common and tests/image/<image> when it exists)",
     )
+    parent: ParentSpec | None = Field(default=None, description="bake on this image of the environment")
+
+    @field_validator("parent", mode="before")
+    @classmethod
+    def _parent(cls, v: Any) -> Any:
+        return {"image": v} if isinstance(v, str) else v
 
 
 class BaseImageSpec(_Model):
@@ -56,6 +80,11 @@ class BaseImageSpec(_Model):
 
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
+    updates: bool = Field(default=True, description="also install from <suite>-updates (same mirror)")
+    security_mirror: str = Field(
+        default="http://deb.debian.org/debian-security",
+        description="where <suite>-security comes from; empty: no security suite",
+    )
     packages: list[str] = Field(default_factory=list, description="extra packages in the base")
     size: str = Field(default="3G", pattern=r"^[0-9]+[MG]$")
     url: str | None = None
@@ -128,11 +157,28 @@ class Environment:
         return result
 
     @functools.cached_property
+    def nightly(self) -> NightlySettings:
+        """`extra.nightly`: the nightly job's channel, groups to rotate, gc mode, reports."""
+        result = self._section("nightly", NightlySettings)
+        for i, group in enumerate(result.rotate):
+            if group not in self.rotation:
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.nightly.rotate[{i}]: unknown group "
+                    f"{group!r} (groups of extra.rotation.groups: {', '.join(sorted(self.rotation)) or 'none'})"
+                )
+        return result
+
+    @functools.cached_property
     def rotation(self) -> dict[str, GroupPolicy]:
         """`extra.rotation.groups`: each group's rotation policy (`rotation.policy`)."""
         from .rotation.policy import load_policies
 
         return load_policies(self.settings.extra, self.rel(self.settings_file))
+
+    @property
+    def parents(self) -> dict[str, str | None]:
+        """Image name -> the name of its parent image (None: baked on the base)."""
+        return {n: s.parent.image if s.parent else None for n, s in self.settings.images.items()}
 
     @property
     def region(self) -> str:
@@ -165,13 +211,17 @@ class Environment:
 
     def suites(self, name: str) -> list[Path]:
         """The image suite directories that validate image `name`: its `tests:` list, else
-        tests/image/common plus tests/image/<name> when that exists (an image no longer in
+        tests/image/common, then tests/image/<ancestor> for each ancestor (a child keeps its
+        parent's promises) and tests/image/<name>, those that exist (an image no longer in
         the settings, validated again, gets the default)."""
         spec = self.settings.images.get(name)
         if spec is not None and spec.tests is not None:
             return [self.root / t for t in spec.tests]
-        own = self.root / IMAGE_SUITES / name
-        return [self.root / COMMON_SUITE] + ([own] if own.is_dir() else [])
+        from .ancestry import lineage
+
+        chain = lineage(self.parents, name) if name in self.settings.images else [name]
+        own = [self.root / IMAGE_SUITES / n for n in chain]
+        return [self.root / COMMON_SUITE] + [d for d in own if d.is_dir()]
 
     def suite_note(self, name: str) -> str | None:
         """A line for the bake output when image `name` gets the common checks only."""
@@ -249,4 +299,27 @@ def load_environment(name: str, root: Path | None = None) -> Environment:
             raise ConfigError(f"{rel}: field images.{image}.playbook: {spec.playbook} does not exist")
         for i, entry in enumerate(spec.tests or []):
             _check_suite_dir(root, rel, f"images.{image}.tests[{i}]", entry)
+    _check_parents(settings, name, rel)
     return Environment(root, name, settings)
+
+
+def _check_parents(settings: Settings, env: str, rel: str) -> None:
+    """Every parent is an image of this environment, and no image is its own ancestor."""
+    known = ", ".join(sorted(settings.images))
+    for image, spec in sorted(settings.images.items()):
+        if spec.parent is None:
+            continue
+        field = f"images.{image}.parent"
+        if spec.parent.env is not None and spec.parent.env != env:
+            raise ConfigError(
+                f"{rel}: field {field}.env: parent {spec.parent.image!r} of environment "
+                f"{spec.parent.env!r}: a parent must be an image of this environment ({env!r}, "
+                f"target {settings.target!r}), built and registered where its children are")
+        if spec.parent.image not in settings.images:
+            raise ConfigError(f"{rel}: field {field}.image: unknown image {spec.parent.image!r} (known: {known})")
+    parents = {n: s.parent.image if s.parent else None for n, s in settings.images.items()}
+    from .ancestry import find_cycle
+
+    cycle = find_cycle(parents)
+    if cycle:
+        raise ConfigError(f"{rel}: field images.{cycle[0]}.parent: a parent cycle: {' -> '.join(cycle)}")

@@ -36,9 +36,18 @@ from typing import Any
 
 from . import channels as ch
 from .adapters.proc import kill_processes_mentioning
-from .errors import ConfigError, NotFoundError
-from .fsutil import atomic_write_json, file_lock, pid_alive
-from .models import QUARANTINED, REVOKED, STATUSES, VALIDATED, ChannelHistory, ImageRecord, history_entry
+from .errors import ConfigError, IntegrityError, NotFoundError
+from .fsutil import atomic_write_json, file_lock, pid_alive, sha256_file
+from .models import (
+    CORRUPT,
+    QUARANTINED,
+    REVOKED,
+    STATUSES,
+    VALIDATED,
+    ChannelHistory,
+    ImageRecord,
+    history_entry,
+)
 
 DISABLED = "disabled"  # a retention stage (see `retention`): unusable until restored
 
@@ -165,6 +174,32 @@ class LocalStore:
         ]
         return hits[-1] if hits else None
 
+    def verified(self, image_id: str) -> Path:
+        """The image's artifact, once its sha256 matches the manifest's `artifact_sha256`.
+
+        On a mismatch (or a missing file) the image is marked `corrupt` in the catalog, so no
+        bake skips to it, builds on it or promotes it again, and IntegrityError names the image
+        and both hashes. A manifest without the hash (made before it was recorded) is trusted."""
+        rec = self.get(image_id)
+        path = self.image_dir(image_id) / rec.artifact
+        if rec.status == CORRUPT:
+            bad = rec.extra.get("corrupt") or {}
+            raise IntegrityError(f"image {image_id} is marked corrupt: its {rec.artifact} has sha256 "
+                                 f"{bad.get('actual')}, its manifest {bad.get('expected')}")
+        expected = self.manifest(image_id).get("artifact_sha256")
+        if not expected:
+            return path
+        actual = sha256_file(path) if path.is_file() else "(missing)"
+        if actual != expected:
+            with self.locked() as doc:
+                entry = doc["images"].get(image_id)
+                if entry is not None:
+                    entry.update(status=CORRUPT, corrupt={"expected": expected, "actual": actual,
+                                                          "at": ch.timestamp(datetime.now(UTC))})
+            raise IntegrityError(f"image {image_id}: {path} has sha256 {actual}, its manifest says {expected}: "
+                                 "marked corrupt, nothing will use it")
+        return path
+
     def manifest(self, image_id: str) -> dict[str, Any]:
         rec = self.get(image_id)
         base = self.quarantine_dir if rec.status == QUARANTINED else self.images_dir
@@ -205,6 +240,8 @@ class LocalStore:
         """
         ch.check_channel(channel)
         user, now = user or current_user(), now or datetime.now(UTC)
+        self._usable(self._read(), image_id)  # the clear refusals first, then the bytes
+        self.verified(image_id)
         with self.locked() as doc:
             entry = self._usable(doc, image_id)
             name = entry["name"]

@@ -104,9 +104,21 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40
     assert manifest["packer_manifest"]["builder_type"] == "qemu"
     assert (image_dir / "junit.xml").is_file()
-    # web is validated by the common checks and its own, and by nothing else
+    # web is validated by the common checks, its parent's and its own, and by nothing else
     suites = {case.get("classname") for case in ET.parse(image_dir / "junit.xml").getroot().iter("testcase")}
-    assert suites == {"tests.image.common.test_common", "tests.image.web.test_web"}, suites  # --rootdir
+    assert suites == {"tests.image.common.test_common", "tests.image.base.test_base",
+                      "tests.image.web.test_web"}, suites  # --rootdir
+    # baked on its parent, base, which was baked first (its own image, from the base disk)
+    [parent] = doc["parents"]
+    assert parent["image"] == "base" and parent["skipped"] is False
+    assert {k: manifest["parent"][k] for k in ("id", "name", "channel")} == {
+        "id": parent["image_id"], "name": "base", "channel": None}
+    assert manifest["base"]["source"] == f"image:{parent['image_id']}"
+    assert "parent:image" in manifest["fingerprint_inputs"]
+    base_manifest = json.loads((image_dir.parent / parent["image_id"] / "manifest.json").read_text())
+    assert base_manifest["base"]["source"].startswith("mmdebstrap:") and "parent" not in base_manifest
+    assert manifest["parent"]["fingerprint"] == base_manifest["fingerprint"]
+    assert manifest["base"]["identity"] == f"sha256:{base_manifest['artifact_sha256']}"
     assert (image_dir / "sbom.cdx.json").is_file()
     # where the build's time went, kept with the image and shown at the end of the bake
     timings = manifest["timings"]
@@ -120,8 +132,8 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert not list((shared["home"] / "store" / ".tmp").iterdir())
 
     listed = json.loads(run_invoke("images", "--json", env=env_for(shared)).stdout)
-    assert [i["id"] for i in listed["images"]] == [doc["image_id"]]
-    assert listed["images"][0]["status"] == "validated"
+    assert [(i["name"], i["id"], i["status"]) for i in listed["images"]] == [
+        ("base", parent["image_id"], "validated"), ("web", doc["image_id"], "validated")]
     shown = run_invoke("images", "--image-id", doc["image_id"], env=env_for(shared))
     assert shown.returncode == 0 and "slowest tasks (of " in shown.stdout, shown.stdout
 
@@ -129,12 +141,70 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert again.returncode == 0, again.stderr
     redo = json.loads(again.stdout)
     assert redo["skipped"] is True and redo["image_id"] == doc["image_id"]
+    assert redo["parents"] == [{"image": "base", "image_id": parent["image_id"], "skipped": True}]
     assert "up to date" in again.stderr
 
 
+def test_bake_all_builds_only_the_missing_leaf_in_parallel_workers(shared: dict[str, Path]) -> None:
+    """After web (and base) above: `bake --all --jobs 2` skips both and bakes cache on base,
+    each image in a worker process of its own."""
+    res = run_invoke("bake", "--all", "--jobs", "2", "--json", env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    rows = {r["image"]: r for r in doc["images"]}
+    assert [r["image"] for r in doc["images"]] == ["base", "cache", "web"] and doc["jobs"] == 2
+    assert rows["base"]["state"] == "skipped" and rows["web"]["state"] == "skipped"
+    assert rows["cache"]["state"] == "built" and rows["cache"]["status"] == "validated"
+    assert rows["cache"]["result"]["parent"]["id"] == rows["base"]["image_id"]
+    assert "[cache] " in res.stderr and "images: building" in res.stderr
+    cache_dir = Path(rows["cache"]["result"]["artifact"]).parent
+    suites = {case.get("classname") for case in ET.parse(cache_dir / "junit.xml").getroot().iter("testcase")}
+    assert suites == {"tests.image.common.test_common", "tests.image.base.test_base",
+                      "tests.image.cache.test_cache"}, suites
+    assert {p["name"] for p in json.loads((cache_dir / "manifest.json").read_text())["packages"]} >= {"memcached"}
+
+    tree = run_invoke("images", "--tree", env=env_for(shared))
+    assert tree.returncode == 0 and "  cache (on base)" in tree.stdout and "outdated" not in tree.stdout, tree.stdout
+
+
+def _fingerprints(project: Path, shared: dict[str, Path]) -> dict[str, str | None]:
+    res = run_invoke("fingerprint", "--json", root=project, env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return {r["image"]: r["up_to_date"] for r in json.loads(res.stdout)["images"]}
+
+
+def test_what_a_change_rebuilds(shared: dict[str, Path], tmp_path: Path) -> None:
+    """Against the family baked above: a leaf role's change makes only that leaf out of date;
+    a change to the base role makes all three out of date (what `bake --all` then rebuilds)."""
+    assert all(_fingerprints(ROOT, shared).values())
+    leaf = copy_project(tmp_path / "leaf")
+    (leaf / "roles/cache/defaults/main.yml").write_text(
+        (leaf / "roles/cache/defaults/main.yml").read_text().replace("cache_memory_mb: 64", "cache_memory_mb: 96"))
+    changed = _fingerprints(leaf, shared)
+    assert changed["cache"] is None and changed["base"] and changed["web"], changed
+    root = copy_project(tmp_path / "root")
+    (root / "roles/base/defaults/main.yml").write_text(
+        (root / "roles/base/defaults/main.yml").read_text().replace("base_journald_system_max_use: 200M",
+                                                                      "base_journald_system_max_use: 300M"))
+    assert _fingerprints(root, shared) == {"base": None, "cache": None, "web": None}
+    explained = run_invoke("fingerprint", "--image", "web", "--against",
+                           _image_id(shared, "web"), root=root, env=env_for(shared))
+    assert "parent changed" in explained.stdout, explained.stdout
+
+
+def _image_id(shared: dict[str, Path], name: str) -> str:
+    listed = json.loads(run_invoke("images", "--json", "--image", name, env=env_for(shared)).stdout)
+    return str(listed["images"][-1]["id"])
+
+
 def _small_project(tmp_path: Path, playbook: str) -> Path:
+    """A copy whose web image runs `playbook` on the base disk itself (no parent to bake)."""
     project = copy_project(tmp_path / "project")
     (project / "playbooks" / "web.yml").write_text(playbook)
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    assert "    parent: base          #" in text
+    settings.write_text(text.replace("    parent: base          #", "    #", 1))
     return project
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 
 from goldenimage.aws import iam
@@ -134,7 +135,8 @@ def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "inventories").mkdir(parents=True)
     shutil.copytree(REPO / "inventories" / "sandbox", root / "inventories" / "sandbox")
     (root / "playbooks").mkdir()
-    (root / "playbooks" / "web.yml").write_text("- hosts: web\n  tasks: []\n")
+    for image in ("base", "web"):  # the sandbox's family: web on base
+        (root / "playbooks" / f"{image}.yml").write_text("- hosts: all\n  tasks: []\n")
     (root / "packer").mkdir()
     monkeypatch.setenv("GOLDENIMAGE_ROOT", str(root))
     monkeypatch.setenv("GOLDENIMAGE_HOME", str(tmp_path / "home"))
@@ -177,3 +179,44 @@ def _calls_are_in_iam_list(request: pytest.FixtureRequest) -> Iterator[None]:
 def api_calls_seen() -> set[str]:
     """Every IAM action the suite has called so far (for reports)."""
     return set(_all_calls)
+
+
+# -- a project whose aws environment talks to the moto server ------------------------------
+class MotoAws:
+    """A project copy whose `aws` environment (us-east-1) talks to the moto server, and an
+    EC2 client to make AMIs there."""
+
+    def __init__(self, root: Path, ec2: Any) -> None:
+        self.root = root
+        self.ec2 = ec2
+
+    def settings(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Rewrite the aws environment's settings (a parsed YAML document) in place."""
+        path = self.root / "inventories" / "aws" / "goldenimage.yml"
+        doc = yaml.safe_load(path.read_text())
+        change(doc)
+        path.write_text(yaml.safe_dump(doc))
+
+    def ami(self, name: str) -> str:
+        """A registered AMI (one snapshot) named `name`."""
+        ec2 = self.ec2
+        snap = ec2.create_snapshot(VolumeId=ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"])
+        return str(ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64",
+                                      BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                                            "Ebs": {"SnapshotId": snap["SnapshotId"]}}])["ImageId"])
+
+
+@pytest.fixture
+def moto_aws(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MotoAws:
+    from tests.conftest import copy_project
+
+    root = copy_project(tmp_path / "project")
+    for k, v in {"GOLDENIMAGE_ROOT": str(root), "GOLDENIMAGE_HOME": str(tmp_path / "home"),
+                 "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    world = MotoAws(root, boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint,
+                                       aws_access_key_id="testing", aws_secret_access_key="testing"))
+    world.settings(lambda doc: doc.update(region="us-east-1"))
+    return world

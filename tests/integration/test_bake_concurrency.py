@@ -29,13 +29,14 @@ def test_second_bake_waits_then_reports_up_to_date(project: Path, tmp_path: Path
     env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(home)}
     fp = json.loads(subprocess.run([sys.executable, "-m", "invoke", "fingerprint", "--json"], cwd=project,
                                    env=env, capture_output=True, text=True, check=True).stdout)
-    fingerprint = fp["images"][0]["fingerprint"]
+    fingerprint = {r["image"]: r["fingerprint"] for r in fp["images"]}["base"]  # base has no parent
     store = LocalStore(home / "store")
 
-    with file_lock(store.root / "locks" / "web.lock"):  # a bake of web is running
+    with file_lock(store.root / "locks" / "base.lock"):  # a bake of base is running
         log = tmp_path / "second.log"
         with log.open("w") as fh:
-            second = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--json"], cwd=project, env=env,
+            second = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--image", "base", "--json"],
+                                      cwd=project, env=env,
                                       stdout=subprocess.PIPE, stderr=fh, text=True)
         deadline = time.monotonic() + 60
         while "waiting for it to finish" not in log.read_text():
@@ -43,10 +44,10 @@ def test_second_bake_waits_then_reports_up_to_date(project: Path, tmp_path: Path
             assert time.monotonic() < deadline
             time.sleep(0.2)
         # the running bake finishes: it registers its validated image, then lets go of the lock
-        put_validated(store.root, "web-first", fingerprint)
+        put_validated(store.root, "base-first", fingerprint, name="base")
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, log.read_text()
     doc = json.loads(out)
-    assert doc["skipped"] is True and doc["image_id"] == "web-first"
-    assert json.loads(store.catalog_path.read_text())["images"].keys() == {"web-first"}
+    assert doc["skipped"] is True and doc["image_id"] == "base-first"
+    assert json.loads(store.catalog_path.read_text())["images"].keys() == {"base-first"}
     assert not list(store.tmp_dir.iterdir())

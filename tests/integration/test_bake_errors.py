@@ -156,3 +156,47 @@ def test_missing_image_suite_directory(project: Path, tmp_path: Path, entry: str
     assert res.returncode == 2, res.stderr
     assert_one_error_line(res.stderr, "inventories/local/goldenimage.yml", "field images.web.tests[1]", fragment)
     assert_nothing_written(home)
+
+
+@pytest.mark.parametrize(
+    ("parent", "field", "fragment"),
+    [("db", "field images.web.parent.image", "unknown image 'db' (known: base, cache, web)"),
+     ("web", "field images.web.parent", "a parent cycle: web -> web"),
+     ("{image: base, env: aws}", "field images.web.parent.env", "a parent must be an image of this environment")],
+)
+def test_bad_parent(project: Path, tmp_path: Path, parent: str, field: str, fragment: str) -> None:
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    assert "    parent: base          #" in text
+    settings.write_text(text.replace("    parent: base          #", f"    parent: {parent}          #", 1))
+    home = tmp_path / "home"
+    res = run_invoke("bake", "--all", root=project, home=home)
+    assert res.returncode == 2, res.stderr
+    assert_one_error_line(res.stderr, "inventories/local/goldenimage.yml", field, fragment)
+    assert_nothing_written(home)
+
+
+def test_parent_cycle_through_two_images(project: Path, tmp_path: Path) -> None:
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    text = text.replace("    playbook: playbooks/base.yml\n", "    playbook: playbooks/base.yml\n    parent: cache\n", 1)
+    settings.write_text(text)
+    home = tmp_path / "home"
+    res = run_invoke("bake", root=project, home=home)
+    assert res.returncode == 2, res.stderr
+    assert_one_error_line(res.stderr, "field images.base.parent", "a parent cycle: base -> cache -> base")
+    assert_nothing_written(home)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--all", "--jobs", "0"], "--jobs: must be at least 1 (got 0)"),
+    (["--image", "web,db"], "unknown image 'db'"),
+    (["--all", "--image", "web"], "--all and --image: give one or the other"),
+])
+def test_bad_bake_all_options(project: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    home = tmp_path / "home"
+    res = run_invoke("bake", *args, root=project, home=home)
+    assert res.returncode == 2, res.stderr
+    assert_one_error_line(res.stderr, fragment)
+    assert_nothing_written(home)
+

@@ -46,16 +46,16 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
 ) -> None:
     project, env = sandbox_env
     fp = json.loads(invoke(project, env, "fingerprint", "--env", "sandbox", "--json").stdout)
-    fingerprint = fp["images"][0]["fingerprint"]
+    fingerprint = {r["image"]: r["fingerprint"] for r in fp["images"]}["base"]  # base has no parent
     store = LocalStore(tmp_path / "home" / "store")
-    put_validated(store.root, "web-local-1", fingerprint, env="sandbox")  # what a finished bake left
+    put_validated(store.root, "base-local-1", fingerprint, env="sandbox", name="base")  # a finished bake
 
-    first = invoke(project, env, "bake", "--env", "sandbox", "--json")
+    first = invoke(project, env, "bake", "--env", "sandbox", "--image", "base", "--json")
     assert first.returncode == 0, first.stderr
     doc = json.loads(first.stdout)
     assert doc["skipped"] is True and doc["registered"]["new"] is True
     ami = doc["registered"]["image_id"]
-    again = json.loads(invoke(project, env, "bake", "--env", "sandbox", "--json").stdout)
+    again = json.loads(invoke(project, env, "bake", "--env", "sandbox", "--image", "base", "--json").stdout)
     assert again["registered"] == {"image_id": ami, "new": False}
 
     revoked = invoke(project, env, "revoke", "--env", "sandbox", "--image-id", ami, "--reason", "CVE")
@@ -63,7 +63,7 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
 
     log = tmp_path / "third.log"
     with log.open("w") as fh:
-        third = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--env", "sandbox", "--json"],
+        third = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--env", "sandbox", "--image", "base", "--json"],
                                  cwd=project, env=env, stdout=subprocess.PIPE, stderr=fh, text=True)
     try:
         wait_for_output(log, third, "==> build", timeout=120, poll=0.2)
@@ -73,6 +73,6 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
         if third.poll() is None:
             third.kill()
     text = log.read_text()
-    assert "web-local-1 is revoked in sandbox" in text and "up to date" not in text
+    assert "base-local-1 is revoked in sandbox" in text and "up to date" not in text
     assert third.returncode == 1 and json.loads(out)["ok"] is False
-    assert [r.id for r in store.list("web")] == ["web-local-1"]
+    assert [r.id for r in store.list("base")] == ["base-local-1"]

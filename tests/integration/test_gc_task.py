@@ -69,7 +69,7 @@ def test_gc_task_bad_policy_is_exit_2(tmp_path: Path) -> None:
     res = run_invoke("gc", root=root, home=tmp_path / "home")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "error: inventories/local/goldenimage.yml: field extra.retention.images.web.keep: "
+        "error: inventories/local/goldenimage.yml: field extra.retention.images.base.keep: "
         "Input should be greater than or equal to 0"]
 
 

@@ -1,7 +1,8 @@
-"""The base and web roles converge: a second run on the same VM changes nothing.
+"""The base, web and cache roles converge: a second run on the same VM changes nothing.
 
 Boots a throwaway VM from the default base disk (built once per test session) with the
-library's QEMU adapter, runs playbooks/web.yml with hygiene switched off twice (with the
+library's QEMU adapter, runs the family's playbooks (base.yml, then web.yml and cache.yml,
+which bakes run on the base image) with hygiene switched off twice (with the
 Ansible strategy bakes use, adapters/ansible.py), and asserts the second run reports changed=0.
 """
 
@@ -32,6 +33,7 @@ SSH_OPTIONS = [
     "-o",
     "LogLevel=ERROR",
 ]
+PLAYBOOKS = ("base", "web", "cache")  # in one ansible-playbook run: one recap
 EXTRA_VARS = {
     "hygiene_enabled": False,
     "goldenimage_image_name": "web",
@@ -89,7 +91,7 @@ def run_playbook(
             str(inventory),
             "-e",
             json.dumps(extra_vars),
-            str(REPO / "playbooks" / "web.yml"),
+            *(str(REPO / "playbooks" / f"{p}.yml") for p in PLAYBOOKS),
         ],
         cwd=REPO,
         env=env,
@@ -120,7 +122,7 @@ def changed_tasks(output: str) -> list[str]:
 # --- the test -------------------------------------------------------------------------------
 
 
-def test_base_and_web_are_idempotent(base_image: Path, tmp_path: Path) -> None:
+def test_the_family_roles_are_idempotent(base_image: Path, tmp_path: Path) -> None:
     reporter = Reporter(quiet=True)
     accel = qemu.choose_accelerator("auto", base_image, base_image.parent.parent, reporter)
     with qemu.boot(base_image, tmp_path / "vm", accelerator=accel, cpus=2, memory=1024, timeout=600,

@@ -228,6 +228,9 @@ def test_remote_targets_use_their_registry(
         def rollback_target(self, name: str, channel: str) -> str:
             return "ami-1"
 
+        def list(self, name: str | None = None) -> list[ImageRecord]:
+            return [self.get("ami-2")]
+
     monkeypatch.setattr(AwsSide, "registry", lambda self: FakeRegistry())
     p = commands.promote("local", "ami-2", "stable", quiet(), root=root)
     assert p["target"] == target and p["rollback_target"] == "ami-1"

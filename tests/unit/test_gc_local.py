@@ -323,3 +323,18 @@ def test_a_real_process_in_proc_protects(tmp_path: Path, store: LocalStore) -> N
         child.kill()
         child.wait()
     assert not usage.vm_references({"web-4": disk})
+
+
+def test_a_parent_with_a_registered_child_is_kept(root: Path, store: LocalStore) -> None:
+    world(store)
+    files = store.root / "work" / "other-1"
+    files.mkdir(parents=True)
+    (files / "disk.qcow2").write_bytes(b"child")
+    parent = {"id": "web-4", "name": "web", "fingerprint": "f" * 64, "channel": None}
+    store.put(ImageRecord(id="other-1", name="other", env="local", fingerprint="e" * 64, created="2026-11-29T00:00:00Z",
+                          status="validated", artifact="disk.qcow2", extra={"parent": parent}),
+              {"id": "other-1", "name": "other", "parent": parent}, files)
+    got = actions(run_gc(root))
+    assert got["web-4"] == "keep: parent of other-1"
+    assert got["web-5"].startswith("deprecate:")  # no child: collected as before
+    assert run_gc(root, apply=True)["changes"] and store.get("web-4").extra.get("stage") is None

@@ -30,7 +30,12 @@ def set_tests(project: Path, image: str, tests: str) -> None:
 # -- selection ---------------------------------------------------------------------------
 def test_the_project_splits_common_and_web(project: Path) -> None:
     env = load_environment("local", project)
-    assert env.suites("web") == [project / "tests/image/common", project / "tests/image/web"]
+    # web is baked on base: it keeps base's checks and adds its own; cache has nothing of web's
+    assert env.suites("web") == [project / "tests/image/common", project / "tests/image/base",
+                                 project / "tests/image/web"]
+    assert env.suites("cache") == [project / "tests/image/common", project / "tests/image/base",
+                                   project / "tests/image/cache"]
+    assert env.suites("base") == [project / "tests/image/common", project / "tests/image/base"]
     assert env.suite_note("web") is None
 
 
@@ -179,7 +184,7 @@ def test_the_ami_validation_runs_the_images_suites(project: Path, tmp_path: Path
     env = load_environment("aws", project)
     check = AwsTarget(env).remote_check({"image_name": "web", "image_id": "x"}, tmp_path)
     assert isinstance(check, TestinfraCheck)
-    assert check.suites == [project / "tests/image/common", project / "tests/image/web"]
+    assert check.suites == [project / "tests/image/common", project / "tests/image/base", project / "tests/image/web"]
     assert check.root == project and check.note is None
     other = AwsTarget(env).remote_check({"image_name": "db", "image_id": "y"}, tmp_path)
     assert isinstance(other, TestinfraCheck)

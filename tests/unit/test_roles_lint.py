@@ -24,6 +24,8 @@ from ansible.parsing.mod_args import ModuleArgsParser
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
 PLAYBOOK = REPO / "playbooks" / "web.yml"
+# the family: base is baked from the Debian base disk, web and cache on the base image
+PLAYBOOKS = {"base": ["base", "hygiene"], "web": ["web", "hygiene"], "cache": ["cache", "hygiene"]}
 INVENTORY = REPO / "inventories" / "local" / "hosts.yml"
 ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if (p / "tasks" / "main.yml").is_file())
 TASK_FILES = sorted(
@@ -99,7 +101,7 @@ def prefixed(name: str, role: str) -> bool:
 
 
 def test_roles_exist() -> None:
-    assert ROLES == ["base", "hygiene", "web"]
+    assert ROLES == ["base", "cache", "hygiene", "web"]
     assert len(TASK_FILES) >= 6
 
 
@@ -254,13 +256,14 @@ def test_jinja_name_finder_sees_foreign_variables() -> None:
     assert names_in_value(task) == {"other_var", "x_enabled"}
 
 
-def test_playbook_runs_base_web_hygiene_in_order() -> None:
-    plays = load_yaml(PLAYBOOK)
+@pytest.mark.parametrize(("image", "expected"), sorted(PLAYBOOKS.items()))
+def test_playbook_runs_its_roles_then_hygiene(image: str, expected: list[str]) -> None:
+    plays = load_yaml(REPO / "playbooks" / f"{image}.yml")
     assert len(plays) == 1
     play = plays[0]
     assert play["hosts"] == "all" and play["become"] is True
     roles = [r["role"] if isinstance(r, dict) else r for r in play["roles"]]
-    assert roles == ["base", "web", "hygiene"]
+    assert roles == expected
     assert not any(k in play for k in ("tasks", "pre_tasks", "post_tasks")), (
         "hygiene must be the last thing the play does"
     )
@@ -286,7 +289,8 @@ def test_hygiene_removes_the_build_key_last() -> None:
     assert last["ansible.builtin.file"]["path"] == "{{ hygiene_build_user_keys_file }}"
 
 
-def test_playbook_syntax_check() -> None:
+@pytest.mark.parametrize("image", sorted(PLAYBOOKS))
+def test_playbook_syntax_check(image: str) -> None:
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"}
     result = subprocess.run(
         [
@@ -294,7 +298,7 @@ def test_playbook_syntax_check() -> None:
             "--syntax-check",
             "-i",
             str(INVENTORY),
-            str(PLAYBOOK),
+            str(REPO / "playbooks" / f"{image}.yml"),
         ],
         cwd=REPO,
         env=env,

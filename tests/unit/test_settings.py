@@ -29,7 +29,7 @@ def test_unknown_environment_names_the_value(project: Path, name: str) -> None:
 
 def test_unknown_image_lists_the_known_ones(project: Path) -> None:
     env = load_environment("local", project)
-    with pytest.raises(NotFoundError, match=r"unknown image 'db' in inventories/local/goldenimage.yml \(known: web\)"):
+    with pytest.raises(NotFoundError, match=r"unknown image 'db' in inventories/local/goldenimage.yml \(known: base, cache, web\)"):
         env.image("db")
 
 

@@ -5,6 +5,14 @@ cloud-init for a NoCloud seed) is keyed by the hash of its inputs; the finished 
 cached under that key together with its own content hash, which is the base identity that
 image fingerprints use. A user may instead point the environment at a cloud image (path or
 URL plus checksum): then that file, verified, is the base.
+
+The archive the disk was built from is recorded with it (`base.json`, key `archive`): its
+sources (suite, -updates, -security), the Date and sha256 of each source's Release file
+fetched just before mmdebstrap ran, and the installed packages (name, version, arch, source
+package). Nightly's drift check compares the archive with that record; a drifted base is
+marked stale (`stale.json` beside it) and the next `ensure_base_image` rebuilds it under the
+same recipe key. Its content hash -- the base identity -- changes with the new packages, so
+every image's fingerprint changes.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -21,14 +30,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .. import drift
 from ..errors import ConfigError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, sha256_file
 from ..progress import Reporter
 from ..settings import BaseImageSpec
-from . import proc
+from . import archive, proc
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"  # 5: suite-updates and suite-security sources; the archive record
 PACKAGES = (
     "systemd-sysv", "openssh-server", "python3", "python3-apt", "sudo",
     "linux-image-cloud-amd64", "ifupdown", "isc-dhcp-client", "iproute2", "netbase",
@@ -37,6 +48,10 @@ PACKAGES = (
 PART_START = 2048  # sectors of 512 bytes
 MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
 ROOT_UUID = "5c8f3a1e-3d1b-4f0e-9b7a-60d1e11d0b45"  # fixed: the recipe is reproducible
+ARCH = "amd64"
+RECORD = "base.json"
+STALE = "stale.json"
+INSTALLED_FORMAT = r"${Package}\t${Version}\t${Architecture}\t${source:Package}\n"
 
 EXTLINUX_CONF = """\
 SERIAL 0 115200
@@ -75,11 +90,23 @@ class BaseImage:
         return f"sha256:{self.sha256}"
 
 
+def archive_sources(spec: BaseImageSpec) -> list[drift.Source]:
+    """The apt sources the base is built from: the suite, its -updates (unless `updates:
+    false`) and its -security suite (unless `security_mirror` is empty), component main."""
+    out = [drift.Source(spec.mirror, spec.suite)]
+    if spec.updates:
+        out.append(drift.Source(spec.mirror, f"{spec.suite}-updates"))
+    if spec.security_mirror:
+        out.append(drift.Source(spec.security_mirror, f"{spec.suite}{drift.SECURITY_MARK}"))
+    return out
+
+
 def recipe_key(spec: BaseImageSpec, mmdebstrap_version: str) -> str:
     doc = {
         "recipe": RECIPE_VERSION,
         "suite": spec.suite,
         "mirror": spec.mirror,
+        "sources": [s.as_dict() for s in archive_sources(spec)],
         "packages": sorted({*PACKAGES, *spec.packages}),
         "size": spec.size,
         "hooks": list(HOOKS),
@@ -96,19 +123,32 @@ def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> B
     key = recipe_key(spec, version)
     final = cache / key
     with file_lock(cache / f"{key}.lock"):
-        meta = final / "base.json"
-        if meta.is_file():
+        meta = final / RECORD
+        stale = final / STALE
+        if meta.is_file() and not stale.is_file():
             doc = json.loads(meta.read_text())
             reporter.info(f"    base image cached: {final / 'base.qcow2'}")
             return BaseImage(final / "base.qcow2", doc["sha256"], f"mmdebstrap:{key}")
+        if stale.is_file():
+            why = json.loads(stale.read_text()).get("reason", "")
+            reporter.info(f"    base image {key} is stale ({why}): rebuilding it")
         cache.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
         try:
+            sources = archive_sources(spec)
+            try:
+                releases = [r.as_dict() for r in archive.releases(sources)]
+            except OperationFailed as exc:  # recorded as unknown: the next drift check reads the indexes
+                reporter.warn(f"base image: cannot record the archive's Release files: {exc}")
+                releases = []
             disk = _build(spec, work, reporter)
             digest = sha256_file(disk)
-            atomic_write_json(work / "base.json", {
+            installed = drift.parse_installed((work / "installed.tsv").read_text())
+            atomic_write_json(work / RECORD, {
                 "sha256": digest, "recipe": key, "suite": spec.suite, "mirror": spec.mirror,
                 "packages": sorted({*PACKAGES, *spec.packages}), "mmdebstrap": version,
+                "archive": {"sources": [s.as_dict() for s in sources], "releases": releases, "arch": ARCH,
+                            "installed": [p.as_dict() for p in installed]},
             })
             if final.exists():
                 shutil.rmtree(final)
@@ -175,12 +215,15 @@ def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
         raise ConfigError(f"{MBR_BIN} missing: install syslinux-common (`invoke setup`)")
     rootfs = work / "rootfs.tar"
     packages = ",".join(sorted({*PACKAGES, *spec.packages}))
-    reporter.step(f"mmdebstrap {spec.suite} from {spec.mirror}")
+    reporter.step(f"mmdebstrap {spec.suite} from {', '.join(s.suite for s in archive_sources(spec))}")
+    record = installed_hook(work / "installed.tsv")
     argv = [
         "mmdebstrap", "--variant=minbase", f"--include={packages}",
         "--aptopt=Acquire::Retries \"3\"",
+        f"--customize-hook={record}",
         *[f"--customize-hook={h}" for h in HOOKS],
-        spec.suite, str(rootfs), spec.mirror,
+        spec.suite, str(rootfs),
+        *[f"deb {s.uri} {s.suite} {s.component}" for s in archive_sources(spec)],
     ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
     res = proc.run(argv, env=env, on_line=lambda ln: reporter.step(f"mmdebstrap: {ln}"))
@@ -221,6 +264,55 @@ def _build(spec: BaseImageSpec, work: Path, reporter: Reporter) -> Path:
     return disk
 
 
+def installed_hook(out: Path) -> str:
+    """The mmdebstrap customize hook writing the installed packages (name, version, arch,
+    source package) to `out`, from dpkg's own database in the new root ("$1")."""
+    return f"dpkg-query --admindir=\"$1/var/lib/dpkg\" -W -f='{INSTALLED_FORMAT}' > {shlex.quote(str(out))}"
+
+
 def _size_bytes(size: str) -> int:
     unit = {"M": 1 << 20, "G": 1 << 30}[size[-1]]
     return int(size[:-1]) * unit
+
+
+# -- the archive record and nightly's drift check -------------------------------------------
+def cached_dir(cache: Path, source: str) -> Path | None:
+    """The cache directory of an mmdebstrap base named by an image's `base.source`
+    ("mmdebstrap:<key>"); None for a user's cloud image."""
+    if not source.startswith("mmdebstrap:"):
+        return None
+    return cache / source.split(":", 1)[1]
+
+
+def read_record(directory: Path) -> dict[str, Any] | None:
+    """The base's `base.json`, None when the base is not cached."""
+    meta = directory / RECORD
+    if not meta.is_file():
+        return None
+    doc: dict[str, Any] = json.loads(meta.read_text())
+    return doc
+
+
+def stale_reason(directory: Path) -> str | None:
+    path = directory / STALE
+    if not path.is_file():
+        return None
+    return str(json.loads(path.read_text()).get("reason", "stale"))
+
+
+def mark_stale(directory: Path, reason: str, at: str) -> None:
+    """The next `ensure_base_image` of this recipe rebuilds the base (the old disk stays in
+    place, and in use, until the new one replaces it)."""
+    with file_lock(directory.parent / f"{directory.name}.lock"):
+        atomic_write_json(directory / STALE, {"reason": reason, "at": at})
+
+
+def record_releases(directory: Path, releases: list[drift.ReleaseState]) -> None:
+    """The archive moved but nothing installed in the base is newer: the Release files of now
+    become the record, so that the next check stops at the cheap step again."""
+    with file_lock(directory.parent / f"{directory.name}.lock"):
+        doc = read_record(directory)
+        if doc is None or "archive" not in doc:
+            return
+        doc["archive"]["releases"] = [r.as_dict() for r in releases]
+        atomic_write_json(directory / RECORD, doc)

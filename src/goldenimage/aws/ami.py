@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from ..errors import ConfigError, NotFoundError
-from ..models import TAG
+from ..models import PARENT_FINGERPRINT_TAG, PARENT_ID_TAG, PARENT_NAME_TAG, TAG
 from ..sections import BaseAmiSpec
 from ..settings import SETTINGS_FILE, Environment
 from .clients import Clients
@@ -114,6 +114,10 @@ def packer_vars(
         TAG + "env": env.name,
         TAG + "local-id": image_id,
     }
+    parent = base.get("parent")
+    if isinstance(parent, dict):  # a child image: the parent AMI it was built on
+        tags.update({PARENT_ID_TAG: parent["id"], PARENT_NAME_TAG: parent["name"],
+                     PARENT_FINGERPRINT_TAG: parent["fingerprint"]})
     return {
         "aws_region": env.region,
         "aws_profile": aws.profile or "",

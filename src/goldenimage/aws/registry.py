@@ -33,7 +33,15 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped, unus
 
 from .. import channels as ch
 from ..errors import ConfigError, NotFoundError
-from ..models import STATUSES, TAG, ImageRecord, history_entry
+from ..models import (
+    PARENT_FINGERPRINT_TAG,
+    PARENT_ID_TAG,
+    PARENT_NAME_TAG,
+    STATUSES,
+    TAG,
+    ImageRecord,
+    history_entry,
+)
 from ..sections import PARAMETER_PREFIX
 from .clients import Clients
 from .errors import aws_errors, code_means, error_code
@@ -155,6 +163,9 @@ class AwsRegistry:
             "state": image.get("State", ""),
             "ami_name": image.get("Name", ""),
         }
+        if tags.get(PARENT_ID_TAG):
+            extra["parent"] = {"id": tags[PARENT_ID_TAG], "name": tags.get(PARENT_NAME_TAG, ""),
+                               "fingerprint": tags.get(PARENT_FINGERPRINT_TAG, ""), "channel": None}
         if tags.get(TAG + "revoked-reason"):
             extra["revoked_reason"] = tags[TAG + "revoked-reason"]
             extra["revoked_at"] = tags.get(TAG + "revoked-at", "")
@@ -418,6 +429,10 @@ class AwsRegistry:
             "env": self.env,
             "local-id": record.id,
         }
+        parent = manifest.get("parent")
+        if isinstance(parent, dict):  # a child image: the parent's AMI (else its id) it stands on
+            facts.update({"parent-id": parent.get("ami") or parent["id"], "parent-name": parent["name"],
+                          "parent-fingerprint": parent["fingerprint"]})
         return [{"Key": TAG + k, "Value": str(v)[:256]} for k, v in facts.items()] + [
             {"Key": "Name", "Value": f"goldenimage {record.name} {record.id}"[:256]}
         ]

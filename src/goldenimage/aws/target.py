@@ -35,7 +35,7 @@ from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, V
 from ..models import ENV_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
-from ..sections import AwsSettings
+from ..sections import AwsSettings, BaseAmiSpec
 from ..settings import Environment
 from ..targets import Base, Checked, GcWorld, Job, Result, Target
 from . import collect, leftovers, references
@@ -312,11 +312,19 @@ class AwsTarget(AwsSide):
     def detect_tools(self) -> Tools:
         return detect_tools(local=False)
 
-    def resolve_base(self, reporter: Reporter) -> Base:
-        base = resolve_base_ami(self.clients, self.aws.base_ami)
+    def resolve_base(self, reporter: Reporter, parent: ImageRecord | None = None) -> Base:
+        base: dict[str, Any]
+        if parent is None:
+            base = resolve_base_ami(self.clients, self.aws.base_ami)
+        else:  # the parent's AMI is the source AMI; its tags record the ancestry
+            base = {**resolve_base_ami(self.clients, BaseAmiSpec(id=parent.id)),
+                    "parent": {"id": parent.id, "name": parent.name, "fingerprint": parent.fingerprint}}
         region = self.clients.ctx.region
         reporter.info(f"    base {base['id']} ({base['name'] or 'unnamed'}) in {region}")
         return Base(f"ami:{region}:{base['id']}", base, {"region": region, "base_ami": base["id"]})
+
+    def parent_base_identity(self, parent: ImageRecord, manifest: dict[str, Any]) -> str:
+        return f"ami:{self.clients.ctx.region}:{parent.id}"
 
     def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
         return self.registry().find_by_fingerprint(name, fingerprint)
@@ -369,6 +377,7 @@ class AwsTarget(AwsSide):
                 "id": img.id, "name": img.name, "env": self.env.name, "fingerprint": img.fingerprint,
                 "fingerprint_inputs": fingerprint.as_manifest(job.inputs), "created": img.build_time,
                 "status": status, "ami_id": home, "amis": dict(amis), "base_ami": base["id"], "base": base,
+                **({"parent": job.ancestry()} if job.parent else {}),
                 "git_commit": git.get("commit") or "", "git": git, "tools": job.tools.versions(),
                 "validation": {"status": status, "failures": checked.failures,
                                "instance": validated.get("instance_id"), "cleaned_up": validated.get("cleaned_up")},

@@ -120,7 +120,13 @@ class SandboxTarget(LocalTarget, AwsSide):
         existing = remote.find_by_fingerprint(rec.name, rec.fingerprint)
         if existing is not None:
             return {"image_id": existing.id, "new": False}
+        self.store.verified(rec.id)  # the bytes that were validated, or nothing is registered
+        manifest = self.store.manifest(rec.id)
+        parent = manifest.get("parent")
+        if isinstance(parent, dict):  # the parent's AMI here, registered before its children
+            ami = next((r.id for r in remote.list(parent["name"]) if r.extra.get("local_id") == parent["id"]), None)
+            manifest["parent"] = {**parent, "ami": ami}
         with reporter.phase("register-remote", f"register {rec.id} in {self.env.name}"):
-            done = remote.put(rec, self.store.manifest(rec.id))
+            done = remote.put(rec, manifest)
             reporter.info(f"registered {done.id} ({done.name}, {done.status}) in {done.extra['region']}")
         return {"image_id": done.id, "new": True}

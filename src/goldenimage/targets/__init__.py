@@ -82,6 +82,14 @@ class Job:
     ws: Path
     artifacts: dict[str, Any] = field(default_factory=dict)  # what the build made so far
     finished: bool = False  # registered (validated or quarantined): nothing to discard
+    parent: ImageRecord | None = None  # the image this one is baked on (image families)
+    parent_channel: str | None = None  # the parent's channel it was taken from
+
+    def ancestry(self) -> dict[str, Any] | None:
+        """What the manifest, catalog and tags record of the parent (None: on the base)."""
+        from ..build import ancestry
+
+        return ancestry(self.parent, self.parent_channel)
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,18 @@ class Target(ABC):
         return None
 
     @abstractmethod
-    def resolve_base(self, reporter: Reporter) -> Base:
-        """What the image is built on, resolved now (its identity joins the fingerprint)."""
+    def resolve_base(self, reporter: Reporter, parent: ImageRecord | None = None) -> Base:
+        """What the image is built on, resolved now (its identity joins the fingerprint): the
+        environment's base, or the artifact of `parent` (a validated image of a parent name)."""
+
+    def parent_base_identity(self, parent: ImageRecord, manifest: dict[str, Any]) -> str:
+        """The base identity a child baked on `parent` (with that `manifest`) has, as
+        `resolve_base(.., parent)` gives it, known without resolving (`invoke fingerprint`)."""
+        return f"image:{parent.id}"
+
+    def parent_registry(self) -> ImageRegistry:
+        """Where a child's parent image is looked up (the registry its artifact is in)."""
+        return self.registry()
 
     def base_identity(self, reporter: Reporter) -> str:
         """The base's identity alone (`invoke fingerprint`): the bake's, without its extras."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import fingerprint, retention, sbom
+from .. import ancestry, fingerprint, retention, sbom
 from ..adapters import baseimage, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
@@ -58,7 +58,7 @@ class LocalTarget(Target):
         store = self.store
         rec = store.get(image_id)
         manifest = store.manifest(image_id)
-        disk = store.image_dir(image_id) / rec.artifact
+        disk = store.verified(image_id)
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
         with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
             suite, _ = validate_disk(self.env, disk, accel, {
@@ -91,8 +91,11 @@ class LocalTarget(Target):
         return GcWorld(images, self._uses(disks), store.histories(), leftovers, {"store": str(store.root)})
 
     def _uses(self, disks: dict[str, Path]) -> list[retention.Reference]:
+        children = [retention.Reference(parent, "parent of", child)
+                    for parent, child in ancestry.parent_uses(r.summary() for r in self.store.list())]
         return [*usage.vm_references(disks),
-                *usage.backing_references(disks, [self.store.root, base_cache_dir()])]
+                *usage.backing_references(disks, [self.store.root, base_cache_dir()]),
+                *(c for c in children if c.image_id in disks)]
 
     def _still_used(self, image_id: str) -> str | None:
         """Why `image_id` must not be touched now (a channel, its rollback target, a VM, a
@@ -132,8 +135,18 @@ class LocalTarget(Target):
     def base_identity(self, reporter: Reporter) -> str:
         return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
 
-    def resolve_base(self, reporter: Reporter) -> Base:
-        base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
+    def parent_base_identity(self, parent: ImageRecord, manifest: dict[str, Any]) -> str:
+        return f"sha256:{manifest.get('artifact_sha256')}"
+
+    def parent_registry(self) -> ImageRegistry:
+        return self.store  # a child is baked on its parent's qcow2 (the sandbox's too)
+
+    def resolve_base(self, reporter: Reporter, parent: ImageRecord | None = None) -> Base:
+        if parent is None:
+            base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
+        else:  # the parent's validated qcow2, checked byte for byte; Packer copies it
+            path = self.store.verified(parent.id)
+            base = baseimage.BaseImage(path, self.store.manifest(parent.id)["artifact_sha256"], f"image:{parent.id}")
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, base.path, base_cache_dir(),
                                         reporter)
         reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
@@ -193,6 +206,7 @@ class LocalTarget(Target):
             "created": img.build_time, "status": status, "artifact": "disk.qcow2",
             "artifact_sha256": sha256_file(image_dir / "disk.qcow2"),
             "base": {"source": disk.source, "identity": disk.identity, "path": str(disk.path)},
+            **({"parent": job.ancestry()} if job.parent else {}),
             "tools": job.tools.versions(), "accelerator": job.base.details["accelerator"],
             "git": git_state(env.root),
             "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
@@ -205,7 +219,8 @@ class LocalTarget(Target):
         atomic_write_json(image_dir / "sbom.cdx.json",
                           sbom.build(packages, image_name=img.name, fingerprint=img.fingerprint, now=img.created))
         record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
-                             created=img.build_time, status=status, artifact="disk.qcow2")
+                             created=img.build_time, status=status, artifact="disk.qcow2",
+                             extra={"parent": job.ancestry()} if job.parent else {})
         with reporter.phase("register"):
             manifest["durations"] = dict(reporter.durations)
             self.store.put(record, manifest, image_dir)

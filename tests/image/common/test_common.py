@@ -221,6 +221,13 @@ def test_apt_lists_empty(host: Any) -> None:
     assert found == []
 
 
+def test_apt_lists_look_stale(host: Any) -> None:
+    """No update stamp and an old lists directory: the next apt user (a child image's bake,
+    whose roles ask for lists younger than an hour) updates before it installs."""
+    assert not host.file("/var/lib/apt/periodic/update-success-stamp").exists
+    assert host.file("/var/lib/apt/lists").mtime.year < 2001
+
+
 def test_apt_cache_empty(host: Any) -> None:
     found = find(host, "/var/cache/apt/archives", "-type", "f", "-name", "*.deb")
     assert found == []

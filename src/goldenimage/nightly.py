@@ -1,0 +1,485 @@
+"""`invoke nightly`: drift check -> bake what changed -> promote -> rotate -> gc -> report.
+
+One run per environment at a time (a non-blocking lock under the store). Each step records
+its outcome, seconds and detail; a failed step stops what depends on it:
+
+- drift failed -> no bake (and so nothing to promote or rotate);
+- an image failed (build, validation) -> that image is not promoted, and no group rotates;
+- a promotion failed -> no group rotates;
+- gc runs after the rest whatever happened (it re-checks every use itself).
+
+The report (JSON + Markdown) is written whatever happened, to the report directory, to
+`$GITHUB_STEP_SUMMARY` when set, and POSTed to the webhook if one is set (its failure is
+noted in the report and never changes the exit code).
+
+Drift, cheapest first, per image against its newest validated image:
+- the base disk (local, sandbox): the Debian archive vs the base's record
+  (`adapters.archive`, `drift`); a drifted base is marked stale, so the bake rebuilds it and
+  every image on it gets a new fingerprint;
+- every fingerprint input (`invoke fingerprint --against`): templates, playbooks, roles,
+  inventory, suites, tool versions and the base identity -- which for AMIs is the base AMI
+  the filter resolves to now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import commands, drift, nightly_report, pkgdiff
+from . import fingerprint as fp
+from .adapters import archive, baseimage, webhook
+from .errors import ConfigError, GoldenImageError, OperationFailed
+from .fsutil import atomic_write_bytes, atomic_write_json, file_lock
+from .models import VALIDATED, ImageRecord
+from .paths import base_cache_dir, store_dir
+from .progress import Reporter
+from .sections import WebhookSpec
+from .settings import Environment, load_environment
+from .targets import ImageRegistry, Target, target_for
+
+Result = dict[str, Any]
+BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
+
+
+# -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
+def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
+                 images: list[str] | None = None) -> Result:
+    """Bake every image of the environment (or `images`, with their parents), parents first,
+    independent ones `jobs` at a time (`family.bake_all`): {env, ok, images: [{image, state:
+    built|skipped|failed|blocked, image_id, status, fingerprint, previous_id, error}]}."""
+    from .family import bake_all
+
+    result = bake_all(env_name, images, jobs, False, reporter)
+    result.pop("exit_code", None)
+    return result
+
+
+def newest_validated(reg: ImageRegistry, name: str) -> ImageRecord | None:
+    usable = [r for r in reg.list(name) if r.status == VALIDATED]
+    return max(usable, key=lambda r: (r.created, r.id)) if usable else None
+
+
+def default_report_dir(env_name: str) -> Path:
+    return store_dir() / "reports" / "nightly" / env_name
+
+
+def lock_path(env_name: str) -> Path:
+    return store_dir() / "locks" / f"nightly-{env_name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(env_name: str) -> Iterator[None]:
+    """The environment's nightly lock, not waited for: a second run stops at once."""
+    path = lock_path(env_name)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, wait=False))
+        except OperationFailed:
+            raise OperationFailed(
+                f"another `invoke nightly --env {env_name}` is running (it holds {path}); this run did nothing"
+            ) from None
+        yield
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Run:
+    env: Environment
+    target: Target
+    reporter: Reporter
+    jobs: int | None
+    bake_images: BakeImages
+    root: Path | None
+    names: list[str]
+    doc: Result = field(default_factory=dict)
+    previous: dict[str, ImageRecord | None] = field(default_factory=dict)
+    base_dirs: dict[str, Path] = field(default_factory=dict)  # image -> its base disk's cache dir
+    security: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def steps(self) -> list[Result]:
+        steps: list[Result] = self.doc["steps"]
+        return steps
+
+    def outcome(self, step: str) -> str | None:
+        return next((s["outcome"] for s in self.steps if s["step"] == step), None)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Result]:
+        """Time a step; a failure inside is recorded in the step, not raised -- so the report
+        is still written -- except an interruption (Ctrl-C, SIGTERM), recorded and raised."""
+        row: Result = {"step": name, "outcome": nightly_report.DONE, "detail": ""}
+        start = time.monotonic()
+        try:
+            with self.reporter.phase(f"nightly {name}"):
+                try:
+                    yield row
+                except GoldenImageError as exc:
+                    row.update(outcome=nightly_report.FAILED, detail=exc.message, exit_code=exc.exit_code)
+                    self.reporter.warn(f"nightly {name} failed: {exc.message}")
+                except KeyboardInterrupt:
+                    row.update(outcome=nightly_report.FAILED, detail="interrupted", exit_code=1)
+                    raise
+                except Exception as exc:  # a bug: recorded, so that the report still tells what ran
+                    what = f"{type(exc).__name__}: {exc}"
+                    if not isinstance(exc, OSError):
+                        what = f"internal error: {what}"
+                    row.update(outcome=nightly_report.FAILED, detail=what, exit_code=1)
+                    self.reporter.warn(f"nightly {name} failed: {what}")
+        finally:
+            row["seconds"] = round(time.monotonic() - start, 3)
+            self.steps.append(row)
+
+    # -- drift ----------------------------------------------------------------------------
+    def check_drift(self) -> None:
+        out: Result = {"drift": False, "bases": [], "images": []}
+        self.doc["drift"] = out
+        with self.step("drift") as row:
+            reg = self.target.registry()
+            bases: dict[Path, Result] = {}
+            for name in self.names:
+                prev = self.previous[name] = newest_validated(reg, name)
+                item: Result = {"image": name, "previous_id": prev.id if prev else None, "drift": False,
+                                "reasons": []}
+                out["images"].append(item)
+                if prev is None:
+                    item.update(drift=True, reasons=["no validated image yet"])
+                    continue
+                manifest = reg.manifest(prev.id)
+                source = str((manifest.get("base") or {}).get("source") or "")
+                directory = baseimage.cached_dir(base_cache_dir(), source)
+                if directory is not None:
+                    self.base_dirs[name] = directory
+                    if directory not in bases:
+                        bases[directory] = self.check_base(directory, source)
+                        out["bases"].append(bases[directory])
+                    base = bases[directory]
+                    if base.get("error"):
+                        raise OperationFailed(f"base {source}: {base['error']}")
+                    if base["drift"]:
+                        item.update(drift=True, reasons=[f"base {source}: {base['reason']}"])
+                        continue
+                item["reasons"] = self.input_drift(name, prev)
+                item["drift"] = bool(item["reasons"])
+            out["drift"] = any(i["drift"] for i in out["images"])
+            drifted = [i["image"] for i in out["images"] if i["drift"]]
+            row["detail"] = f"drift: {', '.join(drifted)}" if drifted else "no drift"
+
+    def check_base(self, directory: Path, source: str) -> Result:
+        """The archive check of one base disk; a drifted base is marked stale (rebuilt by the bake)."""
+        entry: Result = {"base": source, "drift": False, "reason": "", "newer": [], "indexes_read": False}
+        record = baseimage.read_record(directory)
+        if record is None:
+            entry.update(drift=True, reason="no longer cached: the bake builds it again")
+            return entry
+        stale = baseimage.stale_reason(directory)
+        if stale is not None:
+            entry.update(drift=True, reason=f"already marked stale: {stale}")
+            return entry
+        if "archive" not in record:
+            reason = "has no archive record (built before the drift check): rebuilt to record one"
+            baseimage.mark_stale(directory, reason, _now())
+            entry.update(drift=True, reason=reason)
+            return entry
+        try:
+            checked = archive.check(record["archive"])
+        except OperationFailed as exc:
+            entry["error"] = exc.message
+            return entry
+        entry.update(checked.as_dict())
+        self.security |= checked.security
+        if checked.verdict.drift:
+            baseimage.mark_stale(directory, checked.verdict.reason, _now())
+        elif checked.verdict.changed_releases:
+            baseimage.record_releases(directory, checked.releases)
+        return entry
+
+    def input_drift(self, name: str, prev: ImageRecord) -> list[str]:
+        """Reasons from `invoke fingerprint --against <previous>`; [] when every input is the same."""
+        try:
+            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root)
+        except ConfigError as exc:
+            if "no fingerprint_inputs" not in exc.message:
+                raise
+            return [f"previous image {prev.id} has no recorded inputs to compare"]
+        against = res["images"][0]["against"]
+        if against["same"]:
+            return []
+        base = prev.extra.get("base_ami") if isinstance(prev.extra.get("base_ami"), str) else None
+        return nightly_report.input_reasons(against, base)
+
+    # -- bake, promote, rotate, gc --------------------------------------------------------
+    def bake(self) -> None:
+        self.doc["bake"] = {"ok": True, "images": []}
+        with self.step("bake") as row:
+            if self.outcome("drift") != nightly_report.DONE:
+                row.update(outcome=nightly_report.SKIPPED, detail="the drift check failed")
+                return
+            if not self.doc["drift"]["drift"]:
+                row.update(outcome=nightly_report.SKIPPED, detail="no drift: nothing to bake")
+                return
+            chosen = None if self.names == sorted(self.env.settings.images) else list(self.names)
+            result = self.bake_images(self.env.name, self.jobs, self.reporter, images=chosen)
+            self.doc["bake"] = result
+            for img in result["images"]:
+                if not img.get("previous_id") and self.previous.get(img["image"]):
+                    img["previous_id"] = self.previous[img["image"]].id  # type: ignore[union-attr]
+            bad = [i for i in result["images"] if i["state"] in ("failed", "blocked")]
+            built = [i["image"] for i in result["images"] if i["state"] == "built"]
+            row["detail"] = (f"built {', '.join(built)}" if built else "nothing new") + (
+                f"; failed {', '.join(i['image'] for i in bad)}" if bad else "")
+            if bad or not result.get("ok", True):
+                raise OperationFailed(row["detail"])
+
+    def new_images(self) -> list[Result]:
+        return [i for i in self.doc.get("bake", {}).get("images", [])
+                if i.get("state") == "built" and i.get("status") == VALIDATED and i.get("image_id")]
+
+    def promote(self, channel: str) -> None:
+        self.doc["promotions"] = []
+        with self.step("promote") as row:
+            new = self.new_images()
+            if not new:
+                row.update(outcome=nightly_report.SKIPPED, detail="no newly validated image")
+                return
+            failed = []
+            for img in new:
+                entry: Result = {"image": img["image"], "image_id": img["image_id"], "channel": channel}
+                try:
+                    res = commands.promote(self.env.name, img["image_id"], channel, self.reporter, root=self.root)
+                except GoldenImageError as exc:
+                    entry.update(outcome="failed", error=exc.message)
+                    failed.append(img["image"])
+                else:
+                    entry.update(outcome="done", previous=res.get("previous"), changed=res.get("changed"))
+                self.doc["promotions"].append(entry)
+            row["detail"] = f"{len(new) - len(failed)} promoted to {channel}" + (
+                f"; failed: {', '.join(failed)}" if failed else "")
+            if failed:
+                raise OperationFailed(row["detail"])
+
+    def rotate(self, groups: list[str], channel: str) -> None:
+        self.doc["rotation"] = []
+        with self.step("rotate") as row:
+            if not groups:
+                row.update(outcome=nightly_report.SKIPPED, detail="no group listed in extra.nightly.rotate")
+                return
+            blocked = [s for s in ("bake", "promote") if self.outcome(s) == nightly_report.FAILED]
+            promoted = {p["image"] for p in self.doc.get("promotions", []) if p["outcome"] == "done"}
+            for group in groups:
+                policy = self.env.rotation[group]
+                if policy.image and policy.image not in self.names:
+                    continue  # another image's group (--image): its own run rotates it
+                entry: Result = {"group": group, "image": policy.image, "channel": channel}
+                self.doc["rotation"].append(entry)
+                if blocked:
+                    entry.update(outcome="skipped", detail=f"not rotated: {' and '.join(blocked)} failed")
+                    continue
+                if policy.image not in promoted:
+                    entry.update(outcome="skipped", detail=f"no new {policy.image or 'image'} on {channel}")
+                    continue
+                from .rotation.commands import rotate_command
+
+                try:
+                    res = rotate_command(self.reporter, env=self.env.name, group=group, channel=channel)
+                except GoldenImageError as exc:
+                    entry.update(outcome="failed", detail=exc.message, exit_code=exc.exit_code)
+                    continue
+                code = int(res.get("exit_code", 0))
+                entry.update(outcome="done" if code == 0 else "failed",
+                             detail=str(res.get("reason") or res.get("outcome") or ""),
+                             to_image=res.get("image_id") or res.get("to_image"), exit_code=code)
+            failed = [e for e in self.doc["rotation"] if e["outcome"] == "failed"]
+            done = [e["group"] for e in self.doc["rotation"] if e["outcome"] == "done"]
+            row["detail"] = (f"rotated {', '.join(done)}" if done else "nothing rotated") + (
+                f"; failed {', '.join(e['group'] for e in failed)}" if failed else "")
+            if blocked:
+                row.update(outcome=nightly_report.SKIPPED)
+            if failed:
+                err = ConfigError(row["detail"]) if any(e.get("exit_code") == 2 for e in failed) \
+                    else OperationFailed(row["detail"])
+                raise err
+
+    def gc(self, mode: str) -> None:
+        self.doc["gc"] = {"mode": mode}
+        with self.step("gc") as row:
+            if mode == "off":
+                row.update(outcome=nightly_report.SKIPPED, detail="extra.nightly.gc is off")
+                return
+            from . import gc
+
+            try:
+                res = gc.gc(self.env.name, mode == "apply", self.reporter, root=self.root)
+            except GoldenImageError as exc:
+                self.doc["gc"]["error"] = exc.message
+                raise
+            applied = {a["image_id"]: a for a in res.get("applied", [])}
+            changes = [{"image_id": d["image_id"], "action": d["action"], "reason": d.get("reason", ""),
+                        "reclaim_bytes": d.get("reclaim_bytes", 0),
+                        **({"outcome": applied[d["image_id"]]["outcome"],
+                            "detail": applied[d["image_id"]].get("detail", "")} if d["image_id"] in applied else {})}
+                       for d in [*res.get("decisions", []), *res.get("leftovers", [])] if d.get("action") != "keep"]
+            self.doc["gc"].update(changes=changes, reclaim_bytes=res.get("reclaim_bytes", 0),
+                                  reclaimed_bytes=res.get("reclaimed_bytes", 0),
+                                  kept=sum(1 for d in res.get("decisions", []) if d.get("action") == "keep"))
+            row["detail"] = f"{mode}: {len(changes)} change(s)"
+            if int(res.get("exit_code", 0)):
+                raise OperationFailed(f"gc --apply: {sum(1 for c in changes if c.get('outcome') != 'done')} "
+                                      "change(s) failed or were skipped")
+
+    # -- the report's image details -------------------------------------------------------
+    def image_details(self) -> None:
+        reg = self.target.registry()
+        rows: list[Result] = []
+        for img in self.doc.get("bake", {}).get("images", []):
+            row = dict(img)
+            rows.append(row)
+            if not img.get("image_id") or img.get("state") not in ("built", "failed"):
+                continue
+            try:
+                new = reg.manifest(img["image_id"])
+            except GoldenImageError:
+                continue  # a failed build registered nothing
+            row["validation"] = {k: v for k, v in (new.get("validation") or {}).items()
+                                 if k in ("status", "passed", "failed", "errors", "failures")} or None
+            prev_id = img.get("previous_id")
+            if not prev_id:
+                row["packages_note"] = "no previous image to compare with"
+                continue
+            old = reg.manifest(prev_id)
+            old_inputs, new_inputs = old.get("fingerprint_inputs"), new.get("fingerprint_inputs")
+            if isinstance(old_inputs, dict) and isinstance(new_inputs, dict):
+                d = fp.diff(old_inputs, new_inputs)
+                row["inputs_changed"] = nightly_report.input_reasons({**d, "now": {}}) if any(d.values()) else []
+            row["packages"] = self.package_diff(img["image"], old, new)
+            if row["packages"] is None:
+                row["packages_note"] = "a manifest has no package list"
+        self.doc["images"] = rows
+
+    def package_diff(self, name: str, old: Result, new: Result) -> Result | None:
+        a, b = pkgdiff.packages_from_manifest(old), pkgdiff.packages_from_manifest(new)
+        if a is None or b is None:
+            return None
+        sources: dict[str, str] = {}
+        directory = self.base_dirs.get(name)
+        record = baseimage.read_record(directory) if directory else None
+        arch_record = (record or {}).get("archive") or {}
+        for p in arch_record.get("installed", []):
+            sources[str(p["name"])] = str(p.get("source") or p["name"])
+        first = pkgdiff.diff(a, b, sources=sources, security=self.security)
+        upgraded = {c["name"] for c in first["changes"] if c["kind"] in ("upgraded", "added")}
+        if upgraded and not self.security and arch_record.get("sources"):
+            try:  # which new versions came from the security suite: its index, read once
+                self.security |= archive.security_versions(
+                    [drift.Source.from_dict(s) for s in arch_record["sources"]], str(arch_record.get("arch") or "amd64"),
+                    upgraded)
+            except OperationFailed as exc:
+                self.reporter.warn(f"cannot read the security suite's index to mark updates: {exc}")
+                return first
+            return pkgdiff.diff(a, b, sources=sources, security=self.security)
+        return first
+
+
+def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = None, jobs: int | None = None,
+            report_dir: str | None = None,
+            webhook_url: str | None = None, root: Path | None = None,
+            bake_images: BakeImages | None = None) -> Result:
+    """The nightly job; the result is the report (with `exit_code`)."""
+    env = load_environment(env_name, root)
+    cfg = env.nightly  # bad settings: exit 2 before anything runs
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs: {jobs} must be at least 1")
+    for name in images or []:
+        env.image(name)  # unknown: exit 2 naming the settings file
+    names = sorted(set(images)) if images else sorted(env.settings.images)
+    hook = cfg.webhook
+    if webhook_url:
+        try:
+            hook = (hook.model_copy(update={"url": WebhookSpec(url=webhook_url).url}) if hook
+                    else WebhookSpec(url=webhook_url))
+        except ValidationError:
+            raise ConfigError(f"--webhook: {webhook_url!r} is not an http(s) URL") from None
+    out_dir = Path(report_dir or cfg.report_dir or default_report_dir(env.name)).expanduser()
+    if not out_dir.is_absolute():
+        out_dir = env.root / out_dir
+    target = target_for(env)
+    with run_lock(env.name):
+        started = datetime.now(UTC)
+        run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names)
+        run.doc.update(env=env.name, target=target.name, images_selected=names, started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       settings=cfg.model_dump(exclude={"webhook"}), steps=[])
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        tag = f"{env.name}-{'-'.join(names)}" if images else env.name
+        run.doc["report"] = {"json": str(out_dir / f"nightly-{tag}-{stamp}.json"),
+                             "markdown": str(out_dir / f"nightly-{tag}-{stamp}.md")}
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            run.check_drift()
+            run.bake()
+            run.promote(cfg.channel)
+            run.rotate(list(cfg.rotate), cfg.channel)
+            run.gc(cfg.gc)
+        except KeyboardInterrupt as exc:  # stopped: the report says how far it got
+            interrupted = exc
+        with run.step("report") as row:
+            run.image_details()
+            row["detail"] = run.doc["report"]["json"]
+        doc = run.doc
+        doc["finished"] = _now()
+        doc["exit_code"] = nightly_report.exit_code(doc["steps"])
+        doc["ok"] = doc["exit_code"] == 0
+        doc["summary"] = nightly_report.headline(doc)
+        doc["webhook"] = {"outcome": "off"}
+        if interrupted is not None:
+            write_report(doc, Path(doc["report"]["json"]), Path(doc["report"]["markdown"]), reporter)
+            raise interrupted
+        if hook is not None:
+            doc["webhook"] = webhook.post(doc, hook)
+            if doc["webhook"]["outcome"] != "sent":
+                reporter.warn(f"webhook {hook.url}: {doc['webhook']['error']} (the job's result is unchanged)")
+        write_report(doc, Path(doc["report"]["json"]), Path(doc["report"]["markdown"]), reporter)
+        return doc
+
+
+def write_report(doc: Result, json_path: Path, md_path: Path, reporter: Reporter) -> None:
+    """The JSON and Markdown files, and the Markdown appended to $GITHUB_STEP_SUMMARY."""
+    text = nightly_report.markdown(doc)
+    try:
+        atomic_write_json(json_path, doc)
+        atomic_write_bytes(md_path, text.encode())
+    except OSError as exc:
+        reporter.warn(f"cannot write the report to {json_path.parent}: {exc}")
+        doc["exit_code"] = doc["exit_code"] or 1
+        doc["ok"] = False
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            reporter.warn(f"cannot append to $GITHUB_STEP_SUMMARY ({summary}): {exc}")
+
+
+def human_nightly(r: Result) -> list[str]:
+    lines = [f"nightly {r.get('env')}: {r.get('summary') or nightly_report.headline(r)}"]
+    for s in r.get("steps", []):
+        lines.append(f"  {s['step']:<8} {s['outcome']:<8} {s.get('seconds', 0):7.1f}s  {s.get('detail', '')}")
+    hook = r.get("webhook") or {}
+    if hook.get("outcome") == "failed":
+        lines.append(f"  webhook failed after {hook.get('attempts')} attempt(s): {hook.get('error')}")
+    if r.get("report"):
+        lines.append(f"report: {r['report']['json']}")
+        lines.append(f"        {r['report']['markdown']}")
+    return lines

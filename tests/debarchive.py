@@ -1,0 +1,77 @@
+"""A tiny apt archive in a directory, written by the tests themselves (no dpkg-scanpackages):
+dists/<suite>/Release (or a clearsigned-looking InRelease) and
+dists/<suite>/<component>/binary-<arch>/Packages.gz|.xz, served over file:// or HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import http.server
+import lzma
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+Pkg = tuple[str, str, str, str]  # name, version, arch, source
+
+BASE_PACKAGES: list[Pkg] = [
+    ("openssl", "3.0.14-1~deb12u2", "amd64", "openssl"),
+    ("libssl3", "3.0.14-1~deb12u2", "amd64", "openssl"),
+    ("libc6", "2.36-9+deb12u7", "amd64", "glibc"),
+    ("tzdata", "2024a-0+deb12u1", "all", "tzdata"),
+    ("sudo", "1.9.13p3-1+deb12u1", "amd64", "sudo"),
+]
+
+
+def packages_text(pkgs: list[Pkg]) -> str:
+    paras = []
+    for name, version, arch, source in pkgs:
+        src = f"Source: {source}\n" if source != name else ""
+        paras.append(f"Package: {name}\n{src}Version: {version}\nArchitecture: {arch}\n"
+                     f"Maintainer: Debian <debian@example.org>\nDescription: {name}\n")
+    return "\n".join(paras)
+
+
+def write_suite(root: Path, suite: str, pkgs: list[Pkg], date: str, *, inrelease: bool = False,
+                compress: str = "gz", arch: str = "amd64") -> None:
+    d = root / "dists" / suite
+    idx = d / "main" / f"binary-{arch}"
+    idx.mkdir(parents=True, exist_ok=True)
+    for old in idx.glob("Packages*"):
+        old.unlink()
+    text = packages_text(pkgs).encode()
+    if compress == "gz":
+        (idx / "Packages.gz").write_bytes(gzip.compress(text, mtime=0))
+    elif compress == "xz":
+        (idx / "Packages.xz").write_bytes(lzma.compress(text))
+    else:
+        (idx / "Packages").write_bytes(text)
+    release = (f"Origin: Debian\nLabel: Debian\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n"
+               f"Architectures: {arch}\nComponents: main\n")
+    for f in d.glob("*Release"):
+        f.unlink()
+    if inrelease:
+        (d / "InRelease").write_text("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n" + release +
+                                     "-----BEGIN PGP SIGNATURE-----\n\niQIzBAEBCgAd\n-----END PGP SIGNATURE-----\n")
+    else:
+        (d / "Release").write_text(release)
+
+
+@contextlib.contextmanager
+def served(root: Path) -> Iterator[str]:
+    """The directory over HTTP on 127.0.0.1 (a thread); yields the base URL."""
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass

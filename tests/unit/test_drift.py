@@ -1,0 +1,117 @@
+"""drift.py: Release files, Packages indexes and the drift decision (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from goldenimage import drift
+from goldenimage.drift import Installed, ReleaseState
+from tests.debarchive import BASE_PACKAGES, packages_text
+
+INRELEASE = b"""-----BEGIN PGP SIGNED MESSAGE-----
+Hash: SHA512
+
+Origin: Debian
+Suite: stable-security
+Codename: bookworm-security
+Date: Sat, 28 Nov 2026 10:00:00 UTC
+- -dashed: escaped
+-----BEGIN PGP SIGNATURE-----
+
+iQIzBAEBCgAd
+-----END PGP SIGNATURE-----
+"""
+
+INSTALLED = [Installed(n, v, a, s) for n, v, a, s in BASE_PACKAGES]
+
+
+def test_release_state_reads_the_date_inside_a_signed_inrelease() -> None:
+    r = drift.release_state("bookworm-security", INRELEASE)
+    assert r.date == "Sat, 28 Nov 2026 10:00:00 UTC"
+    assert r.sha256 == __import__("hashlib").sha256(INRELEASE).hexdigest()
+    with pytest.raises(ValueError, match="no Date"):
+        drift.release_state("x", b"Origin: Debian\n")
+
+
+def test_changed_releases() -> None:
+    a = ReleaseState("bookworm", "d1", "h1")
+    assert drift.changed_releases([a], [a]) == []
+    assert drift.changed_releases([a], [ReleaseState("bookworm", "d1", "h2")]) == ["bookworm"]
+    assert drift.changed_releases([a], [ReleaseState("bookworm", "d2", "h1")]) == ["bookworm"]
+    # a suite never recorded (built offline) or no longer fetched counts as changed
+    assert drift.changed_releases([], [a]) == ["bookworm"]
+    assert drift.changed_releases([a, ReleaseState("b-updates", "d", "h")], [a]) == ["b-updates"]
+
+
+def test_parse_packages_keeps_only_wanted_and_reads_the_source_name() -> None:
+    text = packages_text([("libssl3", "3.0.15-1~deb12u1", "amd64", "openssl"), ("nginx", "1.22", "amd64", "nginx")])
+    text = text.replace("Source: openssl", "Source: openssl (3.0.15-1~deb12u1)")
+    assert drift.parse_packages(text, {"libssl3"}) == {"libssl3": [("3.0.15-1~deb12u1", "amd64", "openssl")]}
+    assert set(drift.parse_packages(text)) == {"libssl3", "nginx"}
+
+
+def test_newer_packages_by_debian_version_rules() -> None:
+    index = {
+        "openssl": [("3.0.15-1~deb12u1", "amd64", "openssl")],
+        "libssl3": [("3.0.14-1~deb12u2", "amd64", "openssl")],     # the same: not newer
+        "libc6": [("2.36-9+deb12u7~bpo1", "amd64", "glibc")],      # ~ sorts before: older
+        "tzdata": [("2024b-0+deb12u1", "all", "tzdata")],
+        "sudo": [("1.9.13p3-1+deb12u1", "arm64", "sudo"), ("1.9.14", "arm64", "sudo")],  # another arch
+    }
+    newer = drift.newer_packages(INSTALLED, [("bookworm", {"tzdata": index["tzdata"]}),
+                                             ("bookworm-security", {k: v for k, v in index.items() if k != "tzdata"})])
+    assert [(n.name, n.available, n.suite) for n in newer] == [
+        ("openssl", "3.0.15-1~deb12u1", "bookworm-security"), ("tzdata", "2024b-0+deb12u1", "bookworm")]
+    assert newer[0].security and not newer[1].security
+    assert drift.describe(newer) == ("archive bookworm-security has newer openssl 3.0.15-1~deb12u1 > "
+                                     "3.0.14-1~deb12u2, +1 more")
+
+
+def test_an_epoch_wins_over_a_bigger_number() -> None:
+    newer = drift.newer_packages([Installed("x", "2.0", "amd64")], [("s", {"x": [("1:1.0", "amd64", "x")]})])
+    assert [n.available for n in newer] == ["1:1.0"]
+    assert drift.newer_packages([Installed("x", "1:1.0", "amd64")], [("s", {"x": [("2.0", "amd64", "x")]})]) == []
+
+
+def test_the_newest_offer_across_suites_is_named() -> None:
+    newer = drift.newer_packages([Installed("x", "1.0", "amd64")], [
+        ("b-updates", {"x": [("1.2", "amd64", "x")]}), ("b-security", {"x": [("1.1", "amd64", "x")]})])
+    assert [(n.available, n.suite) for n in newer] == [("1.2", "b-updates")]
+
+
+def test_verdict() -> None:
+    assert not drift.verdict([], None).drift
+    v = drift.verdict(["bookworm"], [])
+    assert not v.drift and "no installed package has a newer version" in v.reason
+    n = drift.Newer("openssl", "1", "2", "bookworm-security", "openssl")
+    v = drift.verdict(["bookworm-security"], [n])
+    assert v.drift and v.reason == "archive bookworm-security has newer openssl 2 > 1"
+    assert v.as_dict()["newer"][0]["security"] is True
+
+
+def test_parse_installed() -> None:
+    got = drift.parse_installed("libssl3\t3.0.14\tamd64\topenssl\nbash\t5.2\tamd64\n\n")
+    assert got == [Installed("libssl3", "3.0.14", "amd64", "openssl"), Installed("bash", "5.2", "amd64", "")]
+    assert got[1].as_dict()["source"] == "bash"
+    with pytest.raises(ValueError, match="line 1"):
+        drift.parse_installed("only-a-name\n")
+
+
+versions = st.from_regex(r"([1-9]:)?[0-9]{1,3}(\.[0-9]{1,3}){0,2}(~[a-z0-9]{1,3})?(-[0-9]{1,2}(\+deb12u[0-9])?)?",
+                         fullmatch=True)
+
+
+@given(versions, versions, versions)
+def test_version_order_is_a_total_order(a: str, b: str, c: str) -> None:
+    assert drift.compare_versions(a, b) == -drift.compare_versions(b, a)
+    assert drift.compare_versions(a, a) == 0
+    if drift.compare_versions(a, b) <= 0 and drift.compare_versions(b, c) <= 0:
+        assert drift.compare_versions(a, c) <= 0
+
+
+@given(versions, versions)
+def test_drift_exactly_when_the_archive_is_newer(have: str, offered: str) -> None:
+    newer = drift.newer_packages([Installed("p", have, "amd64")], [("s", {"p": [(offered, "amd64", "p")]})])
+    assert bool(newer) == (drift.compare_versions(offered, have) > 0)

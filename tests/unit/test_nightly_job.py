@@ -1,0 +1,348 @@
+"""The nightly job's orchestration on the local target: the real drift check (a cached base
+disk whose archive record points at an apt archive in a directory, the real fingerprint of
+a project copy against the newest validated image in a real local store), the real
+promotion, gc and report -- and a stand-in for the bake step (`bake_images`), which here
+registers a prepared image instead of booting VMs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from goldenimage import commands, nightly
+from goldenimage import fingerprint as fp
+from goldenimage.adapters import archive, baseimage
+from goldenimage.drift import Installed
+from goldenimage.fsutil import sha256_file
+from goldenimage.progress import Reporter
+from goldenimage.settings import load_environment
+from goldenimage.store import ImageRecord, LocalStore
+from tests.conftest import copy_project
+from tests.debarchive import BASE_PACKAGES, write_suite
+
+DATE = "Sat, 28 Nov 2026 08:00:00 UTC"
+SUITES = ("bookworm", "bookworm-updates", "bookworm-security")
+BakeImages = Callable[[str, int | None, Reporter], dict[str, Any]]
+
+
+def quiet() -> Reporter:
+    return Reporter(quiet=True)
+
+
+def mmdebstrap_version() -> str:
+    return subprocess.run(["mmdebstrap", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+
+
+class World:
+    """A project copy, a home (store + base cache), an archive directory, one validated image
+    per image name built from the cached base."""
+
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch, images: tuple[str, ...] = ("web",)) -> None:
+        self.root = copy_project(tmp / "project")
+        self.home = tmp / "home"
+        self.archive = tmp / "archive"
+        monkeypatch.setenv("GOLDENIMAGE_HOME", str(self.home))
+        monkeypatch.setenv("GOLDENIMAGE_ROOT", str(self.root))
+        monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+        monkeypatch.delenv("GOLDENIMAGE_BASE_CACHE", raising=False)
+        for suite in SUITES:
+            write_suite(self.archive, suite, BASE_PACKAGES if suite != "bookworm-updates" else [], DATE)
+        self.settings_file = self.root / "inventories" / "local" / "goldenimage.yml"
+        doc = yaml.safe_load(self.settings_file.read_text())
+        doc["base"].update(mirror=f"file://{self.archive}", security_mirror=f"file://{self.archive}")
+        # images without parents: the stand-in bake registers each image on its own
+        doc["images"] = {name: {"playbook": "playbooks/web.yml", "groups": ["web"]} for name in images}
+        doc["extra"]["retention"]["images"] = {name: doc["extra"]["retention"]["images"]["web"] for name in images}
+        self.settings_file.write_text(yaml.safe_dump(doc))
+        self.nightly(gc="plan")
+        self.env = load_environment("local", self.root)
+        spec = self.env.settings.base
+        self.key = baseimage.recipe_key(spec, mmdebstrap_version())
+        self.base_dir = self.home / "base" / self.key
+        self.base_dir.mkdir(parents=True)
+        (self.base_dir / "base.qcow2").write_bytes(b"a stand-in base disk")
+        sources = baseimage.archive_sources(spec)
+        (self.base_dir / "base.json").write_text(json.dumps({
+            "sha256": sha256_file(self.base_dir / "base.qcow2"), "recipe": self.key,
+            "archive": {"sources": [s.as_dict() for s in sources],
+                        "releases": [r.as_dict() for r in archive.releases(sources)], "arch": "amd64",
+                        "installed": [Installed(*p).as_dict() for p in BASE_PACKAGES]}}))
+        self.store = LocalStore(self.home / "store")
+        # what the bake resolves (base identity, tool versions), once: a stale base would be rebuilt
+        self.extra = commands.bake_extra(self.env, images[0], quiet())
+        for n, name in enumerate(images, 1):
+            self.register(f"{name}-{n}", name, created=f"2026-11-2{n}T00:00:00Z")
+
+    def nightly(self, **section: Any) -> None:
+        doc = yaml.safe_load(self.settings_file.read_text())
+        doc.setdefault("extra", {})["nightly"] = section
+        self.settings_file.write_text(yaml.safe_dump(doc))
+
+    def inputs(self, name: str) -> list[fp.FingerprintInput]:
+        return fp.collect(self.root, load_environment("local", self.root), name, self.extra)
+
+    def register(self, image_id: str, name: str = "web", *, created: str = "2026-11-29T00:00:00Z",
+                 packages: list[tuple[str, str, str]] | None = None, status: str = "validated") -> None:
+        inputs = self.inputs(name)
+        pkgs = packages if packages is not None else [(n, v, a) for n, v, a, _ in BASE_PACKAGES]
+        with self.store.workspace() as ws:
+            (ws / "image").mkdir()
+            (ws / "image" / "disk.qcow2").write_bytes(b"qcow2 " + image_id.encode())
+            rec = ImageRecord(id=image_id, name=name, env="local", fingerprint=fp.compute(inputs),
+                              created=created, status=status, artifact="disk.qcow2")
+            self.store.put(rec, {
+                "id": image_id, "name": name, "env": "local", "fingerprint": rec.fingerprint, "created": created,
+                "fingerprint_inputs": fp.as_manifest(inputs), "status": status, "artifact": "disk.qcow2",
+                "base": {"source": f"mmdebstrap:{self.key}", "identity": "sha256:x"},
+                "packages": [{"name": n, "version": v, "arch": a} for n, v, a in pkgs],
+                "validation": {"status": status, "passed": 30 if status == "validated" else 29,
+                               "failed": 0 if status == "validated" else 1, "errors": 0,
+                               "failures": [] if status == "validated" else ["test_nginx_serves"]},
+            }, ws / "image")
+
+    def run(self, bake: BakeImages, **kw: Any) -> dict[str, Any]:
+        return nightly.nightly("local", quiet(), root=self.root, bake_images=bake, **kw)
+
+
+def no_bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    raise AssertionError("nothing drifted: the bake must not run")
+
+
+def steps(doc: dict[str, Any]) -> dict[str, str]:
+    return {s["step"]: s["outcome"] for s in doc["steps"]}
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    return World(tmp_path, monkeypatch)
+
+
+def test_unchanged_inputs_no_bake_and_the_report_says_so(world: World) -> None:
+    doc = world.run(no_bake)
+    assert doc["exit_code"] == 0 and doc["ok"]
+    assert steps(doc) == {"drift": "done", "bake": "skipped", "promote": "skipped", "rotate": "skipped",
+                          "gc": "done", "report": "done"}
+    assert doc["drift"]["bases"][0]["reason"] == "archive Release files unchanged since the base was built"
+    assert doc["drift"]["bases"][0]["indexes_read"] is False
+    assert doc["drift"]["images"] == [{"image": "web", "previous_id": "web-1", "drift": False, "reasons": []}]
+    assert doc["summary"].startswith("no drift")
+    saved = json.loads(Path(doc["report"]["json"]).read_text())
+    assert saved["summary"] == doc["summary"] and saved["exit_code"] == 0
+    md = Path(doc["report"]["markdown"]).read_text()
+    assert "no drift: nothing changed since the last validated images, nothing baked" in md
+    assert Path(doc["report"]["json"]).parent == world.home / "store" / "reports" / "nightly" / "local"
+    assert baseimage.stale_reason(world.base_dir) is None
+    lines = nightly.human_nightly(doc)
+    assert lines[0] == "nightly local: no drift: nothing changed since the last validated images, nothing baked"
+    assert any(ln.split()[:2] == ["bake", "skipped"] and ln.endswith("no drift: nothing to bake") for ln in lines)
+    assert lines[-2] == f"report: {doc['report']['json']}"
+
+
+def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# a change\n")
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        assert (env_name, jobs) == ("local", 2)
+        pkgs = [(n, v, a) for n, v, a, _ in BASE_PACKAGES if n != "sudo"] + [("nginx", "1.22.1-9", "amd64")]
+        world.register("web-2", packages=pkgs)
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "web", "state": "built", "image_id": "web-2", "status": "validated",
+             "fingerprint": world.store.get("web-2").fingerprint, "previous_id": None, "error": None}]}
+
+    doc = world.run(bake, jobs=2, report_dir=str(tmp_path / "reports"))
+    assert doc["exit_code"] == 0, doc["steps"]
+    assert doc["drift"]["images"][0]["reasons"] == ["inputs changed: roles/web/tasks/main.yml"]
+    assert doc["promotions"] == [{"image": "web", "image_id": "web-2", "channel": "nightly", "outcome": "done",
+                                  "previous": None, "changed": True}]
+    assert world.store.channel_map("web")["web"]["nightly"] == "web-2"
+    img = doc["images"][0]
+    assert img["previous_id"] == "web-1" and img["inputs_changed"] == ["inputs changed: roles/web/tasks/main.yml"]
+    assert img["validation"] == {"status": "validated", "passed": 30, "failed": 0, "errors": 0, "failures": []}
+    assert img["packages"]["counts"] == {"added": 1, "removed": 1, "upgraded": 0, "downgraded": 0}
+    assert [c["name"] for c in img["packages"]["changes"]] == ["nginx", "sudo"]
+    assert Path(doc["report"]["json"]).parent == tmp_path / "reports"
+    md = summary.read_text()
+    assert "inputs changed: roles/web/tasks/main.yml" in md and "| nginx | nginx | added |" in md
+
+
+def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    newer = [(n, "3.0.15-1~deb12u1" if n in ("openssl", "libssl3") else v, a, s) for n, v, a, s in BASE_PACKAGES]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC", compress="xz")
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        # the bake would rebuild the stale base first: every fingerprint changes
+        assert baseimage.stale_reason(world.base_dir) is not None
+        rows = []
+        for n, name in enumerate(("api", "web"), 3):
+            world.register(f"{name}-{n}", name, packages=[(p, v, a) for p, v, a, _ in newer])
+            rows.append({"image": name, "state": "built", "image_id": f"{name}-{n}", "status": "validated",
+                         "fingerprint": None, "previous_id": None, "error": None})
+        return {"env": env_name, "ok": True, "images": rows}
+
+    doc = world.run(bake)
+    assert doc["exit_code"] == 0, doc["steps"]
+    base = doc["drift"]["bases"][0]
+    assert base["drift"] and base["indexes_read"] and base["changed_releases"] == ["bookworm-security"]
+    assert base["reason"] == ("archive bookworm-security has newer libssl3 3.0.15-1~deb12u1 > 3.0.14-1~deb12u2, "
+                              "+1 more")
+    assert [(i["image"], i["drift"]) for i in doc["drift"]["images"]] == [("api", True), ("web", True)]
+    assert all(i["reasons"][0].startswith(f"base mmdebstrap:{world.key}: archive bookworm-security")
+               for i in doc["drift"]["images"])
+    assert baseimage.stale_reason(world.base_dir) == base["reason"]
+    web = next(i for i in doc["images"] if i["image"] == "web")
+    changes = web["packages"]["by_source"]["openssl"]
+    assert [(c["name"], c["kind"], c["old"], c["new"], c["security"]) for c in changes] == [
+        ("libssl3", "upgraded", "3.0.14-1~deb12u2", "3.0.15-1~deb12u1", True),
+        ("openssl", "upgraded", "3.0.14-1~deb12u2", "3.0.15-1~deb12u1", True)]
+    assert sorted(p["image_id"] for p in doc["promotions"]) == ["api-3", "web-4"]
+    # the stale base is what the next bake rebuilds (same recipe key, new content)
+    assert "(security)" in Path(doc["report"]["markdown"]).read_text()
+
+
+def test_a_moved_archive_with_nothing_newer_is_no_drift_and_the_record_follows(world: World) -> None:
+    write_suite(world.archive, "bookworm", BASE_PACKAGES, "Sun, 29 Nov 2026 08:00:00 UTC", inrelease=True)
+    doc = world.run(no_bake)
+    base = doc["drift"]["bases"][0]
+    assert doc["exit_code"] == 0 and not base["drift"] and base["indexes_read"]
+    assert "archive changed (bookworm) but no installed package has a newer version" in base["reason"]
+    doc = world.run(no_bake)  # the record took the new Release file: the cheap check again
+    assert doc["drift"]["bases"][0]["indexes_read"] is False
+
+
+def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: World) -> None:
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# broken\n")
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        world.register("web-2", status="quarantined")
+        return {"env": env_name, "ok": False, "images": [
+            {"image": "web", "state": "failed", "image_id": "web-2", "status": "quarantined", "fingerprint": None,
+             "previous_id": "web-1", "error": "image web-2 failed validation (1 failing checks)"}]}
+
+    doc = world.run(bake)
+    assert doc["exit_code"] == 1 and not doc["ok"]
+    assert steps(doc) == {"drift": "done", "bake": "failed", "promote": "skipped", "rotate": "skipped",
+                          "gc": "done", "report": "done"}
+    assert doc["promotions"] == [] and "nightly" not in world.store.channel_map("web").get("web", {})
+    assert doc["images"][0]["validation"]["failures"] == ["test_nginx_serves"]
+    saved = json.loads(Path(doc["report"]["json"]).read_text())
+    assert saved["exit_code"] == 1 and saved["summary"] == "FAILED: bake (1 image(s) failed)"
+
+
+def test_an_unreachable_archive_fails_the_drift_step_and_nothing_bakes(world: World) -> None:
+    shutil.rmtree(world.archive)
+    doc = world.run(no_bake)
+    assert doc["exit_code"] == 1
+    assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "skipped"
+    assert "has neither InRelease nor Release" in doc["drift"]["bases"][0]["error"]
+    assert Path(doc["report"]["json"]).is_file()
+
+
+def test_a_webhook_that_is_down_changes_nothing_but_is_noted(world: World) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    world.nightly(gc="plan", webhook={"url": f"http://127.0.0.1:{port}/x", "attempts": 2, "backoff": 0.1,
+                                      "timeout": 2})
+    doc = world.run(no_bake)
+    assert doc["exit_code"] == 0 and doc["ok"]
+    assert doc["webhook"]["outcome"] == "failed" and doc["webhook"]["attempts"] == 2
+    assert "refused" in doc["webhook"]["error"]
+    assert json.loads(Path(doc["report"]["json"]).read_text())["webhook"]["outcome"] == "failed"
+    assert "## Webhook" in Path(doc["report"]["markdown"]).read_text()
+
+
+def test_a_webhook_that_answers_gets_the_report(world: World) -> None:
+    import http.server
+    import threading
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        doc = world.run(no_bake, webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert doc["webhook"] == {"url": doc["webhook"]["url"], "outcome": "sent", "attempts": 1, "status": 204}
+    assert got[0]["summary"] == doc["summary"] and got[0]["report"] == doc["report"]
+
+
+def test_bad_options_are_exit_2(world: World) -> None:
+    from goldenimage.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--jobs: 0 must be at least 1"):
+        world.run(no_bake, jobs=0)
+    with pytest.raises(ConfigError, match="--webhook: 'ftp://x' is not an http"):
+        world.run(no_bake, webhook_url="ftp://x")
+
+
+def test_one_image_only_checks_and_bakes_that_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    for name in ("web", "api"):
+        role = world.root / "roles" / "web" / "tasks" / "main.yml"
+        role.write_text(role.read_text() + f"\n# {name}\n")
+    asked: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        asked.append(images)
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "api", "state": "skipped", "image_id": "api-2", "status": "validated", "fingerprint": None,
+             "previous_id": None, "error": None}]}
+
+    doc = world.run(bake, images=["api"])
+    assert asked == [["api"]] and [i["image"] for i in doc["drift"]["images"]] == ["api"]
+    assert doc["images_selected"] == ["api"] and Path(doc["report"]["json"]).name.startswith("nightly-local-api-")
+    assert steps(doc)["promote"] == "skipped"  # skipped by the bake: nothing new
+    from goldenimage.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="unknown image 'db'"):
+        world.run(bake, images=["db"])
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), KeyboardInterrupt()])
+def test_a_bug_or_an_interruption_in_a_step_still_writes_the_report(world: World, error: BaseException) -> None:
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# a change\n")
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        raise error
+
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            world.run(bake)
+        reports = sorted((world.home / "store" / "reports" / "nightly" / "local").glob("*.json"))
+        doc = json.loads(reports[-1].read_text())
+        assert steps(doc) == {"drift": "done", "bake": "failed", "report": "done"}
+        assert doc["steps"][1]["detail"] == "interrupted"
+    else:
+        doc = world.run(bake)
+        assert steps(doc)["bake"] == "failed" and doc["steps"][1]["detail"] == "internal error: RuntimeError: a bug"
+        assert steps(doc)["gc"] == "done" and Path(doc["report"]["json"]).is_file()
+    assert doc["exit_code"] == 1
