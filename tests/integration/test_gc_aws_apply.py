@@ -291,3 +291,28 @@ def test_the_sandbox_applies_like_aws_without_the_calls_moto_lacks(
     assert img["State"] == "disabled"
     assert target.gc_restore(amis["old"])["stage"]["stage"] == "disabled"
     assert ec2.describe_images(ImageIds=[amis["old"]])["Images"][0]["State"] == "available"
+
+
+def test_a_parent_ami_with_a_registered_child_is_kept(aws_clients: Clients,
+                                                      moto_client: Callable[[str], Any]) -> None:
+    """Image families: `unused1` becomes the parent of a child AMI (its tags name it), so it
+    stays; re-checked right before a step as well."""
+    from goldenimage.models import PARENT_ID_TAG, PARENT_NAME_TAG
+
+    amis = _world(moto_client)
+    ec2 = moto_client("ec2")
+    inst = ec2.run_instances(ImageId=amis["base"], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    child = ec2.create_image(InstanceId=inst, Name="gc-child")["ImageId"]
+    ec2.terminate_instances(InstanceIds=[inst])
+    ec2.create_tags(Resources=[child], Tags=[
+        {"Key": NAME_TAG, "Value": "app"}, {"Key": ENV_TAG, "Value": "aws"}, {"Key": STATUS_TAG, "Value": "validated"},
+        {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "1" * 64}, {"Key": CREATED_TAG, "Value": "2026-02-01T00:00:00Z"},
+        {"Key": PARENT_ID_TAG, "Value": amis["unused1"]}, {"Key": PARENT_NAME_TAG, "Value": "web"}])
+    target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
+    plan, applied = _run(target, NOW)
+    reasons = {d.image_id: d.reason for d in plan.decisions}
+    assert reasons[amis["unused1"]] == f"keep: parent of {child}"
+    assert amis["unused1"] not in applied and amis["unused2"] in applied
+    decision = next(d for d in plan.decisions if d.image_id == amis["unused2"])
+    assert target._ami_still_used(amis["unused1"]) == f"parent of {child}"
+    assert decision.action == "deprecate"

@@ -22,13 +22,14 @@ import dataclasses
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
 
-from .. import fingerprint, retention
+from .. import ancestry, fingerprint, retention
 from ..adapters.packer import read_manifest
 from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
@@ -112,10 +113,11 @@ class AwsSide(Target):
         ec2 = self.clients.ec2
         pages = ec2.get_paginator("describe_images").paginate(
             Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
-        images, local_ids = [], {}
+        images, local_ids, records = [], {}, []
         for page in pages:
             for img in page.get("Images", []):
                 rec = reg.record(img)
+                records.append(rec.summary())
                 tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
                 stage = tags.get(GC_STAGE_TAG) or None
                 if img.get("State") == "disabled":
@@ -133,7 +135,8 @@ class AwsSide(Target):
         channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
                     for name in sorted(self.env.settings.images)}
         listing = references.Listing(self.clients)  # one listing for the references and the leftovers
-        return GcWorld(images, self.gc_references([i.id for i in images], local_ids, listing), channels,
+        uses = [*self.gc_references([i.id for i in images], local_ids, listing), *_children(records)]
+        return GcWorld(images, uses, channels,
                        leftovers.gather(self.clients, listing),
                        {"region": self.clients.ctx.region, "copy_regions": self.copy_regions()})
 
@@ -182,7 +185,9 @@ class AwsSide(Target):
                     for name in sorted(self.env.settings.images)}
         fresh = retention.Image(id=image_id, name=rec.name, status=rec.status,
                                 created=retention.parse_time(rec.created) or datetime.now(UTC))
-        return retention.protections([fresh], self.gc_references([image_id], local_ids), channels).get(image_id)
+        children = [c for c in _children(r.summary() for r in reg.list()) if c.image_id == image_id]
+        return retention.protections([fresh], [*self.gc_references([image_id], local_ids), *children],
+                                     channels).get(image_id)
 
     def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
         """One stage for every copy of the image, after the uses were gathered again; an image
@@ -416,6 +421,11 @@ class AwsTarget(AwsSide):
 
     def quarantined(self, result: Result) -> str:
         return f"quarantined: tagged {STATUS_TAG}=quarantined in {', '.join(sorted(result['amis']))}"
+
+
+def _children(records: Iterable[dict[str, Any]]) -> list[retention.Reference]:
+    """A parent AMI is in use while an image built on it is registered (image families)."""
+    return [retention.Reference(parent, "parent of", child) for parent, child in ancestry.parent_uses(records)]
 
 
 def _in_region(c: Clients, region: str) -> Clients:
