@@ -25,7 +25,7 @@ from typing import Any
 from . import ancestry
 from .adapters.proc import stop_group
 from .bake import run
-from .errors import ConfigError, GoldenImageError, Interrupted, ValidationFailed
+from .errors import ConfigError, GoldenImageError, Interrupted
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import target_for
@@ -215,6 +215,7 @@ def _progress(schedule: ancestry.Schedule, reporter: Reporter) -> None:
 
 def _settle(schedule: ancestry.Schedule, name: str, entry: Result, reporter: Reporter) -> None:
     if entry["state"] == FAILED:
+        reporter.warn(f"{name} failed: {entry['error']}")
         for d in schedule.fail(name):
             reporter.warn(f"{d}: not baked, its parent {name} failed")
     else:
@@ -231,12 +232,9 @@ def _sequential(env: Environment, schedule: ancestry.Schedule, force: bool, repo
         _progress(schedule, reporter)
         try:
             entries[name] = _entry(run(target, name, force, _own(reporter), schedule.done))
-        except ValidationFailed as err:
-            entries[name] = _failed(err)
-        except GoldenImageError as err:
-            if isinstance(err, Interrupted):
-                raise
-            reporter.warn(f"{name} failed: {err.message}")
+        except Interrupted:
+            raise
+        except GoldenImageError as err:  # a failed or quarantined image: the others go on
             entries[name] = _failed(err)
         _settle(schedule, name, entries[name], reporter)
 

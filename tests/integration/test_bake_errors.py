@@ -200,3 +200,87 @@ def test_bad_bake_all_options(project: Path, tmp_path: Path, args: list[str], fr
     assert_one_error_line(res.stderr, fragment)
     assert_nothing_written(home)
 
+
+
+def _two_roots(project: Path) -> None:
+    """cache without a parent: base and cache are both roots (they bake at once with --jobs 2)."""
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    assert "    groups: [cache]\n    disk_size: 4G\n    parent: base\n" in text
+    settings.write_text(text.replace("    groups: [cache]\n    disk_size: 4G\n    parent: base\n",
+                                     "    groups: [cache]\n    disk_size: 4G\n", 1))
+
+
+def test_bake_all_in_worker_processes_reports_each_image(project: Path, tmp_path: Path) -> None:
+    """Two roots bake at once in worker processes; packer is missing, so both fail at their
+    first step: each row says why, web (on base) is blocked, every failure is bad input
+    (exit 2), and nothing is written."""
+    import json
+
+    _two_roots(project)
+    home = tmp_path / "home"
+    res = run_invoke("bake", "--all", "--jobs", "2", "--json", root=project, home=home,
+                     env={"PATH": _path_without(tmp_path, "packer")})
+    assert res.returncode == 2, res.stderr
+    doc = json.loads(res.stdout)
+    rows = {r["image"]: r for r in doc["images"]}
+    assert [r["image"] for r in doc["images"]] == ["base", "cache", "web"] and doc["jobs"] == 2
+    assert rows["base"]["state"] == rows["cache"]["state"] == "failed"
+    assert all("packer not found" in rows[n]["error"] and rows[n]["exit_code"] == 2 for n in ("base", "cache"))
+    assert rows["web"]["state"] == "blocked" and rows["web"]["error"] == "parent base failed"
+    assert "images: building base, cache" in res.stderr and "warning: web: not baked, its parent base failed" in res.stderr
+    assert "Traceback" not in res.stderr and not [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert_nothing_written(home)
+
+
+def test_a_signal_stops_every_worker_of_bake_all(project: Path, tmp_path: Path) -> None:
+    """SIGTERM to `bake --all --jobs 2` while both workers wait for another bake's lock: each
+    worker stops at that safe point, the command says `interrupted` (exit 1), and no worker
+    process is left."""
+    import signal
+    import subprocess
+    import sys
+
+    from goldenimage.adapters.proc import processes_mentioning
+    from goldenimage.fsutil import file_lock
+    from tests.conftest import use_file_base, wait_for_output
+
+    _two_roots(project)
+    use_file_base(project, "local", tmp_path)
+    home = tmp_path / "home"
+    locks = home / "store" / "locks"
+    log = tmp_path / "bake.log"
+    env = {**os.environ, "GOLDENIMAGE_ROOT": str(project), "GOLDENIMAGE_HOME": str(home)}
+    with file_lock(locks / "base.lock"), file_lock(locks / "cache.lock"), log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--all", "--jobs", "2"], cwd=project,
+                                env=env, stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL)
+        try:
+            for name in ("base", "cache"):
+                wait_for_output(log, proc, f"[{name}] another bake of {name!r} is running", timeout=120, poll=0.2)
+            workers = [pid for pid in processes_mentioning("goldenimage.family") if _ppid(pid) == proc.pid]
+            assert len(workers) == 2
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 1, text
+    assert_one_error_line(text, "interrupted")
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived its bake --all"
+    assert_nothing_written(home)
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
