@@ -314,6 +314,20 @@ def human_history(r: Result) -> list[str]:
 
 
 # -- fingerprint -------------------------------------------------------------------------
+def _changed_since(reg: ImageLookup, name: str, inputs: list[fp.FingerprintInput]) -> Result | None:
+    """Why `name` is not up to date: which inputs differ from its newest validated image's
+    (e.g. "parent changed"); None when it has none with recorded inputs."""
+    usable = [r for r in reg.list(name) if r.status == "validated"]
+    if not usable:
+        return None
+    newest = max(usable, key=lambda r: (r.created, r.id))
+    raw = reg.manifest(newest.id).get("fingerprint_inputs")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    d = fp.diff({str(k): str(v) for k, v in raw.items()}, fp.as_manifest(inputs))
+    return {"image_id": newest.id, "reasons": fp.reasons(d), **d}
+
+
 def _parent_extra(env: Environment, target: Target, reg: ImageRegistry, name: str,
                   inputs_of: Callable[[str], list[fp.FingerprintInput]]) -> dict[str, str]:
     """A child's parent inputs as its bake would have them: the parent's channel image, else
@@ -390,6 +404,8 @@ def fingerprint_cmd(
             row["up_to_date"] = hit.id if hit else None
         if explain:
             row["explain"] = fp.explain(inputs)
+            if store is not None and row.get("up_to_date") is None:
+                row["changed_since"] = _changed_since(store, name, inputs)
         if old is not None and old_rec is not None:
             d = fp.diff(old, fp.as_manifest(inputs))
             details = {i.name: i.detail for i in inputs if i.detail and i.name in d["changed"]}
@@ -415,6 +431,9 @@ def human_fingerprint(r: Result) -> list[str]:
         for e in row.get("explain", []):
             detail = f"  = {e['detail']}" if e.get("detail") and e["detail"] != "normalised" else ""
             lines.append(f"  {e['digest'][:16]}  {e['name']}{detail}")
+        since = row.get("changed_since")
+        if since:
+            lines.append(f"  not up to date since {since['image_id']}: {', '.join(since['reasons']) or 'same inputs'}")
         a = row.get("against")
         if a:
             n = len(a["added"]) + len(a["removed"]) + len(a["changed"])

@@ -231,6 +231,11 @@ def test_a_new_parent_image_means_a_new_child(root: Path, store: LocalStore) -> 
     assert second["web"]["against"]["reasons"] == ["parent changed", "base changed"]
     text = "\n".join(commands.human_fingerprint({"images": [second["web"]]}))
     assert "differ: parent changed, base changed" in text and "parent:image (now base-2)" in text
+    explained = fingerprints(root, store, explain=True)["web"]
+    assert explained["changed_since"]["image_id"] == "web-1"
+    assert explained["changed_since"]["reasons"] == ["parent changed", "base changed"]
+    assert "not up to date since web-1: parent changed, base changed" in "\n".join(
+        commands.human_fingerprint({"images": [explained]}))
 
 
 def register_manifest(store: LocalStore, image_id: str, inputs: dict[str, str]) -> None:
