@@ -192,6 +192,24 @@ def test_what_a_change_rebuilds(shared: dict[str, Path], tmp_path: Path) -> None
     assert "parent changed" in explained.stdout, explained.stdout
 
 
+def test_nightly_with_nothing_changed_bakes_nothing(shared: dict[str, Path]) -> None:
+    """`invoke nightly` on the family baked above, for real: the base disk's archive check
+    against the Debian archive, every image's inputs against its newest image, gc, report."""
+    res = run_invoke("nightly", "--json", env=env_for(shared))
+    doc = json.loads(res.stdout)
+    steps = {s["step"]: s["outcome"] for s in doc["steps"]}
+    assert Path(doc["report"]["json"]).is_file() and Path(doc["report"]["markdown"]).is_file()
+    assert [b["base"].startswith("mmdebstrap:") for b in doc["drift"]["bases"]] == [True]
+    if doc["drift"]["drift"]:  # the archive published newer packages of the base meanwhile: a rebuild
+        assert all(i["reasons"][0].startswith("base mmdebstrap:") for i in doc["drift"]["images"]), doc["drift"]
+        assert res.returncode == 0 and steps["bake"] == "done", doc["steps"]
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {i["image"]: i["reasons"] for i in doc["drift"]["images"]} == {"base": [], "cache": [], "web": []}
+    assert steps["bake"] == "skipped" and steps["promote"] == "skipped" and steps["gc"] == "done"
+    assert "no drift" in Path(doc["report"]["markdown"]).read_text().lower()
+
+
 def _image_id(shared: dict[str, Path], name: str) -> str:
     listed = json.loads(run_invoke("images", "--json", "--image", name, env=env_for(shared)).stdout)
     return str(listed["images"][-1]["id"])
