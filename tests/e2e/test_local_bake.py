@@ -145,26 +145,44 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert "up to date" in again.stderr
 
 
-def test_bake_all_builds_only_the_missing_leaf_in_parallel_workers(shared: dict[str, Path]) -> None:
-    """After web (and base) above: `bake --all --jobs 2` skips both and bakes cache on base,
-    each image in a worker process of its own."""
-    res = run_invoke("bake", "--all", "--jobs", "2", "--json", env=env_for(shared))
+def test_nightly_bakes_the_missing_leaf_on_base_and_promotes_it(shared: dict[str, Path]) -> None:
+    """After web (and base) above, a real `invoke nightly`: cache has no image yet, so the job
+    bakes the family (base and web are up to date and skipped; cache is baked on base),
+    promotes cache to the nightly channel, runs gc and writes its report."""
+    res = run_invoke("nightly", "--json", env=env_for(shared))
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
-    rows = {r["image"]: r for r in doc["images"]}
-    assert [r["image"] for r in doc["images"]] == ["base", "cache", "web"] and doc["jobs"] == 2
-    assert rows["base"]["state"] == "skipped" and rows["web"]["state"] == "skipped"
+    drift = {i["image"]: i["reasons"] for i in doc["drift"]["images"]}
+    assert drift["cache"] == ["no validated image yet"], drift
+    rows = {r["image"]: r for r in doc["bake"]["images"]}
+    assert [r["image"] for r in doc["bake"]["images"]] == ["base", "cache", "web"]
+    if not doc["drift"]["bases"][0]["drift"]:  # (unless the archive published newer base packages meanwhile)
+        assert drift["base"] == drift["web"] == []
+        assert rows["base"]["state"] == "skipped" and rows["web"]["state"] == "skipped"
     assert rows["cache"]["state"] == "built" and rows["cache"]["status"] == "validated"
     assert rows["cache"]["result"]["parent"]["id"] == rows["base"]["image_id"]
-    assert "[cache] " in res.stderr and "images: building" in res.stderr
+    promoted = {p["image"]: p for p in doc["promotions"]}
+    assert promoted["cache"]["image_id"] == rows["cache"]["image_id"] and promoted["cache"]["channel"] == "nightly"
+    assert {s["step"]: s["outcome"] for s in doc["steps"]}["gc"] == "done"
+    assert Path(doc["report"]["json"]).is_file() and "cache" in Path(doc["report"]["markdown"]).read_text()
+
     cache_dir = Path(rows["cache"]["result"]["artifact"]).parent
     suites = {case.get("classname") for case in ET.parse(cache_dir / "junit.xml").getroot().iter("testcase")}
     assert suites == {"tests.image.common.test_common", "tests.image.base.test_base",
                       "tests.image.cache.test_cache"}, suites
     assert {p["name"] for p in json.loads((cache_dir / "manifest.json").read_text())["packages"]} >= {"memcached"}
-
     tree = run_invoke("images", "--tree", env=env_for(shared))
-    assert tree.returncode == 0 and "  cache (on base)" in tree.stdout and "outdated" not in tree.stdout, tree.stdout
+    assert tree.returncode == 0 and "  cache (on base)" in tree.stdout and "[nightly]" in tree.stdout, tree.stdout
+    assert "outdated" not in tree.stdout, tree.stdout
+
+
+def test_bake_all_in_parallel_workers_skips_what_is_up_to_date(shared: dict[str, Path]) -> None:
+    res = run_invoke("bake", "--all", "--jobs", "2", "--json", env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert [(r["image"], r["state"]) for r in doc["images"]] == [
+        ("base", "skipped"), ("cache", "skipped"), ("web", "skipped")] and doc["jobs"] == 2
+    assert "[cache] " in res.stderr and "[web] " in res.stderr and "images: building" in res.stderr
 
 
 def _fingerprints(project: Path, shared: dict[str, Path]) -> dict[str, str | None]:
