@@ -93,7 +93,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
     the image; the result is the image's, with `parents` naming what it was built on."""
     env = load_environment(env_name)
     name = pick_image(env, image)
-    if env.parents.get(name) is None:
+    if env.bake_parents.get(name) is None:
         return run(target_for(env), name, force, reporter)
     return bake_all(env_name, [name], 1, force, reporter, only=name)
 
@@ -111,7 +111,7 @@ def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: b
     env = load_environment(env_name)
     for n in images or []:
         env.image(n)
-    schedule = ancestry.Schedule.of(env.parents, images)
+    schedule = ancestry.Schedule.of(env.bake_parents, images)
     workers = min(jobs or default_jobs(env), len(schedule.names))
     if only is not None:
         return _one_with_ancestors(env, schedule, only, force, reporter)

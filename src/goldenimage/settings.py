@@ -181,6 +181,13 @@ class Environment:
         return {n: s.parent.image if s.parent else None for n, s in self.settings.images.items()}
 
     @property
+    def bake_parents(self) -> dict[str, str | None]:
+        """The parents a bake waits for: a parent taken from a channel is not baked first
+        (the child takes whatever the channel points at)."""
+        return {n: s.parent.image if s.parent and not s.parent.channel else None
+                for n, s in self.settings.images.items()}
+
+    @property
     def region(self) -> str:
         return self.settings.region or DEFAULT_REGION
 

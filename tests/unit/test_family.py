@@ -70,6 +70,7 @@ def put(store: LocalStore, image_id: str, name: str, *, parent: str | None = Non
 def test_parents_from_the_settings(root: Path) -> None:
     env = load_environment("local", root)
     assert env.parents == {"base": None, "web": "base", "api": "web"}
+    assert env.bake_parents == {"base": None, "web": "base", "api": None}  # api takes web's channel
     assert env.image("api").parent is not None and env.image("api").parent.channel == "stable"
     # a child is validated by the common checks, its ancestors' and its own (those that exist)
     for d in ("common", "base", "web", "api"):
