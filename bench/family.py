@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = "inventories/local/goldenimage.yml"
 BASE_CACHE = Path()  # set by main: one base disk cache for every bake
-COPY = ("packer", "playbooks", "roles", "inventories", "tests/image", "ansible.cfg")
+COPY = ("packer", "playbooks", "roles", "inventories", "tests/image", "ansible.cfg", "tasks.py")
 
 
 def copy_project(dest: Path) -> Path:
