@@ -25,12 +25,14 @@ INVOKE = [sys.executable, "-m", "invoke"]
 
 
 def copy_project(dest: Path) -> Path:
-    """A copy of the project's inputs (templates, playbooks, roles, inventories, tests/image)."""
+    """A copy of the project's inputs (templates, playbooks, roles, inventories, tests/image,
+    ansible.cfg): the same fingerprints as the project itself."""
     for part in ("packer", "playbooks", "roles", "inventories", "tests/image"):
         src = ROOT / part
         if src.exists():
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ROOT / "tasks.py", dest / "tasks.py")
+    for name in ("tasks.py", "ansible.cfg"):  # ansible.cfg is a fingerprint input of every image
+        shutil.copy2(ROOT / name, dest / name)
     return dest
 
 
