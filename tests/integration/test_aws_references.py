@@ -59,6 +59,16 @@ def world(moto_client: Callable[[str], Any]) -> dict[str, str]:
     return {**amis, "lt_id": lt_id}
 
 
+def validated_tags(day: int, *, env: str = "aws", local_id: str | None = None) -> list[dict[str, str]]:
+    """The tags the registry gives a validated `web` image created on 2026-01-`day`."""
+    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG, TAG
+
+    tags = [{"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": env},
+            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
+            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}]
+    return tags + ([{"Key": TAG + "local-id", "Value": local_id}] if local_id else [])
+
+
 def test_every_kind_of_use_is_found_and_nothing_else(aws_clients: Clients,
                                                      moto_client: Callable[[str], Any]) -> None:
     amis = world(moto_client)
@@ -94,7 +104,6 @@ def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Ca
 
     from goldenimage import retention
     from goldenimage.aws.target import AwsTarget
-    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
     from goldenimage.sections import ImageRetention
     from goldenimage.settings import load_environment
     from tests.conftest import ROOT
@@ -104,10 +113,7 @@ def test_the_aws_plan_keeps_every_used_ami(aws_clients: Clients, moto_client: Ca
     order = ["running", "stopped", "terminated", "lt_old", "lt_default", "lt_latest", "lc", "mixed",
              "previous", "current", "ssm_any", "ssm_channel", "unused1", "unused2"]
     for day, n in enumerate(order, start=1):
-        ec2.create_tags(Resources=[amis[n]], Tags=[
-            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
-            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
-            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}])
+        ec2.create_tags(Resources=[amis[n]], Tags=validated_tags(day))
     ec2.disable_image(ImageId=amis["unused1"])
     target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
     w = target.gc_world()
@@ -188,7 +194,6 @@ def test_a_copy_in_another_region_keeps_the_image(aws_clients: Clients, moto_cli
 
     from goldenimage import retention
     from goldenimage.aws.target import AwsTarget
-    from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG, TAG
     from goldenimage.sections import ImageRetention
     from goldenimage.settings import load_environment
     from tests.conftest import ROOT
@@ -202,9 +207,7 @@ def test_a_copy_in_another_region_keeps_the_image(aws_clients: Clients, moto_cli
     ec2 = moto_client("ec2")
     copies = {}
     for day, n in enumerate(amis, start=1):
-        tags = [{"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
-                {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
-                {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}, {"Key": TAG + "local-id", "Value": f"web-{n}"}]
+        tags = validated_tags(day, local_id=f"web-{n}")
         ec2.create_tags(Resources=[amis[n]], Tags=tags)
         copies[n] = west.copy_image(SourceImageId=amis[n], SourceRegion="us-east-1", Name=f"gc-{n}")["ImageId"]
         west.create_tags(Resources=[copies[n]], Tags=tags)

@@ -14,11 +14,11 @@ from goldenimage import retention
 from goldenimage.aws import collect
 from goldenimage.aws.clients import AwsContext, Clients
 from goldenimage.aws.target import AwsTarget
-from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG, TAG
+from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
 from goldenimage.sections import ImageRetention
 from goldenimage.settings import load_environment
 from tests.conftest import ROOT
-from tests.integration.test_aws_references import world
+from tests.integration.test_aws_references import validated_tags, world
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 POLICY = {"web": ImageRetention(keep=1, min_age_days=0, deprecate_after=0, disable_after=0, delete_after=0)}
@@ -47,10 +47,7 @@ def _world(moto_client: Callable[[str], Any]) -> dict[str, str]:
         ssm.put_parameter(Name="/team/pinned/ami", Value=amis[n], Type="String", Overwrite=True)
     ssm.label_parameter_version(Name="/team/pinned/ami", ParameterVersion=1, Labels=["golden"])
     for day, n in enumerate(ORDER, start=1):
-        ec2.create_tags(Resources=[amis[n]], Tags=[
-            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
-            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
-            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}, {"Key": TAG + "local-id", "Value": f"web-{n}"}])
+        ec2.create_tags(Resources=[amis[n]], Tags=validated_tags(day, local_id=f"web-{n}"))
     return amis
 
 
@@ -206,9 +203,7 @@ def test_every_copy_goes_through_the_stage_and_restore_takes_each_back(
     for day, n in enumerate(["old", "new"], start=1):
         inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         amis[n] = ec2.create_image(InstanceId=inst, Name=f"gc-{n}")["ImageId"]
-        tags = [{"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "aws"},
-                {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
-                {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}, {"Key": TAG + "local-id", "Value": f"web-{n}"}]
+        tags = validated_tags(day, local_id=f"web-{n}")
         ec2.create_tags(Resources=[amis[n]], Tags=tags)
         copies[n] = west.copy_image(SourceImageId=amis[n], SourceRegion="us-east-1", Name=f"gc-{n}")["ImageId"]
         west.create_tags(Resources=[copies[n]], Tags=tags)
@@ -274,10 +269,7 @@ def test_the_sandbox_applies_like_aws_without_the_calls_moto_lacks(
     for day, n in enumerate(["old", "new"], start=1):
         inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         amis[n] = ec2.create_image(InstanceId=inst, Name=f"gc-{n}")["ImageId"]
-        ec2.create_tags(Resources=[amis[n]], Tags=[
-            {"Key": NAME_TAG, "Value": "web"}, {"Key": ENV_TAG, "Value": "sandbox"},
-            {"Key": STATUS_TAG, "Value": "validated"}, {"Key": FINGERPRINT_TAG, "Value": "sha256:" + "0" * 64},
-            {"Key": CREATED_TAG, "Value": f"2026-01-{day:02d}T00:00:00Z"}])
+        ec2.create_tags(Resources=[amis[n]], Tags=validated_tags(day, env="sandbox"))
     target = SandboxTarget(load_environment("sandbox", ROOT), clients=aws_clients)
     assert target.gc_applies
     for day, stage in enumerate(["deprecated", "disabled"]):
