@@ -22,7 +22,7 @@ from . import fingerprint as fp
 from .adapters.packer import Packer
 from .build import fingerprint_extra, parent_inputs
 from .errors import ConfigError
-from .models import REVOKED
+from .models import REVOKED, newest_validated
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
@@ -317,10 +317,9 @@ def human_history(r: Result) -> list[str]:
 def _changed_since(reg: ImageLookup, name: str, inputs: list[fp.FingerprintInput]) -> Result | None:
     """Why `name` is not up to date: which inputs differ from its newest validated image's
     (e.g. "parent changed"); None when it has none with recorded inputs."""
-    usable = [r for r in reg.list(name) if r.status == "validated"]
-    if not usable:
+    newest = newest_validated(reg.list(name))
+    if newest is None:
         return None
-    newest = max(usable, key=lambda r: (r.created, r.id))
     raw = reg.manifest(newest.id).get("fingerprint_inputs")
     if not isinstance(raw, dict) or not raw:
         return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ancestry
-from .adapters.proc import stop_group
+from .adapters.proc import _die_with_parent, stop_group
 from .bake import run
 from .errors import ConfigError, GoldenImageError, Interrupted
 from .progress import Reporter
@@ -286,12 +286,6 @@ def _spawn(env: Environment, name: str, parent_ids: dict[str, str], force: bool,
 
     threading.Thread(target=collect, daemon=True).start()
     return proc
-
-
-def _die_with_parent() -> None:
-    from .adapters.proc import _die_with_parent as die
-
-    die()
 
 
 def _worker_entry(out: bytes, returncode: int) -> Result:

@@ -14,6 +14,7 @@ every target (see README, "JSON documents"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +88,12 @@ class ImageRecord:
             "channels": list(self.channels),
             **self.extra,
         }
+
+
+def newest_validated(records: Iterable[ImageRecord]) -> ImageRecord | None:
+    """The newest validated image among `records` (by creation time, then id)."""
+    usable = [r for r in records if r.status == VALIDATED]
+    return max(usable, key=lambda r: (r.created, r.id)) if usable else None
 
 
 class Registry(Protocol):

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import commands, drift, nightly_report, pkgdiff
+from . import commands, drift, models, nightly_report, pkgdiff
 from . import fingerprint as fp
 from .adapters import archive, baseimage, webhook
 from .errors import ConfigError, GoldenImageError, OperationFailed
@@ -64,8 +64,7 @@ def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
 
 
 def newest_validated(reg: ImageRegistry, name: str) -> ImageRecord | None:
-    usable = [r for r in reg.list(name) if r.status == VALIDATED]
-    return max(usable, key=lambda r: (r.created, r.id)) if usable else None
+    return models.newest_validated(reg.list(name))
 
 
 def default_report_dir(env_name: str) -> Path:
