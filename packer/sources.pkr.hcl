@@ -10,6 +10,9 @@ source "qemu" "local" {
   disk_size        = var.disk_size
   disk_interface   = "virtio"
   disk_compression = true
+  qemu_img_args {
+    convert = var.disk_convert_args
+  }
   net_device       = "virtio-net"
   accelerator      = var.accelerator
   cpus             = var.cpus

@@ -152,6 +152,12 @@ variable "serial_log" {
   default     = "serial.log"
 }
 
+variable "disk_convert_args" {
+  type        = list(string)
+  description = "Extra qemu-img convert arguments for the final, compressed disk (the runner picks zstd where QEMU has it)."
+  default     = []
+}
+
 # --- aws target (amazon-ebs) ---------------------------------------------------------------
 
 variable "aws_region" {

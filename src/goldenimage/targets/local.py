@@ -175,7 +175,8 @@ class LocalTarget(Target):
             job.artifacts["timings"] = packer_build(
                 self.env, img, job.tools, ws, "qemu.local", reporter, base_image=str(disk.path),
                 base_image_checksum=disk.identity, accelerator=job.base.details["accelerator"],
-                ssh_private_key_file=str(key), seed_files=[str(s) for s in seeds])
+                ssh_private_key_file=str(key), seed_files=[str(s) for s in seeds],
+                disk_convert_args=qemu.convert_args(job.tools.qemu))
             key.unlink()
             job.artifacts["packer_manifest"] = packer.read_manifest(ws / "packer-manifest.json")
             artifact = ws / "output" / "disk.qcow2"
