@@ -76,3 +76,48 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
     assert "base-local-1 is revoked in sandbox" in text and "up to date" not in text
     assert third.returncode == 1 and json.loads(out)["ok"] is False
     assert [r.id for r in store.list("base")] == ["base-local-1"]
+
+
+def test_a_sandbox_child_takes_its_parent_as_the_sandbox_has_it(
+    sandbox_env: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channels and statuses are the sandbox's (SSM, AMI tags), not the local store's, even
+    though the child is built on the local qcow2 the parent's AMI stands for."""
+    from goldenimage.bake import resolve_parent
+    from goldenimage.errors import GoldenImageError
+    from goldenimage.progress import Reporter
+    from goldenimage.settings import load_environment
+    from goldenimage.targets import target_for
+
+    project, env = sandbox_env
+    monkeypatch.setenv("GOLDENIMAGE_HOME", env["GOLDENIMAGE_HOME"])
+    store = LocalStore(tmp_path / "home" / "store")
+    for i in (1, 2):
+        put_validated(store.root, f"base-local-{i}", str(i) * 64, env="sandbox", name="base")
+    target = target_for(load_environment("sandbox", project))
+    ami = {i: target._register_remote(store.get(f"base-local-{i}"), Reporter(quiet=True))["image_id"]  # type: ignore[attr-defined]
+           for i in (1, 2)}
+    remote = target.registry()
+    remote.promote(ami[1], "stable")
+    store.promote("base-local-2", "stable")  # the local store's channel says otherwise
+
+    # `parent: base`: the newest image validated in the sandbox
+    assert resolve_parent(target, "web", {}).id == "base-local-2"
+    remote.revoke(ami[2], "CVE-2026-0001")
+    assert store.get("base-local-2").status == "validated"  # still, locally
+    assert resolve_parent(target, "web", {}).id == "base-local-1"
+
+    # `parent: {image: base, channel: stable}`: the sandbox's channel
+    settings = project / "inventories/sandbox/goldenimage.yml"
+    settings.write_text(settings.read_text().replace("    parent: base\n",
+                                                     "    parent: {image: base, channel: stable}\n", 1))
+    target = target_for(load_environment("sandbox", project))
+    assert resolve_parent(target, "web", {}).id == "base-local-1"
+    fp = invoke(project, env, "fingerprint", "--env", "sandbox", "--image", "web", "--explain", "--json")
+    assert fp.returncode == 0, fp.stderr
+    assert "base-local-1" in fp.stdout and "base-local-2" not in fp.stdout
+
+    remote.revoke(ami[1], "CVE-2026-0002")  # stable now points at nothing usable
+    with pytest.raises(GoldenImageError) as err:
+        resolve_parent(target, "web", {})
+    assert "images.web.parent" in str(err.value) and "base" in str(err.value)

@@ -8,6 +8,8 @@ validated instead.
 
 from __future__ import annotations
 
+import builtins
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from ..aws.clients import AwsContext, Clients
 from ..aws.registry import AwsRegistry
 from ..aws.target import AwsSide
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
+from ..errors import NotFoundError, OperationFailed
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
+from ..store import LocalStore
 from ..targets import Checked, GcWorld, ImageRegistry, Job, Result
 from ..targets.local import LocalTarget
 from . import running_state, sandbox_context
@@ -39,6 +43,63 @@ class SandboxCheck:
                 f"({self.local_id or 'unknown'}) was validated by the local bake",
             },
         )
+
+
+class SandboxParents:
+    """Where a sandbox child's parent comes from. The channels and the statuses are the
+    sandbox's (SSM parameters, AMI tags): a parent revoked, quarantined or disabled there is
+    refused, and `parent: {channel: …}` follows the sandbox's channel. The bytes are the local
+    store's: each AMI stands for a local qcow2 (its `local-id` tag), which the child is built
+    on. A local image never registered in the sandbox keeps its local status."""
+
+    def __init__(self, remote: AwsRegistry, store: LocalStore) -> None:
+        self.remote, self.store = remote, store
+
+    def _local_id(self, image_id: str) -> str:
+        if not image_id.startswith("ami-"):
+            return image_id
+        local_id = self.remote.get(image_id).extra.get("local_id")
+        if not local_id:
+            raise NotFoundError(f"{image_id} stands for no local image (no goldenimage:local-id tag)")
+        return str(local_id)
+
+    def _as_in_sandbox(self, recs: builtins.list[ImageRecord]) -> builtins.list[ImageRecord]:
+        amis = {r.extra.get("local_id"): r for name in {r.name for r in recs} for r in self.remote.list(name)}
+        out = []
+        for rec in recs:
+            ami = amis.get(rec.id)
+            if ami is not None and (ami.status != rec.status or ami.extra.get("stage") == "disabled"):
+                rec = replace(rec, status=ami.status, extra={**rec.extra, "stage": ami.extra.get("stage"),
+                                                             "ami": ami.id})
+            out.append(rec)
+        return out
+
+    def get(self, image_id: str) -> ImageRecord:
+        return self._as_in_sandbox([self.store.get(self._local_id(image_id))])[0]
+
+    def list(self, name: str | None = None) -> builtins.list[ImageRecord]:
+        return self._as_in_sandbox(self.store.list(name))
+
+    def manifest(self, image_id: str) -> dict[str, Any]:
+        return self.store.manifest(self._local_id(image_id))
+
+    def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
+        hit = self.store.find_by_fingerprint(name, fingerprint)
+        return hit if hit is None or self.get(hit.id).status == VALIDATED else None
+
+    def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]:
+        out = []
+        for entry in self.remote.history(name, channel):
+            image_id = entry.get("image_id")
+            if isinstance(image_id, str) and image_id.startswith("ami-") and entry.get("status") != "deregistered":
+                entry = {**entry, "image_id": self._local_id(image_id), "ami": image_id}
+            out.append(entry)
+        return out
+
+    def _read_only(self, *_: Any) -> Any:
+        raise OperationFailed("a sandbox parent is only read here: promote and revoke its AMI instead")
+
+    promote = revoke = rollback_target = _read_only
 
 
 class SandboxTarget(LocalTarget, AwsSide):
@@ -76,6 +137,9 @@ class SandboxTarget(LocalTarget, AwsSide):
 
     def listing(self) -> Result:
         return AwsSide.listing(self)
+
+    def parent_registry(self) -> ImageRegistry:
+        return SandboxParents(self.registry(), self.store)
 
     def registry_for(self, image_id: str) -> ImageRegistry:
         return self.registry() if image_id.startswith("ami-") else self.store

@@ -139,7 +139,7 @@ class LocalTarget(Target):
         return f"sha256:{manifest.get('artifact_sha256')}"
 
     def parent_registry(self) -> ImageRegistry:
-        return self.store  # a child is baked on its parent's qcow2 (the sandbox's too)
+        return self.store  # a child is baked on its parent's qcow2
 
     def resolve_base(self, reporter: Reporter, parent: ImageRecord | None = None) -> Base:
         if parent is None:
