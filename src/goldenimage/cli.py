@@ -20,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TextIO
 
-from .errors import GoldenImageError, Interrupted
+from .errors import GoldenImageError, Interrupted, internal_error
 from .progress import Reporter
 
 Result = dict[str, Any]
@@ -70,7 +70,11 @@ def run(
     except Exception as exc:  # a bug: say so in one line, the traceback only when asked
         if debug:
             traceback.print_exc()
-        _emit(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug)", sys.stderr)
+        message = internal_error(exc)
+        if json_out:  # a nightly job (or a bake --all worker) still reads one document
+            _emit(json.dumps({"ok": False, "error": message, "exit_code": 1}, indent=2, sort_keys=True),
+                  sys.stdout)
+        _emit(f"error: {message} (run with --debug)", sys.stderr)
         sys.exit(1)
     assert result is not None
     code = int(result.pop("exit_code", 0))

@@ -68,3 +68,8 @@ class Interrupted(OperationFailed):
     """SIGINT or SIGTERM arrived; work was stopped at a safe point and cleaned up."""
 
     exit_code = 1
+
+
+def internal_error(exc: Exception) -> str:
+    """The one line a bug (any other exception) is reported with."""
+    return f"internal error: {type(exc).__name__}: {exc}"

@@ -25,7 +25,7 @@ from typing import Any
 from . import ancestry
 from .adapters.proc import _die_with_parent, stop_group
 from .bake import run
-from .errors import ConfigError, GoldenImageError, Interrupted
+from .errors import ConfigError, GoldenImageError, Interrupted, internal_error
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import target_for
@@ -236,6 +236,8 @@ def _sequential(env: Environment, schedule: ancestry.Schedule, force: bool, repo
             raise
         except GoldenImageError as err:  # a failed or quarantined image: the others go on
             entries[name] = _failed(err)
+        except Exception as exc:  # a bug, in this image's bake: it fails, the others go on
+            entries[name] = {"state": FAILED, "error": internal_error(exc), "exit_code": 1}
         _settle(schedule, name, entries[name], reporter)
 
 

@@ -63,6 +63,17 @@ def test_a_bug_is_one_line_without_traceback(capsys: pytest.CaptureFixture[str])
     assert "Traceback" not in err and err.startswith("error: internal error: ZeroDivisionError: oops")
 
 
+def test_a_bug_with_json_still_prints_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+    """A nightly job or a `bake --all` worker reads the result from stdout, whatever happened."""
+    def work(r: Reporter) -> dict[str, Any]:
+        raise ZeroDivisionError("oops")
+
+    assert call(work, json_out=True)[0] == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "internal error: ZeroDivisionError: oops", "exit_code": 1}
+    assert err.strip().splitlines() == ["error: internal error: ZeroDivisionError: oops (run with --debug)"]
+
+
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     def work(r: Reporter) -> dict[str, Any]:
         raise ConfigError("bad")

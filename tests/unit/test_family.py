@@ -275,3 +275,29 @@ def test_the_parent_a_child_is_baked_on(root: Path, store: LocalStore, monkeypat
     put(store, "web-1", "web", parent="base-2")
     store.promote("web-1", "stable")
     assert resolve_parent(target, "api", {"web": "web-other"}).id == "web-1"  # type: ignore[union-attr]
+
+
+def test_a_bug_in_one_image_fails_that_image_only(root: Path, store: LocalStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bake --all --jobs 1`: an exception that is not a GoldenImageError (a bug) in web's bake
+    fails web, with the one-line internal error; base and api (its parent from a channel) go on."""
+    monkeypatch.setenv("GOLDENIMAGE_ROOT", str(root))
+    monkeypatch.setenv("GOLDENIMAGE_HOME", str(store.root.parent))
+    baked = []
+
+    def fake_run(target: Any, name: str, force: bool, reporter: Reporter, parent_ids: Any = None) -> dict[str, Any]:
+        baked.append(name)
+        if name == "web":
+            raise KeyError("no such key")
+        return {"image": name, "image_id": f"{name}-1", "status": "validated", "fingerprint": "f" * 64,
+                "skipped": False}
+
+    monkeypatch.setattr(family, "run", fake_run)
+    out = io.StringIO()
+    result = family.bake_all("local", None, 1, False, Reporter(out))
+    rows = {r["image"]: r for r in result["images"]}
+    assert sorted(baked) == ["api", "base", "web"]
+    assert rows["web"]["state"] == "failed" and rows["web"]["error"] == "internal error: KeyError: 'no such key'"
+    assert rows["base"]["state"] == rows["api"]["state"] == "built"
+    assert result["ok"] is False and result["exit_code"] == 1
+    assert "warning: web failed: internal error: KeyError" in out.getvalue()
