@@ -21,7 +21,7 @@ source "qemu" "local" {
   vnc_bind_address = "127.0.0.1"
   cd_files         = var.seed_files
   cd_label         = "cidata"
-  qemuargs         = [["-serial", "file:${var.serial_log}"]]
+  qemuargs         = concat([["-serial", "file:${var.serial_log}"]], var.extra_qemuargs)
 
   communicator         = "ssh"
   ssh_host             = "127.0.0.1"

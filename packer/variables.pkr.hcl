@@ -152,6 +152,12 @@ variable "serial_log" {
   default     = "serial.log"
 }
 
+variable "extra_qemuargs" {
+  type        = list(list(string))
+  description = "More QEMU arguments for the build VM: the runner attaches the package index disks (a parent's, read-only; one for this image's children) this way."
+  default     = []
+}
+
 variable "disk_convert_args" {
   type        = list(string)
   description = "Extra qemu-img convert arguments for the final, compressed disk (the runner picks zstd where QEMU has it)."

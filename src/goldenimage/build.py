@@ -107,14 +107,16 @@ class NewImage:
 
 
 def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source: str, reporter: Reporter,
-                 *, grace: float = 90, **values: Any) -> dict[str, Any]:
+                 *, grace: float = 90, extra_vars: dict[str, Any] | None = None, **values: Any) -> dict[str, Any]:
     """Stage the templates and the inventory in `ws`, write the build's variables (`values`
-    are the source's own), then `packer validate` and `packer build -only=source`; Packer's
-    log is `ws/image/build.log`. Returns where the build's time went (`goldenimage.timing`),
+    are the source's own; `extra_vars` are more playbook variables, named `goldenimage_*`
+    like the image's facts), then `packer validate` and `packer build -only=source`;
+    Packer's log is `ws/image/build.log`. Returns where the build's time went (`goldenimage.timing`),
     also written to `ws/image/timings.json`, even when the build fails."""
     staged = tools.packer.stage(env.root / "packer", ws / "packer")
     shutil.copytree(env.directory, ws / "inventory")
-    atomic_write_json(ws / "extra-vars.json", {f"goldenimage_{k}": v for k, v in img.facts().items()})
+    atomic_write_json(ws / "extra-vars.json", {f"goldenimage_{k}": v for k, v in
+                                               {**img.facts(), **(extra_vars or {})}.items()})
     var_file = ws / "build.pkrvars.json"
     atomic_write_json(var_file, common_packer_vars(env, img.name, ws, image_id=img.id,
                                                    fingerprint=img.fingerprint, **values))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,3 +102,17 @@ def short_tempdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def tar_length(path: Path, record: int = 10240) -> int:
+    """Bytes of the tar archive written at the start of `path` (e.g. a raw disk `tar -cf`
+    wrote to), through its end-of-archive blocks and rounded up to tar's record size;
+    0 when `path` starts with no archive or an unreadable one."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            if not tar.getmembers():
+                return 0
+            end = tar.offset + 2 * tarfile.BLOCKSIZE
+    except (OSError, tarfile.TarError):
+        return 0
+    return -(-end // record) * record

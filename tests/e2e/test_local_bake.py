@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from goldenimage.fsutil import sha256_file
 from tests.conftest import ROOT, copy_project, run_invoke, wait_for_output
 
 pytestmark = pytest.mark.slow
@@ -119,6 +121,15 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert base_manifest["base"]["source"].startswith("mmdebstrap:") and "parent" not in base_manifest
     assert manifest["parent"]["fingerprint"] == base_manifest["fingerprint"]
     assert manifest["base"]["identity"] == f"sha256:{base_manifest['artifact_sha256']}"
+    # base, which images are built on, keeps its package index for their builds; web keeps none
+    kept = base_manifest["apt_state"]
+    index = image_dir.parent / parent["image_id"] / kept["file"]
+    assert sha256_file(index) == kept["sha256"] and index.stat().st_size == kept["bytes"]
+    with tarfile.open(index) as tar:
+        names = tar.getnames()
+    assert any(n.startswith("var/lib/apt/lists/") and n.endswith("_Packages") for n in names), names
+    assert "var/cache/apt/srcpkgcache.bin" in names and "apt_state" not in manifest
+    assert f"package index of {parent['image_id']}" in res.stderr  # web's build started from it
     assert (image_dir / "sbom.cdx.json").is_file()
     # where the build's time went, kept with the image and shown at the end of the bake
     timings = manifest["timings"]

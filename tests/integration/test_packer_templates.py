@@ -53,7 +53,11 @@ def test_qemu_source_validates(packer: Packer, tmp_path: Path) -> None:
     base.write_bytes(b"")
     res = _validate(packer, tmp_path, "qemu.local", _vars(
         tmp_path, base_image=str(base), base_image_checksum="sha256:" + "0" * 64,
-        ssh_private_key_file=str(key), accelerator="tcg"))
+        ssh_private_key_file=str(key), accelerator="tcg",
+        extra_qemuargs=[["-blockdev", "driver=raw,node-name=gi-apt-in,read-only=on,file.driver=file,"
+                                      f"file.filename={base}"],
+                        ["-device", "virtio-blk-pci,drive=gi-apt-in,serial=gi-apt-in"]],
+        disk_convert_args=["-o", "compression_type=zstd", "-m", "8", "-W"]))
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -301,3 +301,32 @@ def test_a_bug_in_one_image_fails_that_image_only(root: Path, store: LocalStore,
     assert rows["base"]["state"] == rows["api"]["state"] == "built"
     assert result["ok"] is False and result["exit_code"] == 1
     assert "warning: web failed: internal error: KeyError" in out.getvalue()
+
+
+def test_a_child_starts_from_its_parents_package_index_only_with_the_recorded_bytes(
+        root: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package index a parent's build kept (apt-state.tar) is handed to the child's build
+    when its sha256 is the manifest's; otherwise it is not used (a warning) and the build
+    updates the lists itself. A parent without one hands nothing."""
+    from goldenimage.targets.local import APT_STATE, LocalTarget
+
+    monkeypatch.setenv("GOLDENIMAGE_HOME", str(store.root.parent))
+    put(store, "base-1", "base")
+    put(store, "base-2", "base")
+    index = store.image_dir("base-1") / APT_STATE
+    index.write_bytes(b"var/lib/apt/lists ...")
+    manifest_file = store.image_dir("base-1") / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["apt_state"] = {"file": APT_STATE, "sha256": sha256_file(index), "bytes": index.stat().st_size}
+    manifest_file.write_text(json.dumps(manifest))
+    target = LocalTarget(load_environment("local", root))
+    out = io.StringIO()
+
+    assert target._apt_state(store.get("base-1"), Reporter(out)) == index
+    assert target._apt_state(store.get("base-2"), Reporter(out)) is None  # none kept
+    index.write_bytes(b"var/lib/apt/lists, changed")
+    assert target._apt_state(store.get("base-1"), Reporter(out)) is None
+    assert f"base-1: its package index {APT_STATE} has sha256 {sha256_file(index)}" in out.getvalue()
+    index.unlink()
+    assert target._apt_state(store.get("base-1"), Reporter(out)) is None
+    assert "has sha256 (missing)" in out.getvalue()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from goldenimage.adapters.qemu import convert_args, seed_files, write_ssh_config
+from goldenimage.adapters.qemu import convert_args, raw_disk_args, seed_files, write_ssh_config
 
 
 def test_ssh_control_socket_path_stays_short(tmp_path: Path) -> None:
@@ -34,3 +34,12 @@ def test_final_disk_is_zstd_compressed_where_qemu_has_it(version: str, zstd: boo
     args = convert_args(version)
     assert ("compression_type=zstd" in args) is zstd
     assert args[-3:] == ["-m", "8", "-W"]
+
+
+def test_raw_disks_use_blockdev_and_a_serial_the_guest_finds(tmp_path: Path) -> None:
+    ro = raw_disk_args(tmp_path / "a,b.tar", "gi-apt-in", read_only=True, slot=0x1E)
+    assert ro == [["-blockdev", f"driver=raw,node-name=gi-apt-in,read-only=on,file.driver=file,"
+                                f"file.filename={tmp_path}/a,,b.tar"],
+                  ["-device", "virtio-blk-pci,drive=gi-apt-in,serial=gi-apt-in,addr=0x1e"]]
+    rw = raw_disk_args(tmp_path / "out.raw", "gi-apt-out", read_only=False, slot=0x1F)
+    assert "read-only" not in rw[0][1] and not any(a[0] == "-drive" for a in ro + rw)  # Packer keeps its drives

@@ -26,6 +26,10 @@ from ..progress import Reporter
 from . import proc
 
 QEMU = "qemu-system-x86_64"
+# virtio serials of a build VM's package index disks (/dev/disk/by-id/virtio-<serial>): the
+# parent's, read-only, and the one an image that others are built on writes its own to
+APT_IN, APT_OUT = "gi-apt-in", "gi-apt-out"
+APT_IN_SLOT, APT_OUT_SLOT = 0x1E, 0x1F  # the last PCI slots of the bus: after the system disk
 
 
 def qemu_version() -> str:
@@ -43,6 +47,18 @@ def convert_args(version: str) -> list[str]:
     if m and (int(m[1]), int(m[2])) >= (5, 1):
         args = ["-o", "compression_type=zstd", *args]
     return args
+
+
+def raw_disk_args(path: Path, serial: str, *, read_only: bool, slot: int) -> list[list[str]]:
+    """QEMU arguments attaching the raw file `path` as a virtio disk that the guest finds at
+    /dev/disk/by-id/virtio-<serial>. `-blockdev`, not `-drive`: Packer replaces all of its
+    own drives when the template's qemuargs name one. A high PCI `slot`: the BIOS boots the
+    first disk on the bus, which must stay the system disk (QEMU adds Packer's `if=virtio`
+    drives after the command line's devices)."""
+    name = str(path).replace(",", ",,")
+    ro = ",read-only=on" if read_only else ""
+    return [["-blockdev", f"driver=raw,node-name={serial}{ro},file.driver=file,file.filename={name}"],
+            ["-device", f"virtio-blk-pci,drive={serial},serial={serial},addr={slot:#x}"]]
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from .. import ancestry, fingerprint, retention, sbom
 from ..adapters import baseimage, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
-from ..fsutil import atomic_write_json, sha256_file
+from ..fsutil import atomic_write_json, sha256_file, tar_length
 from ..models import QUARANTINED, VALIDATED, ImageRecord
 from ..paths import base_cache_dir, store_dir
 from ..progress import Reporter
@@ -28,6 +28,8 @@ from ..store import LocalStore
 from . import Base, Checked, GcWorld, ImageRegistry, Job, Result, Target
 
 FAILED_LOGS = "failed bake logs"
+APT_STATE = "apt-state.tar"  # beside a parent's qcow2: the package index its children start from
+APT_STATE_DISK = 2 * 2**30  # the (sparse) disk a parent's build writes that index to
 
 
 class LocalTarget(Target):
@@ -150,7 +152,38 @@ class LocalTarget(Target):
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, base.path, base_cache_dir(),
                                         reporter)
         reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
-        return Base(base.identity, {"disk": base, "accelerator": accel})
+        apt_state = self._apt_state(parent, reporter) if parent is not None else None
+        return Base(base.identity, {"disk": base, "accelerator": accel, "apt_state": apt_state})
+
+    def _apt_state(self, parent: ImageRecord, reporter: Reporter) -> Path | None:
+        """The package index the parent's build kept (hygiene role), if its bytes are the
+        ones its manifest recorded: the child's build starts from it. Only a shortcut: without
+        it the child's apt tasks update, as on any fresh machine."""
+        kept = self.store.manifest(parent.id).get("apt_state")
+        if not isinstance(kept, dict):
+            return None
+        path = self.store.image_dir(parent.id) / str(kept.get("file"))
+        actual = sha256_file(path) if path.is_file() else "(missing)"
+        if actual != kept.get("sha256"):
+            reporter.warn(f"{parent.id}: its package index {path.name} has sha256 {actual}, its manifest "
+                          f"{kept.get('sha256')}: not used, the build updates the package lists itself")
+            return None
+        reporter.info(f"    package index of {parent.id} ({kept.get('bytes', 0) / 2**20:.0f} MiB) for the build")
+        return path
+
+    @staticmethod
+    def _keep_apt_state(disk: Path, dest: Path, reporter: Reporter) -> None:
+        """The package index the build's hygiene role wrote to `disk`, cut to its length, as
+        `dest`; nothing when the disk holds no archive (hygiene switched off, say)."""
+        length = tar_length(disk)
+        if not length:
+            reporter.warn("the build wrote no package index for the images built on this one: "
+                          "their builds update the package lists themselves")
+            disk.unlink()
+            return
+        with disk.open("r+b") as fh:
+            fh.truncate(length)
+        disk.rename(dest)
 
     def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
         return self.store.find_by_fingerprint(name, fingerprint)
@@ -168,6 +201,15 @@ class LocalTarget(Target):
         ws, img, disk = job.ws, job.image, job.base.details["disk"]
         image_dir = ws / "image"
         image_dir.mkdir()
+        # the parent's package index on a read-only disk; an image others are built on gets an
+        # empty one that its hygiene role writes its own index to
+        restore: Path | None = job.base.details.get("apt_state")
+        keep = ws / "apt-state.raw" if img.name in self.env.parents.values() else None
+        disks = qemu.raw_disk_args(restore, qemu.APT_IN, read_only=True, slot=qemu.APT_IN_SLOT) if restore else []
+        if keep is not None:
+            with keep.open("wb") as fh:
+                fh.truncate(APT_STATE_DISK)  # sparse
+            disks += qemu.raw_disk_args(keep, qemu.APT_OUT, read_only=False, slot=qemu.APT_OUT_SLOT)
         with reporter.phase("build", f"packer build of {img.name} ({img.id})"):
             key = ws / "build_key"
             pubkey = qemu.make_key(key)
@@ -176,13 +218,16 @@ class LocalTarget(Target):
                 self.env, img, job.tools, ws, "qemu.local", reporter, base_image=str(disk.path),
                 base_image_checksum=disk.identity, accelerator=job.base.details["accelerator"],
                 ssh_private_key_file=str(key), seed_files=[str(s) for s in seeds],
-                disk_convert_args=qemu.convert_args(job.tools.qemu))
+                disk_convert_args=qemu.convert_args(job.tools.qemu), extra_qemuargs=disks,
+                extra_vars={"apt_state_device": f"/dev/disk/by-id/virtio-{qemu.APT_OUT}" if keep else ""})
             key.unlink()
             job.artifacts["packer_manifest"] = packer.read_manifest(ws / "packer-manifest.json")
             artifact = ws / "output" / "disk.qcow2"
             if not artifact.is_file():
                 raise TemplateError(f"packer reported success but {artifact.name} is missing")
             shutil.move(str(artifact), image_dir / "disk.qcow2")
+            if keep is not None:
+                self._keep_apt_state(keep, image_dir / APT_STATE, reporter)
             shutil.copy2(ws / "packer-manifest.json", image_dir / "packer-manifest.json")
         return {}
 
@@ -215,6 +260,9 @@ class LocalTarget(Target):
             "sbom": "sbom.cdx.json",
             "validation": {"status": status, **checked.details["suite"].as_dict(), "junit": "junit.xml"},
             "packer_manifest": job.artifacts["packer_manifest"],
+            **({"apt_state": {"file": APT_STATE, "sha256": sha256_file(image_dir / APT_STATE),
+                              "bytes": (image_dir / APT_STATE).stat().st_size}}
+               if (image_dir / APT_STATE).is_file() else {}),
             "timings": job.artifacts["timings"],
         }
         atomic_write_json(image_dir / "sbom.cdx.json",

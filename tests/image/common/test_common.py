@@ -228,6 +228,12 @@ def test_apt_lists_look_stale(host: Any) -> None:
     assert host.file("/var/lib/apt/lists").mtime.year < 2001
 
 
+def test_apt_binary_caches_gone(host: Any) -> None:
+    """apt's package caches go with the lists (a child's build restores its parent's
+    index, source cache included, and hygiene removes it again)."""
+    assert find(host, "/var/cache/apt", "-maxdepth", "1", "-name", "*.bin") == []
+
+
 def test_apt_cache_empty(host: Any) -> None:
     found = find(host, "/var/cache/apt/archives", "-type", "f", "-name", "*.deb")
     assert found == []
