@@ -102,7 +102,11 @@ def test_run_suite_runs_every_directory_from_the_project_root(
     assert isinstance(argv, list) and argv[3:5] == [str(s) for s in suites]
     assert f"--rootdir={tmp_path}" in argv  # the same check names in a copy of the project
     assert seen["cwd"] == tmp_path
+    assert "--hosts=ssh://target" in argv and argv[-2:] == ["-n", "2"]  # two xdist processes by default
     assert not res.ok and "did not run" in res.failures[0]
+    testinfra.run_suite(suites, "local://", tmp_path / "cfg", {}, tmp_path, Reporter(quiet=True), root=tmp_path,
+                        workers=1)
+    assert "--hosts=local://" in seen["argv"] and seen["argv"][-2:] == ["-p", "no:xdist"]
     with pytest.raises(ValueError):
         testinfra.run_suite([], "target", tmp_path / "cfg", {}, tmp_path, Reporter(quiet=True), root=tmp_path)
 

@@ -320,7 +320,7 @@ def validate_disk(
         pub = Path(f"{vm.key}.pub").read_text().strip()
         suite = testinfra.run_suite(suites, vm.host, vm.ssh_config, {
             **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
-        }, work, reporter, root=env.root)
+        }, work, reporter, root=env.root, workers=min(q.cpus, 2))  # one per vCPU: more were slower
         packages = _packages(vm)
     reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
     return suite, packages
