@@ -81,14 +81,21 @@ def rebake(work: Path, home: Path) -> dict[str, Any]:
         (scratch_project / "playbooks/web.yml").read_text().replace("    - role: web\n",
                                                                      "    - role: base\n    - role: web\n"))
     settings = scratch_project / SETTINGS
-    settings.write_text(settings.read_text().replace("    parent: base          #", "    #", 1))
+    # no parent, and the checks a web on base runs (common + base + web), not common + web
+    settings.write_text(settings.read_text().replace(
+        "    parent: base          #",
+        "    tests: [tests/image/common, tests/image/base, tests/image/web]\n    #", 1))
     scratch = bake(scratch_project, work / "scratch-home", "--image", "web")
 
     def row(b: dict[str, Any]) -> dict[str, Any]:
         r = b["result"]
-        return {"seconds": b["seconds"], "durations": r.get("durations"), "image_id": r.get("image_id")}
+        manifest = json.loads((Path(r["artifact"]).parent / "manifest.json").read_text())
+        return {"seconds": b["seconds"], "durations": r.get("durations"), "image_id": r.get("image_id"),
+                "checks": manifest["validation"]["passed"]}
 
-    return {"on_base": row(on_base), "scratch": row(scratch),
+    rows = {"on_base": row(on_base), "scratch": row(scratch)}
+    assert rows["on_base"]["checks"] == rows["scratch"]["checks"], "both sides must run the same checks"
+    return {**rows,
             "ratio": round(on_base["seconds"] / scratch["seconds"], 3)}
 
 
