@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from .errors import GoldenImageError, Interrupted, internal_error
 from .progress import Reporter
@@ -41,6 +41,17 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _fail(doc: Result, line: str, code: int, *, json_out: bool, debug: bool) -> NoReturn:
+    """A failed task: its traceback when asked, one JSON document with --json, one `error:`
+    line, exit `code`."""
+    if debug:
+        traceback.print_exc()
+    if json_out:
+        _emit(json.dumps({"ok": False, **doc}, indent=2, sort_keys=True, default=str), sys.stdout)
+    _emit(line, sys.stderr)
+    sys.exit(code)
+
+
 def run(
     work: Callable[[Reporter], Result],
     *,
@@ -51,7 +62,6 @@ def run(
     """Run one task's work; exit the process with the contract's exit code."""
     signal.signal(signal.SIGTERM, _sigterm)
     reporter = Reporter()
-    code = 0
     result: Result | None = None
     try:
         try:
@@ -59,23 +69,13 @@ def run(
         except KeyboardInterrupt:
             raise Interrupted("interrupted: stopped at a safe point and cleaned up") from None
     except GoldenImageError as exc:
-        code = exc.exit_code
-        if debug:
-            traceback.print_exc()
-        result = {"ok": False, "error": exc.message, "exit_code": code, **exc.result}
-        if json_out:
-            _emit(json.dumps(result, indent=2, sort_keys=True, default=str), sys.stdout)
-        _emit(f"error: {exc.message}", sys.stderr)
-        sys.exit(code)
+        _fail({"error": exc.message, "exit_code": exc.exit_code, **exc.result}, f"error: {exc.message}",
+              exc.exit_code, json_out=json_out, debug=debug)
     except Exception as exc:  # a bug: say so in one line, the traceback only when asked
-        if debug:
-            traceback.print_exc()
         message = internal_error(exc)
-        if json_out:  # a nightly job (or a bake --all worker) still reads one document
-            _emit(json.dumps({"ok": False, "error": message, "exit_code": 1}, indent=2, sort_keys=True),
-                  sys.stdout)
-        _emit(f"error: {message} (run with --debug)", sys.stderr)
-        sys.exit(1)
+        # with --json a nightly job (or a bake --all worker) still reads one document
+        _fail({"error": message, "exit_code": 1}, f"error: {message} (run with --debug)", 1,
+              json_out=json_out, debug=debug)
     assert result is not None
     code = int(result.pop("exit_code", 0))
     result.setdefault("ok", code == 0)
