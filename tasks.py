@@ -153,6 +153,16 @@ def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
     return work
 
 
+@command("goldenimage.site:human_site",
+         out="directory to write (default: <store>/site/<env>); replaced whole, only if this task wrote it",
+         report_dir="where the nightly reports are (default: as invoke nightly writes them)")
+def site(c, env, out=None, report_dir=None):
+    """Write the registry as a static site: family, channels' history, images, bake timings, nightly runs, fleet."""
+    from goldenimage import site
+
+    return lambda r: site.site(env, out, r, report_dir=report_dir)
+
+
 @command("goldenimage.aws.iam:human_policy", name="iam-policy")
 def iam_policy(c, env):
     """Print the IAM policy granting exactly the AWS actions the toolkit calls."""
@@ -186,6 +196,6 @@ def sandbox_status(c, env):
 
 
 ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
-                iam_policy,
+                site, iam_policy,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

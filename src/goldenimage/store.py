@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -345,10 +345,12 @@ class LocalStore:
             if name is None or n == name
         }
 
-    def histories(self) -> dict[str, dict[str, ChannelHistory]]:
-        """Every channel's history (`history` shape), `{image name: {channel: history}}`."""
+    def histories(self, names: Iterable[str] | None = None) -> dict[str, dict[str, ChannelHistory]]:
+        """Every channel's history (`history` shape), `{image name: {channel: history}}`;
+        with `names`, of those image names only."""
         chans = self._read()["channels"]
-        return {n: {c: self.history(n, c) for c in sorted(chans[n])} for n in sorted(chans)}
+        wanted = set(chans) if names is None else set(names)
+        return {n: {c: self.history(n, c) for c in sorted(chans[n])} for n in sorted(chans) if n in wanted}
 
     # -- retention (invoke gc) -----------------------------------------------------------
     @property

@@ -257,6 +257,12 @@ class AwsRegistry:
                 out[p["Name"].rsplit("/", 1)[-1]] = p["Value"]
         return out
 
+    def histories(self, names: Iterable[str] = ()) -> dict[str, dict[str, builtins.list[dict[str, Any]]]]:
+        """Every channel's history of the image names `names`, `{name: {channel: history}}`
+        (names without a channel left out)."""
+        out = {n: {c: self.history(n, c) for c in sorted(self.channels(n))} for n in sorted(set(names))}
+        return {n: h for n, h in out.items() if h}
+
     @_translated
     def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]:
         """The channel's moves, oldest first (`models.history_entry`): every version of its

@@ -43,6 +43,7 @@ from . import collect, leftovers, references
 from .ami import packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
+from .errors import aws_errors
 from .registry import AwsRegistry
 from .validate import RemoteCheck, TestinfraCheck, validate_ami
 
@@ -102,6 +103,34 @@ class AwsSide(Target):
 
     def listing(self) -> Result:
         return {"target": self.name, "region": self.clients.ctx.region}
+
+    def fleet(self) -> list[Result]:
+        """Each group of `extra.rotation.groups` as AWS has it now, with the real `ImageId`
+        of every instance (`describe_instances`: what the instance was launched from)."""
+        rows: list[Result] = []
+        c = self.clients
+        for key, policy in sorted(self.env.rotation.items()):
+            row: Result = {"group": key, "asg": policy.asg or key, "image": policy.image, "channel": policy.channel,
+                           "desired": None, "min": None, "max": None, "instances": [], "error": ""}
+            rows.append(row)
+            with aws_errors(c):
+                found = c.autoscaling.describe_auto_scaling_groups(
+                    AutoScalingGroupNames=[row["asg"]]).get("AutoScalingGroups", [])
+                if not found:
+                    row["error"] = f"no auto-scaling group {row['asg']!r} in {c.ctx.region}"
+                    continue
+                g = found[0]
+                row.update(desired=g.get("DesiredCapacity"), min=g.get("MinSize"), max=g.get("MaxSize"))
+                members = {i["InstanceId"]: i for i in g.get("Instances", [])}
+                images: dict[str, str] = {}
+                if members:
+                    pages = c.ec2.get_paginator("describe_instances").paginate(InstanceIds=sorted(members))
+                    images = {inst["InstanceId"]: inst.get("ImageId", "")
+                              for page in pages for r in page.get("Reservations", []) for inst in r.get("Instances", [])}
+                row["instances"] = [{"id": iid, "image_id": images.get(iid, ""),
+                                     "lifecycle": m.get("LifecycleState", ""), "health": m.get("HealthStatus", "")}
+                                    for iid, m in sorted(members.items())]
+        return rows
 
     # -- retention (invoke gc) ---------------------------------------------------------------
     def gc_world(self) -> GcWorld:

@@ -9,6 +9,7 @@ validated instead.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +83,9 @@ class SandboxParents:
 
     def manifest(self, image_id: str) -> dict[str, Any]:
         return self.store.manifest(self._local_id(image_id))
+
+    def histories(self, names: Iterable[str]) -> dict[str, dict[str, builtins.list[dict[str, Any]]]]:
+        return self.remote.histories(names)
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
         hit = self.store.find_by_fingerprint(name, fingerprint)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,8 @@ class ImageRegistry(Protocol):
     def history(self, name: str, channel: str) -> builtins.list[dict[str, Any]]: ...
 
     def rollback_target(self, name: str, channel: str) -> str | None: ...
+
+    def histories(self, names: Iterable[str]) -> dict[str, dict[str, builtins.list[dict[str, Any]]]]: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,12 @@ class Target(ABC):
     def provenance(self, image_id: str) -> Result:
         """What `invoke images --image-id` shows beside the record and the manifest."""
         return {}
+
+    def fleet(self) -> builtins.list[Result] | None:
+        """The groups of `extra.rotation.groups` and the image each instance runs (one row a
+        group: group, asg, image, channel, desired, min, max, instances, error); None where
+        the target has no groups."""
+        return None
 
     @abstractmethod
     def validate_image(self, image_id: str, reporter: Reporter) -> Result:
