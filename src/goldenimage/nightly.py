@@ -449,7 +449,21 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
             if doc["webhook"]["outcome"] != "sent":
                 reporter.warn(f"webhook {hook.url}: {doc['webhook']['error']} (the job's result is unchanged)")
         write_report(doc, Path(doc["report"]["json"]), Path(doc["report"]["markdown"]), reporter)
+        doc["site"] = regenerate_site(env, out_dir, reporter)
         return doc
+
+
+def regenerate_site(env: Environment, report_dir: Path, reporter: Reporter) -> Result:
+    """The registry site (`invoke site`, its default directory) with this run in it; a
+    failure is a warning and never changes the job's result."""
+    from . import site
+
+    try:
+        made = site.site(env.name, None, reporter, root=env.root, report_dir=report_dir)
+    except (GoldenImageError, OSError) as exc:
+        reporter.warn(f"cannot write the registry site: {exc} (the job's result is unchanged)")
+        return {"outcome": "failed", "error": str(exc)}
+    return {"outcome": "written", "index": made["index"]}
 
 
 def write_report(doc: Result, json_path: Path, md_path: Path, reporter: Reporter) -> None:
@@ -481,4 +495,6 @@ def human_nightly(r: Result) -> list[str]:
     if r.get("report"):
         lines.append(f"report: {r['report']['json']}")
         lines.append(f"        {r['report']['markdown']}")
+    if (r.get("site") or {}).get("outcome") == "written":
+        lines.append(f"site:   {r['site']['index']}")
     return lines

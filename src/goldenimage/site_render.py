@@ -421,23 +421,22 @@ def waterfall(timings: Mapping[str, Any]) -> str:
         return "<p class=\"muted\">No timings recorded.</p>"
     rows, at = [], 0.0
     play = next((i for i, s in enumerate(steps) if "ansible" in str(s.get("step", "")).lower()), None)
-    task_at = 0.0
+
+    def task_rows(start: float) -> None:
+        for t in tasks:
+            ts = float(t.get("seconds") or 0)
+            name = f"{t['role']} : {t['task']}" if t.get("role") else str(t.get("task"))
+            rows.append(_bar_row(f"ansible: {name}", start, ts, total, "task"))
+            start += ts
+
     for i, s in enumerate(steps):
         secs = float(s.get("seconds") or 0)
         rows.append(_bar_row(f"packer: {s.get('step')}", at, secs, total, "step"))
         if i == play:
-            task_at = at
-            for t in tasks:
-                ts = float(t.get("seconds") or 0)
-                name = f"{t['role']} : {t['task']}" if t.get("role") else str(t.get("task"))
-                rows.append(_bar_row(f"  ansible: {name}", task_at, ts, total, "task"))
-                task_at += ts
+            task_rows(at)
         at += secs
-    if play is None:
-        for t in tasks:
-            ts = float(t.get("seconds") or 0)
-            rows.append(_bar_row(f"ansible: {t.get('task')}", task_at, ts, total, "task"))
-            task_at += ts
+    if play is None:  # no step names the provisioner: the tasks from the start
+        task_rows(0.0)
     return _table(["step or task", "starts at", "seconds", "when"], rows,
                   caption=f"{len(steps)} Packer steps, {len(tasks)} Ansible tasks, {total:.0f}s in all")
 

@@ -239,6 +239,32 @@ def test_nightly_with_nothing_changed_bakes_nothing(shared: dict[str, Path]) -> 
     assert "no drift" in Path(doc["report"]["markdown"]).read_text().lower()
 
 
+def test_the_registry_site_of_the_baked_family(shared: dict[str, Path], tmp_path: Path) -> None:
+    """`invoke site` from the real registry the tests above filled (three images, a channel,
+    two nightly reports), opened in headless Chromium: every page reachable, the family drawn,
+    the real bake's waterfall and validation on the image page; nightly wrote the site too."""
+    from tests.browser import artifacts_dir, chromium, crawl
+
+    nightly_site = shared["home"] / "store" / "site" / "local" / "index.html"
+    assert nightly_site.is_file(), "invoke nightly regenerates the site after each run"
+    res = run_invoke("site", "--json", "--out", str(tmp_path / "site"), env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert doc["nightly_runs"] >= 2 and doc["images"] >= 3
+    web = _image_id(shared, "web")
+    with chromium() as driver:
+        pages = crawl(driver, tmp_path / "site" / "index.html")
+        assert len(pages) == doc["pages"], sorted(pages)
+        driver.get((tmp_path / "site" / "index.html").as_uri())
+        drawn = " ".join(t.text for t in driver.find_elements("css selector", "svg text"))
+        assert all(name in drawn for name in ("base", "web", "cache")), drawn
+        page = next(p for u, p in pages.items() if u.endswith(f"/{web}.html"))["text"]
+        assert "ansible: web : " in page and "Packer steps" in page, page[-3000:]
+        assert "0 failed" in page and "packages installed (SBOM)" in page
+        driver.get((tmp_path / "site" / "image" / f"{web}.html").as_uri())
+        assert driver.save_screenshot(str(artifacts_dir() / "site-web-image.png"))
+
+
 def _image_id(shared: dict[str, Path], name: str) -> str:
     listed = json.loads(run_invoke("images", "--json", "--image", name, env=env_for(shared)).stdout)
     return str(listed["images"][-1]["id"])

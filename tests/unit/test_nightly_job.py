@@ -142,7 +142,9 @@ def test_unchanged_inputs_no_bake_and_the_report_says_so(world: World) -> None:
     lines = nightly.human_nightly(doc)
     assert lines[0] == "nightly local: no drift: nothing changed since the last validated images, nothing baked"
     assert any(ln.split()[:2] == ["bake", "skipped"] and ln.endswith("no drift: nothing to bake") for ln in lines)
-    assert lines[-2] == f"report: {doc['report']['json']}"
+    assert lines[-3] == f"report: {doc['report']['json']}"
+    assert doc["site"] == {"outcome": "written", "index": str(world.home / "store" / "site" / "local" / "index.html")}
+    assert lines[-1] == f"site:   {doc['site']['index']}"
 
 
 def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
@@ -175,6 +177,13 @@ def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
     assert Path(doc["report"]["json"]).parent == tmp_path / "reports"
     md = summary.read_text()
     assert "inputs changed: roles/web/tasks/main.yml" in md and "| nginx | nginx | added |" in md
+
+    # the registry site is regenerated with this run: its report, and web-2's package differences
+    site_dir = Path(doc["site"]["index"]).parent
+    assert "nightly/" + Path(doc["report"]["json"]).name in (site_dir / "nightly.html").read_text()
+    assert (site_dir / "nightly" / Path(doc["report"]["markdown"]).name).is_file()
+    web2 = (site_dir / "image" / "web-2.html").read_text()
+    assert "<td>nginx</td><td>added</td>" in web2 and "<td>sudo</td><td>removed</td>" in web2
 
 
 def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
