@@ -67,10 +67,6 @@ def newest_validated(reg: ImageRegistry, name: str) -> ImageRecord | None:
     return models.newest_validated(reg.list(name))
 
 
-def default_report_dir(env_name: str) -> Path:
-    return store_dir() / "reports" / "nightly" / env_name
-
-
 def lock_path(env_name: str) -> Path:
     return store_dir() / "locks" / f"nightly-{env_name}.lock"
 
@@ -410,9 +406,7 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
                     else WebhookSpec(url=webhook_url))
         except ValidationError:
             raise ConfigError(f"--webhook: {webhook_url!r} is not an http(s) URL") from None
-    out_dir = Path(report_dir or cfg.report_dir or default_report_dir(env.name)).expanduser()
-    if not out_dir.is_absolute():
-        out_dir = env.root / out_dir
+    out_dir = env.report_dir(report_dir)
     target = target_for(env)
     with run_lock(env.name):
         started = datetime.now(UTC)

@@ -24,3 +24,8 @@ def base_cache_dir() -> Path:
     """Cached base disks: $GOLDENIMAGE_BASE_CACHE, else <data home>/base."""
     env = os.environ.get("GOLDENIMAGE_BASE_CACHE")
     return Path(env).expanduser().resolve() if env else data_home() / "base"
+
+
+def default_report_dir(env_name: str) -> Path:
+    """Where `invoke nightly` writes an environment's reports unless told otherwise."""
+    return store_dir() / "reports" / "nightly" / env_name

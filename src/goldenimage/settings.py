@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .channels import CHANNEL_RE
 from .errors import ConfigError, NotFoundError
+from .paths import default_report_dir
 from .sections import DEFAULT_REGION, AwsSettings, NightlySettings, RetentionSettings, SandboxSettings
 
 if TYPE_CHECKING:
@@ -167,6 +168,13 @@ class Environment:
                     f"{group!r} (groups of extra.rotation.groups: {', '.join(sorted(self.rotation)) or 'none'})"
                 )
         return result
+
+    def report_dir(self, override: str | Path | None = None) -> Path:
+        """Where the nightly reports are: `override` (--report-dir), else
+        `extra.nightly.report_dir`, else the store's (`paths.default_report_dir`); a relative
+        path is the project's."""
+        out = Path(override or self.nightly.report_dir or default_report_dir(self.name)).expanduser()
+        return out if out.is_absolute() else self.root / out
 
     @functools.cached_property
     def rotation(self) -> dict[str, GroupPolicy]:

@@ -32,15 +32,6 @@ def default_out(env_name: str) -> Path:
     return store_dir() / "site" / env_name
 
 
-def reports_dir(env: Environment, override: str | None = None) -> Path:
-    """Where `invoke nightly` writes this environment's reports (`--report-dir`, else
-    `extra.nightly.report_dir`, relative to the project, else the store's reports/)."""
-    from .nightly import default_report_dir
-
-    out = Path(override or env.nightly.report_dir or default_report_dir(env.name)).expanduser()
-    return out if out.is_absolute() else env.root / out
-
-
 def gather(env: Environment, reporter: Reporter, *, report_dir: Path | None = None,
            now: datetime | None = None) -> Result:
     """The snapshot `site_render.render` takes (see there)."""
@@ -59,7 +50,7 @@ def gather(env: Environment, reporter: Reporter, *, report_dir: Path | None = No
         "env": env.name, "target": target.name,
         "generated": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "images": listing["images"], "tree": listing.get("tree", []), "manifests": manifests,
-        "histories": reg.histories(names), "nightly": nightly_runs(report_dir or reports_dir(env)),
+        "histories": reg.histories(names), "nightly": nightly_runs(report_dir or env.report_dir()),
         "fleet": target.fleet(),
     }
 
@@ -118,7 +109,7 @@ def site(env_name: str, out: str | None, reporter: Reporter, *, root: Path | Non
     env = load_environment(env_name, root)
     target_dir = Path(out).expanduser().resolve() if out else default_out(env.name)
     with reporter.phase("site", f"gather {env.name}'s registry"):
-        snap = gather(env, reporter, now=now, report_dir=reports_dir(env, str(report_dir) if report_dir else None))
+        snap = gather(env, reporter, now=now, report_dir=env.report_dir(report_dir))
     pages = site_render.render(snap)
     copies = {link: Path(run["file"]).with_name(Path(link).name)
               for run in snap["nightly"] for link in run["links"].values()}
