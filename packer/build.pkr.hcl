@@ -29,6 +29,7 @@ build {
     extra_arguments     = ["--extra-vars", "@${var.extra_vars_file}"]
     ansible_env_vars = [
       "ANSIBLE_ROLES_PATH=${var.roles_path}",
+      "ANSIBLE_COLLECTIONS_PATH=${var.collections_path}",
       "ANSIBLE_HOST_KEY_CHECKING=False",
       "ANSIBLE_NOCOLOR=1",
       "ANSIBLE_RETRY_FILES_ENABLED=False",

@@ -55,6 +55,12 @@ variable "roles_path" {
   description = "ANSIBLE_ROLES_PATH for the playbook."
 }
 
+variable "collections_path" {
+  type        = string
+  default     = "~/.ansible/collections:/usr/share/ansible/collections"
+  description = "ANSIBLE_COLLECTIONS_PATH for the playbook (the project's installed requirements first)."
+}
+
 variable "manifest_path" {
   type        = string
   description = "Where the manifest post-processor writes its JSON."

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, hostsetup, timing
-from .adapters import packer, proc, qemu
+from . import __version__, hostsetup, requirements, timing
+from .adapters import galaxy, packer, proc, qemu
 from .fsutil import atomic_write_json
 from .models import ImageRecord
 from .progress import Reporter
@@ -136,10 +136,12 @@ def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source
 def common_packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> dict[str, Any]:
     """The variables of every build (both sources) for workspace `ws`; `values` add or override."""
     spec, q = env.image(name), env.settings.qemu
+    reqs = requirements.load(env.root)  # installed by the bake's preflight
     doc: dict[str, Any] = {
         "image_name": name, "playbook": str(env.root / spec.playbook),
         "inventory_directory": str(ws / "inventory"), "groups": spec.groups,
-        "extra_vars_file": str(ws / "extra-vars.json"), "roles_path": str(env.root / "roles"),
+        "extra_vars_file": str(ws / "extra-vars.json"),
+        "roles_path": galaxy.roles_path(env.root, reqs), "collections_path": galaxy.collections_path(env.root, reqs),
         "manifest_path": str(ws / "packer-manifest.json"), "ssh_username": BUILD_USER,
         "output_directory": str(ws / "output"), "disk_size": spec.disk_size,
         "cpus": q.cpus, "memory": q.memory, "ssh_timeout": f"{q.boot_timeout}s",

@@ -50,6 +50,7 @@ import hcl2
 import yaml
 from hcl2 import SerializationOptions
 
+from . import requirements
 from .errors import ConfigError, TemplateError
 from .settings import IMAGE_SUITES, SETTINGS_FILE, Environment
 
@@ -151,7 +152,8 @@ def reasons(d: Mapping[str, list[str]]) -> list[str]:
     names = [n for kind in ("changed", "added", "removed") for n in d.get(kind, [])]
     kinds = [
         ("parent:", "parent changed"), ("base:", "base changed"), ("tool:", "tools changed"),
-        ("roles/", "roles changed"), ("playbooks/", "playbook changed"), ("packer/", "templates changed"),
+        ("roles/", "roles changed"), ("requirement:", "requirements changed"), ("playbooks/", "playbook changed"),
+        ("packer/", "templates changed"),
         ("tests/", "image suites changed"), ("inventories/", "inventory or settings changed"),
     ]
     out = [why for prefix, why in kinds if any(n.startswith(prefix) for n in names)]
@@ -422,10 +424,12 @@ def _role_refs(data: Any) -> Iterator[str]:
 class _PlaybookWalk:
     """Follows a playbook to the files and roles it uses."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, external: frozenset[str] = frozenset()) -> None:
         self.root = root.resolve()
         self.files: set[str] = set()
         self.role_dirs: dict[str, Path] = {}
+        self.external = external  # roles requirements.yml installs: pinned there, not walked
+        self.external_used: set[str] = set()
         self._playbooks: set[Path] = set()
 
     def rel(self, p: Path) -> str:
@@ -492,12 +496,16 @@ class _PlaybookWalk:
             )
         if name in self.role_dirs:
             return
+        if name in self.external:
+            self.external_used.add(name)
+            return
         for base in search:
             d = base / name
             if d.is_dir():
                 break
         else:
-            raise ConfigError(f"{self.rel(used_by)}: role {name!r} not found under roles/")
+            raise ConfigError(f"{self.rel(used_by)}: role {name!r} not found under roles/ "
+                              "nor in requirements.yml")
         d = self._inside(d, "role", self.rel(used_by))
         self.role_dirs[name] = d
         search = [d.parent, *search]  # a role's dependencies may be its siblings
@@ -522,14 +530,16 @@ class _PlaybookWalk:
                     self.role(ref, Path(f), search)
 
 
-def collect_playbook(root: Path, playbook: str) -> tuple[list[FingerprintInput], list[str]]:
-    """The playbook's files and its roles' files; also returns the role names used."""
-    walk = _PlaybookWalk(root)
+def collect_playbook(root: Path, playbook: str, external: frozenset[str] = frozenset(),
+                     ) -> tuple[list[FingerprintInput], list[str]]:
+    """The playbook's files and its roles' files; also returns the role names used (the
+    `external` ones, roles requirements.yml installs, among them but not walked)."""
+    walk = _PlaybookWalk(root, external)
     walk.playbook(walk.root / playbook)
     cfg = walk.root / "ansible.cfg"
     if cfg.is_file():
         walk.files.add(os.fspath(cfg))
-    return hash_files(sorted(walk.files), walk.root), sorted(walk.role_dirs)
+    return hash_files(sorted(walk.files), walk.root), sorted({*walk.role_dirs, *walk.external_used})
 
 
 def settings_inputs(env: Environment, image: str) -> list[FingerprintInput]:
@@ -580,7 +590,12 @@ def collect(
     root = root.resolve()
     spec = env.image(image)
     found = collect_packer(root)
-    found += collect_playbook(root, spec.playbook)[0]
+    reqs = requirements.load(root)
+    files, roles = collect_playbook(root, spec.playbook, reqs.role_names if reqs else frozenset())
+    found += files
+    if reqs is not None:  # the requirements the image can use: the roles it names, every collection
+        found += [value_input(name, pin) for name, pin in reqs.inputs().items()
+                  if not name.startswith("requirement:role:") or name.split(":", 2)[2] in roles]
     found += collect_inventory(root, env)
     found += settings_inputs(env, image)
     found += collect_suites(root, env, image)

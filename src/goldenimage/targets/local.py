@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, fingerprint, retention, sbom
-from ..adapters import baseimage, packer, qemu, testinfra, usage
+from .. import ancestry, fingerprint, requirements, retention, sbom
+from ..adapters import baseimage, galaxy, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
 from ..fsutil import atomic_write_json, sha256_file, tar_length
@@ -265,6 +265,9 @@ class LocalTarget(Target):
                if (image_dir / APT_STATE).is_file() else {}),
             "timings": job.artifacts["timings"],
         }
+        installed = galaxy.installed_record(env.root, requirements.load(env.root))
+        if installed is not None:
+            manifest["requirements"] = installed
         atomic_write_json(image_dir / "sbom.cdx.json",
                           sbom.build(packages, image_name=img.name, fingerprint=img.fingerprint, now=img.created))
         record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
