@@ -31,7 +31,7 @@ def copy_project(dest: Path) -> Path:
         src = ROOT / part
         if src.exists():
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("tasks.py", "ansible.cfg"):  # ansible.cfg is a fingerprint input of every image
+    for name in ("tasks.py", "ansible.cfg", ".ansible-lint"):  # ansible.cfg is a fingerprint input of every image
         shutil.copy2(ROOT / name, dest / name)
     return dest
 

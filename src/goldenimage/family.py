@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import ancestry
+from . import ancestry, preflight
 from .adapters.proc import _die_with_parent, stop_group
 from .bake import run
 from .errors import ConfigError, GoldenImageError, Interrupted, internal_error
@@ -94,6 +94,7 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
     env = load_environment(env_name)
     name = pick_image(env, image)
     if env.bake_parents.get(name) is None:
+        preflight.check(env, [name], reporter)
         return run(target_for(env), name, force, reporter)
     return bake_all(env_name, [name], 1, force, reporter, only=name)
 
@@ -112,6 +113,7 @@ def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: b
     for n in images or []:
         env.image(n)
     schedule = ancestry.Schedule.of(env.bake_parents, images)
+    preflight.check(env, schedule.names, reporter)  # every playbook of the plan, before anything is built
     workers = min(jobs or default_jobs(env), len(schedule.names))
     if only is not None:
         return _one_with_ancestors(env, schedule, only, force, reporter)

@@ -293,6 +293,7 @@ def test_a_bug_in_one_image_fails_that_image_only(root: Path, store: LocalStore,
                 "skipped": False}
 
     monkeypatch.setattr(family, "run", fake_run)
+    monkeypatch.setattr(family.preflight, "check", lambda *a, **k: None)  # the bakes are faked: nothing to lint
     out = io.StringIO()
     result = family.bake_all("local", None, 1, False, Reporter(out))
     rows = {r["image"]: r for r in result["images"]}
