@@ -153,6 +153,15 @@ def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
     return work
 
 
+@command("goldenimage.scaffold:human_new", name="new", image="the new image's name, e.g. db",
+         parent="the image it is baked on (default: base, if the environment has it)")
+def image_new(c, env, image=None, parent=None):
+    """Add an image: its playbook, a role of its own, an image suite with one check, its settings entry."""
+    from goldenimage import scaffold
+
+    return lambda r: scaffold.new_image(env, image, parent, r)
+
+
 @command("goldenimage.site:human_site",
          out="directory to write (default: <store>/site/<env>); replaced whole, only if this task wrote it",
          report_dir="where the nightly reports are (default: as invoke nightly writes them)")
@@ -197,5 +206,6 @@ def sandbox_status(c, env):
 
 ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
                 site, iam_policy,
-                Collection("sandbox", sandbox_up, sandbox_down, sandbox_status))
+                Collection("sandbox", sandbox_up, sandbox_down, sandbox_status),
+                Collection("image", image_new))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

@@ -65,6 +65,20 @@ def test_ansible_failure_names_task_and_host() -> None:
     )
 
 
+def test_a_fact_the_play_did_not_gather_says_how_to_gather_facts() -> None:
+    """What Ansible says when a role includes OS-specific variables from facts that were not
+    gathered (measured: include_vars with first_found on ansible_facts['os_family'])."""
+    lines = ["    qemu.local: TASK [osvars : Include OS-specific variables] ***",
+             '    qemu.local: fatal: [default]: FAILED! => {"changed": false, "msg": "Task failed: Finalization '
+             "of task args for 'ansible.builtin.include_vars' failed: Error while resolving value for "
+             "'_raw_params': object of type 'dict' has no attribute 'os_family'\"}"]
+    text = summarise_build_error(lines)
+    assert text.startswith("ansible task [osvars : Include OS-specific variables] failed on host default:")
+    assert text.endswith("set `gather_facts: true` and `gather_subset: [min]` in the image's playbook "
+                         "(README: Bring your own roles)")
+    assert "gather_facts" not in summarise_build_error(ANSIBLE_FAIL)  # another failure: no such hint
+
+
 def test_packer_failure_without_ansible() -> None:
     lines = ["==> qemu.local: Waiting for SSH to become available...",
              "Build 'qemu.local' errored: Timeout waiting for SSH."]

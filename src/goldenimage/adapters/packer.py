@@ -200,6 +200,17 @@ def _map_path(name: str, staged: Path, rel_to: Path) -> str:
             return name
 
 
+# A role read a fact the play did not gather (Ansible says "'ansible_facts' is undefined", or,
+# inside include_vars' first_found, only "Error while resolving value for '_raw_params'").
+_FACT_NAMES = ("os_family|distribution|distribution_major_version|distribution_release|distribution_version|"
+               "architecture|pkg_mgr|service_mgr|python|python_version|hostname|fqdn|default_ipv4|"
+               "memtotal_mb|processor_vcpus|kernel|lsb|system|machine|userspace_architecture")
+_UNDEFINED_FACT = re.compile(rf"'ansible_\w+' is undefined|'ansible_facts' is undefined|"
+                             rf"has no attribute '({_FACT_NAMES})'")
+FACTS_HINT = (" -- a fact is undefined: the play gathers no facts; set `gather_facts: true` and "
+              "`gather_subset: [min]` in the image's playbook (README: Bring your own roles)")
+
+
 def summarise_build_error(lines: list[str]) -> str:
     """Name the failing Ansible task and host, Packer's own error, or its crash."""
     if any("PACKER CRASH" in ln for ln in lines):
@@ -219,8 +230,9 @@ def summarise_build_error(lines: list[str]) -> str:
                 reason = str(doc.get("msg") or doc.get("stderr") or reason)
             except json.JSONDecodeError:
                 pass
+            hint = FACTS_HINT if _UNDEFINED_FACT.search(reason) else ""
             reason = " ".join(reason.split())[:300]
-            return f"ansible task [{task}] failed on host {m[2]}: {reason}"
+            return f"ansible task [{task}] failed on host {m[2]}: {reason}{hint}"
     errs = [ln for ln in lines if "Build '" in ln and "errored" in ln]
     if errs:
         return errs[-1].split("errored", 1)[-1].strip(" :") or errs[-1].strip()
