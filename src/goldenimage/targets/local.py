@@ -131,8 +131,11 @@ class LocalTarget(Target):
     def detect_tools(self) -> Tools:
         return detect_tools()
 
-    def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
+    def check_build(self, name: str, tools: Tools, reporter: Reporter) -> None:
         check_templates(self.env, name, tools)
+
+    def base_is_at_hand(self, parent: ImageRecord | None) -> bool:
+        return parent is not None or baseimage.is_at_hand(self.env.settings.base, base_cache_dir())
 
     def base_identity(self, reporter: Reporter) -> str:
         return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
@@ -185,8 +188,11 @@ class LocalTarget(Target):
             fh.truncate(length)
         disk.rename(dest)
 
-    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
-        return self.store.find_by_fingerprint(name, fingerprint)
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> tuple[ImageRecord | None, list[str]]:
+        hit, refused = self.store.find_intact(name, fingerprint)  # the bytes, not just the record
+        for why in refused:
+            reporter.warn(f"not skipping to it: {why}")
+        return hit, refused
 
     def fingerprint_lookup(self) -> ImageRegistry | None:
         return self.store
