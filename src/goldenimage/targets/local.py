@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, fingerprint, retention, sbom
+from .. import ancestry, fingerprint, retention
 from ..adapters import baseimage, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
@@ -271,6 +271,8 @@ class LocalTarget(Target):
                if (image_dir / APT_STATE).is_file() else {}),
             "timings": job.artifacts["timings"],
         }
+        from .. import sbom  # cyclonedx: only a build that registers pays its import
+
         atomic_write_json(image_dir / "sbom.cdx.json",
                           sbom.build(packages, image_name=img.name, fingerprint=img.fingerprint, now=img.created))
         record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
