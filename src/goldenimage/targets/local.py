@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,13 @@ class LocalTarget(Target):
 
     # -- bake --------------------------------------------------------------------------------
     def detect_tools(self) -> Tools:
-        return detect_tools()
+        # each version is a process start (packer's ~0.2 s): the ones the bake asks next
+        # (qemu's, mmdebstrap's for the base disk's recipe) are asked meanwhile, and cached
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(qemu.qemu_version)
+            if not self.env.settings.base.url:
+                pool.submit(baseimage.mmdebstrap_version)  # an error comes when the base needs it
+            return detect_tools()
 
     def check_build(self, name: str, tools: Tools, reporter: Reporter) -> None:
         check_templates(self.env, name, tools)
