@@ -255,15 +255,14 @@ class LocalStore:
         proof = artifact_proof(path)
         actual = sha256_file(path) if path.is_file() else "(missing)"
         if actual != expected:
-            changed = "changed since it was registered" if entry.get(PROOF) else "differs"
             with self.locked() as doc:
                 entry = doc["images"].get(image_id)
                 if entry is not None:
                     entry.update(status=CORRUPT, corrupt={"expected": expected, "actual": actual,
                                                           "at": ch.timestamp(datetime.now(UTC))})
                     entry.pop(PROOF, None)
-            raise IntegrityError(f"image {image_id}: {path} {changed}: it has sha256 {actual}, its manifest "
-                                 f"says {expected}: marked corrupt, nothing will use it")
+            raise IntegrityError(f"image {image_id}: {path} has sha256 {actual}, its manifest says {expected}: "
+                                 "marked corrupt, nothing will use it")
         if proof is not None and same_file(proof, path):  # unchanged while it was hashed
             with self.locked() as doc:
                 entry = doc["images"].get(image_id)
