@@ -138,14 +138,16 @@ def measure(root: Path, home: str | None, runs: int, pythonpath: str | None) -> 
             "ratio": round(noop / full, 5) if full else None, "image_id": doc["image_id"]}
 
 
-def worktree(rev: str) -> Path:
+def worktree(rev: str) -> tuple[Path, bool]:
+    """A checkout of `rev` under /tmp, and whether it was made now (then removed afterwards)."""
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True,
                          check=True).stdout.strip()
     path = Path("/tmp") / f"goldenimage-noop-{sha}"
-    if not path.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), sha], check=True,
-                       capture_output=True)
-    return path
+    if path.exists():
+        return path, False
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), sha], check=True,
+                   capture_output=True)
+    return path, True
 
 
 def main() -> None:
@@ -161,8 +163,12 @@ def main() -> None:
         return
     out: dict[str, Any] = {"load_average_1min": os.getloadavg()[0]}
     if args.against:
-        old = worktree(args.against)
-        out["against"] = {"rev": args.against, **measure(old, args.home, args.runs, str(old / "src"))}
+        old, made = worktree(args.against)
+        try:
+            out["against"] = {"rev": args.against, **measure(old, args.home, args.runs, str(old / "src"))}
+        finally:
+            if made:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
     out["this"] = measure(ROOT, args.home, args.runs, str(ROOT / "src"))
     if args.against:
         out["wall_ratio_this_vs_against"] = round(out["this"]["noop_seconds"] / out["against"]["noop_seconds"], 3)
