@@ -72,18 +72,24 @@ def use_file_base(project: Path, env: str, tmp_path: Path) -> None:
     settings.write_text(text)
 
 
-def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local", name: str = "web") -> None:
-    """Register a validated image (`web` by default) in a local store, as a finishing bake would."""
+def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local", name: str = "web",
+                  *, artifact_sha256: bool = False) -> Path:
+    """Register a validated image (`web` by default) in a local store, as a finishing bake
+    would (with `artifact_sha256`, its manifest records its disk's hash, as a bake's does);
+    returns its disk."""
+    from goldenimage.fsutil import sha256_file
     from goldenimage.store import ImageRecord, LocalStore
 
     store = LocalStore(store_root)
     with store.workspace() as ws:
         (ws / "image").mkdir()
-        (ws / "image" / "disk.qcow2").write_bytes(b"qcow2")
+        disk = ws / "image" / "disk.qcow2"
+        disk.write_bytes(b"qcow2")
         rec = ImageRecord(id=image_id, name=name, env=env, fingerprint=fingerprint,
                           created="2026-11-26T10:00:00Z", status="validated", artifact="disk.qcow2")
-        store.put(rec, {"id": rec.id, "name": name, "env": env, "fingerprint": fingerprint,
-                        "created": rec.created}, ws / "image")
+        store.put(rec, {"id": rec.id, "name": name, "env": env, "fingerprint": fingerprint, "created": rec.created,
+                        **({"artifact_sha256": sha256_file(disk)} if artifact_sha256 else {})}, ws / "image")
+    return store.image_dir(image_id) / "disk.qcow2"
 
 
 @pytest.fixture

@@ -76,6 +76,10 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
     with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
         target.check_ready(name, tools, reporter)
         parent = resolve_parent(target, name, parent_ids or {})
+        checked_build = False
+        if not target.base_is_at_hand(parent):  # a slow step comes: the templates first
+            target.check_build(name, tools, reporter)
+            checked_build = True
         with reporter.phase("base", f"the parent image {parent.id}" if parent else "the base image"):
             base = target.resolve_base(reporter, parent)
         result.update(base.result)
@@ -89,11 +93,17 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
             reporter.info(f"    fingerprint {fp}")
         result["fingerprint"] = fp
 
-        decision = plan(name, fp, None if force else target.lookup(name, fp, reporter), force)
-        if decision.image is not None:
-            reporter.info(decision.reason)
+        hit, refused = (None, []) if force else target.lookup(name, fp, reporter)
+        decision = plan(name, fp, hit, force, refused)
+        result["reason"] = decision.reason
+        if refused:
+            result["refused"] = refused
+        if decision.image is not None:  # the plan first: a skip validates no template, builds nothing
             result.update(skipped=True, **target.skipped(decision.image, reporter), durations=reporter.durations)
             return result
+        reporter.info(decision.reason)
+        if not checked_build:
+            target.check_build(name, tools, reporter)
 
         with store.workspace() as ws:
             spec = env.image(name).parent
@@ -103,7 +113,10 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
                 result.update(target.started(job))
                 try:
                     result.update(target.build(job, reporter))
-                    result["slowest_tasks"] = job.artifacts.get("timings", {}).get("slowest_tasks", [])
+                    timings = job.artifacts.get("timings", {})
+                    result["slowest_tasks"] = timings.get("slowest_tasks", [])
+                    result["ansible_task_count"] = len(timings.get("ansible_tasks") or [])
+                    result["ansible_seconds"] = timings.get("ansible_seconds", 0)
                     checked = target.validate(job, reporter)
                     result.update(target.register(job, checked, reporter))
                 except BaseException:
@@ -163,6 +176,9 @@ def human_bake(result: dict[str, Any]) -> list[str]:
         f"  fingerprint {result['fingerprint']}",
         f"  artifact    {result['artifact']}",
         f"  phases      {phases}",
-        *(f"  {ln}" for ln in timing.human({"slowest_tasks": result.get("slowest_tasks") or []})),
+        *(f"  not skipped to: {why}" for why in result.get("refused") or []),
+        *(f"  {ln}" for ln in timing.human({"slowest_tasks": result.get("slowest_tasks") or [],
+                                            "ansible_task_count": result.get("ansible_task_count"),
+                                            "ansible_seconds": result.get("ansible_seconds", 0)})),
     ]
 

@@ -8,6 +8,7 @@ The targets (`targets.local`, `aws.target`) build with these; the bake pipeline
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
 import subprocess
 import time
@@ -38,8 +39,10 @@ class Tools:
                 "goldenimage": __version__}
 
 
+@functools.cache
 def detect_tools(*, local: bool = True) -> Tools:
-    """The host tools of a bake; an AMI bake (`local=False`) boots nothing here."""
+    """The host tools of a bake; an AMI bake (`local=False`) boots nothing here. Asked once
+    per process: a family's bakes share the answer."""
     for tool in BAKE_TOOLS if local else ("ssh", "ssh-keygen"):
         proc.which(tool, hostsetup.TOOLS[tool][0])
     from ansible.release import __version__ as ansible_version

@@ -183,6 +183,8 @@ def _one_with_ancestors(env: Environment, schedule: ancestry.Schedule, only: str
             reporter.info(f"==> parent image {n} first")
         res = run(target, n, force and n == only, _own(reporter), ids)
         ids[n] = res["image_id"]
+        if n != only and res["skipped"]:
+            reporter.info(f"    {n}: {res['reason']}")  # the image's own result says it for `only`
         if n == only:
             return {**res, "parents": parents}
         parents.append({"image": n, "image_id": res["image_id"], "skipped": res["skipped"]})

@@ -46,9 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import yaml
-from hcl2 import SerializationOptions
 
 from . import requirements
 from .errors import ConfigError, TemplateError
@@ -76,12 +74,13 @@ IGNORED_SUFFIXES = (".pyc", ".pyo", "~", ".swp", ".swo", ".swx", ".orig", ".rej"
 HCL_SUFFIXES = (".pkr.hcl", ".pkrvars.hcl")
 JSON_SUFFIXES = (".pkr.json", ".pkrvars.json")
 
-_HCL_OPTIONS = SerializationOptions(
-    with_comments=False,  # comments do not shape the image
-    with_meta=False,  # neither do line numbers
-    explicit_blocks=True,  # tells blocks (sortable at top level) from object values
-    preserve_heredocs=False,  # <<EOF and <<-EOT spelling of the same string hash alike
-)
+_HCL_OPTIONS = {
+    "with_comments": False,  # comments do not shape the image
+    "with_meta": False,  # neither do line numbers
+    "explicit_blocks": True,  # tells blocks (sortable at top level) from object values
+    "preserve_heredocs": False,  # <<EOF and <<-EOT spelling of the same string hash alike
+}
+_hcl_digests: dict[str, str] = {}  # sha256 of a template's text -> digest of its normal form
 
 
 # -- pure core ---------------------------------------------------------------------------
@@ -197,8 +196,10 @@ def normalise_hcl(text: str, name: str) -> str:
 
     Raises TemplateError naming `name` and the line if the text is not valid HCL2.
     """
+    import hcl2  # python-hcl2 and its parser load only when a template is parsed (not cached)
+
     try:
-        doc = hcl2.loads(text, serialization_options=_HCL_OPTIONS)
+        doc = hcl2.loads(text, serialization_options=hcl2.SerializationOptions(**_HCL_OPTIONS))
     except Exception as exc:  # lark raises its own tree of errors; all mean "malformed"
         line = getattr(exc, "line", None)
         col = getattr(exc, "column", None)
@@ -209,6 +210,17 @@ def normalise_hcl(text: str, name: str) -> str:
             first = first[:157] + "..."
         raise TemplateError(f"{name}{where}: invalid HCL2: {first}") from None
     return _canonical(_sort_top_level_blocks(doc))
+
+
+def hcl_digest(text: str, name: str) -> str:
+    """`sha256_text(normalise_hcl(text, name))`, each distinct text parsed once per process:
+    the images of one bake share the templates. Keyed by the text's own hash, so an edited
+    template is parsed again; an invalid one is never cached (its error names `name`)."""
+    key = sha256_text(text)
+    digest = _hcl_digests.get(key)
+    if digest is None:
+        digest = _hcl_digests[key] = sha256_text(normalise_hcl(text, name))
+    return digest
 
 
 def normalise_json(text: str, name: str) -> str:
@@ -352,8 +364,8 @@ def collect_packer(root: Path) -> list[FingerprintInput]:
                 text = p.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
                 raise TemplateError(f"{rel}: not UTF-8 text: {exc.reason}") from None
-            norm = normalise_hcl(text, rel) if p.name.endswith(HCL_SUFFIXES) else normalise_json(text, rel)
-            out.append(FingerprintInput(rel, sha256_text(norm), "normalised"))
+            digest = hcl_digest(text, rel) if p.name.endswith(HCL_SUFFIXES) else sha256_text(normalise_json(text, rel))
+            out.append(FingerprintInput(rel, digest, "normalised"))
         else:
             raw.append(p)
     return out + hash_files(raw, root)

@@ -6,6 +6,7 @@ a validated image with it; `plan` decides, with the reason, and the pipeline app
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,10 +22,14 @@ class Plan:
     image: ImageRecord | None = None
 
 
-def plan(name: str, fp: str, hit: ImageRecord | None, force: bool) -> Plan:
-    """Skip to `hit` (a validated image with fingerprint `fp`) unless forced; else build."""
+def plan(name: str, fp: str, hit: ImageRecord | None, force: bool, refused: Sequence[str] = ()) -> Plan:
+    """Skip to `hit` (a validated image with fingerprint `fp` whose bytes are intact) unless
+    forced; else build. `refused`: why other images with `fp` may not be skipped to."""
     if force:
         return Plan("build", "--force: rebuild even if a validated image has the fingerprint")
     if hit is None:
-        return Plan("build", f"no validated {name} image has fingerprint {fp[:12]}")
+        why = f"no validated {name} image has fingerprint {fp[:12]}"
+        if refused:
+            why = f"no usable validated {name} image has fingerprint {fp[:12]}: {'; '.join(refused)}"
+        return Plan("build", why)
     return Plan("skip", f"up to date: {hit.id}", hit)

@@ -28,6 +28,7 @@ import getpass
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -54,6 +55,40 @@ DISABLED = "disabled"  # a retention stage (see `retention`): unusable until res
 __all__ = ["STATUSES", "ImageRecord", "LocalStore", "current_user"]
 
 CATALOG_VERSION = 1
+PROOF = "artifact_proof"  # catalog entry key: the artifact's stat when its bytes were last hashed
+PROOF_SETTLED_NS = 2 * 10**9  # a proof is recorded only for a file unchanged for this long
+
+
+def artifact_proof(path: Path, now_ns: int | None = None) -> dict[str, int] | None:
+    """What proves, without reading it, that a local file still holds the bytes it held when
+    this was taken: size, mtime, ctime, inode and device.
+
+    Any write, truncate or replace changes one of them: a write moves mtime and ctime; `utime`
+    can set mtime back but sets ctime to now, and nothing short of the system clock sets ctime
+    back; a copy renamed over the file has another inode. The kernel stamps ctime from a coarse
+    clock (a few ms), so two changes within one tick may share it: a file changed less than
+    `PROOF_SETTLED_NS` ago gets no proof (None), and is hashed in full the next time."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    if now_ns - max(st.st_ctime_ns, st.st_mtime_ns) < PROOF_SETTLED_NS:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "device": st.st_dev}
+
+
+def same_file(proof: Any, path: Path) -> bool:
+    """`path` is unchanged since `proof` (an `artifact_proof`) was taken."""
+    if not isinstance(proof, dict):
+        return False
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return proof == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                     "inode": st.st_ino, "device": st.st_dev}
 
 
 def current_user() -> str:
@@ -110,7 +145,7 @@ class LocalStore:
                 if hist and hist[-1].get("image_id") == entry["id"]
             )
         )
-        known = {"id", "name", "env", "fingerprint", "created", "status", "artifact", "channels"}
+        known = {"id", "name", "env", "fingerprint", "created", "status", "artifact", "channels", PROOF}
         stage = doc.get("retention", {}).get(entry["id"])
         return ImageRecord(
             id=entry["id"],
@@ -127,7 +162,9 @@ class LocalStore:
 
     # -- Registry ------------------------------------------------------------------------
     def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path) -> ImageRecord:
-        """Register a finished image: move `files` into place, then index it atomically."""
+        """Register a finished image: move `files` into place, then index it atomically, with
+        the proof of its artifact's bytes (`artifact_proof`) that lets `verified` skip the
+        full hash while the file is untouched."""
         atomic_write_json(files / "manifest.json", manifest)
         target = (self.quarantine_dir if record.status == QUARANTINED else self.images_dir) / record.id
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +175,9 @@ class LocalStore:
             if record.status != QUARANTINED:
                 entry = record.summary()
                 entry.pop("channels", None)
+                proof = artifact_proof(target / record.artifact) if manifest.get("artifact_sha256") else None
+                if proof is not None:
+                    entry[PROOF] = proof
                 doc["images"][record.id] = entry
         return record
 
@@ -168,14 +208,34 @@ class LocalStore:
         return sorted(out, key=lambda r: (r.created, r.id))
 
     def find_by_fingerprint(self, name: str, fingerprint: str) -> ImageRecord | None:
-        hits = [
+        hits = self._with_fingerprint(name, fingerprint)
+        return hits[-1] if hits else None
+
+    def _with_fingerprint(self, name: str, fingerprint: str) -> builtins.list[ImageRecord]:
+        return [
             r for r in self.list(name, quarantined=False)
             if r.fingerprint == fingerprint and r.status == VALIDATED and r.extra.get("stage") != DISABLED
         ]
-        return hits[-1] if hits else None
+
+    def find_intact(self, name: str, fingerprint: str) -> tuple[ImageRecord | None, builtins.list[str]]:
+        """What a bake may skip to: the newest validated image with `fingerprint` whose
+        artifact still holds the bytes its manifest records (`verified`). Each newer one whose
+        bytes changed is marked corrupt on the way; the reasons come back with the hit."""
+        refused: builtins.list[str] = []
+        for hit in reversed(self._with_fingerprint(name, fingerprint)):
+            try:
+                self.verified(hit.id)
+            except IntegrityError as err:
+                refused.append(err.message)
+                continue
+            return hit, refused
+        return None, refused
 
     def verified(self, image_id: str) -> Path:
-        """The image's artifact, once its sha256 matches the manifest's `artifact_sha256`.
+        """The image's artifact, once it is known to hold the bytes of the manifest's
+        `artifact_sha256`: its `artifact_proof` in the catalog still holds (the file's stat is
+        the one recorded when it was last hashed), else its sha256 is computed and compared
+        (and a new proof recorded when it matches).
 
         On a mismatch (or a missing file) the image is marked `corrupt` in the catalog, so no
         bake skips to it, builds on it or promotes it again, and IntegrityError names the image
@@ -189,6 +249,10 @@ class LocalStore:
         expected = self.manifest(image_id).get("artifact_sha256")
         if not expected:
             return path
+        entry = self._read()["images"].get(image_id) or {}
+        if same_file(entry.get(PROOF), path):
+            return path
+        proof = artifact_proof(path)
         actual = sha256_file(path) if path.is_file() else "(missing)"
         if actual != expected:
             with self.locked() as doc:
@@ -196,8 +260,14 @@ class LocalStore:
                 if entry is not None:
                     entry.update(status=CORRUPT, corrupt={"expected": expected, "actual": actual,
                                                           "at": ch.timestamp(datetime.now(UTC))})
+                    entry.pop(PROOF, None)
             raise IntegrityError(f"image {image_id}: {path} has sha256 {actual}, its manifest says {expected}: "
                                  "marked corrupt, nothing will use it")
+        if proof is not None and same_file(proof, path):  # unchanged while it was hashed
+            with self.locked() as doc:
+                entry = doc["images"].get(image_id)
+                if entry is not None and entry.get("status") != CORRUPT:
+                    entry[PROOF] = proof
         return path
 
     def manifest(self, image_id: str) -> dict[str, Any]:

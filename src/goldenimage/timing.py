@@ -57,12 +57,15 @@ def summary(tasks: list[dict[str, Any]], steps: list[dict[str, Any]], top: int =
 
 
 def human(timings: dict[str, Any], top: int = 5) -> list[str]:
-    """A few lines for the end of a bake or `invoke images --image-id`."""
+    """A few lines for the end of a bake or `invoke images --image-id`: a `summary`, or a
+    bake's result fields (`slowest_tasks`, `ansible_task_count`, `ansible_seconds`)."""
     rows = timings.get("slowest_tasks") or []
     if not rows:
         return []
     width = max(len(r["task"]) for r in rows[:top])
-    lines = [f"slowest tasks (of {len(timings.get('ansible_tasks') or [])}, "
+    count = timings.get("ansible_task_count")  # a bake's result keeps the count, not the tasks
+    count = len(timings.get("ansible_tasks") or []) if count is None else count
+    lines = [f"slowest tasks (of {count}, "
              f"{timings.get('ansible_seconds', 0):.0f}s in Ansible):"]
     lines += [f"  {r['seconds']:>6.1f}s  {r['task']:<{width}}" for r in rows[:top]]
     return lines

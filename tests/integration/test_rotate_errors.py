@@ -315,6 +315,19 @@ def test_image_id_with_channel_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     ]
 
 
+def test_a_bad_strategy_is_named_before_the_sandbox_is_asked(tmp_path: Path) -> None:
+    """The options are checked before anything is contacted: on a stopped sandbox, a bad
+    --strategy is the one error line, not "sandbox is not running"."""
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "invoke"), "--search-root", str(ROOT),
+         "rotate", "--env", "sandbox", "--group", "web", "--strategy", "yolo"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GOLDENIMAGE_ROOT": str(ROOT), "GOLDENIMAGE_HOME": str(tmp_path / "home")},
+    )
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert run.stderr.strip().splitlines() == ["error: --strategy: 'yolo' is not one of rolling, refresh"]
+
+
 def test_refresh_strategy_aws_error_cancels_the_refresh_and_stops_safely(aws: Clients) -> None:
     """The refresh strategy's `on_stop` hook: an error while polling cancels the instance
     refresh (moto has none: answered by hooks after botocore validated the parameters)."""

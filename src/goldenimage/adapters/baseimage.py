@@ -18,6 +18,7 @@ every image's fingerprint changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -115,11 +116,29 @@ def recipe_key(spec: BaseImageSpec, mmdebstrap_version: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def mmdebstrap_version() -> str:
+    """The installed mmdebstrap's version (a recipe input), asked once per process."""
+    return proc.output([proc.which("mmdebstrap", "mmdebstrap"), "--version"]).split()[-1]
+
+
+def is_at_hand(spec: BaseImageSpec, cache: Path) -> bool:
+    """`ensure_base_image` would neither build nor download: the disk is cached (not stale),
+    or the user's image is a local file or already downloaded."""
+    if spec.url:
+        if not spec.url.startswith(("http://", "https://")):
+            return True
+        want = (spec.checksum or ":").split(":", 1)[1]
+        return (cache / "downloads" / want / Path(spec.url).name).is_file()
+    final = cache / recipe_key(spec, mmdebstrap_version())
+    return (final / RECORD).is_file() and not (final / STALE).is_file()
+
+
 def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> BaseImage:
     """Return the base disk for `spec`, building or fetching it only when not cached."""
     if spec.url:
         return _user_image(spec, cache, reporter)
-    version = proc.output([proc.which("mmdebstrap", "mmdebstrap"), "--version"]).split()[-1]
+    version = mmdebstrap_version()
     key = recipe_key(spec, version)
     final = cache / key
     with file_lock(cache / f"{key}.lock"):

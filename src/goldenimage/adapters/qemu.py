@@ -7,6 +7,7 @@ final artifact, during validation) is never written to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -32,7 +33,9 @@ APT_IN, APT_OUT = "gi-apt-in", "gi-apt-out"
 APT_IN_SLOT, APT_OUT_SLOT = 0x1E, 0x1F  # the last PCI slots of the bus: after the system disk
 
 
+@functools.cache
 def qemu_version() -> str:
+    """The installed QEMU's version, asked once per process."""
     out = proc.output([proc.which(QEMU, "qemu-system-x86"), "--version"])
     m = re.search(r"version (\S+)", out)
     return m[1] if m else out.split("\n")[0]

@@ -360,8 +360,8 @@ class AwsTarget(AwsSide):
     def parent_base_identity(self, parent: ImageRecord, manifest: dict[str, Any]) -> str:
         return f"ami:{self.clients.ctx.region}:{parent.id}"
 
-    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
-        return self.registry().find_by_fingerprint(name, fingerprint)
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> tuple[ImageRecord | None, list[str]]:
+        return self.registry().find_by_fingerprint(name, fingerprint), []
 
     def started(self, job: Job) -> Result:
         return {"local_id": job.image.id}

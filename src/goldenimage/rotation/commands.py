@@ -15,6 +15,8 @@ from ..settings import load_environment
 from .executor import Result, rollback, rotate
 from .policy import GroupPolicy, get_policy
 
+STRATEGIES = ("rolling", "refresh")  # `--strategy` (the policy's `strategy` field allows the same)
+
 
 def _group(env_name: str, group: str) -> tuple[Any, GroupPolicy, Any]:
     env = load_environment(env_name)
@@ -35,8 +37,11 @@ def rotate_command(
     dry_run: bool = False,
     resume: bool = False,
 ) -> Result:
+    # the options first: a bad one is named before anything (a sandbox, AWS) is contacted
     if image_id and channel:
         raise ConfigError(f"--image-id {image_id} and --channel {channel}: give one of them, not both")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     environment, policy, context = _group(env, group)
     clients = context.clients_for(environment)
     registry = context.registry_for(environment, clients=clients)

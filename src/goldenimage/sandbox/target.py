@@ -165,13 +165,14 @@ class SandboxTarget(LocalTarget, AwsSide):
         self.registry()  # a sandbox that is not running is an error now, not after the bake
         super().check_ready(name, tools, reporter)
 
-    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
-        hit = self.store.find_by_fingerprint(name, fingerprint)
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> tuple[ImageRecord | None, list[str]]:
+        hit, refused = super().lookup(name, fingerprint, reporter)
         if hit is not None and any(r.status == REVOKED and r.extra.get("local_id") == hit.id
                                    for r in self.registry().list(hit.name)):
-            reporter.warn(f"{hit.id} is revoked in {self.env.name}: it may not be used again, baking anew")
-            return None
-        return hit
+            why = f"{hit.id} is revoked in {self.env.name}: it may not be used again, baking anew"
+            reporter.warn(why)
+            return None, [*refused, why]
+        return hit, refused
 
     def skipped(self, hit: ImageRecord, reporter: Reporter) -> Result:
         return {**super().skipped(hit, reporter), "registered": self._register_remote(hit, reporter)}

@@ -196,7 +196,7 @@ class Target(ABC):
         """The host tools this target's bake needs (MissingToolError if one is absent)."""
 
     def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
-        """Fail before any slow step: templates, a registry that must be reachable."""
+        """Fail before any step, cheaply: a registry that must be reachable."""
         return None
 
     @abstractmethod
@@ -218,8 +218,19 @@ class Target(ABC):
         return self.resolve_base(reporter).identity
 
     @abstractmethod
-    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
-        """A validated image with this fingerprint that a bake may skip to."""
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> tuple[ImageRecord | None, list[str]]:
+        """A validated image with this fingerprint that a bake may skip to (None: none), and
+        why each other image with it may not be skipped to (its bytes changed, say)."""
+
+    def check_build(self, name: str, tools: Tools, reporter: Reporter) -> None:
+        """Fail before the first slow step of a build (the templates): run only when
+        something will be built, never for a bake that skips."""
+        return None
+
+    def base_is_at_hand(self, parent: ImageRecord | None) -> bool:
+        """`resolve_base` will not build or fetch anything slow (a cached base disk): if it
+        would, the bake runs `check_build` before it."""
+        return True
 
     def fingerprint_lookup(self) -> ImageRegistry | None:
         """Where `invoke fingerprint` looks for an up-to-date image (None: nowhere)."""

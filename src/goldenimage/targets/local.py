@@ -11,11 +11,12 @@ import json
 import shutil
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, fingerprint, requirements, retention, sbom
+from .. import ancestry, fingerprint, requirements, retention
 from ..adapters import baseimage, galaxy, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
@@ -129,10 +130,19 @@ class LocalTarget(Target):
 
     # -- bake --------------------------------------------------------------------------------
     def detect_tools(self) -> Tools:
-        return detect_tools()
+        # each version is a process start (packer's ~0.2 s): the ones the bake asks next
+        # (qemu's, mmdebstrap's for the base disk's recipe) are asked meanwhile, and cached
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(qemu.qemu_version)
+            if not self.env.settings.base.url:
+                pool.submit(baseimage.mmdebstrap_version)  # an error comes when the base needs it
+            return detect_tools()
 
-    def check_ready(self, name: str, tools: Tools, reporter: Reporter) -> None:
+    def check_build(self, name: str, tools: Tools, reporter: Reporter) -> None:
         check_templates(self.env, name, tools)
+
+    def base_is_at_hand(self, parent: ImageRecord | None) -> bool:
+        return parent is not None or baseimage.is_at_hand(self.env.settings.base, base_cache_dir())
 
     def base_identity(self, reporter: Reporter) -> str:
         return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
@@ -185,8 +195,11 @@ class LocalTarget(Target):
             fh.truncate(length)
         disk.rename(dest)
 
-    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> ImageRecord | None:
-        return self.store.find_by_fingerprint(name, fingerprint)
+    def lookup(self, name: str, fingerprint: str, reporter: Reporter) -> tuple[ImageRecord | None, list[str]]:
+        hit, refused = self.store.find_intact(name, fingerprint)  # the bytes, not just the record
+        for why in refused:
+            reporter.warn(f"not skipping to it: {why}")
+        return hit, refused
 
     def fingerprint_lookup(self) -> ImageRegistry | None:
         return self.store
@@ -268,6 +281,8 @@ class LocalTarget(Target):
         installed = galaxy.installed_record(env.root, requirements.load(env.root))
         if installed is not None:
             manifest["requirements"] = installed
+        from .. import sbom  # cyclonedx: only a build that registers pays its import
+
         atomic_write_json(image_dir / "sbom.cdx.json",
                           sbom.build(packages, image_name=img.name, fingerprint=img.fingerprint, now=img.created))
         record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
