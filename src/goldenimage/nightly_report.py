@@ -12,6 +12,7 @@ from typing import Any
 
 STEPS = ("drift", "bake", "promote", "rotate", "gc", "report")
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+STREAK_EXIT = 3  # the run failed, and so did the ones before it: extra.nightly.failure_streak in a row
 
 
 def input_reasons(against: Mapping[str, Any], previous_base: str | None = None, limit: int = 5) -> list[str]:
@@ -44,7 +45,20 @@ def exit_code(steps: Sequence[Mapping[str, Any]]) -> int:
     return 2 if any(s.get("exit_code") == 2 for s in failed) else 1
 
 
+def streak_line(doc: Mapping[str, Any]) -> str:
+    streak = doc.get("streak") or {}
+    if not streak.get("alarm"):
+        return ""
+    return f"FAILED {streak['failed']} NIGHTLY RUNS IN A ROW (since {streak.get('since')}; limit {streak.get('limit')})"
+
+
 def headline(doc: Mapping[str, Any]) -> str:
+    alarm = streak_line(doc)
+    text = _headline(doc)
+    return f"{alarm}: {text}" if alarm else text
+
+
+def _headline(doc: Mapping[str, Any]) -> str:
     drift = doc.get("drift") or {}
     images = (doc.get("bake") or {}).get("images") or []
     built = [i for i in images if i.get("state") == "built"]
@@ -81,7 +95,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def markdown(doc: Mapping[str, Any]) -> str:
     """The report for people: headline, steps with durations, drift, images (inputs changed,
     packages changed, validation), promotions, rotation, gc, webhook."""
-    out = [f"# Nightly `{doc.get('env')}` ({doc.get('target')}) — {doc.get('started')}", "",
+    alarm = streak_line(doc)
+    out = [f"# {alarm + ' — ' if alarm else ''}Nightly `{doc.get('env')}` ({doc.get('target')}) — {doc.get('started')}",
+           "",
            f"**{headline(doc)}** (exit {doc.get('exit_code', 0)})", ""]
     out += ["## Steps", ""]
     out += _table(["step", "outcome", "seconds", "detail"],

@@ -129,9 +129,13 @@ def test_unchanged_inputs_no_bake_and_the_report_says_so(world: World) -> None:
     assert doc["exit_code"] == 0 and doc["ok"]
     assert steps(doc) == {"drift": "done", "bake": "skipped", "promote": "skipped", "rotate": "skipped",
                           "gc": "done", "report": "done"}
-    assert doc["drift"]["bases"][0]["reason"] == "archive Release files unchanged since the base was built"
-    assert doc["drift"]["bases"][0]["indexes_read"] is False
-    assert doc["drift"]["images"] == [{"image": "web", "previous_id": "web-1", "drift": False, "reasons": []}]
+    assert doc["drift"]["bases"] == []
+    (web,) = doc["drift"]["images"]
+    assert {k: web[k] for k in ("image", "previous_id", "drift", "drifted", "state", "reasons", "packages_checked")} \
+        == {"image": "web", "previous_id": "web-1", "drift": False, "drifted": False, "state": "current",
+            "reasons": [], "packages_checked": len(BASE_PACKAGES)}
+    assert web["indexes"] == [f"file://{world.archive} {s}/main" for s in SUITES]
+    assert doc["drift"]["archive"]["bytes_read"] > 0 and doc["drift"]["archive"]["errors"] == []
     assert doc["summary"].startswith("no drift")
     saved = json.loads(Path(doc["report"]["json"]).read_text())
     assert saved["summary"] == doc["summary"] and saved["exit_code"] == 0
@@ -182,9 +186,13 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     newer = [(n, "3.0.15-1~deb12u1" if n in ("openssl", "libssl3") else v, a, s) for n, v, a, s in BASE_PACKAGES]
     write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC", compress="xz")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    forced: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+             force: list[str] | None = None) -> dict[str, Any]:
         # the bake would rebuild the stale base first: every fingerprint changes
         assert baseimage.stale_reason(world.base_dir) is not None
+        forced.append(force)
         rows = []
         for n, name in enumerate(("api", "web"), 3):
             world.register(f"{name}-{n}", name, packages=[(p, v, a) for p, v, a, _ in newer])
@@ -195,12 +203,17 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     doc = world.run(bake)
     assert doc["exit_code"] == 0, doc["steps"]
     base = doc["drift"]["bases"][0]
-    assert base["drift"] and base["indexes_read"] and base["changed_releases"] == ["bookworm-security"]
+    assert base["drift"] and [n["name"] for n in base["newer"]] == ["libssl3", "openssl"]
     assert base["reason"] == ("archive bookworm-security has newer libssl3 3.0.15-1~deb12u1 > 3.0.14-1~deb12u2, "
                               "+1 more")
-    assert [(i["image"], i["drift"]) for i in doc["drift"]["images"]] == [("api", True), ("web", True)]
-    assert all(i["reasons"][0].startswith(f"base mmdebstrap:{world.key}: archive bookworm-security")
-               for i in doc["drift"]["images"])
+    assert [(i["image"], i["drift"], i["drifted"]) for i in doc["drift"]["images"]] == [
+        ("api", True, True), ("web", True, True)]
+    for i in doc["drift"]["images"]:
+        assert i["reasons"][:2] == [
+            f"{i['image']}: libssl3 3.0.14-1~deb12u2 installed, 3.0.15-1~deb12u1 in bookworm-security (security fix)",
+            f"{i['image']}: openssl 3.0.14-1~deb12u2 installed, 3.0.15-1~deb12u1 in bookworm-security (security fix)"]
+        assert i["reasons"][2].startswith(f"base mmdebstrap:{world.key}: archive bookworm-security")
+    assert forced == [["api", "web"]]
     assert baseimage.stale_reason(world.base_dir) == base["reason"]
     web = next(i for i in doc["images"] if i["image"] == "web")
     changes = web["packages"]["by_source"]["openssl"]
@@ -212,14 +225,30 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     assert "(security)" in Path(doc["report"]["markdown"]).read_text()
 
 
-def test_a_moved_archive_with_nothing_newer_is_no_drift_and_the_record_follows(world: World) -> None:
+def test_a_moved_archive_with_nothing_newer_is_no_drift_and_nothing_is_recorded(world: World) -> None:
+    before = (world.base_dir / "base.json").read_text()
     write_suite(world.archive, "bookworm", BASE_PACKAGES, "Sun, 29 Nov 2026 08:00:00 UTC", inrelease=True)
     doc = world.run(no_bake)
-    base = doc["drift"]["bases"][0]
-    assert doc["exit_code"] == 0 and not base["drift"] and base["indexes_read"]
-    assert "archive changed (bookworm) but no installed package has a newer version" in base["reason"]
-    doc = world.run(no_bake)  # the record took the new Release file: the cheap check again
-    assert doc["drift"]["bases"][0]["indexes_read"] is False
+    assert doc["exit_code"] == 0 and not doc["drift"]["drift"] and doc["drift"]["images"][0]["state"] == "current"
+    assert (world.base_dir / "base.json").read_text() == before  # no Release file recorded
+
+
+def test_recorded_release_files_never_hide_an_older_package(world: World) -> None:
+    """The old check recorded a moved archive's Release files when the base's packages were
+    current, and from then on looked at nothing but those dates: an image whose packages
+    are older is drift whatever the dates say, run after run, until its new image has them."""
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, DATE)  # the same Date as recorded
+    rec = json.loads((world.base_dir / "base.json").read_text())
+    rec["archive"]["releases"] = [r.as_dict() for r in archive.releases(baseimage.archive_sources(world.env.settings.base))]
+    (world.base_dir / "base.json").write_text(json.dumps(rec))
+    for _ in range(2):
+        plan = world.run(no_bake, plan=True)
+        assert plan["rebuild"] == ["web"] and plan["images"][0]["reasons"][0] == (
+            "web: sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)")
+    world.register("web-2", packages=[(n, "1.9.13p3-1+deb12u2" if n == "sudo" else v, a) for n, v, a, _ in BASE_PACKAGES])
+    plan = world.run(no_bake, plan=True)
+    assert plan["rebuild"] == [] and plan["images"][0]["state"] == "current"
 
 
 def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: World) -> None:
@@ -242,12 +271,14 @@ def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: W
     assert saved["exit_code"] == 1 and saved["summary"] == "FAILED: bake (1 image(s) failed)"
 
 
-def test_an_unreachable_archive_fails_the_drift_step_and_nothing_bakes(world: World) -> None:
+def test_an_unreachable_archive_fails_the_drift_step_and_images_are_unknown(world: World) -> None:
     shutil.rmtree(world.archive)
     doc = world.run(no_bake)
     assert doc["exit_code"] == 1
     assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "skipped"
-    assert "has neither InRelease nor Release" in doc["drift"]["bases"][0]["error"]
+    assert doc["drift"]["images"][0]["state"] == "unknown" and not doc["drift"]["images"][0]["drift"]
+    assert sorted(doc["drift"]["archive"]["errors"]) == sorted(
+        f"archive: file://{world.archive}/dists/{s}/main/binary-amd64/Packages(.xz|.gz) not found" for s in SUITES)
     assert Path(doc["report"]["json"]).is_file()
 
 
