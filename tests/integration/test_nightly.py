@@ -190,3 +190,26 @@ def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(moto_aws: MotoA
     moved = nightly.nightly("aws", Reporter(quiet=True), bake_images=skipped, root=root)
     assert moved["drift"]["images"][0]["reasons"] == [f"base AMI filter now resolves to {new} (was {old})"]
     assert moved["exit_code"] == 0 and moved["summary"] == "drift found, but every image was already up to date"
+
+
+def test_a_truncated_body_a_reset_and_a_503_are_retried_and_the_answer_is_the_good_one(tmp_path: Path) -> None:
+    write_suite(tmp_path, "bookworm-security", BASE_PACKAGES, OLD_DATE, compress="gz")
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    faults = {path: ["truncated", "reset", "503"]}
+    slept: list[float] = []
+    with served(tmp_path, faults) as url:
+        data = archive.fetch(url + path, sleep=slept.append)
+    assert data == (tmp_path / path.lstrip("/")).read_bytes() and faults[path] == []
+    assert slept == [0.5, 1.0, 2.0]  # bounded, exponential
+
+
+def test_an_archive_that_keeps_failing_is_one_error_naming_the_url(tmp_path: Path) -> None:
+    write_suite(tmp_path, "bookworm-security", BASE_PACKAGES, OLD_DATE, compress="gz")
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    with served(tmp_path, {path: ["always-503"]}) as url:
+        with pytest.raises(OperationFailed) as err:
+            archive.fetch(url + path, sleep=lambda s: None)
+        assert err.value.message == f"archive: GET {url}{path}: HTTP 503 Service Unavailable (after 4 attempts)"
+    with served(tmp_path, {path: ["truncated"] * 4}) as url2, pytest.raises(
+            OperationFailed, match=r"truncated body: \d+ bytes read, \d+ more expected \(after 4"):
+        archive.fetch(url2 + path, sleep=lambda s: None)

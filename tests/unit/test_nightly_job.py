@@ -89,7 +89,8 @@ class World:
         return fp.collect(self.root, load_environment("local", self.root), name, self.extra)
 
     def register(self, image_id: str, name: str = "web", *, created: str = "2026-11-29T00:00:00Z",
-                 packages: list[tuple[str, str, str]] | None = None, status: str = "validated") -> None:
+                 packages: list[tuple[str, str, str]] | None = None, status: str = "validated",
+                 apt_sources: list[str] | None = None) -> None:
         inputs = self.inputs(name)
         pkgs = packages if packages is not None else [(n, v, a) for n, v, a, _ in BASE_PACKAGES]
         with self.store.workspace() as ws:
@@ -102,6 +103,8 @@ class World:
                 "fingerprint_inputs": fp.as_manifest(inputs), "status": status, "artifact": "disk.qcow2",
                 "base": {"source": f"mmdebstrap:{self.key}", "identity": "sha256:x"},
                 "packages": [{"name": n, "version": v, "arch": a} for n, v, a in pkgs],
+                **({"apt_sources": [{"uri": u, "suite": sx} for u in apt_sources for sx in SUITES]}
+                   if apt_sources else {}),
                 "validation": {"status": status, "passed": 30 if status == "validated" else 29,
                                "failed": 0 if status == "validated" else 1, "errors": 0,
                                "failures": [] if status == "validated" else ["test_nginx_serves"]},
@@ -377,3 +380,109 @@ def test_a_bug_or_an_interruption_in_a_step_still_writes_the_report(world: World
         assert steps(doc)["bake"] == "failed" and doc["steps"][1]["detail"] == "internal error: RuntimeError: a bug"
         assert steps(doc)["gc"] == "done" and Path(doc["report"]["json"]).is_file()
     assert doc["exit_code"] == 1
+
+
+def test_an_archive_that_keeps_failing_names_the_url_and_role_changed_images_still_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.debarchive import served
+
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    monkeypatch.setattr(archive, "BACKOFF", 0.0)
+    with served(world.archive, {path: ["always-503"]}) as url:
+        for n, name in enumerate(("web", "api"), 3):  # both install from the archive over HTTP
+            world.register(f"{name}-{n}", name, apt_sources=[url])
+        settings = yaml.safe_load(world.settings_file.read_text())
+        settings["images"]["web"]["disk_size"] = "5G"  # web's own input changes; api's does not
+        world.settings_file.write_text(yaml.safe_dump(settings))
+        asked: list[Any] = []
+
+        def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+            asked.append(images)
+            world.register("web-5", "web")
+            return {"env": env_name, "ok": True, "images": [
+                {"image": "api", "state": "skipped", "image_id": "api-4", "status": "validated", "fingerprint": None,
+                 "previous_id": "api-4", "error": None},
+                {"image": "web", "state": "built", "image_id": "web-5", "status": "validated", "fingerprint": None,
+                 "previous_id": "web-3", "error": None}]}
+
+        doc = world.run(bake)
+    by = {i["image"]: i for i in doc["drift"]["images"]}
+    assert by["web"]["drift"] and by["web"]["state"] == "rebuild" and not by["web"]["drifted"]
+    assert by["api"]["state"] == "unknown" and not by["api"]["drift"]
+    assert by["api"]["unreadable"] == [f"{url} bookworm-security/main"]
+    error = f"archive: GET {url}{path}: HTTP 503 Service Unavailable (after 4 attempts)"
+    assert doc["drift"]["archive"]["errors"] == [error]
+    assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "done" and asked
+    assert [p["image"] for p in doc["promotions"]] == ["web"]
+    assert doc["exit_code"] == 1 and error in doc["steps"][0]["detail"]
+    assert error in Path(doc["report"]["markdown"]).read_text()
+
+
+def test_plan_says_what_would_be_rebuilt_and_changes_nothing(world: World) -> None:
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    before = sorted(p.relative_to(world.home) for p in world.home.rglob("*") if p.is_file())
+    plan = world.run(no_bake, plan=True)
+    assert plan["exit_code"] == 0 and plan["rebuild"] == ["web"]
+    (web,) = plan["images"]
+    assert web["packages_checked"] == len(BASE_PACKAGES) and web["drifted"] and web["rebuild"]
+    assert web["indexes"] == [f"file://{world.archive} {s}/main" for s in SUITES]
+    assert [n["name"] for n in web["newer"]] == ["sudo"] and web["newer"][0]["security"]
+    assert plan["archive"]["bytes_read"] > 0
+    after = sorted(p.relative_to(world.home) for p in world.home.rglob("*") if p.is_file())
+    assert [p for p in after if p not in before] == [Path("store/locks/nightly-local.lock")] or after == before
+    assert baseimage.stale_reason(world.base_dir) is None  # sudo is on the base disk: a real run marks it
+    lines = nightly.human_nightly(plan)
+    assert lines[0] == "nightly --plan local: would rebuild web"
+    assert lines[1].split() == ["web", "REBUILD", str(len(BASE_PACKAGES)), "packages", "against", "3", "index(es)"]
+    assert "sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)" in lines[2]
+    with nightly.run_lock("local"):  # the plan released the lock
+        pass
+
+
+def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World) -> None:
+    import http.server
+    import threading
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# broken\n")
+
+    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env_name, "ok": False, "images": [
+            {"image": "web", "state": "failed", "image_id": None, "status": None, "fingerprint": None,
+             "previous_id": "web-1", "error": "packer build failed"}]}
+
+    try:
+        codes = [world.run(failing, webhook_url=hook)["exit_code"] for _ in range(2)]
+        third = world.run(failing, webhook_url=hook)
+        fourth = world.run(failing, webhook_url=hook)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert codes == [1, 1] and [g["streak"]["failed"] for g in got] == [1, 2, 3, 4]
+    assert not got[1]["streak"]["alarm"] and got[2]["streak"]["alarm"] and got[3]["streak"]["alarm"]
+    for doc, n in ((third, 3), (fourth, 4)):
+        assert doc["exit_code"] == 3 and doc["streak"]["failed"] == n
+        assert doc["summary"].startswith(f"FAILED {n} NIGHTLY RUNS IN A ROW (since ")
+        assert Path(doc["report"]["markdown"]).read_text().splitlines()[0].startswith(
+            f"# FAILED {n} NIGHTLY RUNS IN A ROW")
+        assert nightly.human_nightly(doc)[0].startswith(f"nightly local: FAILED {n} NIGHTLY RUNS IN A ROW")
+    role.write_text(role.read_text().replace("\n# broken\n", ""))
+    good = world.run(no_bake)
+    assert good["exit_code"] == 0 and good["streak"]["failed"] == 0 and not good["streak"]["alarm"]

@@ -387,6 +387,9 @@ class AwsTarget(AwsSide):
                 "validation": {"status": status, "failures": checked.failures,
                                "instance": validated.get("instance_id"), "cleaned_up": validated.get("cleaned_up")},
                 "durations": dict(reporter.durations),
+                # the SBOM read on the validation instance (the registry stores it in SSM parts)
+                **{k: validated["check"][k] for k in ("packages", "apt_sources")
+                   if isinstance(validated.get("check"), dict) and k in validated["check"]},
                 # the whole record stays with the build's logs; the SSM manifest keeps its gist
                 "timings": {k: job.artifacts["timings"][k] for k in ("ansible_seconds", "slowest_tasks")},
             }
