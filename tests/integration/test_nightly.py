@@ -213,3 +213,62 @@ def test_an_archive_that_keeps_failing_is_one_error_naming_the_url(tmp_path: Pat
     with served(tmp_path, {path: ["truncated"] * 4}) as url2, pytest.raises(
             OperationFailed, match=r"truncated body: \d+ bytes read, \d+ more expected \(after 4"):
         archive.fetch(url2 + path, sleep=lambda s: None)
+
+
+def _packages(n: int, nginx: str) -> list[dict[str, str]]:
+    import hashlib  # names and versions as varied as a real list's: it does not compress to nothing
+
+    def h(i: int, k: str) -> str:
+        return hashlib.sha256(f"{k}{i}".encode()).hexdigest()
+
+    pkgs = [{"name": f"lib{h(i, 'n')[:10]}", "version": f"{int(h(i, 'v')[:4], 16)}.{h(i, 'w')[:6]}-1+deb12u1",
+             "arch": "amd64", "source": f"src{h(i // 3, 's')[:8]}"} for i in range(n)]
+    return [*pkgs, {"name": "nginx", "version": nginx, "arch": "amd64", "source": "nginx"}]
+
+
+def test_an_amis_sbom_is_kept_in_ssm_parts_and_the_report_lists_package_differences(
+    running: dict[str, Any], sandbox_project: Path, tmp_path: Path
+) -> None:
+    settings = sandbox_project / "inventories" / "sandbox" / "goldenimage.yml"
+    doc = yaml.safe_load(settings.read_text())
+    doc["extra"]["nightly"]["gc"] = "off"
+    doc["extra"]["nightly"]["rotate"] = []
+    doc["images"] = {"web": {k: v for k, v in doc["images"]["web"].items() if k != "parent"}}
+    settings.write_text(yaml.safe_dump(doc))
+    reg = registry_for("sandbox")
+    sources = [{"uri": "http://deb.debian.org/debian", "suite": "bookworm", "component": "main"}]
+
+    def put(image_id: str, created: str, nginx: str) -> str:
+        rec = ImageRecord(id=image_id, name="web", env="sandbox", fingerprint="sha256:" + image_id[-1] * 64,
+                          created=created, status="validated", artifact=f"images/{image_id}/disk.qcow2")
+        return reg.put(rec, {"packages": _packages(400, nginx), "apt_sources": sources}).id
+
+    old = put("web-20261202-2300-aaaa", "2099-12-02T23:00:00Z", "1.22.1-9")
+    manifest = reg.manifest(old)
+    assert len(manifest["packages"]) == 401 and manifest["apt_sources"] == sources
+    meta = manifest["sbom_parameters"]
+    assert meta["parts"] >= 2 and meta["packages"] == 401
+    clients = clients_for(load_environment("sandbox"))
+    parts = [clients.ssm.get_parameter(Name=reg.sbom_parameter("web", old, n))["Parameter"]["Value"]
+             for n in range(meta["parts"])]
+    assert all(len(p) <= 4096 for p in parts)
+    raw = json.loads(clients.ssm.get_parameter(Name=reg.manifest_parameter("web", old))["Parameter"]["Value"])
+    assert "packages" not in raw and "_dropped" not in raw
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        new = put("web-20261202-2330-bbbb", "2099-12-02T23:30:00Z", "1.22.1-9+deb12u2")
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "web", "state": "built", "image_id": new, "status": "validated",
+             "fingerprint": None, "previous_id": None, "error": None}]}
+
+    out = nightly.nightly("sandbox", Reporter(quiet=True), bake_images=bake, report_dir=str(tmp_path / "r"),
+                          fetch=lambda url: (_ for _ in ()).throw(archive.Missing(url)))
+    (img,) = out["images"]
+    assert img["previous_id"] == old
+    assert [(c["name"], c["kind"], c["old"], c["new"], c["source"]) for c in img["packages"]["changes"]] == [
+        ("nginx", "upgraded", "1.22.1-9", "1.22.1-9+deb12u2", "nginx")]
+
+    # a part that is not what the manifest names: the SBOM is not trusted
+    clients.ssm.put_parameter(Name=reg.sbom_parameter("web", old, 0), Value="AAAA", Type="String", Overwrite=True)
+    bad = reg.manifest(old)
+    assert "packages" not in bad and bad["sbom_note"] == "SBOM parts do not match the sha256 the manifest records"
