@@ -112,9 +112,16 @@ def markdown(doc: Mapping[str, Any]) -> str:
             mark = " (security)" if n.get("security") else ""
             out.append(f"  - {n['name']} {n['installed']} → {n['available']} from {n['suite']}{mark}")
     for i in drift.get("images", []):
-        reasons = "; ".join(i.get("reasons") or []) or "unchanged"
-        out.append(f"- image `{i['image']}` (previous {i.get('previous_id') or 'none'}): "
-                   f"{'DRIFT' if i.get('drift') else 'no drift'} — {reasons}")
+        reasons = "; ".join(i.get("reasons") or []) or i.get("note") or "unchanged"
+        state = "DRIFT" if i.get("drift") else ("UNKNOWN" if i.get("state") == "unknown" else "no drift")
+        checked = (f", {i['packages_checked']} packages against {len(i.get('indexes') or [])} index(es)"
+                   if "packages_checked" in i else "")
+        out.append(f"- image `{i['image']}` (previous {i.get('previous_id') or 'none'}{checked}): {state} — {reasons}")
+    arch = drift.get("archive") or {}
+    for err in arch.get("errors") or []:
+        out.append(f"- archive check failed: {err}")
+    if arch.get("indexes"):
+        out.append(f"- indexes read ({size(arch.get('bytes_read'))}): " + ", ".join(f"`{x}`" for x in arch["indexes"]))
     if not drift.get("bases") and not drift.get("images"):
         out.append("- not checked")
     images = doc.get("images") or []

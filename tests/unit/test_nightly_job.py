@@ -486,3 +486,30 @@ def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World) -> N
     role.write_text(role.read_text().replace("\n# broken\n", ""))
     good = world.run(no_bake)
     assert good["exit_code"] == 0 and good["streak"]["failed"] == 0 and not good["streak"]["alarm"]
+
+
+def test_one_image_checks_its_ancestors_packages_and_a_drifted_base_rebuilds_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nightly --image web`, web baked on base: base's packages are checked too (before, a
+    child's base -- its parent image -- was not recognised and nothing was checked)."""
+    world = World(tmp_path, monkeypatch, images=("base", "web"))
+    settings = yaml.safe_load(world.settings_file.read_text())
+    settings["images"]["web"]["parent"] = "base"
+    world.settings_file.write_text(yaml.safe_dump(settings))
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    plan = world.run(no_bake, images=["web"], plan=True)
+    assert [i["image"] for i in plan["images"]] == ["base", "web"] and plan["rebuild"] == ["base", "web"]
+    fix = "sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)"
+    assert plan["images"][0]["reasons"][0] == f"base: {fix}"
+    assert plan["images"][1]["reasons"][0] == f"web: {fix}"
+    asked: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+             force: list[str] | None = None) -> dict[str, Any]:
+        asked.append((images, force))
+        return {"env": env_name, "ok": True, "images": []}
+
+    world.run(bake, images=["web"])
+    assert asked == [(["web"], ["base", "web"])]
