@@ -165,7 +165,8 @@ class _Run:
                 prev = self.previous[name] = newest_validated(reg, name)
                 manifests[name] = reg.manifest(prev.id) if prev else None
             installed = {n: drift.installed_from_manifest(m) if m else None for n, m in manifests.items()}
-            indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []}, self.get)
+            indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []}, self.get,
+                                      cache=store_dir() / "cache" / "archive", write_cache=not plan)
             items: dict[str, Result] = {}
             for name in checked:
                 prev, manifest = self.previous[name], manifests[name]
@@ -207,7 +208,8 @@ class _Run:
                               for n, entries in idx.items() for v, _, _ in entries}
             out["drift"] = any(i["drift"] for i in out["images"])
             out["archive"] = {"indexes": sorted({x for i in out["images"] for x in i.get("indexes", [])}),
-                              "bytes_read": indexes.bytes_read, "errors": sorted(indexes.errors.values())}
+                              "bytes_read": indexes.bytes_read, "from_cache": indexes.cached,
+                              "errors": sorted(indexes.errors.values())}
             drifted = [i["image"] for i in out["images"] if i["drift"]]
             unknown = [i["image"] for i in out["images"] if i["state"] == drift.UNKNOWN]
             row["detail"] = (f"drift: {', '.join(drifted)}" if drifted else "no drift") + (

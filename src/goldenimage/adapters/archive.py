@@ -7,8 +7,11 @@ changed, the Packages indexes). The comparisons are `goldenimage.drift`'s (pure)
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import http.client
+import json
 import lzma
 import socket
 import time
@@ -16,10 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import drift
 from ..errors import OperationFailed
+from ..fsutil import atomic_write_json
 
 TIMEOUT = 30.0
 ATTEMPTS = 4  # a transient fault is tried again this many times in all ...
@@ -156,18 +161,48 @@ def security_versions(sources: Iterable[drift.Source], arch: str, names: set[str
 class Indexes:
     """The Packages indexes nightly's drift check reads, each (source, arch) once per run,
     parsed for the union of the names every checked image holds. An index that cannot be
-    read is None, with its error kept (one line naming the URL)."""
+    read is None, with its error kept (one line naming the URL).
+
+    With a `cache` directory, the suite's (In)Release file is fetched first: it lists the
+    digest of every index of the suite, so the same Release bytes mean the same Packages.
+    The parsed entries for the wanted names are kept under a key made of the Release's
+    sha256, the component, the arch and the wanted names, and read back while the archive
+    has not moved (`write_cache` false: read only, as `nightly --plan` does)."""
 
     wanted: set[str]
     get: Fetch = fetch
+    cache: Path | None = None
+    write_cache: bool = True
     read: dict[tuple[drift.Source, str], dict[str, list[drift.IndexEntry]] | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # index label -> error line
     bytes_read: int = 0
+    cached: int = 0  # indexes answered from the cache
 
     def _counting(self, url: str) -> bytes:
         data = self.get(url)
         self.bytes_read += len(data)
         return data
+
+    def _key(self, source: drift.Source, arch: str, release_sha256: str) -> str:
+        doc = json.dumps([release_sha256, source.uri, source.suite, source.component, arch, sorted(self.wanted)])
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+    def _load(self, source: drift.Source, arch: str) -> dict[str, list[drift.IndexEntry]]:
+        if self.cache is None:
+            return index(source, arch, self.wanted, self._counting)
+        key = self._key(source, arch, release(source, self._counting).sha256)
+        path = self.cache / f"{key}.json"
+        try:
+            raw = json.loads(path.read_text())
+            self.cached += 1
+            return {str(k): [(str(v), str(a), str(src)) for v, a, src in entries] for k, entries in raw.items()}
+        except (OSError, ValueError, TypeError):
+            pass
+        parsed = index(source, arch, self.wanted, self._counting)
+        if self.write_cache:
+            with contextlib.suppress(OSError):
+                atomic_write_json(path, parsed)
+        return parsed
 
     def of(self, sources: Iterable[drift.Source], arch: str) -> dict[drift.Source, dict[str, list[drift.IndexEntry]] | None]:
         out: dict[drift.Source, dict[str, list[drift.IndexEntry]] | None] = {}
@@ -175,7 +210,7 @@ class Indexes:
             key = (s, arch)
             if key not in self.read:
                 try:
-                    self.read[key] = index(s, arch, self.wanted, self._counting)
+                    self.read[key] = self._load(s, arch)
                 except OperationFailed as exc:
                     self.read[key] = None
                     self.errors[drift.index_label(s)] = exc.message
