@@ -194,12 +194,13 @@ def newer_packages(installed: Iterable[Installed],
     idx = list(indexes)
     found: list[Newer] = []
     for pkg in installed:
-        have = Version(pkg.version)
+        have: Version | None = None
         best: Newer | None = None
         for suite, index in idx:
             for version, arch, source in index.get(pkg.name, []):
-                if arch not in (pkg.arch, "all") and pkg.arch != "all":
-                    continue
+                if version == pkg.version or (arch not in (pkg.arch, "all") and pkg.arch != "all"):
+                    continue  # the same version (most of them): no need to parse it
+                have = have or Version(pkg.version)
                 v = Version(version)
                 if v > have and (best is None or v > Version(best.available)):
                     best = Newer(pkg.name, pkg.version, version, suite, pkg.source or source)

@@ -34,6 +34,7 @@ VCS, editor and bytecode files are ignored, and so are file modification times.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -196,7 +197,7 @@ def normalise_hcl(text: str, name: str) -> str:
     Raises TemplateError naming `name` and the line if the text is not valid HCL2.
     """
     try:
-        doc = hcl2.loads(text, serialization_options=_HCL_OPTIONS)
+        return _hcl_canonical(text)
     except Exception as exc:  # lark raises its own tree of errors; all mean "malformed"
         line = getattr(exc, "line", None)
         col = getattr(exc, "column", None)
@@ -206,7 +207,13 @@ def normalise_hcl(text: str, name: str) -> str:
         if len(first) > 160:  # lark quotes the offending token, which can be the whole file
             first = first[:157] + "..."
         raise TemplateError(f"{name}{where}: invalid HCL2: {first}") from None
-    return _canonical(_sort_top_level_blocks(doc))
+
+
+@functools.lru_cache(maxsize=64)
+def _hcl_canonical(text: str) -> str:
+    """Parsed once per text in a process: nightly fingerprints every image of a family, and
+    each image's (and its parent's) inputs hold the same templates."""
+    return _canonical(_sort_top_level_blocks(hcl2.loads(text, serialization_options=_HCL_OPTIONS)))
 
 
 def normalise_json(text: str, name: str) -> str:

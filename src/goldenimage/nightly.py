@@ -111,6 +111,7 @@ class _Run:
     force: set[str] = field(default_factory=set)  # images whose packages drifted: rebuilt whatever the fingerprint
     get: archive.Fetch = archive.fetch
     stale: dict[Path, str] = field(default_factory=dict)  # base disks to build again, with the reason
+    _extra: dict[str, str] | None = None
 
     @property
     def steps(self) -> list[Result]:
@@ -272,10 +273,18 @@ class _Run:
                                  "newer": [n.as_dict() for n in newer]})
         return [f"base {source}: {reason}: rebuilt from the archive"]
 
+    def resolved_extra(self, env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
+        """`commands.bake_extra` once per run: the base identity and tool versions are the
+        environment's, the same for every image (a child's base is set from its parent)."""
+        if self._extra is None:
+            self._extra = commands.bake_extra(env, image, reporter)
+        return dict(self._extra)
+
     def input_drift(self, name: str, prev: ImageRecord) -> list[str]:
         """Reasons from `invoke fingerprint --against <previous>`; [] when every input is the same."""
         try:
-            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root)
+            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root,
+                                           resolve_extra=self.resolved_extra)
         except ConfigError as exc:
             if "no fingerprint_inputs" not in exc.message:
                 raise

@@ -14,10 +14,12 @@ import http.client
 import json
 import lzma
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,9 +180,12 @@ class Indexes:
     bytes_read: int = 0
     cached: int = 0  # indexes answered from the cache
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def _counting(self, url: str) -> bytes:
         data = self.get(url)
-        self.bytes_read += len(data)
+        with self._lock:
+            self.bytes_read += len(data)
         return data
 
     def _key(self, source: drift.Source, arch: str, release_sha256: str) -> str:
@@ -204,15 +209,24 @@ class Indexes:
                 atomic_write_json(path, parsed)
         return parsed
 
+    def _fill(self, source: drift.Source, arch: str) -> None:
+        try:
+            found: dict[str, list[drift.IndexEntry]] | None = self._load(source, arch)
+        except OperationFailed as exc:
+            found = None
+            with self._lock:
+                self.errors[drift.index_label(source)] = exc.message
+        with self._lock:
+            self.read[(source, arch)] = found
+
     def of(self, sources: Iterable[drift.Source], arch: str) -> dict[drift.Source, dict[str, list[drift.IndexEntry]] | None]:
-        out: dict[drift.Source, dict[str, list[drift.IndexEntry]] | None] = {}
-        for s in sources:
-            key = (s, arch)
-            if key not in self.read:
-                try:
-                    self.read[key] = self._load(s, arch)
-                except OperationFailed as exc:
-                    self.read[key] = None
-                    self.errors[drift.index_label(s)] = exc.message
-            out[s] = self.read[key]
-        return out
+        """The indexes of `sources`, those not read yet fetched at once (one thread each:
+        the time is the network's)."""
+        wanted = list(dict.fromkeys(sources))
+        missing = [s for s in wanted if (s, arch) not in self.read]
+        if len(missing) == 1:
+            self._fill(missing[0], arch)
+        elif missing:
+            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                list(pool.map(lambda s: self._fill(s, arch), missing))
+        return {s: self.read[(s, arch)] for s in wanted}
