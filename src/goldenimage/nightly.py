@@ -455,6 +455,10 @@ class _Run:
         arch_record = (record or {}).get("archive") or {}
         for p in arch_record.get("installed", []):
             sources[str(p["name"])] = str(p.get("source") or p["name"])
+        for m in (old, new):  # the images' own SBOMs name the source packages
+            for pkg in drift.installed_from_manifest(m) or []:
+                if pkg.source:
+                    sources[pkg.name] = pkg.source
         first = pkgdiff.diff(a, b, sources=sources, security=self.security)
         upgraded = {c["name"] for c in first["changes"] if c["kind"] in ("upgraded", "added")}
         if upgraded and not self.security and arch_record.get("sources"):

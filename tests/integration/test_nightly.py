@@ -272,3 +272,21 @@ def test_an_amis_sbom_is_kept_in_ssm_parts_and_the_report_lists_package_differen
     clients.ssm.put_parameter(Name=reg.sbom_parameter("web", old, 0), Value="AAAA", Type="String", Overwrite=True)
     bad = reg.manifest(old)
     assert "packages" not in bad and bad["sbom_note"] == "SBOM parts do not match the sha256 the manifest records"
+
+
+def test_invoke_nightly_plan_json_changes_nothing(tmp_path: Path) -> None:
+    """The task's --plan flag: one JSON document, each image with its verdict, and nothing
+    written under the home but the (released) run lock."""
+    root = copy_project(tmp_path / "project")
+    home = tmp_path / "home"
+    res = run_invoke("nightly", "--plan", "--json", root=root, home=home, timeout=300)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["plan"] is True and doc["rebuild"] == ["base", "cache", "web"]
+    assert [(i["image"], i["reasons"], i["packages_checked"]) for i in doc["images"]] == [
+        ("base", ["no validated image yet"], 0), ("cache", ["no validated image yet"], 0),
+        ("web", ["no validated image yet"], 0)]
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()) if home.exists() else []
+    assert written in ([], ["store/locks/nightly-local.lock"])
+    human = run_invoke("nightly", "--plan", root=root, home=home, timeout=300)
+    assert human.returncode == 0 and "nightly --plan local: would rebuild base, cache, web" in human.stdout
