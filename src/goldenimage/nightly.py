@@ -529,7 +529,7 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
         doc["finished"] = _now()
         doc["exit_code"] = nightly_report.exit_code(doc["steps"])
         doc["ok"] = doc["exit_code"] == 0
-        doc["streak"] = record_streak(env.name, doc["ok"], cfg.failure_streak, doc["finished"],
+        doc["streak"] = record_streak(tag, doc["ok"], cfg.failure_streak, doc["finished"],
                                       doc["report"]["json"], reporter)
         if doc["streak"]["alarm"]:
             doc["exit_code"] = nightly_report.STREAK_EXIT
@@ -546,14 +546,16 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
         return doc
 
 
-def streak_path(env_name: str) -> Path:
-    return store_dir() / "nightly" / f"streak-{env_name}.json"
+def streak_path(tag: str) -> Path:
+    return store_dir() / "nightly" / f"streak-{tag}.json"
 
 
-def record_streak(env_name: str, ok: bool, limit: int, at: str, report: str, reporter: Reporter) -> Result:
-    """Consecutive failed runs of the environment, this one included (0 after a good run),
-    kept beside the run lock; `alarm` once it reaches `limit` (extra.nightly.failure_streak)."""
-    path = streak_path(env_name)
+def record_streak(tag: str, ok: bool, limit: int, at: str, report: str, reporter: Reporter) -> Result:
+    """Consecutive failed runs of the environment (`tag`: its name, or with --image its name
+    and the images, as the report files are named: one CI job per family keeps its own
+    count), this one included (0 after a good run); `alarm` once it reaches `limit`
+    (extra.nightly.failure_streak)."""
+    path = streak_path(tag)
     try:
         old = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):

@@ -527,3 +527,19 @@ def test_an_unmoved_archive_is_answered_from_the_cache_and_a_moved_one_is_read_a
     plan = world.run(no_bake, plan=True)
     assert plan["archive"]["from_cache"] == 2 and plan["rebuild"] == ["web"]
     assert world.run(no_bake, plan=True)["archive"]["from_cache"] == 2  # a plan writes no cache entry
+
+
+def test_the_streak_is_kept_per_image_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# broken\n")
+
+    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env_name, "ok": False, "images": [
+            {"image": i, "state": "failed", "image_id": None, "status": None, "fingerprint": None,
+             "previous_id": None, "error": "packer build failed"} for i in images or ["api", "web"]]}
+
+    for _ in range(2):
+        assert world.run(failing, images=["web"])["streak"]["failed"] in (1, 2)
+    assert world.run(failing, images=["api"])["streak"]["failed"] == 1  # another job's count
+    assert world.run(failing, images=["web"])["exit_code"] == 3
