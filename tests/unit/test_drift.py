@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goldenimage import drift
@@ -187,3 +187,30 @@ def test_the_sbom_and_sources_from_a_manifest() -> None:
     assert drift.installed_from_manifest({}) is None and drift.sources_from_manifest({}) is None
     assert drift.image_arch(drift.installed_from_manifest(m) or []) == "amd64"
     assert drift.image_arch([]) == "amd64"
+
+
+_VERSIONS = st.sampled_from(["1.0", "1.0-1", "1.0-1+deb12u1", "1.0-2", "1:0.9", "1.0~rc1", "2.0", "1.10"])
+_ARCHES = st.sampled_from(["amd64", "arm64", "all"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(installed=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.tuples(_VERSIONS, _ARCHES), max_size=4),
+       offers=st.lists(st.tuples(st.sampled_from([0, 1]), st.sampled_from(["a", "b", "c", "e"]), _VERSIONS, _ARCHES),
+                       max_size=8),
+       readable=st.tuples(st.booleans(), st.booleans()))
+def test_an_image_drifts_exactly_when_a_readable_index_offers_a_newer_version_for_its_arch(
+    installed: dict[str, tuple[str, str]], offers: list[tuple[int, str, str, str]], readable: tuple[bool, bool]
+) -> None:
+    srcs = [drift.Source("http://a", "bookworm"), drift.Source("http://a", "bookworm-security")]
+    pkgs = [Installed(n, v, a, n) for n, (v, a) in sorted(installed.items())]
+    texts = [[(n, v, a, n) for i, n, v, a in offers if i == k] for k in (0, 1)]
+    idx = {s: (drift.parse_packages(packages_text(texts[k])) if readable[k] else None) for k, s in enumerate(srcs)}
+    got = drift.check_image("web", pkgs, srcs, idx)
+    newer = {p.name for p in pkgs for k in (0, 1) if readable[k] for n, v, a, _ in texts[k]
+             if n == p.name and (a in (p.arch, "all") or p.arch == "all") and drift.compare_versions(v, p.version) > 0}
+    assert {n.name for n in got.newer} == newer
+    assert got.state == (drift.DRIFTED if newer else drift.CURRENT if all(readable) else drift.UNKNOWN)
+    for n in got.newer:  # the newest offer, named with both versions and whether it is a security fix
+        assert drift.compare_versions(n.available, n.installed) > 0
+        assert n.security == (n.suite == "bookworm-security")
+        assert f"web: {n.name} {n.installed} installed, {n.available} in {n.suite}" in drift.package_reason("web", n)

@@ -401,7 +401,8 @@ class AwsTarget(AwsSide):
                     _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
             self.registry().put(record, manifest)
         job.finished = True
-        return {"failures": checked.failures, "validation": validated, "status": status}
+        check = {k: v for k, v in (validated.get("check") or {}).items() if k not in ("packages", "apt_sources")}
+        return {"failures": checked.failures, "validation": {**validated, "check": check}, "status": status}
 
     def discard(self, job: Job, reporter: Reporter) -> None:
         """Deregister the AMIs of a bake that did not finish, with their snapshots."""
