@@ -66,6 +66,9 @@ def _headline(doc: Mapping[str, Any]) -> str:
     failed_steps = [s["step"] for s in doc.get("steps", []) if s.get("outcome") == FAILED]
     if failed_steps:
         return f"FAILED: {', '.join(failed_steps)}" + (f" ({len(failed)} image(s) failed)" if failed else "")
+    unknown = [i["image"] for i in drift.get("images", []) if i.get("state") == "unknown"]
+    if not drift.get("drift") and unknown:
+        return f"no drift found, but not known for {', '.join(unknown)} (see Drift): nothing baked"
     if not drift.get("drift"):
         return "no drift: nothing changed since the last validated images, nothing baked"
     if not built:

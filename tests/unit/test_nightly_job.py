@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from goldenimage import commands, nightly
+from goldenimage import commands, nightly, nightly_report
 from goldenimage import fingerprint as fp
 from goldenimage.adapters import archive, baseimage
 from goldenimage.drift import Installed
@@ -280,6 +280,8 @@ def test_an_unreachable_archive_fails_the_drift_step_and_images_are_unknown(worl
     assert doc["exit_code"] == 1
     assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "skipped"
     assert doc["drift"]["images"][0]["state"] == "unknown" and not doc["drift"]["images"][0]["drift"]
+    assert nightly_report.headline({**doc, "steps": []}) == (
+        "no drift found, but not known for web (see Drift): nothing baked")
     assert sorted(doc["drift"]["archive"]["errors"]) == sorted(
         f"archive: file://{world.archive}/dists/{s} has neither InRelease nor Release" for s in SUITES)
     assert Path(doc["report"]["json"]).is_file()
