@@ -194,7 +194,10 @@ class _Run:
                 parent = parents.get(name)
                 if parent in items and items[parent]["drift"]:
                     reasons.append(f"parent {parent} is rebuilt")
-                if not base:  # a base disk to build again: the fingerprint changes with it
+                elif not base:
+                    # a base disk to build again, or a parent rebuilt: the fingerprint changes with
+                    # it, and computing it now would build that base disk (minutes; and --plan
+                    # builds nothing)
                     reasons += self.input_drift(name, prev)
                 item.update(reasons=reasons, drift=bool(reasons), drifted=verdict.drifted)
                 if reasons:

@@ -90,7 +90,7 @@ class World:
 
     def register(self, image_id: str, name: str = "web", *, created: str = "2026-11-29T00:00:00Z",
                  packages: list[tuple[str, str, str]] | None = None, status: str = "validated",
-                 apt_sources: list[str] | None = None) -> None:
+                 apt_sources: list[str] | None = None, base_source: str | None = None) -> None:
         inputs = self.inputs(name)
         pkgs = packages if packages is not None else [(n, v, a) for n, v, a, _ in BASE_PACKAGES]
         with self.store.workspace() as ws:
@@ -101,7 +101,7 @@ class World:
             self.store.put(rec, {
                 "id": image_id, "name": name, "env": "local", "fingerprint": rec.fingerprint, "created": created,
                 "fingerprint_inputs": fp.as_manifest(inputs), "status": status, "artifact": "disk.qcow2",
-                "base": {"source": f"mmdebstrap:{self.key}", "identity": "sha256:x"},
+                "base": {"source": base_source or f"mmdebstrap:{self.key}", "identity": "sha256:x"},
                 "packages": [{"name": n, "version": v, "arch": a} for n, v, a in pkgs],
                 **({"apt_sources": [{"uri": u, "suite": sx} for u in apt_sources for sx in SUITES]}
                    if apt_sources else {}),
@@ -545,3 +545,20 @@ def test_the_streak_is_kept_per_image_selection(tmp_path: Path, monkeypatch: pyt
         assert world.run(failing, images=["web"])["streak"]["failed"] in (1, 2)
     assert world.run(failing, images=["api"])["streak"]["failed"] == 1  # another job's count
     assert world.run(failing, images=["web"])["exit_code"] == 3
+
+
+def test_a_plan_over_a_stale_base_disk_builds_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base disk marked stale (a run found a newer package on it, its bake failed): the
+    child's fingerprint would need the rebuilt disk -- a plan must not build it."""
+    world = World(tmp_path, monkeypatch, images=("base", "web"))
+    settings = yaml.safe_load(world.settings_file.read_text())
+    settings["images"]["web"]["parent"] = "base"
+    world.settings_file.write_text(yaml.safe_dump(settings))
+    world.register("web-3", "web", base_source="/home/store/images/base-1/disk.qcow2")  # a child's base: its parent
+    baseimage.mark_stale(world.base_dir, "archive bookworm-security has newer sudo", "2026-11-30T00:00:00Z")
+    plan = world.run(no_bake, images=["web"], plan=True)
+    assert plan["exit_code"] == 0, plan["error"]
+    assert plan["rebuild"] == ["base", "web"]
+    assert plan["images"][0]["reasons"] == [
+        f"base mmdebstrap:{world.key}: already marked stale: archive bookworm-security has newer sudo"]
+    assert plan["images"][1]["reasons"] == ["parent base is rebuilt"]
