@@ -133,8 +133,9 @@ def gc(c, env, apply=False, restore=None):
          jobs="images baked in parallel (default: the bake's own)",
          report_dir="where the JSON and Markdown reports go (default: extra.nightly.report_dir, else "
                     "<store>/reports/nightly/<env>)",
-         webhook="POST the JSON report here (overrides extra.nightly.webhook.url)")
-def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
+         webhook="POST the JSON report here (overrides extra.nightly.webhook.url)",
+         plan="the drift check alone: per image, would it be rebuilt and why (nothing baked or written)")
+def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None, plan=False):
     """Drift check, then bake what changed, validate, promote to the nightly channel, rotate, gc, report."""
     from goldenimage import nightly
 
@@ -148,7 +149,8 @@ def nightly(c, env, image=None, jobs=None, report_dir=None, webhook=None):
             except ValueError:
                 raise ConfigError(f"--jobs: {jobs!r} is not a number") from None
         images = [i.strip() for i in image.split(",") if i.strip()] if image else None
-        return nightly.nightly(env, r, images=images, jobs=n, report_dir=report_dir, webhook_url=webhook)
+        return nightly.nightly(env, r, images=images, jobs=n, report_dir=report_dir, webhook_url=webhook,
+                               plan=plan)
 
     return work
 

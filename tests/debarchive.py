@@ -59,9 +59,12 @@ def write_suite(root: Path, suite: str, pkgs: list[Pkg], date: str, *, inrelease
 
 
 @contextlib.contextmanager
-def served(root: Path) -> Iterator[str]:
-    """The directory over HTTP on 127.0.0.1 (a thread); yields the base URL."""
-    handler = functools.partial(_Quiet, directory=str(root))
+def served(root: Path, faults: dict[str, list[str]] | None = None) -> Iterator[str]:
+    """The directory over HTTP on 127.0.0.1 (a thread); yields the base URL. `faults`: for a
+    URL path ending so, the next answers, in order: "truncated" (a body cut short of its
+    Content-Length), "503", "reset" (the connection closed before any answer), or
+    "always-503" (every answer from then on)."""
+    handler = functools.partial(_Quiet, directory=str(root), faults=faults if faults is not None else {})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -73,5 +76,30 @@ def served(root: Path) -> Iterator[str]:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args: object, faults: dict[str, list[str]], **kw: object) -> None:
+        self.faults = faults
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+
+    def do_GET(self) -> None:
+        for suffix, plan in self.faults.items():
+            if self.path.endswith(suffix) and plan:
+                fault = plan[0] if plan[0].startswith("always") else plan.pop(0)
+                return self._fault(fault)
+        super().do_GET()
+
+    def _fault(self, fault: str) -> None:
+        if fault.endswith("503"):
+            self.send_error(503, "Service Unavailable")
+        elif fault == "truncated":
+            path = Path(self.translate_path(self.path))
+            data = path.read_bytes() if path.is_file() else b"x" * 100
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+        elif fault == "reset":
+            self.close_connection = True  # no status line: the client sees the connection end
+
     def log_message(self, format: str, *args: object) -> None:
         pass

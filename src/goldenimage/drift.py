@@ -194,12 +194,13 @@ def newer_packages(installed: Iterable[Installed],
     idx = list(indexes)
     found: list[Newer] = []
     for pkg in installed:
-        have = Version(pkg.version)
+        have: Version | None = None
         best: Newer | None = None
         for suite, index in idx:
             for version, arch, source in index.get(pkg.name, []):
-                if arch not in (pkg.arch, "all") and pkg.arch != "all":
-                    continue
+                if version == pkg.version or (arch not in (pkg.arch, "all") and pkg.arch != "all"):
+                    continue  # the same version (most of them): no need to parse it
+                have = have or Version(pkg.version)
                 v = Version(version)
                 if v > have and (best is None or v > Version(best.available)):
                     best = Newer(pkg.name, pkg.version, version, suite, pkg.source or source)
@@ -232,3 +233,149 @@ def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as Debian orders versions a and b."""
     va, vb = Version(a), Version(b)
     return (va > vb) - (va < vb)
+
+
+# -- per image: its own packages (its SBOM) against the suites it installs from ---------------
+
+APT_SOURCES_MARK = "### goldenimage-apt-source "
+# what the validation runs on the image (over the SSH connection it already has): each apt
+# source file, one-line (.list) or deb822 (.sources), after a marker line naming it
+APT_SOURCES_DUMP = (
+    "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; "
+    f"do [ -f \"$f\" ] && printf '{APT_SOURCES_MARK}%s\\n' \"$f\" && cat \"$f\" && echo; done; true"
+)
+SBOM_QUERY_FORMAT = r"${Package}\t${Version}\t${Architecture}\t${source:Package}\n"
+
+
+def _one_line_sources(text: str) -> list[Source]:
+    out: list[Source] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue  # deb-src and anything else: no binaries installed from it
+        words = line.split()[1:]
+        if words and words[0].startswith("["):  # [arch=amd64 signed-by=...]
+            while words and not words[0].endswith("]"):
+                words.pop(0)
+            words = words[1:]
+        if len(words) < 2:
+            continue
+        uri, suite, *components = words
+        if suite.endswith("/"):  # a flat repository: no dists/<suite>/<component>
+            continue
+        out += [Source(uri, suite, c) for c in components or ["main"]]
+    return out
+
+
+def _deb822_sources(text: str) -> list[Source]:
+    out: list[Source] = []
+    for para in Deb822.iter_paragraphs(text):
+        if "deb" not in str(para.get("Types", "")).split() or str(para.get("Enabled", "yes")).lower() == "no":
+            continue
+        for uri in str(para.get("URIs", "")).split():
+            for suite in str(para.get("Suites", "")).split():
+                if suite.endswith("/"):
+                    continue
+                out += [Source(uri, suite, c) for c in str(para.get("Components", "main")).split() or ["main"]]
+    return out
+
+
+def parse_apt_sources(dump: str) -> list[Source]:
+    """The binary apt sources of an image from `APT_SOURCES_DUMP`'s output, in file order,
+    each (uri, suite, component) once."""
+    files: list[tuple[str, list[str]]] = []
+    for line in dump.splitlines():
+        if line.startswith(APT_SOURCES_MARK):
+            files.append((line[len(APT_SOURCES_MARK):].strip(), []))
+        elif files:
+            files[-1][1].append(line)
+    out: list[Source] = []
+    for name, lines in files:
+        text = "\n".join(lines) + "\n"
+        for s in _deb822_sources(text) if name.endswith(".sources") else _one_line_sources(text):
+            if s not in out:
+                out.append(s)
+    return out
+
+
+def sources_from_manifest(manifest: Mapping[str, Any]) -> list[Source] | None:
+    """The image's recorded apt sources, or None when its manifest has none."""
+    raw = manifest.get("apt_sources")
+    if not isinstance(raw, list):
+        return None
+    return [Source.from_dict(s) for s in raw if isinstance(s, Mapping) and s.get("uri") and s.get("suite")]
+
+
+def installed_from_manifest(manifest: Mapping[str, Any]) -> list[Installed] | None:
+    """The image's SBOM as the manifest keeps it ([{name, version, arch, source?}])."""
+    raw = manifest.get("packages")
+    if not isinstance(raw, list):
+        return None
+    return [Installed(str(p["name"]), str(p["version"]), str(p.get("arch") or "all"), str(p.get("source") or ""))
+            for p in raw if isinstance(p, Mapping) and p.get("name") and p.get("version")]
+
+
+def image_arch(installed: Iterable[Installed]) -> str:
+    """The image's dpkg architecture: the most common one that is not `all` (amd64 if none)."""
+    counts: dict[str, int] = {}
+    for p in installed:
+        if p.arch != "all":
+            counts[p.arch] = counts.get(p.arch, 0) + 1
+    return max(sorted(counts), key=lambda a: counts[a]) if counts else "amd64"
+
+
+CURRENT, DRIFTED, UNKNOWN = "current", "drifted", "unknown"
+
+
+@dataclass(frozen=True)
+class ImageDrift:
+    """One image's packages against the indexes of the sources it installs from."""
+
+    image: str
+    state: str  # current | drifted | unknown
+    packages_checked: int
+    indexes: list[str]  # the suites read ("<uri> <suite>/<component>")
+    newer: list[Newer] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # indexes that could not be read
+    note: str = ""
+
+    @property
+    def drifted(self) -> bool:
+        return self.state == DRIFTED
+
+    def reasons(self) -> list[str]:
+        return [package_reason(self.image, n) for n in self.newer]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "state": self.state, "drifted": self.drifted,
+                "packages_checked": self.packages_checked, "indexes": list(self.indexes),
+                "newer": [n.as_dict() for n in self.newer], "unreadable": list(self.unreadable),
+                "reasons": self.reasons(), **({"note": self.note} if self.note else {})}
+
+
+def index_label(source: Source) -> str:
+    return f"{source.uri.rstrip('/')} {source.suite}/{source.component}"
+
+
+def package_reason(image: str, n: Newer) -> str:
+    """'web: nginx 1.22.1-9 installed, 1.22.1-9+deb12u2 in bookworm-security (security fix)'"""
+    kind = "security fix" if n.security else "update"
+    return f"{image}: {n.name} {n.installed} installed, {n.available} in {n.suite} ({kind})"
+
+
+def check_image(image: str, installed: list[Installed] | None, sources: list[Source] | None,
+                indexes: Mapping[Source, Mapping[str, list[IndexEntry]] | None]) -> ImageDrift:
+    """Drift of one image: any installed package with a newer version (Debian's order) in an
+    index of the sources it installs from. An index that could not be read (None) makes the
+    answer `unknown` unless another index already shows drift; so does an image without an
+    SBOM or without recorded sources."""
+    if installed is None:
+        return ImageDrift(image, UNKNOWN, 0, [], note="its manifest has no package list (SBOM)")
+    if not sources:
+        return ImageDrift(image, UNKNOWN, len(installed), [], note="it records no apt sources")
+    read = [(s, indexes.get(s)) for s in sources]
+    unreadable = [index_label(s) for s, idx in read if idx is None]
+    newer = newer_packages(installed, [(s.suite, idx) for s, idx in read if idx is not None])
+    state = DRIFTED if newer else (UNKNOWN if unreadable else CURRENT)
+    return ImageDrift(image, state, len(installed), [index_label(s) for s, idx in read if idx is not None],
+                      newer, unreadable)

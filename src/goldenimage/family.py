@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,14 @@ def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> d
     return bake_all(env_name, [name], 1, force, reporter, only=name)
 
 
-def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: bool, reporter: Reporter,
+Force = bool | AbstractSet[str]  # every image, or these by name
+
+
+def _forced(force: Force, name: str) -> bool:
+    return force if isinstance(force, bool) else name in force
+
+
+def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: Force, reporter: Reporter,
              *, only: str | None = None) -> Result:
     """Bake `images` (None: all) of the environment with their ancestors, parents first.
 
@@ -107,7 +115,8 @@ def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: b
     image id and status it has now, its fingerprint, `previous_id` (the newest validated
     image of that name before this run) and `error`. With `only` (the single-image `invoke
     bake`), the ancestors are baked first and then `only`'s own result is returned, its
-    errors raised as they are."""
+    errors raised as they are. `force`: rebuild whatever the fingerprint says -- every
+    image (True) or the named ones (nightly's images whose packages drifted)."""
     check_jobs(jobs)
     env = load_environment(env_name)
     for n in images or []:
@@ -173,7 +182,7 @@ def _previous_ids(env: Environment, names: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _one_with_ancestors(env: Environment, schedule: ancestry.Schedule, only: str, force: bool,
+def _one_with_ancestors(env: Environment, schedule: ancestry.Schedule, only: str, force: Force,
                         reporter: Reporter) -> Result:
     target = target_for(env)
     ids: dict[str, str] = {}
@@ -181,7 +190,8 @@ def _one_with_ancestors(env: Environment, schedule: ancestry.Schedule, only: str
     for n in schedule.names:
         if n != only:
             reporter.info(f"==> parent image {n} first")
-        res = run(target, n, force and n == only, _own(reporter), ids)
+        res = run(target, n, _forced(force, n) if not isinstance(force, bool) else force and n == only,
+                  _own(reporter), ids)
         ids[n] = res["image_id"]
         if n != only and res["skipped"]:
             reporter.info(f"    {n}: {res['reason']}")  # the image's own result says it for `only`
@@ -227,7 +237,7 @@ def _settle(schedule: ancestry.Schedule, name: str, entry: Result, reporter: Rep
     _progress(schedule, reporter)
 
 
-def _sequential(env: Environment, schedule: ancestry.Schedule, force: bool, reporter: Reporter,
+def _sequential(env: Environment, schedule: ancestry.Schedule, force: Force, reporter: Reporter,
                 entries: dict[str, Result]) -> None:
     target = target_for(env)
     while schedule.ready():
@@ -235,7 +245,7 @@ def _sequential(env: Environment, schedule: ancestry.Schedule, force: bool, repo
         schedule.start(name)
         _progress(schedule, reporter)
         try:
-            entries[name] = _entry(run(target, name, force, _own(reporter), schedule.done))
+            entries[name] = _entry(run(target, name, _forced(force, name), _own(reporter), schedule.done))
         except Interrupted:
             raise
         except GoldenImageError as err:  # a failed or quarantined image: the others go on
@@ -245,7 +255,7 @@ def _sequential(env: Environment, schedule: ancestry.Schedule, force: bool, repo
         _settle(schedule, name, entries[name], reporter)
 
 
-def _parallel(env: Environment, schedule: ancestry.Schedule, workers: int, force: bool, reporter: Reporter,
+def _parallel(env: Environment, schedule: ancestry.Schedule, workers: int, force: Force, reporter: Reporter,
               entries: dict[str, Result]) -> None:
     """Up to `workers` worker processes at once; each reports one JSON document."""
     done: queue.Queue[tuple[str, Result]] = queue.Queue()
@@ -254,7 +264,7 @@ def _parallel(env: Environment, schedule: ancestry.Schedule, workers: int, force
         while not schedule.finished():
             for name in schedule.ready()[: workers - len(running)]:
                 schedule.start(name)
-                running[name] = _spawn(env, name, dict(schedule.done), force, reporter, done)
+                running[name] = _spawn(env, name, dict(schedule.done), _forced(force, name), reporter, done)
                 _progress(schedule, reporter)
             name, entry = done.get()
             running.pop(name).wait()

@@ -24,6 +24,7 @@ Drift, cheapest first, per image against its newest validated image:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import commands, drift, models, nightly_report, pkgdiff
+from . import ancestry, commands, drift, models, nightly_report, pkgdiff
 from . import fingerprint as fp
 from .adapters import archive, baseimage, webhook
 from .errors import ConfigError, GoldenImageError, OperationFailed
@@ -52,13 +53,14 @@ BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
 
 # -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
 def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
-                 images: list[str] | None = None) -> Result:
+                 images: list[str] | None = None, force: list[str] | None = None) -> Result:
     """Bake every image of the environment (or `images`, with their parents), parents first,
-    independent ones `jobs` at a time (`family.bake_all`): {env, ok, images: [{image, state:
+    independent ones `jobs` at a time (`family.bake_all`), those in `force` rebuilt
+    whatever their fingerprint (their packages drifted): {env, ok, images: [{image, state:
     built|skipped|failed|blocked, image_id, status, fingerprint, previous_id, error}]}."""
     from .family import bake_all
 
-    result = bake_all(env_name, images, jobs, False, reporter)
+    result = bake_all(env_name, images, jobs, set(force or ()), reporter)
     result.pop("exit_code", None)
     return result
 
@@ -102,6 +104,10 @@ class _Run:
     previous: dict[str, ImageRecord | None] = field(default_factory=dict)
     base_dirs: dict[str, Path] = field(default_factory=dict)  # image -> its base disk's cache dir
     security: set[tuple[str, str]] = field(default_factory=set)
+    force: set[str] = field(default_factory=set)  # images whose packages drifted: rebuilt whatever the fingerprint
+    get: archive.Fetch = archive.fetch
+    stale: dict[Path, str] = field(default_factory=dict)  # base disks to build again, with the reason
+    _extra: dict[str, str] | None = None
 
     @property
     def steps(self) -> list[Result]:
@@ -138,73 +144,146 @@ class _Run:
             self.steps.append(row)
 
     # -- drift ----------------------------------------------------------------------------
-    def check_drift(self) -> None:
-        out: Result = {"drift": False, "bases": [], "images": []}
+    def check_drift(self, *, plan: bool = False) -> None:
+        """Per image (the selected ones and their ancestors): its own packages (its SBOM)
+        against the archive indexes of the apt sources it installs from, then its
+        fingerprint inputs. A package fault in the archive check is recorded (one line per
+        unreadable index, naming the URL) and fails the step, but images that drifted for
+        another reason are still baked; those whose only possible reason is the archive are
+        `unknown`. With `plan`, nothing is written (no base disk is marked stale)."""
+        out: Result = {"drift": False, "bases": [], "images": [], "archive": {}}
         self.doc["drift"] = out
         with self.step("drift") as row:
             reg = self.target.registry()
-            bases: dict[Path, Result] = {}
-            for name in self.names:
+            parents = self.env.bake_parents
+            checked = ancestry.order(parents, self.names)
+            manifests: dict[str, Result | None] = {}
+            for name in checked:
                 prev = self.previous[name] = newest_validated(reg, name)
+                manifests[name] = reg.manifest(prev.id) if prev else None
+            installed = {n: drift.installed_from_manifest(m) if m else None for n, m in manifests.items()}
+            indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []}, self.get,
+                                      cache=store_dir() / "cache" / "archive", write_cache=not plan)
+            items: dict[str, Result] = {}
+            for name in checked:
+                prev, manifest = self.previous[name], manifests[name]
                 item: Result = {"image": name, "previous_id": prev.id if prev else None, "drift": False,
-                                "reasons": []}
+                                "drifted": False, "state": drift.CURRENT, "reasons": [], "packages_checked": 0,
+                                "indexes": [], "newer": []}
+                items[name] = item
                 out["images"].append(item)
-                if prev is None:
-                    item.update(drift=True, reasons=["no validated image yet"])
+                if prev is None or manifest is None:
+                    item.update(drift=True, drifted=True, state="rebuild", reasons=["no validated image yet"])
                     continue
-                manifest = reg.manifest(prev.id)
-                source = str((manifest.get("base") or {}).get("source") or "")
-                directory = baseimage.cached_dir(base_cache_dir(), source)
-                if directory is not None:
-                    self.base_dirs[name] = directory
-                    if directory not in bases:
-                        bases[directory] = self.check_base(directory, source)
-                        out["bases"].append(bases[directory])
-                    base = bases[directory]
-                    if base.get("error"):
-                        raise OperationFailed(f"base {source}: {base['error']}")
-                    if base["drift"]:
-                        item.update(drift=True, reasons=[f"base {source}: {base['reason']}"])
-                        continue
-                item["reasons"] = self.input_drift(name, prev)
-                item["drift"] = bool(item["reasons"])
+                sources = drift.sources_from_manifest(manifest) or self.base_sources(name, manifests)
+                pkgs = installed[name]
+                arch = drift.image_arch(pkgs or [])
+                verdict = drift.check_image(name, pkgs, sources, indexes.of(sources or [], arch))
+                item.update({k: v for k, v in verdict.as_dict().items() if k not in ("image", "reasons")})
+                reasons = verdict.reasons()
+                if verdict.drifted:
+                    self.force.add(name)
+                    base = self.base_disk_drift(name, manifest, verdict, out)
+                else:
+                    base = self.base_disk_state(name, manifest, out)
+                reasons += base
+                parent = parents.get(name)
+                if parent in items and items[parent]["drift"]:
+                    reasons.append(f"parent {parent} is rebuilt")
+                elif not base:
+                    # a base disk to build again, or a parent rebuilt: the fingerprint changes with
+                    # it, and computing it now would build that base disk (minutes; and --plan
+                    # builds nothing)
+                    reasons += self.input_drift(name, prev)
+                item.update(reasons=reasons, drift=bool(reasons), drifted=verdict.drifted)
+                if reasons:
+                    item["state"] = "rebuild"
+                elif verdict.state == drift.UNKNOWN:
+                    item["note"] = verdict.note or "an index of its sources could not be read"
+            if not plan:
+                for directory, reason in self.stale.items():
+                    if baseimage.stale_reason(directory) is None:
+                        baseimage.mark_stale(directory, reason, _now())
+            self.security |= {(n, v) for (s, _), idx in indexes.read.items() if s.security and idx
+                              for n, entries in idx.items() for v, _, _ in entries}
             out["drift"] = any(i["drift"] for i in out["images"])
+            out["archive"] = {"indexes": sorted({x for i in out["images"] for x in i.get("indexes", [])}),
+                              "bytes_read": indexes.bytes_read, "from_cache": indexes.cached,
+                              "errors": sorted(indexes.errors.values())}
             drifted = [i["image"] for i in out["images"] if i["drift"]]
-            row["detail"] = f"drift: {', '.join(drifted)}" if drifted else "no drift"
+            unknown = [i["image"] for i in out["images"] if i["state"] == drift.UNKNOWN]
+            row["detail"] = (f"drift: {', '.join(drifted)}" if drifted else "no drift") + (
+                f"; unknown: {', '.join(unknown)}" if unknown else "")
+            if indexes.errors:
+                raise OperationFailed(f"{row['detail']}; " + "; ".join(sorted(indexes.errors.values())))
 
-    def check_base(self, directory: Path, source: str) -> Result:
-        """The archive check of one base disk; a drifted base is marked stale (rebuilt by the bake)."""
-        entry: Result = {"base": source, "drift": False, "reason": "", "newer": [], "indexes_read": False}
-        record = baseimage.read_record(directory)
-        if record is None:
+    def base_sources(self, name: str, manifests: dict[str, Result | None]) -> list[drift.Source] | None:
+        """An image that records no apt sources (made before they were recorded) installs
+        from those of the base disk at the root of its family, when that is known."""
+        for n in reversed(ancestry.lineage(self.env.bake_parents, name)):
+            m = manifests.get(n)
+            if m is None:
+                continue
+            record = self._base_record(m)
+            if record and record.get("archive", {}).get("sources"):
+                return [drift.Source.from_dict(s) for s in record["archive"]["sources"]]
+        return None
+
+    def _base_record(self, manifest: Result) -> Result | None:
+        source = str((manifest.get("base") or {}).get("source") or "")
+        directory = baseimage.cached_dir(base_cache_dir(), source) if source else None
+        if directory is None:
+            return None
+        return baseimage.read_record(directory)
+
+    def base_disk_state(self, name: str, manifest: Result, out: Result) -> list[str]:
+        """A base disk that is gone or already marked stale: the bake builds it again."""
+        source = str((manifest.get("base") or {}).get("source") or "")
+        directory = baseimage.cached_dir(base_cache_dir(), source) if source else None
+        if directory is None:
+            return []
+        self.base_dirs[name] = directory
+        entry: Result = {"base": source, "drift": False, "reason": ""}
+        if baseimage.read_record(directory) is None:
             entry.update(drift=True, reason="no longer cached: the bake builds it again")
-            return entry
-        stale = baseimage.stale_reason(directory)
-        if stale is not None:
+        elif (stale := baseimage.stale_reason(directory)) is not None:
             entry.update(drift=True, reason=f"already marked stale: {stale}")
-            return entry
-        if "archive" not in record:
-            reason = "has no archive record (built before the drift check): rebuilt to record one"
-            baseimage.mark_stale(directory, reason, _now())
-            entry.update(drift=True, reason=reason)
-            return entry
-        try:
-            checked = archive.check(record["archive"])
-        except OperationFailed as exc:
-            entry["error"] = exc.message
-            return entry
-        entry.update(checked.as_dict())
-        self.security |= checked.security
-        if checked.verdict.drift:
-            baseimage.mark_stale(directory, checked.verdict.reason, _now())
-        elif checked.verdict.changed_releases:
-            baseimage.record_releases(directory, checked.releases)
-        return entry
+        if entry["drift"] and source not in {b["base"] for b in out["bases"]}:
+            out["bases"].append(entry)
+        return [f"base {source}: {entry['reason']}"] if entry["drift"] else []
+
+    def base_disk_drift(self, name: str, manifest: Result, verdict: drift.ImageDrift, out: Result) -> list[str]:
+        """A newer version of a package the base disk itself holds: the disk is marked stale
+        so that the bake builds it again from the archive (its roles would keep the old one)."""
+        source = str((manifest.get("base") or {}).get("source") or "")
+        directory = baseimage.cached_dir(base_cache_dir(), source) if source else None
+        record = baseimage.read_record(directory) if directory else None
+        if directory is None or record is None:
+            return self.base_disk_state(name, manifest, out) if directory else []
+        self.base_dirs[name] = directory
+        on_disk = {str(p["name"]) for p in (record.get("archive") or {}).get("installed", [])}
+        newer = [n for n in verdict.newer if n.name in on_disk]
+        if not newer:
+            return []
+        reason = drift.describe(newer)
+        self.stale.setdefault(directory, reason)  # marked once every image is checked (not by --plan)
+        if source not in {b["base"] for b in out["bases"]}:
+            out["bases"].append({"base": source, "drift": True, "reason": reason,
+                                 "newer": [n.as_dict() for n in newer]})
+        return [f"base {source}: {reason}: rebuilt from the archive"]
+
+    def resolved_extra(self, env: Environment, image: str, reporter: Reporter) -> dict[str, str]:
+        """`commands.bake_extra` once per run: the base identity and tool versions are the
+        environment's, the same for every image (a child's base is set from its parent)."""
+        if self._extra is None:
+            self._extra = commands.bake_extra(env, image, reporter)
+        return dict(self._extra)
 
     def input_drift(self, name: str, prev: ImageRecord) -> list[str]:
         """Reasons from `invoke fingerprint --against <previous>`; [] when every input is the same."""
         try:
-            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root)
+            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root,
+                                           resolve_extra=self.resolved_extra)
         except ConfigError as exc:
             if "no fingerprint_inputs" not in exc.message:
                 raise
@@ -219,14 +298,16 @@ class _Run:
     def bake(self) -> None:
         self.doc["bake"] = {"ok": True, "images": []}
         with self.step("bake") as row:
-            if self.outcome("drift") != nightly_report.DONE:
+            if self.outcome("drift") != nightly_report.DONE and not self.doc["drift"].get("archive"):
                 row.update(outcome=nightly_report.SKIPPED, detail="the drift check failed")
                 return
             if not self.doc["drift"]["drift"]:
                 row.update(outcome=nightly_report.SKIPPED, detail="no drift: nothing to bake")
                 return
             chosen = None if self.names == sorted(self.env.settings.images) else list(self.names)
-            result = self.bake_images(self.env.name, self.jobs, self.reporter, images=chosen)
+            forced = sorted(self.force & {i["image"] for i in self.doc["drift"]["images"] if i["drift"]})
+            extra: Result = {"force": forced} if forced else {}
+            result = self.bake_images(self.env.name, self.jobs, self.reporter, images=chosen, **extra)
             self.doc["bake"] = result
             for img in result["images"]:
                 if not img.get("previous_id") and self.previous.get(img["image"]):
@@ -373,6 +454,10 @@ class _Run:
         arch_record = (record or {}).get("archive") or {}
         for p in arch_record.get("installed", []):
             sources[str(p["name"])] = str(p.get("source") or p["name"])
+        for m in (old, new):  # the images' own SBOMs name the source packages
+            for pkg in drift.installed_from_manifest(m) or []:
+                if pkg.source:
+                    sources[pkg.name] = pkg.source
         first = pkgdiff.diff(a, b, sources=sources, security=self.security)
         upgraded = {c["name"] for c in first["changes"] if c["kind"] in ("upgraded", "added")}
         if upgraded and not self.security and arch_record.get("sources"):
@@ -390,8 +475,11 @@ class _Run:
 def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = None, jobs: int | None = None,
             report_dir: str | None = None,
             webhook_url: str | None = None, root: Path | None = None,
-            bake_images: BakeImages | None = None) -> Result:
-    """The nightly job; the result is the report (with `exit_code`)."""
+            bake_images: BakeImages | None = None, plan: bool = False,
+            fetch: archive.Fetch | None = None) -> Result:
+    """The nightly job; the result is the report (with `exit_code`). With `plan`, the drift
+    check alone: what tonight's run would rebuild and why; nothing is baked, written or
+    recorded (the run lock is taken and released, so a plan never overlaps a run)."""
     env = load_environment(env_name, root)
     cfg = env.nightly  # bad settings: exit 2 before anything runs
     if jobs is not None and jobs < 1:
@@ -408,9 +496,14 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
             raise ConfigError(f"--webhook: {webhook_url!r} is not an http(s) URL") from None
     out_dir = env.report_dir(report_dir)
     target = target_for(env)
+    if plan:
+        with run_lock(env.name):
+            return plan_run(_Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
+                                 get=fetch or archive.fetch))
     with run_lock(env.name):
         started = datetime.now(UTC)
-        run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names)
+        run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
+                   get=fetch or archive.fetch)
         run.doc.update(env=env.name, target=target.name, images_selected=names, started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
                        settings=cfg.model_dump(exclude={"webhook"}), steps=[])
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
@@ -433,6 +526,10 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
         doc["finished"] = _now()
         doc["exit_code"] = nightly_report.exit_code(doc["steps"])
         doc["ok"] = doc["exit_code"] == 0
+        doc["streak"] = record_streak(tag, doc["ok"], cfg.failure_streak, doc["finished"],
+                                      doc["report"]["json"], reporter)
+        if doc["streak"]["alarm"]:
+            doc["exit_code"] = nightly_report.STREAK_EXIT
         doc["summary"] = nightly_report.headline(doc)
         doc["webhook"] = {"outcome": "off"}
         if interrupted is not None:
@@ -460,6 +557,67 @@ def regenerate_site(env: Environment, report_dir: Path, reporter: Reporter) -> R
     return {"outcome": "written", "index": made["index"]}
 
 
+def streak_path(tag: str) -> Path:
+    return store_dir() / "nightly" / f"streak-{tag}.json"
+
+
+def record_streak(tag: str, ok: bool, limit: int, at: str, report: str, reporter: Reporter) -> Result:
+    """Consecutive failed runs of the environment (`tag`: its name, or with --image its name
+    and the images, as the report files are named: one CI job per family keeps its own
+    count), this one included (0 after a good run); `alarm` once it reaches `limit`
+    (extra.nightly.failure_streak)."""
+    path = streak_path(tag)
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    failed = 0 if ok else int(old.get("failed", 0) or 0) + 1
+    doc: Result = {"failed": failed, "limit": limit, "alarm": failed >= limit,
+                   "since": (old.get("since") or at) if failed else None,
+                   "last_ok": at if ok else old.get("last_ok"), "last_report": report}
+    try:
+        atomic_write_json(path, doc)
+    except OSError as exc:
+        reporter.warn(f"cannot record the failure streak in {path}: {exc}")
+    return doc
+
+
+def plan_run(run: _Run) -> Result:
+    """`nightly --plan`: the drift check, as a report of what the run would do."""
+    run.doc.update(env=run.env.name, target=run.target.name, images_selected=run.names, plan=True,
+                   started=_now(), steps=[])
+    run.check_drift(plan=True)
+    d = run.doc["drift"]
+    images = [{"image": i["image"], "previous_id": i.get("previous_id"), "rebuild": i["drift"],
+               "state": i["state"], "drifted": i.get("drifted", False), "reasons": i.get("reasons", []),
+               "packages_checked": i.get("packages_checked", 0), "indexes": i.get("indexes", []),
+               "newer": i.get("newer", []), "unreadable": i.get("unreadable", []),
+               **({"note": i["note"]} if i.get("note") else {})} for i in d.get("images", [])]
+    step = run.steps[0] if run.steps else {}
+    failed = step.get("outcome") == nightly_report.FAILED
+    return {"env": run.env.name, "target": run.target.name, "plan": True, "images": images,
+            "archive": d.get("archive", {}), "bases": d.get("bases", []),
+            "rebuild": [i["image"] for i in images if i["rebuild"]],
+            "error": step.get("detail") if failed else None,
+            "exit_code": int(step.get("exit_code", 1)) if failed else 0}
+
+
+def human_plan(r: Result) -> list[str]:
+    a = r.get("archive") or {}
+    lines = [f"nightly --plan {r.get('env')}: " + (f"would rebuild {', '.join(r['rebuild'])}" if r.get("rebuild")
+                                                   else "would rebuild nothing")]
+    for i in r.get("images", []):
+        what = "REBUILD" if i["rebuild"] else i["state"]
+        lines.append(f"  {i['image']:<10} {what:<8} {i['packages_checked']} packages against "
+                     f"{len(i['indexes'])} index(es)" + (f" ({i['note']})" if i.get("note") else ""))
+        lines += [f"      {reason}" for reason in i.get("reasons", [])]
+    for idx in a.get("indexes", []):
+        lines.append(f"  index {idx}")
+    lines += [f"  error: {e}" for e in a.get("errors", [])]
+    lines.append(f"  {a.get('bytes_read', 0)} index bytes read")
+    return lines
+
+
 def write_report(doc: Result, json_path: Path, md_path: Path, reporter: Reporter) -> None:
     """The JSON and Markdown files, and the Markdown appended to $GITHUB_STEP_SUMMARY."""
     text = nightly_report.markdown(doc)
@@ -480,6 +638,8 @@ def write_report(doc: Result, json_path: Path, md_path: Path, reporter: Reporter
 
 
 def human_nightly(r: Result) -> list[str]:
+    if r.get("plan"):
+        return human_plan(r)
     lines = [f"nightly {r.get('env')}: {r.get('summary') or nightly_report.headline(r)}"]
     for s in r.get("steps", []):
         lines.append(f"  {s['step']:<8} {s['outcome']:<8} {s.get('seconds', 0):7.1f}s  {s.get('detail', '')}")

@@ -12,6 +12,7 @@ from typing import Any
 
 STEPS = ("drift", "bake", "promote", "rotate", "gc", "report")
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+STREAK_EXIT = 3  # the run failed, and so did the ones before it: extra.nightly.failure_streak in a row
 
 
 def input_reasons(against: Mapping[str, Any], previous_base: str | None = None, limit: int = 5) -> list[str]:
@@ -44,7 +45,20 @@ def exit_code(steps: Sequence[Mapping[str, Any]]) -> int:
     return 2 if any(s.get("exit_code") == 2 for s in failed) else 1
 
 
+def streak_line(doc: Mapping[str, Any]) -> str:
+    streak = doc.get("streak") or {}
+    if not streak.get("alarm"):
+        return ""
+    return f"FAILED {streak['failed']} NIGHTLY RUNS IN A ROW (since {streak.get('since')}; limit {streak.get('limit')})"
+
+
 def headline(doc: Mapping[str, Any]) -> str:
+    alarm = streak_line(doc)
+    text = _headline(doc)
+    return f"{alarm}: {text}" if alarm else text
+
+
+def _headline(doc: Mapping[str, Any]) -> str:
     drift = doc.get("drift") or {}
     images = (doc.get("bake") or {}).get("images") or []
     built = [i for i in images if i.get("state") == "built"]
@@ -52,6 +66,9 @@ def headline(doc: Mapping[str, Any]) -> str:
     failed_steps = [s["step"] for s in doc.get("steps", []) if s.get("outcome") == FAILED]
     if failed_steps:
         return f"FAILED: {', '.join(failed_steps)}" + (f" ({len(failed)} image(s) failed)" if failed else "")
+    unknown = [i["image"] for i in drift.get("images", []) if i.get("state") == "unknown"]
+    if not drift.get("drift") and unknown:
+        return f"no drift found, but not known for {', '.join(unknown)} (see Drift): nothing baked"
     if not drift.get("drift"):
         return "no drift: nothing changed since the last validated images, nothing baked"
     if not built:
@@ -81,7 +98,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def markdown(doc: Mapping[str, Any]) -> str:
     """The report for people: headline, steps with durations, drift, images (inputs changed,
     packages changed, validation), promotions, rotation, gc, webhook."""
-    out = [f"# Nightly `{doc.get('env')}` ({doc.get('target')}) — {doc.get('started')}", "",
+    alarm = streak_line(doc)
+    out = [f"# {alarm + ' — ' if alarm else ''}Nightly `{doc.get('env')}` ({doc.get('target')}) — {doc.get('started')}",
+           "",
            f"**{headline(doc)}** (exit {doc.get('exit_code', 0)})", ""]
     out += ["## Steps", ""]
     out += _table(["step", "outcome", "seconds", "detail"],
@@ -96,9 +115,16 @@ def markdown(doc: Mapping[str, Any]) -> str:
             mark = " (security)" if n.get("security") else ""
             out.append(f"  - {n['name']} {n['installed']} → {n['available']} from {n['suite']}{mark}")
     for i in drift.get("images", []):
-        reasons = "; ".join(i.get("reasons") or []) or "unchanged"
-        out.append(f"- image `{i['image']}` (previous {i.get('previous_id') or 'none'}): "
-                   f"{'DRIFT' if i.get('drift') else 'no drift'} — {reasons}")
+        reasons = "; ".join(i.get("reasons") or []) or i.get("note") or "unchanged"
+        state = "DRIFT" if i.get("drift") else ("UNKNOWN" if i.get("state") == "unknown" else "no drift")
+        checked = (f", {i['packages_checked']} packages against {len(i.get('indexes') or [])} index(es)"
+                   if "packages_checked" in i else "")
+        out.append(f"- image `{i['image']}` (previous {i.get('previous_id') or 'none'}{checked}): {state} — {reasons}")
+    arch = drift.get("archive") or {}
+    for err in arch.get("errors") or []:
+        out.append(f"- archive check failed: {err}")
+    if arch.get("indexes"):
+        out.append(f"- indexes read ({size(arch.get('bytes_read'))}): " + ", ".join(f"`{x}`" for x in arch["indexes"]))
     if not drift.get("bases") and not drift.get("images"):
         out.append("- not checked")
     images = doc.get("images") or []

@@ -230,6 +230,9 @@ class NightlySettings(_Model):
     gc: Literal["apply", "plan", "off"] = Field(default="plan", description="retention after the run")
     report_dir: str | None = Field(default=None, description="default: <store>/reports/nightly/<env>")
     webhook: WebhookSpec | None = None
+    failure_streak: int = Field(
+        default=3, ge=1, description="after this many failed runs in a row the run exits 3 and says so first"
+    )
 
     @field_validator("channel")
     @classmethod

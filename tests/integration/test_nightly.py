@@ -190,3 +190,103 @@ def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(moto_aws: MotoA
     moved = nightly.nightly("aws", Reporter(quiet=True), bake_images=skipped, root=root)
     assert moved["drift"]["images"][0]["reasons"] == [f"base AMI filter now resolves to {new} (was {old})"]
     assert moved["exit_code"] == 0 and moved["summary"] == "drift found, but every image was already up to date"
+
+
+def test_a_truncated_body_a_reset_and_a_503_are_retried_and_the_answer_is_the_good_one(tmp_path: Path) -> None:
+    write_suite(tmp_path, "bookworm-security", BASE_PACKAGES, OLD_DATE, compress="gz")
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    faults = {path: ["truncated", "reset", "503"]}
+    slept: list[float] = []
+    with served(tmp_path, faults) as url:
+        data = archive.fetch(url + path, sleep=slept.append)
+    assert data == (tmp_path / path.lstrip("/")).read_bytes() and faults[path] == []
+    assert slept == [0.5, 1.0, 2.0]  # bounded, exponential
+
+
+def test_an_archive_that_keeps_failing_is_one_error_naming_the_url(tmp_path: Path) -> None:
+    write_suite(tmp_path, "bookworm-security", BASE_PACKAGES, OLD_DATE, compress="gz")
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    with served(tmp_path, {path: ["always-503"]}) as url:
+        with pytest.raises(OperationFailed) as err:
+            archive.fetch(url + path, sleep=lambda s: None)
+        assert err.value.message == f"archive: GET {url}{path}: HTTP 503 Service Unavailable (after 4 attempts)"
+    with served(tmp_path, {path: ["truncated"] * 4}) as url2, pytest.raises(
+            OperationFailed, match=r"truncated body: \d+ bytes read, \d+ more expected \(after 4"):
+        archive.fetch(url2 + path, sleep=lambda s: None)
+
+
+def _packages(n: int, nginx: str) -> list[dict[str, str]]:
+    import hashlib  # names and versions as varied as a real list's: it does not compress to nothing
+
+    def h(i: int, k: str) -> str:
+        return hashlib.sha256(f"{k}{i}".encode()).hexdigest()
+
+    pkgs = [{"name": f"lib{h(i, 'n')[:10]}", "version": f"{int(h(i, 'v')[:4], 16)}.{h(i, 'w')[:6]}-1+deb12u1",
+             "arch": "amd64", "source": f"src{h(i // 3, 's')[:8]}"} for i in range(n)]
+    return [*pkgs, {"name": "nginx", "version": nginx, "arch": "amd64", "source": "nginx"}]
+
+
+def test_an_amis_sbom_is_kept_in_ssm_parts_and_the_report_lists_package_differences(
+    running: dict[str, Any], sandbox_project: Path, tmp_path: Path
+) -> None:
+    settings = sandbox_project / "inventories" / "sandbox" / "goldenimage.yml"
+    doc = yaml.safe_load(settings.read_text())
+    doc["extra"]["nightly"]["gc"] = "off"
+    doc["extra"]["nightly"]["rotate"] = []
+    doc["images"] = {"web": {k: v for k, v in doc["images"]["web"].items() if k != "parent"}}
+    settings.write_text(yaml.safe_dump(doc))
+    reg = registry_for("sandbox")
+    sources = [{"uri": "http://deb.debian.org/debian", "suite": "bookworm", "component": "main"}]
+
+    def put(image_id: str, created: str, nginx: str) -> str:
+        rec = ImageRecord(id=image_id, name="web", env="sandbox", fingerprint="sha256:" + image_id[-1] * 64,
+                          created=created, status="validated", artifact=f"images/{image_id}/disk.qcow2")
+        return reg.put(rec, {"packages": _packages(400, nginx), "apt_sources": sources}).id
+
+    old = put("web-20261202-2300-aaaa", "2099-12-02T23:00:00Z", "1.22.1-9")
+    manifest = reg.manifest(old)
+    assert len(manifest["packages"]) == 401 and manifest["apt_sources"] == sources
+    meta = manifest["sbom_parameters"]
+    assert meta["parts"] >= 2 and meta["packages"] == 401
+    clients = clients_for(load_environment("sandbox"))
+    parts = [clients.ssm.get_parameter(Name=reg.sbom_parameter("web", old, n))["Parameter"]["Value"]
+             for n in range(meta["parts"])]
+    assert all(len(p) <= 4096 for p in parts)
+    raw = json.loads(clients.ssm.get_parameter(Name=reg.manifest_parameter("web", old))["Parameter"]["Value"])
+    assert "packages" not in raw and "_dropped" not in raw
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        new = put("web-20261202-2330-bbbb", "2099-12-02T23:30:00Z", "1.22.1-9+deb12u2")
+        return {"env": env_name, "ok": True, "images": [
+            {"image": "web", "state": "built", "image_id": new, "status": "validated",
+             "fingerprint": None, "previous_id": None, "error": None}]}
+
+    out = nightly.nightly("sandbox", Reporter(quiet=True), bake_images=bake, report_dir=str(tmp_path / "r"),
+                          fetch=lambda url: (_ for _ in ()).throw(archive.Missing(url)))
+    (img,) = out["images"]
+    assert img["previous_id"] == old
+    assert [(c["name"], c["kind"], c["old"], c["new"], c["source"]) for c in img["packages"]["changes"]] == [
+        ("nginx", "upgraded", "1.22.1-9", "1.22.1-9+deb12u2", "nginx")]
+
+    # a part that is not what the manifest names: the SBOM is not trusted
+    clients.ssm.put_parameter(Name=reg.sbom_parameter("web", old, 0), Value="AAAA", Type="String", Overwrite=True)
+    bad = reg.manifest(old)
+    assert "packages" not in bad and bad["sbom_note"] == "SBOM parts do not match the sha256 the manifest records"
+
+
+def test_invoke_nightly_plan_json_changes_nothing(tmp_path: Path) -> None:
+    """The task's --plan flag: one JSON document, each image with its verdict, and nothing
+    written under the home but the (released) run lock."""
+    root = copy_project(tmp_path / "project")
+    home = tmp_path / "home"
+    res = run_invoke("nightly", "--plan", "--json", root=root, home=home, timeout=300)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["plan"] is True and doc["rebuild"] == ["base", "cache", "web"]
+    assert [(i["image"], i["reasons"], i["packages_checked"]) for i in doc["images"]] == [
+        ("base", ["no validated image yet"], 0), ("cache", ["no validated image yet"], 0),
+        ("web", ["no validated image yet"], 0)]
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()) if home.exists() else []
+    assert written in ([], ["store/locks/nightly-local.lock"])
+    human = run_invoke("nightly", "--plan", root=root, home=home, timeout=300)
+    assert human.returncode == 0 and "nightly --plan local: would rebuild base, cache, web" in human.stdout

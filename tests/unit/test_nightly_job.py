@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from goldenimage import commands, nightly
+from goldenimage import commands, nightly, nightly_report
 from goldenimage import fingerprint as fp
 from goldenimage.adapters import archive, baseimage
 from goldenimage.drift import Installed
@@ -89,7 +89,8 @@ class World:
         return fp.collect(self.root, load_environment("local", self.root), name, self.extra)
 
     def register(self, image_id: str, name: str = "web", *, created: str = "2026-11-29T00:00:00Z",
-                 packages: list[tuple[str, str, str]] | None = None, status: str = "validated") -> None:
+                 packages: list[tuple[str, str, str]] | None = None, status: str = "validated",
+                 apt_sources: list[str] | None = None, base_source: str | None = None) -> None:
         inputs = self.inputs(name)
         pkgs = packages if packages is not None else [(n, v, a) for n, v, a, _ in BASE_PACKAGES]
         with self.store.workspace() as ws:
@@ -100,8 +101,10 @@ class World:
             self.store.put(rec, {
                 "id": image_id, "name": name, "env": "local", "fingerprint": rec.fingerprint, "created": created,
                 "fingerprint_inputs": fp.as_manifest(inputs), "status": status, "artifact": "disk.qcow2",
-                "base": {"source": f"mmdebstrap:{self.key}", "identity": "sha256:x"},
+                "base": {"source": base_source or f"mmdebstrap:{self.key}", "identity": "sha256:x"},
                 "packages": [{"name": n, "version": v, "arch": a} for n, v, a in pkgs],
+                **({"apt_sources": [{"uri": u, "suite": sx} for u in apt_sources for sx in SUITES]}
+                   if apt_sources else {}),
                 "validation": {"status": status, "passed": 30 if status == "validated" else 29,
                                "failed": 0 if status == "validated" else 1, "errors": 0,
                                "failures": [] if status == "validated" else ["test_nginx_serves"]},
@@ -129,9 +132,13 @@ def test_unchanged_inputs_no_bake_and_the_report_says_so(world: World) -> None:
     assert doc["exit_code"] == 0 and doc["ok"]
     assert steps(doc) == {"drift": "done", "bake": "skipped", "promote": "skipped", "rotate": "skipped",
                           "gc": "done", "report": "done"}
-    assert doc["drift"]["bases"][0]["reason"] == "archive Release files unchanged since the base was built"
-    assert doc["drift"]["bases"][0]["indexes_read"] is False
-    assert doc["drift"]["images"] == [{"image": "web", "previous_id": "web-1", "drift": False, "reasons": []}]
+    assert doc["drift"]["bases"] == []
+    (web,) = doc["drift"]["images"]
+    assert {k: web[k] for k in ("image", "previous_id", "drift", "drifted", "state", "reasons", "packages_checked")} \
+        == {"image": "web", "previous_id": "web-1", "drift": False, "drifted": False, "state": "current",
+            "reasons": [], "packages_checked": len(BASE_PACKAGES)}
+    assert web["indexes"] == [f"file://{world.archive} {s}/main" for s in SUITES]
+    assert doc["drift"]["archive"]["bytes_read"] > 0 and doc["drift"]["archive"]["errors"] == []
     assert doc["summary"].startswith("no drift")
     saved = json.loads(Path(doc["report"]["json"]).read_text())
     assert saved["summary"] == doc["summary"] and saved["exit_code"] == 0
@@ -191,9 +198,13 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     newer = [(n, "3.0.15-1~deb12u1" if n in ("openssl", "libssl3") else v, a, s) for n, v, a, s in BASE_PACKAGES]
     write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC", compress="xz")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    forced: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+             force: list[str] | None = None) -> dict[str, Any]:
         # the bake would rebuild the stale base first: every fingerprint changes
         assert baseimage.stale_reason(world.base_dir) is not None
+        forced.append(force)
         rows = []
         for n, name in enumerate(("api", "web"), 3):
             world.register(f"{name}-{n}", name, packages=[(p, v, a) for p, v, a, _ in newer])
@@ -204,12 +215,17 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     doc = world.run(bake)
     assert doc["exit_code"] == 0, doc["steps"]
     base = doc["drift"]["bases"][0]
-    assert base["drift"] and base["indexes_read"] and base["changed_releases"] == ["bookworm-security"]
+    assert base["drift"] and [n["name"] for n in base["newer"]] == ["libssl3", "openssl"]
     assert base["reason"] == ("archive bookworm-security has newer libssl3 3.0.15-1~deb12u1 > 3.0.14-1~deb12u2, "
                               "+1 more")
-    assert [(i["image"], i["drift"]) for i in doc["drift"]["images"]] == [("api", True), ("web", True)]
-    assert all(i["reasons"][0].startswith(f"base mmdebstrap:{world.key}: archive bookworm-security")
-               for i in doc["drift"]["images"])
+    assert [(i["image"], i["drift"], i["drifted"]) for i in doc["drift"]["images"]] == [
+        ("api", True, True), ("web", True, True)]
+    for i in doc["drift"]["images"]:
+        assert i["reasons"][:2] == [
+            f"{i['image']}: libssl3 3.0.14-1~deb12u2 installed, 3.0.15-1~deb12u1 in bookworm-security (security fix)",
+            f"{i['image']}: openssl 3.0.14-1~deb12u2 installed, 3.0.15-1~deb12u1 in bookworm-security (security fix)"]
+        assert i["reasons"][2].startswith(f"base mmdebstrap:{world.key}: archive bookworm-security")
+    assert forced == [["api", "web"]]
     assert baseimage.stale_reason(world.base_dir) == base["reason"]
     web = next(i for i in doc["images"] if i["image"] == "web")
     changes = web["packages"]["by_source"]["openssl"]
@@ -221,14 +237,30 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
     assert "(security)" in Path(doc["report"]["markdown"]).read_text()
 
 
-def test_a_moved_archive_with_nothing_newer_is_no_drift_and_the_record_follows(world: World) -> None:
+def test_a_moved_archive_with_nothing_newer_is_no_drift_and_nothing_is_recorded(world: World) -> None:
+    before = (world.base_dir / "base.json").read_text()
     write_suite(world.archive, "bookworm", BASE_PACKAGES, "Sun, 29 Nov 2026 08:00:00 UTC", inrelease=True)
     doc = world.run(no_bake)
-    base = doc["drift"]["bases"][0]
-    assert doc["exit_code"] == 0 and not base["drift"] and base["indexes_read"]
-    assert "archive changed (bookworm) but no installed package has a newer version" in base["reason"]
-    doc = world.run(no_bake)  # the record took the new Release file: the cheap check again
-    assert doc["drift"]["bases"][0]["indexes_read"] is False
+    assert doc["exit_code"] == 0 and not doc["drift"]["drift"] and doc["drift"]["images"][0]["state"] == "current"
+    assert (world.base_dir / "base.json").read_text() == before  # no Release file recorded
+
+
+def test_recorded_release_files_never_hide_an_older_package(world: World) -> None:
+    """The old check recorded a moved archive's Release files when the base's packages were
+    current, and from then on looked at nothing but those dates: an image whose packages
+    are older is drift whatever the dates say, run after run, until its new image has them."""
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, DATE)  # the same Date as recorded
+    rec = json.loads((world.base_dir / "base.json").read_text())
+    rec["archive"]["releases"] = [r.as_dict() for r in archive.releases(baseimage.archive_sources(world.env.settings.base))]
+    (world.base_dir / "base.json").write_text(json.dumps(rec))
+    for _ in range(2):
+        plan = world.run(no_bake, plan=True)
+        assert plan["rebuild"] == ["web"] and plan["images"][0]["reasons"][0] == (
+            "web: sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)")
+    world.register("web-2", packages=[(n, "1.9.13p3-1+deb12u2" if n == "sudo" else v, a) for n, v, a, _ in BASE_PACKAGES])
+    plan = world.run(no_bake, plan=True)
+    assert plan["rebuild"] == [] and plan["images"][0]["state"] == "current"
 
 
 def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: World) -> None:
@@ -251,12 +283,16 @@ def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: W
     assert saved["exit_code"] == 1 and saved["summary"] == "FAILED: bake (1 image(s) failed)"
 
 
-def test_an_unreachable_archive_fails_the_drift_step_and_nothing_bakes(world: World) -> None:
+def test_an_unreachable_archive_fails_the_drift_step_and_images_are_unknown(world: World) -> None:
     shutil.rmtree(world.archive)
     doc = world.run(no_bake)
     assert doc["exit_code"] == 1
     assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "skipped"
-    assert "has neither InRelease nor Release" in doc["drift"]["bases"][0]["error"]
+    assert doc["drift"]["images"][0]["state"] == "unknown" and not doc["drift"]["images"][0]["drift"]
+    assert nightly_report.headline({**doc, "steps": []}) == (
+        "no drift found, but not known for web (see Drift): nothing baked")
+    assert sorted(doc["drift"]["archive"]["errors"]) == sorted(
+        f"archive: file://{world.archive}/dists/{s} has neither InRelease nor Release" for s in SUITES)
     assert Path(doc["report"]["json"]).is_file()
 
 
@@ -355,3 +391,183 @@ def test_a_bug_or_an_interruption_in_a_step_still_writes_the_report(world: World
         assert steps(doc)["bake"] == "failed" and doc["steps"][1]["detail"] == "internal error: RuntimeError: a bug"
         assert steps(doc)["gc"] == "done" and Path(doc["report"]["json"]).is_file()
     assert doc["exit_code"] == 1
+
+
+def test_an_archive_that_keeps_failing_names_the_url_and_role_changed_images_still_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.debarchive import served
+
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    path = "/dists/bookworm-security/main/binary-amd64/Packages.gz"
+    monkeypatch.setattr(archive, "BACKOFF", 0.0)
+    with served(world.archive, {path: ["always-503"]}) as url:
+        for n, name in enumerate(("web", "api"), 3):  # both install from the archive over HTTP
+            world.register(f"{name}-{n}", name, apt_sources=[url])
+        settings = yaml.safe_load(world.settings_file.read_text())
+        settings["images"]["web"]["disk_size"] = "5G"  # web's own input changes; api's does not
+        world.settings_file.write_text(yaml.safe_dump(settings))
+        asked: list[Any] = []
+
+        def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+            asked.append(images)
+            world.register("web-5", "web")
+            return {"env": env_name, "ok": True, "images": [
+                {"image": "api", "state": "skipped", "image_id": "api-4", "status": "validated", "fingerprint": None,
+                 "previous_id": "api-4", "error": None},
+                {"image": "web", "state": "built", "image_id": "web-5", "status": "validated", "fingerprint": None,
+                 "previous_id": "web-3", "error": None}]}
+
+        doc = world.run(bake)
+    by = {i["image"]: i for i in doc["drift"]["images"]}
+    assert by["web"]["drift"] and by["web"]["state"] == "rebuild" and not by["web"]["drifted"]
+    assert by["api"]["state"] == "unknown" and not by["api"]["drift"]
+    assert by["api"]["unreadable"] == [f"{url} bookworm-security/main"]
+    error = f"archive: GET {url}{path}: HTTP 503 Service Unavailable (after 4 attempts)"
+    assert doc["drift"]["archive"]["errors"] == [error]
+    assert steps(doc)["drift"] == "failed" and steps(doc)["bake"] == "done" and asked
+    assert [p["image"] for p in doc["promotions"]] == ["web"]
+    assert doc["exit_code"] == 1 and error in doc["steps"][0]["detail"]
+    assert error in Path(doc["report"]["markdown"]).read_text()
+
+
+def test_plan_says_what_would_be_rebuilt_and_changes_nothing(world: World) -> None:
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    before = sorted(p.relative_to(world.home) for p in world.home.rglob("*") if p.is_file())
+    plan = world.run(no_bake, plan=True)
+    assert plan["exit_code"] == 0 and plan["rebuild"] == ["web"]
+    (web,) = plan["images"]
+    assert web["packages_checked"] == len(BASE_PACKAGES) and web["drifted"] and web["rebuild"]
+    assert web["indexes"] == [f"file://{world.archive} {s}/main" for s in SUITES]
+    assert [n["name"] for n in web["newer"]] == ["sudo"] and web["newer"][0]["security"]
+    assert plan["archive"]["bytes_read"] > 0
+    after = sorted(p.relative_to(world.home) for p in world.home.rglob("*") if p.is_file())
+    assert [p for p in after if p not in before] == [Path("store/locks/nightly-local.lock")] or after == before
+    assert baseimage.stale_reason(world.base_dir) is None  # sudo is on the base disk: a real run marks it
+    lines = nightly.human_nightly(plan)
+    assert lines[0] == "nightly --plan local: would rebuild web"
+    assert lines[1].split() == ["web", "REBUILD", str(len(BASE_PACKAGES)), "packages", "against", "3", "index(es)"]
+    assert "sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)" in lines[2]
+    with nightly.run_lock("local"):  # the plan released the lock
+        pass
+
+
+def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World) -> None:
+    import http.server
+    import threading
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# broken\n")
+
+    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env_name, "ok": False, "images": [
+            {"image": "web", "state": "failed", "image_id": None, "status": None, "fingerprint": None,
+             "previous_id": "web-1", "error": "packer build failed"}]}
+
+    try:
+        codes = [world.run(failing, webhook_url=hook)["exit_code"] for _ in range(2)]
+        third = world.run(failing, webhook_url=hook)
+        third_md = Path(third["report"]["markdown"]).read_text()  # a run in the same second shares the name
+        fourth = world.run(failing, webhook_url=hook)
+        fourth_md = Path(fourth["report"]["markdown"]).read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert codes == [1, 1] and [g["streak"]["failed"] for g in got] == [1, 2, 3, 4]
+    assert not got[1]["streak"]["alarm"] and got[2]["streak"]["alarm"] and got[3]["streak"]["alarm"]
+    for doc, md, n in ((third, third_md, 3), (fourth, fourth_md, 4)):
+        assert doc["exit_code"] == 3 and doc["streak"]["failed"] == n
+        assert doc["summary"].startswith(f"FAILED {n} NIGHTLY RUNS IN A ROW (since ")
+        assert md.splitlines()[0].startswith(
+            f"# FAILED {n} NIGHTLY RUNS IN A ROW")
+        assert nightly.human_nightly(doc)[0].startswith(f"nightly local: FAILED {n} NIGHTLY RUNS IN A ROW")
+    role.write_text(role.read_text().replace("\n# broken\n", ""))
+    good = world.run(no_bake)
+    assert good["exit_code"] == 0 and good["streak"]["failed"] == 0 and not good["streak"]["alarm"]
+
+
+def test_one_image_checks_its_ancestors_packages_and_a_drifted_base_rebuilds_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nightly --image web`, web baked on base: base's packages are checked too (before, a
+    child's base -- its parent image -- was not recognised and nothing was checked)."""
+    world = World(tmp_path, monkeypatch, images=("base", "web"))
+    settings = yaml.safe_load(world.settings_file.read_text())
+    settings["images"]["web"]["parent"] = "base"
+    world.settings_file.write_text(yaml.safe_dump(settings))
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    plan = world.run(no_bake, images=["web"], plan=True)
+    assert [i["image"] for i in plan["images"]] == ["base", "web"] and plan["rebuild"] == ["base", "web"]
+    fix = "sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)"
+    assert plan["images"][0]["reasons"][0] == f"base: {fix}"
+    assert plan["images"][1]["reasons"][0] == f"web: {fix}"
+    asked: list[Any] = []
+
+    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+             force: list[str] | None = None) -> dict[str, Any]:
+        asked.append((images, force))
+        return {"env": env_name, "ok": True, "images": []}
+
+    world.run(bake, images=["web"])
+    assert asked == [(["web"], ["base", "web"])]
+
+
+def test_an_unmoved_archive_is_answered_from_the_cache_and_a_moved_one_is_read_again(world: World) -> None:
+    first = world.run(no_bake)["drift"]["archive"]
+    assert first["from_cache"] == 0
+    again = world.run(no_bake)["drift"]["archive"]
+    assert again["from_cache"] == 3 and again["bytes_read"] < first["bytes_read"]  # the Release files only
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    plan = world.run(no_bake, plan=True)
+    assert plan["archive"]["from_cache"] == 2 and plan["rebuild"] == ["web"]
+    assert world.run(no_bake, plan=True)["archive"]["from_cache"] == 2  # a plan writes no cache entry
+
+
+def test_the_streak_is_kept_per_image_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch, images=("web", "api"))
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# broken\n")
+
+    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env_name, "ok": False, "images": [
+            {"image": i, "state": "failed", "image_id": None, "status": None, "fingerprint": None,
+             "previous_id": None, "error": "packer build failed"} for i in images or ["api", "web"]]}
+
+    for _ in range(2):
+        assert world.run(failing, images=["web"])["streak"]["failed"] in (1, 2)
+    assert world.run(failing, images=["api"])["streak"]["failed"] == 1  # another job's count
+    assert world.run(failing, images=["web"])["exit_code"] == 3
+
+
+def test_a_plan_over_a_stale_base_disk_builds_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base disk marked stale (a run found a newer package on it, its bake failed): the
+    child's fingerprint would need the rebuilt disk -- a plan must not build it."""
+    world = World(tmp_path, monkeypatch, images=("base", "web"))
+    settings = yaml.safe_load(world.settings_file.read_text())
+    settings["images"]["web"]["parent"] = "base"
+    world.settings_file.write_text(yaml.safe_dump(settings))
+    world.register("web-3", "web", base_source="/home/store/images/base-1/disk.qcow2")  # a child's base: its parent
+    baseimage.mark_stale(world.base_dir, "archive bookworm-security has newer sudo", "2026-11-30T00:00:00Z")
+    plan = world.run(no_bake, images=["web"], plan=True)
+    assert plan["exit_code"] == 0, plan["error"]
+    assert plan["rebuild"] == ["base", "web"]
+    assert plan["images"][0]["reasons"] == [
+        f"base mmdebstrap:{world.key}: already marked stale: archive bookworm-security has newer sudo"]
+    assert plan["images"][1]["reasons"] == ["parent base is rebuilt"]

@@ -31,9 +31,10 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeSnapshots": "registry: wait for that snapshot",
     "ec2:DeleteSnapshot": "registry: discard a half-registered AMI's snapshot; gc --apply: the deregistered AMI's own snapshots",
     "ssm:GetParameter": "registry: read a channel or a manifest",
+    "ssm:GetParameters": "registry: read an image's SBOM parts (under the prefix)",
     "ssm:GetParametersByPath": "registry: list an image's channels; gc: AMI ids in any parameter (read-only, all paths)",
     "ssm:GetParameterHistory": "registry: channel promotion history and rollback target; gc: pinned parameter versions",
-    "ssm:PutParameter": "registry: promote (a new channel version), store a manifest",
+    "ssm:PutParameter": "registry: promote (a new channel version), store a manifest and its SBOM parts",
     # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
     "ec2:DescribeInstances": "status and validation: an instance's AMI and state; gc: AMIs instances use",

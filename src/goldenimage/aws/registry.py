@@ -7,7 +7,14 @@ manifest), plus promote, revoke and channel history.
   `:fingerprint`, `:status` (validated | quarantined | revoked), `:base-ami`, `:created`,
   `:git-commit`, `:env`, `:local-id`. Lookups go through tag filters and paginators.
 - Its manifest (the bake's full story) is the SSM parameter
-  `<prefix>/_manifest/<image>/<ami-id>`.
+  `<prefix>/_manifest/<image>/<ami-id>`. Its SBOM (the installed packages with source
+  package, and the apt sources it installs from, read on the validation instance) is too
+  big for one parameter (~400 packages: ~30 KB of JSON, ~8 KB compressed; SSM takes 4 KB
+  in the standard tier, 8 KB in the advanced): it is zlib-compressed, base64-encoded and
+  split into parameters `<prefix>/_sbom/<image>/<ami-id>/<n>` of at most 4 KB each, so
+  that Intelligent-Tiering keeps every one in the standard tier (no per-parameter charge).
+  They are written before the manifest, which names their count and the sha256 of the
+  compressed bytes: a manifest is the commit point, and a reader checks the digest.
 - A channel is the SSM parameter `<prefix>/<image>/<channel>` whose value is an AMI id
   (data type `aws:ec2:image`). Every promotion is a new parameter version, so the
   parameter's history is the promotion history and names the exact rollback target.
@@ -18,13 +25,16 @@ manifest), plus promote, revoke and channel history.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -59,6 +69,8 @@ FACT_TAGS = {
 AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _REVOKED_FROM = re.compile(r"\(revoked (ami-[0-9a-f]+)\)")  # a channel move written by `revoke`
 MAX_PARAMETER = 8192  # advanced tier; standard is 4096
+SBOM_CHUNK = 4096  # each SBOM part stays in the standard tier
+SBOM_KEYS = ("packages", "apt_sources")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -134,6 +146,9 @@ class AwsRegistry:
 
     def manifest_parameter(self, name: str, image_id: str) -> str:
         return f"{self.prefix}/_manifest/{name}/{image_id}"
+
+    def sbom_parameter(self, name: str, image_id: str, part: int) -> str:
+        return f"{self.prefix}/_sbom/{name}/{image_id}/{part}"
 
     # -- reading -------------------------------------------------------------------------
     def _describe(
@@ -242,7 +257,25 @@ class AwsRegistry:
                 raise
             return {**rec.summary(), "manifest": "not recorded: only the tags are known"}
         doc: dict[str, Any] = json.loads(value["Parameter"]["Value"])
+        if isinstance(doc.get("sbom_parameters"), dict):
+            doc.update(self._read_sbom(rec.name, image_id, doc["sbom_parameters"]))
         return doc
+
+    def _read_sbom(self, name: str, image_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's SBOM keys from its parts; {} with a note when a part is missing or
+        the bytes are not those the manifest names."""
+        names = [self.sbom_parameter(name, image_id, n) for n in range(int(meta.get("parts", 0)))]
+        values: dict[str, str] = {}
+        for i in range(0, len(names), 10):  # GetParameters takes up to 10 names
+            got = self.clients.ssm.get_parameters(Names=names[i:i + 10])
+            values.update({p["Name"]: p["Value"] for p in got.get("Parameters", [])})
+        if any(n not in values for n in names):
+            return {"sbom_note": f"SBOM parts missing: {', '.join(n for n in names if n not in values)}"}
+        blob = base64.b64decode("".join(values[n] for n in names))
+        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+            return {"sbom_note": "SBOM parts do not match the sha256 the manifest records"}
+        doc: dict[str, Any] = json.loads(zlib.decompress(blob))
+        return {k: doc[k] for k in SBOM_KEYS if k in doc}
 
     # -- channels ------------------------------------------------------------------------
     @_translated
@@ -485,8 +518,24 @@ class AwsRegistry:
             raise
         return self.get(ami)
 
+    def _put_sbom(self, name: str, ami: str, sbom: dict[str, Any]) -> dict[str, Any]:
+        blob = zlib.compress(json.dumps(sbom, sort_keys=True, separators=(",", ":")).encode(), 9)
+        text = base64.b64encode(blob).decode()
+        parts = [text[i:i + SBOM_CHUNK] for i in range(0, len(text), SBOM_CHUNK)]
+        for n, part in enumerate(parts):
+            self.clients.ssm.put_parameter(
+                Name=self.sbom_parameter(name, ami, n), Value=part, Type="String",
+                Tier="Intelligent-Tiering", Overwrite=True,
+                Description=f"goldenimage SBOM of {ami}, part {n + 1} of {len(parts)}",
+            )
+        return {"parts": len(parts), "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+                "encoding": "json+zlib+base64", "packages": len(sbom.get("packages") or [])}
+
     def _put_manifest(self, name: str, ami: str, manifest: dict[str, Any]) -> None:
         doc = dict(manifest)
+        sbom = {k: doc.pop(k) for k in SBOM_KEYS if k in doc}
+        if sbom:
+            doc["sbom_parameters"] = self._put_sbom(name, ami, sbom)
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
         dropped: builtins.list[str] = []
         while len(text.encode()) > MAX_PARAMETER - 200 and doc:

@@ -416,6 +416,9 @@ class AwsTarget(AwsSide):
                 "validation": {"status": status, "failures": checked.failures,
                                "instance": validated.get("instance_id"), "cleaned_up": validated.get("cleaned_up")},
                 "durations": dict(reporter.durations),
+                # the SBOM read on the validation instance (the registry stores it in SSM parts)
+                **{k: validated["check"][k] for k in ("packages", "apt_sources")
+                   if isinstance(validated.get("check"), dict) and k in validated["check"]},
                 # the whole record stays with the build's logs; the SSM manifest keeps its gist
                 "timings": {k: job.artifacts["timings"][k] for k in ("ansible_seconds", "slowest_tasks")},
             }
@@ -427,7 +430,8 @@ class AwsTarget(AwsSide):
                     _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
             self.registry().put(record, manifest)
         job.finished = True
-        return {"failures": checked.failures, "validation": validated, "status": status}
+        check = {k: v for k, v in (validated.get("check") or {}).items() if k not in ("packages", "apt_sources")}
+        return {"failures": checked.failures, "validation": {**validated, "check": check}, "status": status}
 
     def discard(self, job: Job, reporter: Reporter) -> None:
         """Deregister the AMIs of a bake that did not finish, with their snapshots."""

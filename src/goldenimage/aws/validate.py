@@ -108,7 +108,7 @@ class TestinfraCheck:
         self.boot_timeout = boot_timeout
 
     def __call__(self, target: RemoteTarget, reporter: Reporter) -> CheckResult:
-        from ..adapters import testinfra
+        from ..adapters import imagefacts, testinfra
         from ..adapters.qemu import write_ssh_config
         from ..fsutil import short_tempdir
 
@@ -128,9 +128,18 @@ class TestinfraCheck:
             )
             suite = testinfra.run_suite(self.suites, "target", config, expect, self.work, reporter,
                                         root=self.root)
+            # the AMI's SBOM and apt sources, over the same control connection
+            installed, sources = imagefacts.read(lambda cmd: _ssh(config, cmd))
         reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
         return CheckResult(passed=suite.ok, failures=suite.failures,
-                           details={**suite.as_dict(), "junit": str(suite.junit)})
+                           details={**suite.as_dict(), "junit": str(suite.junit),
+                                    **imagefacts.as_manifest(installed, sources)})
+
+
+def _ssh(config: Path, command: str) -> tuple[int, str, str]:
+    res = subprocess.run(["ssh", "-F", str(config), "target", command], capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    return res.returncode, res.stdout, res.stderr
 
 
 @contextlib.contextmanager

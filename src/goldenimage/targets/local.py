@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, fingerprint, requirements, retention
-from ..adapters import baseimage, galaxy, packer, qemu, testinfra, usage
+from .. import ancestry, drift, fingerprint, requirements, retention
+from ..adapters import baseimage, galaxy, imagefacts, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import TemplateError
 from ..fsutil import atomic_write_json, sha256_file, tar_length
@@ -64,7 +64,7 @@ class LocalTarget(Target):
         disk = store.verified(image_id)
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
         with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
-            suite, _ = validate_disk(self.env, disk, accel, {
+            suite, _, _ = validate_disk(self.env, disk, accel, {
                 "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
                 "build_time": manifest["created"],
             }, ws, reporter)
@@ -247,17 +247,19 @@ class LocalTarget(Target):
     def validate(self, job: Job, reporter: Reporter) -> Checked:
         image_dir = job.ws / "image"
         with reporter.phase("validate", "boot the final image and run the image checks"):
-            suite, packages = validate_disk(self.env, image_dir / "disk.qcow2", job.base.details["accelerator"],
-                                            job.image.facts(), job.ws / "validate", reporter)
+            suite, packages, sources = validate_disk(
+                self.env, image_dir / "disk.qcow2", job.base.details["accelerator"], job.image.facts(),
+                job.ws / "validate", reporter)
             shutil.copy2(suite.junit, image_dir / "junit.xml")
         return Checked(suite.ok, list(suite.as_dict().get("failures", [])),
-                       {"suite": suite, "packages": packages})
+                       {"suite": suite, "packages": packages, "apt_sources": sources})
 
     def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
         env, img, ws = self.env, job.image, job.ws
         image_dir = ws / "image"
         status = VALIDATED if checked.ok else QUARANTINED
-        packages = checked.details["packages"]
+        installed = checked.details["packages"]
+        packages = [(p.name, p.version, p.arch) for p in installed]
         disk = job.base.details["disk"]
         manifest: dict[str, Any] = {
             "id": img.id, "name": img.name, "env": env.name, "fingerprint": img.fingerprint,
@@ -269,7 +271,7 @@ class LocalTarget(Target):
             "tools": job.tools.versions(), "accelerator": job.base.details["accelerator"],
             "git": git_state(env.root),
             "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
-            "packages": [{"name": n, "version": v, "arch": a} for n, v, a in packages],
+            **imagefacts.as_manifest(installed, checked.details["apt_sources"]),  # packages, apt_sources
             "sbom": "sbom.cdx.json",
             "validation": {"status": status, **checked.details["suite"].as_dict(), "junit": "junit.xml"},
             "packer_manifest": job.artifacts["packer_manifest"],
@@ -325,9 +327,10 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
 
 def validate_disk(
     env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
-) -> tuple[testinfra.SuiteResult, list[tuple[str, str, str]]]:
+) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source]]:
     """Boot `disk` through an overlay with a fresh key and run the image's suite directories
-    (`Environment.suites` of expect["image_name"]) against it."""
+    (`Environment.suites` of expect["image_name"]) against it; read its packages and apt
+    sources while it runs."""
     q = env.settings.qemu
     suites = env.suites(expect["image_name"])
     note = env.suite_note(expect["image_name"])
@@ -339,16 +342,11 @@ def validate_disk(
         suite = testinfra.run_suite(suites, vm.host, vm.ssh_config, {
             **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
         }, work, reporter, root=env.root, workers=min(q.cpus, 2))  # one per vCPU: more were slower
-        packages = _packages(vm)
+        packages, sources = imagefacts.read(lambda cmd: _run(vm, cmd))
     reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
-    return suite, packages
+    return suite, packages, sources
 
 
-def _packages(vm: qemu.Vm) -> list[tuple[str, str, str]]:
-    res = vm.ssh(r"dpkg-query -W -f '${Package}\t${Version}\t${Architecture}\n'")
-    out: list[tuple[str, str, str]] = []
-    for ln in res.stdout.splitlines():
-        parts = ln.split("\t")
-        if len(parts) == 3:
-            out.append((parts[0], parts[1], parts[2]))
-    return out
+def _run(vm: qemu.Vm, command: str) -> tuple[int, str, str]:
+    res = vm.ssh(command)
+    return res.returncode, res.stdout, res.stderr
