@@ -140,3 +140,37 @@ def test_every_wait_sleeps_and_a_stuck_group_ends() -> None:
         rotate(w.clients(), pol, "ami-new", reporter=quiet(), clock=w.clock)
     assert not w.violations, w.violations
     assert w.desired == 1 and len(w.live()) == 1
+
+
+def test_a_round_that_changes_nothing_is_followed_by_a_growing_pause() -> None:
+    """The run loop itself: a strategy step that neither changed anything nor slept is
+    followed by a pause (poll_seconds, doubling every three idle rounds, at most 4x)."""
+    from dataclasses import dataclass
+
+    from goldenimage.rotation.adapter import RotationAws
+    from goldenimage.rotation.loop import RunLoop
+
+    pol = GroupPolicy(**POLICY)  # type: ignore[arg-type]
+    w = World(desired=1, min_size=0, max_size=1, policy=pol)
+    loop = RunLoop(RotationAws(w.clients(), "web"), pol, quiet(), clock=w.clock)
+
+    @dataclass
+    class Idle:
+        rounds: int = 10
+        surge: int = 0
+
+        def begin(self, loop: RunLoop) -> None:
+            return None
+
+        def step(self, loop: RunLoop) -> str | None:
+            loop.observe()  # a poll, and nothing else
+            self.rounds -= 1
+            return "done" if self.rounds == 0 else None
+
+        def on_stop(self, loop: RunLoop, exc: BaseException) -> None:
+            return None
+
+    t0 = w.clock.now()
+    assert loop.run(Idle()) == "done"
+    assert w.sleeps == 9 and not w.violations
+    assert w.clock.now() - t0 == pol.poll_seconds * (1 + 1 + 1 + 2 + 2 + 2 + 4 + 4 + 4)
