@@ -14,6 +14,7 @@ import pytest
 from goldenimage.errors import GoldenImageError, Interrupted
 from goldenimage.progress import Reporter
 from goldenimage.rotation.executor import RotationFailed, StopFlag, human_rotate, rollback, rotate
+from goldenimage.rotation.plan import PlanError
 from goldenimage.rotation.policy import GroupPolicy
 from goldenimage.rotation.state import ROT, RotationState
 from tests.unit.rotation_world import World
@@ -174,3 +175,29 @@ def test_a_round_that_changes_nothing_is_followed_by_a_growing_pause() -> None:
     assert loop.run(Idle()) == "done"
     assert w.sleeps == 9 and not w.violations
     assert w.clock.now() - t0 == pol.poll_seconds * (1 + 1 + 1 + 2 + 2 + 2 + 4 + 4 + 4)
+
+
+def test_waiting_for_launches_keeps_the_poll_interval_a_stuck_wait_backs_off() -> None:
+    """Instances launching: every poll_seconds (no time lost per batch). Blocked by a
+    protected instance under `protected: wait`: the pause grows, up to 4x poll_seconds,
+    until the health time-out rolls the rotation back."""
+    pol = GroupPolicy(**POLICY)  # type: ignore[arg-type]
+    w = World(desired=4, min_size=0, max_size=10, policy=pol, launch_seconds=3.0)
+    t0 = w.clock.now()
+    res = rotate(w.clients(), pol, "ami-new", reporter=quiet(), clock=w.clock)
+    assert res["outcome"] == "done"
+    assert w.clock.now() - t0 == 2 * 3.0  # two batches, each ready after 3 s, seen at once
+
+    pol = GroupPolicy(**{**POLICY, "protected": "wait", "health_timeout_seconds": 100})  # type: ignore[arg-type]
+    w = World(desired=4, min_size=0, max_size=10, policy=pol)
+    w.pick(0).protected = True  # type: ignore[union-attr]
+    with pytest.raises(PlanError, match="protected"):
+        rotate(w.clients(), pol, "ami-new", reporter=quiet(), clock=w.clock)  # the plan refuses
+    w.pick(0).protected = False  # type: ignore[union-attr]
+    w.when(in_flight, lambda: setattr(w.pick(3), "protected", True))
+    t0, naps = w.clock.now(), w.sleeps
+    res = rotate(w.clients(), pol, "ami-new", reporter=quiet(), clock=w.clock)
+    assert res["outcome"] == "rolled back" and "health timeout" in res["reason"], res
+    assert not w.violations
+    stuck_naps = w.sleeps - naps
+    assert stuck_naps < 100 / pol.poll_seconds / 2  # backed off: far fewer looks than 1 a second

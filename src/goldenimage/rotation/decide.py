@@ -72,6 +72,7 @@ class Step:
     checkpoint: int | None = None  # launch: checkpoint reached when this batch is done
     base: int = 0  # the group's desired capacity without the rotation
     surge: int = 0  # absorb: the rotation's own share of desired from now on
+    stuck: bool = False  # wait: nothing in flight will change it (the pause grows)
     min_healthy: int = 0
     remaining: int = 0  # outdated instances still to replace (this batch included)
     left_alone: dict[str, str] = field(default_factory=dict)  # instance -> why
@@ -239,7 +240,7 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
                 if held
                 else f"no instance the rotation may retire for its {prog.surge} extra"
             )
-            return step("wait", why=why, healthy_floor=serving)
+            return step("wait", why=why, healthy_floor=serving, stuck=True)
         return step(
             "retire",
             out=tuple(i.id for i in chosen),
@@ -255,6 +256,7 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
             why=f"{', '.join(blocked)} (policy says wait)",
             drop=dropped,
             healthy_floor=serving,
+            stuck=True,
         )
     if not todo:
         return step("done", drop=dropped, healthy_floor=serving)
@@ -286,6 +288,7 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
             ),
             drop=dropped,
             healthy_floor=serving,
+            stuck=True,
         )
     desired = state.desired - len(first) + b
     done = prog.replaced + b

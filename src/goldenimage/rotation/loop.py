@@ -225,22 +225,26 @@ class RunLoop:
             i["InstanceId"] == iid and i["LifecycleState"] not in LEAVING for i in raw.get("Instances", [])
         )
 
-    def retire_own(self, iid: str, surge: int) -> bool:
+    def retire_own(self, iid: str, surge: int, *, recorded: bool = False) -> bool:
         """Terminate `iid`, decrementing desired, out of the rotation's own share `surge`.
         The share is recorded one lower before the call (a crash right after it counts one
         fewer as the rotation's, never one more) and put back when the instance was not
-        terminated: it left the group meanwhile, or AWS refused and it is still there."""
-        self.own(surge - 1)
+        terminated: it left the group meanwhile, or AWS refused and it is still there.
+        `recorded`: the caller already recorded the share as low as it may go (a batch of
+        terminations) and records what is left once they are done."""
+        if not recorded:
+            self.own(surge - 1)
         try:
             done = self.retire([iid])
         except Exception as exc:
             if not (isinstance(exc, AwsCallFailed) and exc.not_done) and not self._still_in(iid):
                 self.doubt += 1  # it may have happened: the safe stop counts it as done
                 raise
-            with contextlib.suppress(Exception):  # if this fails too, the record stays low
-                self.own(surge)
+            if not recorded:
+                with contextlib.suppress(Exception):  # if this fails too, the record stays low
+                    self.own(surge)
             raise
-        if not done:
+        if not done and not recorded:
             self.own(surge)
         return bool(done)
 
@@ -398,7 +402,10 @@ class RollingStrategy:
     def on_stop(self, loop: RunLoop, exc: BaseException) -> None:
         return None
 
-    def _wait(self, loop: RunLoop, why: str) -> None:
+    def _wait(self, loop: RunLoop, why: str, *, stuck: bool = False) -> None:
+        """Wait `poll_seconds` (instances launching, targets turning healthy), or, when
+        `stuck` (nothing in flight will change it; someone else must), a pause that grows
+        with each such wait in a row, up to four times poll_seconds."""
         now = loop.clock.now()
         if self._wait_since is None:
             self._wait_since = now
@@ -408,7 +415,7 @@ class RollingStrategy:
         loop.reporter.step(f"{label}: waiting: {why}")
         loop.beat()
         loop.check_alarms(self.alarms)
-        self._waits += 1
+        self._waits = self._waits + 1 if stuck else 0
         loop.clock.sleep(loop.backoff(self._waits))
 
     def _tell(self, loop: RunLoop, step: Step) -> None:
@@ -431,7 +438,7 @@ class RollingStrategy:
         if s.kind == "abort":
             raise Abort(s.why)
         if s.kind == "wait":
-            self._wait(loop, s.why)
+            self._wait(loop, s.why, stuck=s.stuck)
             return None
         self._waits = 0
         if s.kind == "absorb":
@@ -511,12 +518,25 @@ class RollingStrategy:
             return None  # observe again after the warm-up
         loop.check_alarms(self.alarms)  # the last look before old instances go
         done: list[str] = []
-        for iid in (*s.out, *s.extra):  # one by one: a stop knows the surge left
+        victims = (*s.out, *s.extra)
+        # one record for the batch, before it: as low as the share may go
+        loop.own(self.prog.surge - len(victims))
+        try:
+            self._retire_each(loop, s, victims, done)
+        finally:  # what is left (instances skipped, or a stop); never more than the truth
+            with contextlib.suppress(Exception):
+                loop.own(self.prog.surge - loop.doubt)
+        if self.prog.surge <= 0:
+            self._batch_done(loop, s, done)
+        return None
+
+    def _retire_each(self, loop: RunLoop, s: Step, victims: tuple[str, ...], done: list[str]) -> None:
+        for iid in victims:  # one by one, each on a fresh look at the group
             why = loop.may_retire(iid, self.prog.surge)
             if why:  # the group changed since the decision: decide again
                 loop.reporter.info(f"{loop.name}: not retiring {iid} now: {why}")
-                return None
-            if not loop.retire_own(iid, self.prog.surge):
+                return
+            if not loop.retire_own(iid, self.prog.surge, recorded=True):
                 continue
             old = iid in s.out
             if old:
@@ -533,8 +553,9 @@ class RollingStrategy:
                 replaced=self.prog.replaced + (1 if old else 0),
                 outs=tuple(i for i in self.prog.outs if i != iid),
             )
-        if self.prog.surge > 0:
-            return None
+
+    def _batch_done(self, loop: RunLoop, s: Step, done: list[str]) -> None:
+        """The batch's surge is handed back: report, pass a checkpoint (pause)."""
         self._wait_since = None
         batch, self._batch = self._batch, None
         self.prog = replace(self.prog, outs=(), seen=frozenset())
@@ -550,4 +571,3 @@ class RollingStrategy:
             self.prog = replace(self.prog, passed=tuple(p for p in loop.policy.checkpoints if p <= cp))
             loop.pause(loop.policy.checkpoint_pause_seconds, f"checkpoint {cp}%", self.alarms)
         loop.safe_point()
-        return None
