@@ -204,8 +204,6 @@ class World:
             if d > self.max_size:  # (unreachable: refused above) never above max
                 self.violations.append(f"desired {d} above max size {self.max_size}")
         self.desired = d
-        if not rotator:
-            self._absorb()
 
     def absorbed(self, surge: int) -> int:
         """What is left of a rotation's `surge` in the group as it is now (see `_absorb`)."""
@@ -217,7 +215,9 @@ class World:
     def _absorb(self) -> None:
         """Someone lowered desired below the rotator's surge: the part of the surge their
         scale-in took is no longer the rotator's (the group keeps at least one instance,
-        and never less than its min size)."""
+        and never less than its min size). Applied when the rotator reads the group: it
+        counts capacity, it cannot see history, so a scale-in to 0 and out again while it
+        is stopped looks to it like no change (a known limit of a count-based record)."""
         self.own = self.absorbed(self.own)
 
     # ---- someone else's actions ---------------------------------------------------------
@@ -238,7 +238,6 @@ class World:
             return "no scale-in"
         self._remove(inst)
         self.desired -= 1
-        self._absorb()
         self.reconcile()
         return f"scale-in {inst.id}"
 
@@ -248,7 +247,6 @@ class World:
             return "no standby"
         inst.lifecycle = "Standby"
         self.desired -= 1
-        self._absorb()
         self.reconcile()
         return f"standby {inst.id}"
 
@@ -366,6 +364,7 @@ class _Asg(_Client):
     def describe_auto_scaling_groups(self, AutoScalingGroupNames: list[str]) -> dict[str, Any]:
         w = self.w
         w._enter(read=True)
+        w._absorb()  # what the rotator sees of someone's scale-in (see `_absorb`)
         w.polls += 1
         w.idle_polls += 1
         if w.idle_polls > BUSY_POLLS:

@@ -83,6 +83,20 @@ class Strategy(Protocol):
 
 
 @dataclass
+class Look:
+    """The group as last read (`at`: when), with the rotation's own terminations since."""
+
+    state: GroupState
+    at: float
+
+    def without(self, iid: str) -> Look:
+        """After terminating `iid` (decrementing desired)."""
+        s = self.state
+        left = tuple(i for i in s.instances if i.id != iid)
+        return Look(replace(s, desired=s.desired - 1, instances=left), self.at)
+
+
+@dataclass
 class RunLoop:
     aws: RotationAws
     policy: GroupPolicy
@@ -175,12 +189,22 @@ class RunLoop:
                 return why
         return ""
 
-    def may_retire(self, iid: str, surge: int) -> str:
-        """'' when terminating `iid` now, decrementing desired, keeps the promises; else
-        why not. Reads the group again first: someone may have scaled it, or taken
-        instances away, since the last look (ASG has no compare-and-set), and the decision
-        was made on that look. `surge`: the rotation's own share before the termination."""
-        state, _ = self.observe()
+    def look(self, view: Look | None) -> Look:
+        """The group for a run of terminations: read again when `view` is older than
+        poll_seconds (or there is none); else `view` with the run's own terminations
+        applied. Someone may change the group between the decision and a termination (ASG
+        has no compare-and-set): each termination is checked on a look at most
+        poll_seconds old, and a batch costs one read, not one per instance."""
+        if view is None or self.clock.now() - view.at >= self.policy.poll_seconds:
+            state, _ = self.observe()
+            return Look(state, self.clock.now())
+        return view
+
+    def may_retire(self, iid: str, surge: int, view: Look | None = None) -> str:
+        """'' when terminating `iid` now, decrementing desired, keeps the promises on the
+        look `view` (a fresh read when None); else why not. `surge`: the rotation's own
+        share before the termination."""
+        state = (view or self.look(None)).state
         if own_share(state.desired, state.min_size, surge) != surge:
             return f"desired capacity {state.desired} is below the rotation's extra capacity {surge}"
         inst = next((i for i in state.instances if i.id == iid), None)
@@ -341,11 +365,14 @@ class RunLoop:
                     continue
                 victims.append(inst.id)
                 serving -= 1 if inst.serving else 0
+            view: Look | None = None
             for iid in victims:
-                if self.may_retire(iid, surge):
+                view = self.look(view)
+                if self.may_retire(iid, surge, view):
                     break
                 if self.retire_own(iid, surge):
                     surge -= 1
+                    view = view.without(iid)
             if surge > 0:
                 raise OperationFailed(f"{surge} surge instance(s) left: no room to remove them")
 
@@ -472,11 +499,14 @@ class RollingStrategy:
         self._label = f"batch {self.prog.batches + 1}/{total}"
         seen = frozenset(i.id for i in state.instances)
         first: list[str] = []
+        view: Look | None = None
         for iid in s.terminate_first:  # one by one: a stop knows what the group is owed
-            why = loop.may_retire(iid, self.prog.surge)
+            view = loop.look(view)
+            why = loop.may_retire(iid, self.prog.surge, view)
             if not why and loop.retire_own(iid, self.prog.surge):
                 first.append(iid)
                 self.prog = replace(self.prog, surge=self.prog.surge - 1)
+                view = view.without(iid)
                 continue
             # the group changed since the decision (someone scaled it, or took the
             # instance): launch nothing on a stale look, decide again (owed is owed)
@@ -531,13 +561,17 @@ class RollingStrategy:
         return None
 
     def _retire_each(self, loop: RunLoop, s: Step, victims: tuple[str, ...], done: list[str]) -> None:
-        for iid in victims:  # one by one, each on a fresh look at the group
-            why = loop.may_retire(iid, self.prog.surge)
+        view: Look | None = None
+        for iid in victims:  # one by one, each checked on a recent look at the group
+            view = loop.look(view)
+            why = loop.may_retire(iid, self.prog.surge, view)
             if why:  # the group changed since the decision: decide again
                 loop.reporter.info(f"{loop.name}: not retiring {iid} now: {why}")
                 return
             if not loop.retire_own(iid, self.prog.surge, recorded=True):
+                view = None  # it had left: look again
                 continue
+            view = view.without(iid)
             old = iid in s.out
             if old:
                 done.append(iid)
