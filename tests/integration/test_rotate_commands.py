@@ -84,3 +84,39 @@ def test_bad_policy_names_file_and_field(tmp_path: Path, monkeypatch: pytest.Mon
     assert str(exc.value).startswith(
         "inventories/sandbox/goldenimage.yml: field extra.rotation.groups.web.batch_size: "
     )
+
+
+def test_resume_after_a_scale_out_while_stopped_keeps_it(aws: Clients) -> None:
+    """Stopped mid-batch, then a scheduled scale-out from 4 to 10 before the resume: the
+    resumed rotation replaces what is outdated and keeps the 10 (it used to take the 6 for
+    its own surge and retire them)."""
+    from goldenimage.errors import Interrupted
+    from goldenimage.rotation.executor import StopFlag, rotate
+    from goldenimage.rotation.policy import GroupPolicy
+    from goldenimage.rotation.state import tag_map
+    from tests.integration.rotate_conftest_fixtures import instance_images
+
+    s = seed_group(aws, size=4)
+    aws.autoscaling.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=10)
+    pol = GroupPolicy(asg="web", batch_size=2, max_surge_percent=50, poll_seconds=0.01, lock_settle_seconds=0)
+    stop = StopFlag()
+
+    def after_launch(**kw: object) -> None:
+        stop.requested = True  # Ctrl-C right after the first batch's launch
+
+    event = "after-call.auto-scaling.SetDesiredCapacity"
+    aws.autoscaling.meta.events.register(event, after_launch)
+    try:
+        with pytest.raises(Interrupted):
+            rotate(aws, pol, s.new_ami, reporter=Reporter(io.StringIO()), stop=stop)
+    finally:
+        aws.autoscaling.meta.events.unregister(event, after_launch)
+    group = aws.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 4 and tag_map(group).get("goldenimage:rotation-surge", "0") == "0"
+    aws.autoscaling.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=10)  # someone else
+    res = rotate(aws, pol, None, reporter=Reporter(io.StringIO()), resume=True)
+    assert res["outcome"] == "done", res
+    group = aws.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])["AutoScalingGroups"][0]
+    assert group["DesiredCapacity"] == 10
+    images = instance_images(aws, "web")
+    assert len(images) == 10 and set(images.values()) == {s.new_ami}

@@ -42,6 +42,7 @@ class AwsCallFailed(OperationFailed):
         self.detail = detail
         self.code = code
         self.exit_code = exit_code
+        self.not_done = False  # known not to have happened (set by whoever checked)
 
 
 def _iam_prefix(service: str) -> str:
@@ -86,6 +87,7 @@ class RotationAws:
     name: str
     # an instance's AMI never changes: remember it; its state is read again when asked
     _facts: dict[str, Ec2Facts] = field(default_factory=dict)
+    writes: int = 0  # calls that change something (every call but Describe*/Get*/List*)
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -94,6 +96,8 @@ class RotationAws:
 
     def call(self, service: str, method: str, **kw: Any) -> Any:
         client = self._client(service)
+        if not method.startswith(("describe_", "get_", "list_")):
+            self.writes += 1
         try:
             return getattr(client, method)(**kw)
         except AWS_ERRORS as exc:

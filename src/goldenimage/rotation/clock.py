@@ -16,12 +16,16 @@ from types import FrameType
 
 
 class Clock:
-    """Wall clock; the benchmark and tests pass a simulated one."""
+    """Wall clock; the benchmark and tests pass a simulated one. `naps` counts the
+    sleeps (the run loop checks that every round either changed something or slept)."""
+
+    naps: int = 0
 
     def now(self) -> float:
         return time.time()
 
     def sleep(self, seconds: float) -> None:
+        self.naps += 1
         if seconds > 0:
             time.sleep(seconds)
 
@@ -36,6 +40,7 @@ class SimClock(Clock):
         return self.t
 
     def sleep(self, seconds: float) -> None:
+        self.naps += 1
         self.t += max(0.0, seconds)
 
 

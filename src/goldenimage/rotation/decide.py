@@ -9,6 +9,8 @@ batch and every wait and asks `decide` what to do now:
 - `wait`: the group is not settled (fewer or more instances than desired, instances on the
   target image not yet InService and healthy): observe again later;
 - `abort`: an instance launched during the rotation runs another image: roll back;
+- `absorb`: someone lowered desired below the rotation's extra capacity: the part of it
+  their scale-in took is theirs now (`surge` says what is still the rotation's own);
 - `grow`: the rotation owes the group capacity (it terminated instances before launching
   their replacements and was stopped in between): raise desired by that much;
 - `retire`: a batch is in flight and the group is settled: terminate (decrementing desired)
@@ -22,7 +24,9 @@ batch and every wait and asks `decide` what to do now:
 
 Capacity is always relative: `Progress.surge` is the rotation's own share of the group's
 desired capacity, so `base = desired - surge` is what the group would run without the
-rotation, and whatever anybody else did to desired is kept. Instances launched by anyone
+rotation, and whatever anybody else did to desired is kept. When someone lowers desired
+below the surge, `own_share` decides what is left of it: never so much that handing it
+back would take the group below one instance or below its min size. Instances launched by anyone
 while the group is pinned to the new version run the target image and count as done;
 instances that left the group are simply not in the observation; Standby instances are
 left alone (unless the policy says terminate) and do not serve.
@@ -37,7 +41,7 @@ from typing import Any, Literal
 from .plan import LEAVING, STANDBY, GroupState, Instance, _az_round_robin, protected_rule
 from .policy import GroupPolicy
 
-Kind = Literal["wait", "abort", "grow", "retire", "launch", "done"]
+Kind = Literal["wait", "abort", "absorb", "grow", "retire", "launch", "done"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Step:
     healthy_floor: int = 0  # lowest healthy in-service capacity this step allows
     checkpoint: int | None = None  # launch: checkpoint reached when this batch is done
     base: int = 0  # the group's desired capacity without the rotation
+    surge: int = 0  # absorb: the rotation's own share of desired from now on
+    stuck: bool = False  # wait: nothing in flight will change it (the pause grows)
     min_healthy: int = 0
     remaining: int = 0  # outdated instances still to replace (this batch included)
     left_alone: dict[str, str] = field(default_factory=dict)  # instance -> why
@@ -89,15 +95,22 @@ def _classify(
             continue
         if not inst.image_id:
             continue  # not described yet: the next observation will know
+        rule = protected_rule(inst, policy)
         if inst.lifecycle in STANDBY:
-            if policy.standby == "terminate" and inst.lifecycle == "Standby":
+            if policy.standby == "terminate" and rule is not None:  # protection wins
+                kind, why = rule
+                if kind == "ignore":
+                    alone[inst.id] = f"in standby, {why}"
+                else:
+                    blocked.append(why)
+            elif policy.standby == "terminate" and inst.lifecycle == "Standby":
                 drop.append(inst)
             elif policy.standby == "wait":
                 blocked.append(f"{inst.id} is in standby")
             else:
                 alone[inst.id] = "in standby: left alone, not serving (policy standby: ignore)"
             continue
-        if (rule := protected_rule(inst, policy)) is not None:
+        if rule is not None:
             kind, why = rule
             if kind == "ignore":
                 alone[inst.id] = why
@@ -134,8 +147,31 @@ def _unsettled(state: GroupState, live: list[Instance], target: str, prog: Progr
     return ""
 
 
+def own_share(desired: int, min_size: int, surge: int) -> int:
+    """What is still the rotation's own of its `surge` in a group whose desired capacity
+    is `desired` now: someone who lowered desired below the surge took the rest. Handing
+    the result back never leaves the group with no instance (while its desired has one)
+    or below its min size. Capacity owed (a negative surge) is owed whatever happens."""
+    if surge <= 0:
+        return surge
+    keep = max(min_size, 1) if desired > 0 else 0
+    return min(surge, max(0, desired - keep))
+
+
 def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) -> Step:
     """The next step of the rotation of `state` to `target` (see the module doc)."""
+    own = own_share(state.desired, state.min_size, prog.surge)
+    if own != prog.surge:
+        return Step(
+            "absorb",
+            why=(
+                f"desired capacity {state.desired} (set by someone else) is below the rotation's "
+                f"extra capacity {prog.surge}: {own} of it is still the rotation's to hand back"
+            ),
+            surge=own,
+            base=state.desired - own,
+            min_healthy=policy.min_healthy(max(state.desired - own, 0)),
+        )
     base = state.desired - prog.surge
     min_healthy = policy.min_healthy(max(base, 0))
     live = [i for i in state.instances if _live(i)]
@@ -198,12 +234,13 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
                     break
                 extra.append(inst)
                 left -= cost
-        if held and not chosen and not extra:
-            return step(
-                "wait",
-                why=f"no room to retire: {serving} healthy, minimum {min_healthy}",
-                healthy_floor=serving,
+        if not chosen and not extra:  # never a retire of nothing (it would spin)
+            why = (
+                f"no room to retire: {serving} healthy, minimum {min_healthy}"
+                if held
+                else f"no instance the rotation may retire for its {prog.surge} extra"
             )
+            return step("wait", why=why, healthy_floor=serving, stuck=True)
         return step(
             "retire",
             out=tuple(i.id for i in chosen),
@@ -219,6 +256,7 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
             why=f"{', '.join(blocked)} (policy says wait)",
             drop=dropped,
             healthy_floor=serving,
+            stuck=True,
         )
     if not todo:
         return step("done", drop=dropped, healthy_floor=serving)
@@ -235,6 +273,8 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
     for b in range(cap, 0, -1):
         cand = order[:b]
         n_first = max(0, b - surge)
+        if n_first and state.desired - n_first < state.min_size:
+            continue  # AWS refuses to decrement below the min size
         first = sorted(cand, key=lambda i: (i.serving, order.index(i)))[:n_first]
         cost = sum(1 for i in first if i.serving)
         if cost == 0 or serving - cost >= min_healthy:  # a pure surge never costs
@@ -242,9 +282,13 @@ def decide(state: GroupState, target: str, policy: GroupPolicy, prog: Progress) 
     else:
         return step(
             "wait",
-            why=(f"no room to replace anything: {serving} healthy, minimum {min_healthy}, surge {surge}"),
+            why=(
+                f"no room to replace anything: {serving} healthy, minimum {min_healthy}, "
+                f"surge {surge}, min size {state.min_size}"
+            ),
             drop=dropped,
             healthy_floor=serving,
+            stuck=True,
         )
     desired = state.desired - len(first) + b
     done = prog.replaced + b

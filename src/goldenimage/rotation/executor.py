@@ -183,14 +183,13 @@ def _drive(
             to_version=to_version or "",
             orig_desired=int(raw["DesiredCapacity"]),
             orig_max=int(raw["MaxSize"]),
-            base=int(raw["DesiredCapacity"]),
         )
     rot.acquire(st)
     base.update(rotation_id=st.id)
     try:
         with rot.loop.stop.installed():
             rot.loop.suspend(raw)
-            surge = rot.surge_in_group() if existing is not None else 0
+            surge = rot.recorded_surge() if existing is not None else 0
             if st.reason:  # an aborted rotation was being rolled back
                 try:
                     rot.roll_back(lt_id, st.reason, surge)
@@ -347,7 +346,7 @@ def _rollback(rot: Rotation, dry_run: bool) -> Result:
         with rot.loop.stop.installed():
             rot.loop.suspend(raw)
             try:
-                rot.roll_back(lt_id, st.reason, rot.surge_in_group())
+                rot.roll_back(lt_id, st.reason, rot.recorded_surge())
             except (Abort, PlanError) as again:
                 why = again.reason if isinstance(again, Abort) else again.message
                 rot.settle_failed_rollback(why)

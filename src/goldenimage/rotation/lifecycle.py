@@ -141,11 +141,17 @@ class Rotation:
             )
         return self.aws.new_template_version(lt_id, data, f"{ROTATION_VERSION_DESCRIPTION}{rid}: {image_id}")
 
-    def surge_in_group(self) -> int:
-        """The rotation's surge still in the group (a run that stopped mid-batch)."""
+    def recorded_surge(self) -> int:
+        """The rotation's own capacity still in the group (a run that stopped mid-batch),
+        as its state records it: never desired now minus desired then, which would count
+        anyone's scaling since as the rotation's."""
         assert self.st is not None
-        base = self.st.base or self.st.orig_desired
-        return int(self.aws.group()["DesiredCapacity"]) - base
+        if self.st.surge:
+            self.reporter.info(
+                f"{self.name}: the rotation's own extra capacity still in the group: {self.st.surge} "
+                "(as recorded; scaling by anyone else since is kept)"
+            )
+        return self.st.surge
 
     # ---- running and finishing -----------------------------------------------------
 

@@ -4,7 +4,8 @@ No I/O. The executor reads the group (`GroupState`), calls `plan_rotation`, prin
 applies the batches. Every batch works the same way:
 
 1. terminate `terminate_first` (only when the batch is larger than the surge allowance;
-   never costs more healthy capacity than the policy's minimum allows), decrementing desired;
+   never costs more healthy capacity than the policy's minimum allows, never takes desired
+   below the group's min size), decrementing desired;
 2. raise desired to `desired_during`: `launch` new instances start from the new image;
 3. when they are InService, healthy and warm, terminate the rest of `out`, decrementing
    desired back to the group's desired capacity.
@@ -208,6 +209,8 @@ def plan_rotation(state: GroupState, target_image: str, policy: GroupPolicy) -> 
         for b in range(cap, 0, -1):
             cand = remaining[:b]
             n_first = max(0, b - surge)
+            if n_first and desired - n_first < state.min_size:
+                continue  # AWS refuses to decrement below the min size
             # what is terminated first: non-serving instances before serving ones
             first = sorted(cand, key=lambda i: (i.serving, order.index(i)))[:n_first]
             cost = sum(1 for i in first if i.serving)
@@ -217,7 +220,8 @@ def plan_rotation(state: GroupState, target_image: str, policy: GroupPolicy) -> 
         if chosen is None:
             raise PlanError(
                 f"group {state.name}: no room to replace anything: {serving} healthy, minimum "
-                f"{min_healthy}, surge {surge}; allow a surge or lower min_healthy_percent"
+                f"{min_healthy}, surge {surge}, min size {state.min_size}; allow a surge or lower "
+                "min_healthy_percent (or the group's min size)"
             )
         b = len(chosen)
         desired_during = desired - len(first) + b

@@ -2,7 +2,7 @@
 
 While a rotation runs, the group carries `goldenimage:rotation-*` tags: who rotates it
 (owner, since), a heartbeat, where it goes (from/to image and launch-template version),
-the capacity to restore and the progress. A crash cannot lose them, so the next run can
+the capacity to restore, the capacity the rotation itself added (`surge`) and the progress. A crash cannot lose them, so the next run can
 refuse (a live owner), resume or roll back (an expired heartbeat or an interrupted run).
 A finished rotation leaves `goldenimage:previous-*` and `goldenimage:current-*` behind
 for `rollback`.
@@ -74,7 +74,12 @@ class RotationState:
     progress: str = ""
     reason: str = ""
     suspended: str = ""  # scaling processes this rotation suspended ("-": none)
-    base: int = 0  # the group's desired capacity without the rotation's own surge
+    # the capacity the rotation itself added to desired and has not handed back yet
+    # (negative: instances it retired before their replacements launched, owed back).
+    # Recorded after every raise and before every decrease, so a crash between a capacity
+    # change and the tag write never makes it count more as its own than it added;
+    # someone else's scaling is never in it. Resume and rollback hand back only this.
+    surge: int = 0
     error: str = ""  # why the run stopped (status failed), for the next run to show
 
     def tags(self) -> dict[str, str]:
@@ -87,7 +92,13 @@ class RotationState:
         kw: dict[str, Any] = {}
         for f in fields(cls):
             raw = tags.get(ROT + f.name.replace("_", "-"), "")
-            kw[f.name] = int(raw or 0) if f.type in ("int", int) else raw
+            if f.type in ("int", int):
+                try:
+                    kw[f.name] = int(raw or 0)
+                except ValueError:  # edited by hand: count nothing (the safe side)
+                    kw[f.name] = 0
+            else:
+                kw[f.name] = raw
         return cls(**kw)
 
     def stale(self, now: float, ttl: float) -> bool:
