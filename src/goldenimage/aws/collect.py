@@ -7,7 +7,7 @@ region (disabled ones too) maps is never deleted. The stage and when it was reac
 recorded in the AMI's tags (`goldenimage:gc-stage`, `goldenimage:gc-stage-at`), which the
 planner reads. `restore` takes a deprecate/disable stage back in every region.
 
-The caller re-gathers the uses right before each step (`AwsSide.gc_apply`).
+The caller looks again at the uses right before each step (`AwsSide.gc_recheck`, `gc_apply`).
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def deprecate(clients: Clients, ami: str, now: datetime) -> None:
     _tag_stage(clients, ami, retention.DEPRECATED, now)
 
 
-def disable(clients: Clients, ami: str, now: datetime) -> None:
+def disable(clients: Clients, ami: str, now: datetime, before: dict[str, str] | None = None) -> None:
     """Disabled: no one can launch it; `restore` enables it again. The stage is recorded
     first, so a disabled AMI always says since when; if disabling fails, the stage it had
-    is written back (an AMI tagged disabled that is not would be deleted too early)."""
-    before = {t["Key"]: t["Value"] for t in (image(clients, ami) or {}).get("Tags", [])}
+    is written back (an AMI tagged disabled that is not would be deleted too early).
+    `before`: the AMI's tags as just described (else described now)."""
+    if before is None:
+        before = {t["Key"]: t["Value"] for t in (image(clients, ami) or {}).get("Tags", [])}
     _tag_stage(clients, ami, retention.DISABLED, now)
     try:
         clients.ec2.disable_image(ImageId=ami)

@@ -20,6 +20,7 @@ from ..aws.registry import AwsRegistry
 from ..aws.target import AwsSide
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..errors import NotFoundError, OperationFailed
+from ..locks import Lock
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
@@ -118,8 +119,17 @@ class SandboxTarget(LocalTarget, AwsSide):
     def gc_world(self) -> GcWorld:
         return AwsSide.gc_world(self)
 
-    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
-        return AwsSide.gc_apply(self, decision, now)
+    def gc_shares(self, image_ids: list[str]) -> list[retention.Reference]:
+        return AwsSide.gc_shares(self, image_ids)
+
+    def gc_recheck(self, decisions: list[retention.Decision]) -> Any:
+        return AwsSide.gc_recheck(self, decisions)
+
+    def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
+        return AwsSide.gc_apply(self, decision, now, fresh)
+
+    def gc_lock(self, command: str) -> Lock:
+        return AwsSide.gc_lock(self, command)
 
     def gc_restore(self, image_id: str) -> Result:
         return AwsSide.gc_restore(self, image_id)
