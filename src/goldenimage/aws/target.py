@@ -186,7 +186,10 @@ class AwsSide(Target):
         that may have appeared since (`references.recent`: DescribeImageReferences where AWS
         answers it, else instances of these AMIs, launch-template versions added since,
         parameters), RAM shares, and every use of their copies in the copy regions."""
-        return self._fresh(sorted({d.image_id for d in decisions}))
+        fresh = self._fresh(sorted({d.image_id for d in decisions}))
+        if any(d.action == retention.DELETE for d in decisions):  # one listing for the batch's deletes
+            fresh = dataclasses.replace(fresh, snapshots=collect.snapshot_map(self.clients))
+        return fresh
 
     # named apart from LocalTarget._still_used: the sandbox inherits both, the local one first
     def _ami_still_used(self, image_id: str) -> str | None:
@@ -283,7 +286,7 @@ class AwsSide(Target):
                 elif action == retention.DISABLE:
                     collect.disable(c, ami, now, tags if ami == image_id else None)
                 else:
-                    collect.deregister(c, ami)
+                    collect.deregister(c, ami, fresh.snapshots if c is self.clients else None)
             except ClientError as exc:
                 if (ami == image_id and not done and error_code(exc).startswith("InvalidAMIID")
                         and collect.image(c, ami) is None):  # removed by someone else since the look
@@ -502,6 +505,7 @@ class Fresh:
     states: dict[str, dict[str, Any]]
     used: dict[str, str]
     asked: frozenset[str] = frozenset()  # the AMIs it looked at
+    snapshots: dict[str, set[str]] | None = None  # {AMI: its snapshots} of the region, for deletes
 
 
 def _retention_image(rec: ImageRecord, img: dict[str, Any], keep_undated: bool = False) -> retention.Image | None:
