@@ -64,7 +64,7 @@ def _plan(target: Target, policy: RetentionSettings, now: datetime, reporter: Re
         world = target.gc_world()
     plan = retention.plan(world.images, world.references, world.channels, policy.images, now,
                           world.leftovers, policy.failed_logs_days, policy.leftover_hours, policy.shared_may_go)
-    shares = target.gc_shares([d.image_id for d in plan.decisions if d.changes])
+    shares = target.gc_shares([d for d in plan.decisions if d.changes])
     if shares:
         plan = retention.plan(world.images, [*world.references, *shares], world.channels, policy.images, now,
                               world.leftovers, policy.failed_logs_days, policy.leftover_hours,

@@ -213,16 +213,22 @@ def second_opinion(clients: Clients, image_ids: list[str], *, force: bool = Fals
     return out
 
 
-class Recent(Listing):
-    """The listing of what could have appeared since `since` was listed, for some AMIs only:
-    instances of those AMIs (a filtered listing), the launch-template versions newer than
-    the ones `since` saw (every version of a template created since), and the groups (one
-    listing: their rotation tags and mixed-instances templates may have moved)."""
+def latest_versions(listing: Listing) -> dict[str, int]:
+    """{launch template id: its latest version number} as `listing` saw it."""
+    return {lt["LaunchTemplateId"]: int(lt.get("LatestVersionNumber", 0)) for lt, _ in listing.templates}
 
-    def __init__(self, clients: Clients, image_ids: list[str], since: Listing) -> None:
+
+class Recent(Listing):
+    """The listing of what could have appeared since an earlier look, for some AMIs only:
+    instances of those AMIs (a filtered listing), the launch-template versions newer than
+    the ones `seen` names ({template id: latest version seen}; every version of a template
+    created since; `seen` is brought up to date), and the groups (one listing: their
+    rotation tags and mixed-instances templates may have moved)."""
+
+    def __init__(self, clients: Clients, image_ids: list[str], seen: dict[str, int]) -> None:
         super().__init__(clients)
         self.image_ids = sorted(set(image_ids))
-        self.since = since
+        self.seen = seen
 
     @cached_property
     def instances(self) -> list[dict[str, Any]]:
@@ -234,30 +240,45 @@ class Recent(Listing):
 
     @cached_property
     def templates(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        seen = {lt["LaunchTemplateId"]: int(lt.get("LatestVersionNumber", 0)) for lt, _ in self.since.templates}
         page = {"PageSize": SANDBOX_LT_PAGE if self.clients.ctx.is_sandbox else LT_PAGE}
         out = []
         for lt in _pages(self.clients.ec2, "describe_launch_templates", "LaunchTemplates", PaginationConfig=page):
-            known = seen.get(lt["LaunchTemplateId"], 0)
-            if int(lt.get("LatestVersionNumber", 0)) <= known:
+            lt_id, latest = lt["LaunchTemplateId"], int(lt.get("LatestVersionNumber", 0))
+            known = self.seen.get(lt_id, 0)
+            if latest <= known:
                 continue  # versions are never changed, only added (or deleted)
             versions = _pages(self.clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
-                              LaunchTemplateId=lt["LaunchTemplateId"], ResolveAlias=True, PaginationConfig=page,
+                              LaunchTemplateId=lt_id, ResolveAlias=True, PaginationConfig=page,
                               **({"MinVersion": str(known + 1)} if known else {}))
             out.append((lt, [v for v in versions if int(v.get("VersionNumber", 0)) > known]))
+            self.seen[lt_id] = latest
         return out
 
 
-def recent(clients: Clients, image_ids: list[str], since: Listing, *, references_api: bool = False,
-           ) -> list[Reference]:
-    """The uses of `image_ids` that may have appeared since `since` was listed, at the cost
-    of what changed: AWS's `DescribeImageReferences` for the AMIs (instances, every
+def since_last_look(clients: Clients, image_ids: list[str], seen: dict[str, int], *,
+                    instances_too: bool = True) -> list[Reference]:
+    """The cheap check right before one step: launch-template versions added since `seen`
+    (one DescribeLaunchTemplates; versions only of templates that grew) and, with
+    `instances_too`, instances of `image_ids` (one filtered DescribeInstances)."""
+    delta = Recent(clients, image_ids, seen)
+    refs, _ = launch_templates(clients, ParameterHistory(clients), delta)
+    if instances_too:
+        refs += instances(clients, delta)
+    wanted = set(image_ids)
+    return [r for r in refs if r.image_id in wanted]
+
+
+def recent(clients: Clients, image_ids: list[str], since: Listing, seen: dict[str, int], *,
+           references_api: bool = False) -> list[Reference]:
+    """The uses of `image_ids` that may have appeared since `since` was listed (`seen`: the
+    latest launch-template versions looked at since, brought up to date), at the cost of
+    what changed: AWS's `DescribeImageReferences` for the AMIs (instances, every
     launch-template version, SSM parameters: `references_api`), else the instances of
     those AMIs, the launch-template versions added since, and the SSM parameters; in both
     cases the groups' rotation tags and mixed-instances templates, and launch
     configurations (DescribeImageReferences does not look at those)."""
     history = ParameterHistory(clients)
-    delta = Recent(clients, image_ids, since)
+    delta = Recent(clients, image_ids, seen)
     _, old_templates = launch_templates(clients, history, since)
     if references_api:
         found = second_opinion(clients, image_ids, force=True)

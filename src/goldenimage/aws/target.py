@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped, unused-ignore]
 
 from .. import ancestry, fingerprint, retention
 from ..adapters.packer import read_manifest
@@ -50,6 +51,8 @@ from .registry import AwsRegistry
 from .validate import RemoteCheck, TestinfraCheck, validate_ami
 
 SOURCE = "amazon-ebs.aws"
+# how an endpoint without DescribeImageReferences answers it: an error, or (moto) an HTTP 500 page
+NO_REFERENCES_API = (ClientError, BotoCoreError, ResponseParserError, NotImplementedError)
 PACKER_GRACE = 600.0  # an interrupted Packer terminates its instance and waits for it
 _ARTIFACT = re.compile(r"^([a-z0-9-]+):(ami-[0-9a-f]+)$")
 
@@ -142,10 +145,12 @@ class AwsSide(Target):
     def _channels(self, reg: AwsRegistry, names: Iterable[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
         return {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))} for name in names}
 
-    def gc_shares(self, image_ids: list[str]) -> list[retention.Reference]:
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
         """The launch permissions of each image the plan would change (DescribeImageAttribute:
-        other accounts, organisations, OUs, the public), one request per image."""
-        return references.launch_permissions(self.clients, image_ids)
+        other accounts, organisations, OUs, the public), one request per image; not of a
+        disabled one (disabling an AMI takes all its launch permissions away)."""
+        return references.launch_permissions(
+            self.clients, [d.image_id for d in decisions if d.stage != retention.DISABLED])
 
     def copy_regions(self) -> list[str]:
         """The other regions the environment's AMIs are copied to (extra.aws.ami_regions)."""
@@ -212,8 +217,9 @@ class AwsSide(Target):
         names = sorted({r.name for r in records.values()})
         channels = self._channels(reg, [n for n in names if n in self.env.settings.images])
         since = getattr(self, "_gathered", None) or references.Listing(self.clients)
+        seen = references.latest_versions(since)
         present = sorted(states)
-        uses = self._recent(present, since) if present else []
+        uses = self._recent(present, since, seen) if present else []
         uses += [s for i in present for s in references.public(states[i])]
         if getattr(self, "_ram", True):
             uses += references.ram_shares(self.clients)[0]
@@ -228,18 +234,49 @@ class AwsSide(Target):
                  if (one := _retention_image(r, img, keep_undated=True)) is not None]
         used = retention.protections(fresh, [*uses, *_children(children)], channels,
                                      self.env.retention.shared_may_go)
-        return Fresh(states, used, frozenset(ids))
+        return Fresh(states, used, frozenset(ids), seen=seen)
 
-    def _recent(self, image_ids: list[str], since: references.Listing) -> list[retention.Reference]:
+    def _recent(self, image_ids: list[str], since: references.Listing, seen: dict[str, int],
+                ) -> list[retention.Reference]:
         """`references.recent`, with AWS's DescribeImageReferences where it answers (never
         tried on the sandbox: moto lacks it); an endpoint that lacks it is not asked again."""
-        api = getattr(self, "_references_api", not self.clients.ctx.is_sandbox)
-        if api:
+        if self._references_api():
             try:
-                return references.recent(self.clients, image_ids, since, references_api=True)
-            except (ClientError, BotoCoreError, NotImplementedError):
-                self._references_api = False
-        return references.recent(self.clients, image_ids, since)
+                return references.recent(self.clients, image_ids, since, seen, references_api=True)
+            except NO_REFERENCES_API:
+                self._no_references_api = True
+        return references.recent(self.clients, image_ids, since, seen)
+
+    def _references_api(self) -> bool:
+        return not self.clients.ctx.is_sandbox and not getattr(self, "_no_references_api", False)
+
+    def _step_check(self, decision: retention.Decision, fresh: Fresh) -> str | None:
+        """Right before a destructive step (disable, delete): what could have appeared since
+        the batch's look, cheaply -- DescribeImageReferences of this AMI where AWS answers
+        it, else the launch-template versions added since the last look and (before a
+        disable: a disabled AMI cannot be launched) this AMI's instances; and before a
+        disable, its launch permissions now (unless its name is in shared_may_go)."""
+        image_id = decision.image_id
+        found: list[retention.Reference] = []
+        if self._references_api():
+            try:
+                found = references.second_opinion(self.clients, [image_id], force=True)
+            except NO_REFERENCES_API:
+                self._no_references_api = True
+        if not self._references_api():
+            found = references.since_last_look(self.clients, sorted(fresh.asked), fresh.seen,
+                                               instances_too=decision.action == retention.DISABLE)
+            found = [r for r in found if r.image_id == image_id or r.image_id in fresh.asked]
+            found = [r for r in found if r.kind != "instance" or r.image_id == image_id]
+        for r in found:
+            fresh.used.setdefault(r.image_id, r.reason())
+        if fresh.used.get(image_id):
+            return fresh.used[image_id]
+        if decision.action == retention.DISABLE and decision.name not in self.env.retention.shared_may_go:
+            shared = references.launch_permissions(self.clients, [image_id])
+            if shared:
+                return shared[0].reason()
+        return None
 
     def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
         """One stage for every copy of the image, right after a fresh look (`fresh`, the
@@ -265,10 +302,6 @@ class AwsSide(Target):
         why = fresh.used.get(image_id)
         if why:
             return {"done": False, "skipped": f"in use now: {why}"}
-        if decision.name not in self.env.retention.shared_may_go:
-            shared = references.launch_permissions(self.clients, [image_id])  # right before the step
-            if shared:
-                return {"done": False, "skipped": f"in use now: {shared[0].reason()}"}
         tags = {t["Key"]: t["Value"] for t in home.get("Tags", [])}
         now_stage = retention.DISABLED if home.get("State") == "disabled" else (tags.get(GC_STAGE_TAG) or None)
         if now_stage != decision.stage:
@@ -276,6 +309,10 @@ class AwsSide(Target):
                                               f"not {decision.stage or 'none'} as planned"}
         if action == retention.DELETE and home.get("State") != "disabled":
             return {"done": False, "skipped": "not disabled: only a disabled AMI is deleted"}
+        if action in (retention.DISABLE, retention.DELETE):
+            why = self._step_check(decision, fresh)
+            if why:
+                return {"done": False, "skipped": f"in use now: {why}"}
         places = self._everywhere(image_id, home)
         done: list[str] = []
         for region, ami in places:
@@ -506,6 +543,7 @@ class Fresh:
     used: dict[str, str]
     asked: frozenset[str] = frozenset()  # the AMIs it looked at
     snapshots: dict[str, set[str]] | None = None  # {AMI: its snapshots} of the region, for deletes
+    seen: dict[str, int] = dataclasses.field(default_factory=dict)  # {template: latest version looked at}
 
 
 def _retention_image(rec: ImageRecord, img: dict[str, Any], keep_undated: bool = False) -> retention.Image | None:

@@ -119,8 +119,8 @@ class SandboxTarget(LocalTarget, AwsSide):
     def gc_world(self) -> GcWorld:
         return AwsSide.gc_world(self)
 
-    def gc_shares(self, image_ids: list[str]) -> list[retention.Reference]:
-        return AwsSide.gc_shares(self, image_ids)
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
+        return AwsSide.gc_shares(self, decisions)
 
     def gc_recheck(self, decisions: list[retention.Decision]) -> Any:
         return AwsSide.gc_recheck(self, decisions)

@@ -165,9 +165,9 @@ class Target(ABC):
 
     gc_batch: ClassVar[int] = 10  # decisions re-checked together, right before their steps
 
-    def gc_shares(self, image_ids: list[str]) -> list[retention.Reference]:
-        """Who else may launch these images (kind `shared`): asked only for the images a
-        plan would change. None on a target without sharing."""
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
+        """Who else may launch the images of these decisions (kind `shared`): asked only for
+        the images a plan would change. None on a target without sharing."""
         return []
 
     def gc_recheck(self, decisions: list[retention.Decision]) -> Any:
