@@ -76,6 +76,7 @@ class AwsSide(Target):
     """The AWS-side half of the aws and sandbox targets."""
 
     gc_applies = True
+    gc_batch = 20  # one fresh look per 20 steps (DescribeImageReferences: 10 AMIs a request)
 
     def __init__(self, env: Environment, *, clients: Clients | None = None,
                  check: RemoteCheck | None = None) -> None:
@@ -187,7 +188,7 @@ class AwsSide(Target):
     def gc_recheck(self, decisions: list[retention.Decision]) -> Fresh:
         """One fresh look at the batch's AMIs right before their steps, at the cost of what
         could have changed since the run's gathering, not of everything: the AMIs themselves
-        (gone? their stage), images built on them, the channels of their names, their uses
+        (gone? their stage; public?), their launch permissions, images built on them, the channels of their names, their uses
         that may have appeared since (`references.recent`: DescribeImageReferences where AWS
         answers it, else instances of these AMIs, launch-template versions added since,
         parameters), RAM shares, and every use of their copies in the copy regions."""
@@ -221,6 +222,10 @@ class AwsSide(Target):
         present = sorted(states)
         uses = self._recent(present, since, seen) if present else []
         uses += [s for i in present for s in references.public(states[i])]
+        may_go = set(self.env.retention.shared_may_go)
+        uses += references.launch_permissions(  # shared since the gathering (a disabled AMI cannot be)
+            self.clients, [i for i in present if states[i].get("State") != "disabled"
+                           and records[i].name not in may_go])
         if getattr(self, "_ram", True):
             uses += references.ram_shares(self.clients)[0]
         local_ids = {str(r.extra["local_id"]): i for i, r in records.items() if r.extra.get("local_id")}

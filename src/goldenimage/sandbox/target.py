@@ -115,6 +115,7 @@ class SandboxTarget(LocalTarget, AwsSide):
     # carries the plan out like target aws, never over the local store underneath them
     # (that would delete the qcow2s they came from).
     gc_applies = True
+    gc_batch = AwsSide.gc_batch
 
     def gc_world(self) -> GcWorld:
         return AwsSide.gc_world(self)
