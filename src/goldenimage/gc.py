@@ -133,7 +133,8 @@ def human_gc(r: Result) -> list[str]:
     if not rows:
         return [f"nothing to collect in {r.get('store', r['env'])}"]
     width = max(len(x["image_id"]) for x in rows)
-    lines = [f"{'ACTION':<10} {'ID':<{width}} {'STAGE':<11} {'RECLAIMS':>9}  REASON"]
+    lines = [f"note: {n}" for n in r.get("notes", [])]
+    lines.append(f"{'ACTION':<10} {'ID':<{width}} {'STAGE':<11} {'RECLAIMS':>9}  REASON")
     for x in rows:
         lines.append(f"{x['action']:<10} {x['image_id']:<{width}} {x['stage'] or '-':<11} "
                      f"{size(x['reclaim_bytes']):>9}  {x['reason']}")
