@@ -8,8 +8,11 @@ Rules, in order, for each image:
 1. **Protected, whatever its age or stage**: an image a channel points at, each channel's
    rollback target (the previous entry of its history unless that image was revoked or
    quarantined since, and the newest earlier validated one), an image any reference names (a running VM, a disk backing onto it, an instance,
-   a launch-template version, ...; references are plain data: kind + where). An image's
-   copies (an AMI in other regions) are one image: a reference to any copy protects it.
+   a launch-template version, an AMI shared with other accounts, organisations, OUs, the
+   public or through RAM, ...; references are plain data: kind + where). An image's copies
+   (an AMI in other regions) are one image: a reference to any copy protects it. A share
+   (kind `shared`) does not protect an image whose name the policy lists in
+   `shared_may_go`: its reason then says whose access goes with it.
 2. An image whose name has no retention policy is kept.
 3. A validated image among the newest `keep` validated images of its name, or younger than
    `min_age_days`, is kept.
@@ -42,6 +45,7 @@ ACTIONS = (KEEP, DEPRECATE, DISABLE, DELETE)
 DEPRECATED, DISABLED = "deprecated", "disabled"  # stages an image can be in
 NEXT: dict[str | None, tuple[str, str | None]] = {None: (DEPRECATE, DEPRECATED), DEPRECATED: (DISABLE, DISABLED), DISABLED: (DELETE, None)}
 DAY = timedelta(days=1)
+SHARED = "shared"  # the kind of a reference that is another account's, organisation's or the public's access
 
 
 @dataclass(frozen=True)
@@ -149,14 +153,23 @@ def _days(n: int) -> str:
     return "today" if n <= 0 else f"{n} day{'s' if n != 1 else ''} ago"
 
 
-def protections(
-    images: Sequence[Image], references: Iterable[Reference], channels: Mapping[str, Mapping[str, ch.History]]
-) -> dict[str, str]:
-    """{image id: why it is protected} (the first reason found, in a stable order)."""
+def _canonical(images: Sequence[Image]) -> dict[str, str]:
     canonical = {i.id: i.id for i in images}
     for i in images:
         for c in i.copies:
             canonical[c] = i.id
+    return canonical
+
+
+def protections(
+    images: Sequence[Image], references: Iterable[Reference], channels: Mapping[str, Mapping[str, ch.History]],
+    shared_may_go: Iterable[str] = (),
+) -> dict[str, str]:
+    """{image id: why it is protected} (the first reason found, in a stable order). A share
+    of an image whose name is in `shared_may_go` protects nothing."""
+    canonical = _canonical(images)
+    names = {i.id: i.name for i in images}
+    may_go = set(shared_may_go)
     out: dict[str, str] = {}
 
     def protect(image_id: str | None, why: str) -> None:
@@ -172,7 +185,19 @@ def protections(
                 protect(before.get("image_id"), f"rollback target of {channel}")
             protect(ch.rollback_target(hist), f"rollback target of {channel}")
     for ref in sorted(references, key=lambda r: (r.image_id, r.kind, r.where)):
+        if ref.kind == SHARED and names.get(canonical.get(ref.image_id, ref.image_id)) in may_go:
+            continue
         protect(ref.image_id, ref.reason())
+    return out
+
+
+def shares(images: Sequence[Image], references: Iterable[Reference]) -> dict[str, list[str]]:
+    """{image id: the shares of it (or of a copy), as the reasons say them}."""
+    canonical = _canonical(images)
+    out: dict[str, list[str]] = {}
+    for ref in sorted(references, key=lambda r: (r.image_id, r.kind, r.where)):
+        if ref.kind == SHARED:
+            out.setdefault(canonical.get(ref.image_id, ref.image_id), []).append(ref.reason())
     return out
 
 
@@ -196,11 +221,17 @@ def plan(
     leftovers: Sequence[Leftover] = (),
     failed_logs_days: int = 14,
     leftover_hours: int = 6,
+    shared_may_go: Iterable[str] = (),
 ) -> Plan:
-    """One decision per image (sorted by name, creation, id) and one per leftover."""
+    """One decision per image (sorted by name, creation, id) and one per leftover. An image
+    that is shared (a `shared` reference) is kept unless its name is in `shared_may_go`;
+    then a decision that changes it names the shares that go with it."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    protected = protections(images, references, channels)
+    references = list(references)
+    may_go = set(shared_may_go)
+    protected = protections(images, references, channels, may_go)
+    shared = shares(images, references)
     ordered = sorted(images, key=lambda i: (i.name, i.created, i.id))
 
     # the newest `keep` validated images of each name, and when each older one was superseded
@@ -221,6 +252,8 @@ def plan(
                 superseded[img.id] = (pusher.created, keep)
 
     decisions = [_decide(img, protected, newest, superseded, policy, now) for img in ordered]
+    decisions = [replace(d, reason=f"{d.reason}; {', '.join(shared[d.image_id])} ({d.name} is in shared_may_go)")
+                 if d.changes and d.image_id in shared else d for d in decisions]
     return Plan(now, tuple(decisions), tuple(_leftovers(leftovers, now, failed_logs_days, leftover_hours)))
 
 
@@ -304,5 +337,5 @@ def applied(images: Sequence[Image], result: Plan) -> list[Image]:
     return out
 
 
-__all__ = ["ACTIONS", "DELETE", "DEPRECATE", "DISABLE", "KEEP", "QUARANTINED", "Decision", "Image",
-           "Leftover", "Plan", "Reference", "applied", "parse_time", "plan", "protections"]
+__all__ = ["ACTIONS", "DELETE", "DEPRECATE", "DISABLE", "KEEP", "QUARANTINED", "SHARED", "Decision", "Image",
+           "Leftover", "Plan", "Reference", "applied", "parse_time", "plan", "protections", "shares"]

@@ -196,6 +196,10 @@ class ImageRetention(_Model):
                       delete_after=self.delete_after)
 
 
+LOCAL_SEARCH = ("store", "base-cache", "/var/lib/libvirt/images", "/etc/libvirt/qemu", "running")
+LOCAL_SEARCH_WORDS = ("store", "base-cache", "running")
+
+
 class RetentionSettings(_Model):
     """`extra.retention`: what `invoke gc` keeps, per image name, and the kept bake logs."""
 
@@ -207,6 +211,15 @@ class RetentionSettings(_Model):
         default=6, ge=0, description="AWS leftovers (a killed validation's or build's instance, key pair and "
         "security group; an aborted rotation's launch-template version) younger than this are kept: "
         "their run may still be going")
+    shared_may_go: list[str] = Field(
+        default_factory=list, description="image names whose AMIs may be collected while shared with other "
+        "accounts, organisations, OUs, the public or through RAM (disabling one takes their access away; "
+        "`invoke gc --restore` does not give it back): without it a shared AMI is always kept")
+    local_search: list[str] = Field(
+        default_factory=lambda: list(LOCAL_SEARCH), description="where local gc looks for the disks and VM "
+        "definitions that use an image: `store`, `base-cache`, `running` (the /proc command lines of QEMU "
+        "processes, libvirt's domains included) and absolute directories (qcow2 files under them, libvirt "
+        "domain XML in them); a disk whose backing chain reaches an image keeps it")
 
 
 class WebhookSpec(_Model):

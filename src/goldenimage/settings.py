@@ -18,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .channels import CHANNEL_RE
 from .errors import ConfigError, NotFoundError
 from .paths import default_report_dir
-from .sections import DEFAULT_REGION, AwsSettings, NightlySettings, RetentionSettings, SandboxSettings
+from .sections import (
+    DEFAULT_REGION,
+    LOCAL_SEARCH_WORDS,
+    AwsSettings,
+    NightlySettings,
+    RetentionSettings,
+    SandboxSettings,
+)
 
 if TYPE_CHECKING:
     from .rotation.policy import GroupPolicy
@@ -154,6 +161,18 @@ class Environment:
                 raise ConfigError(
                     f"{self.rel(self.settings_file)}: field extra.retention.images.{name}: "
                     f"unknown image {name!r} (known: {', '.join(sorted(self.settings.images))})"
+                )
+        for i, name in enumerate(result.shared_may_go):
+            if name not in self.settings.images:
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.retention.shared_may_go[{i}]: "
+                    f"unknown image {name!r} (known: {', '.join(sorted(self.settings.images))})"
+                )
+        for i, place in enumerate(result.local_search):
+            if place not in LOCAL_SEARCH_WORDS and not place.startswith(("/", "~")):
+                raise ConfigError(
+                    f"{self.rel(self.settings_file)}: field extra.retention.local_search[{i}]: {place!r} is "
+                    f"neither an absolute directory nor one of {', '.join(LOCAL_SEARCH_WORDS)}"
                 )
         return result
 

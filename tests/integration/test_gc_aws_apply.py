@@ -15,7 +15,7 @@ from goldenimage.aws import collect
 from goldenimage.aws.clients import AwsContext, Clients
 from goldenimage.aws.target import AwsTarget
 from goldenimage.models import CREATED_TAG, ENV_TAG, FINGERPRINT_TAG, NAME_TAG, STATUS_TAG
-from goldenimage.sections import ImageRetention
+from goldenimage.sections import ImageRetention, RetentionSettings
 from goldenimage.settings import load_environment
 from tests.conftest import ROOT
 from tests.integration.test_aws_references import validated_tags, world
@@ -234,7 +234,7 @@ def test_a_failure_on_one_image_is_reported_and_the_others_go_on(
     target = AwsTarget(load_environment("aws", ROOT), clients=aws_clients)
     monkeypatch.setattr(gc, "target_for", lambda env: target)
     monkeypatch.setattr(type(target.env), "retention", property(
-        lambda self: type("P", (), {"images": POLICY, "failed_logs_days": 14, "leftover_hours": 6})()))
+        lambda self: RetentionSettings(images=POLICY)))
     _run(target, NOW)
     ec2 = aws_clients.ec2
     real = ec2.disable_image

@@ -27,7 +27,7 @@ from goldenimage.errors import OperationFailed
 from goldenimage.models import BUILD_TAG, CREATED_TAG, ROTATION_STATE_PREFIX, ROTATION_VERSION_DESCRIPTION
 from goldenimage.progress import Reporter
 from goldenimage.sandbox.target import SandboxTarget
-from goldenimage.sections import ImageRetention
+from goldenimage.sections import ImageRetention, RetentionSettings
 from goldenimage.settings import load_environment
 from tests.conftest import ROOT
 
@@ -178,8 +178,7 @@ def test_gc_apply_removes_exactly_the_planned_leftovers(
     target = _target(aws_clients)
     monkeypatch.setattr(gc, "target_for", lambda env: target)
     monkeypatch.setattr(type(target.env), "retention", property(
-        lambda self: type("P", (), {"images": {"web": ImageRetention()}, "failed_logs_days": 14,
-                                    "leftover_hours": HOURS})()))
+        lambda self: RetentionSettings(images={"web": ImageRetention()}, leftover_hours=HOURS)))
     stub_version_deletes.add_response(
         "delete_launch_template_versions",
         {"SuccessfullyDeletedLaunchTemplateVersions": [{"LaunchTemplateId": w["web"], "VersionNumber": 3}],

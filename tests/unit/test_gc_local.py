@@ -338,3 +338,113 @@ def test_a_parent_with_a_registered_child_is_kept(root: Path, store: LocalStore)
     assert got["web-4"] == "keep: parent of other-1"
     assert got["web-5"].startswith("deprecate:")  # no child: collected as before
     assert run_gc(root, apply=True)["changes"] and store.get("web-4").extra.get("stage") is None
+
+
+def _search(root: Path, *places: str) -> None:
+    settings = root / "inventories" / "local" / "goldenimage.yml"
+    listed = ", ".join(json.dumps(p) for p in places)
+    settings.write_text(settings.read_text().replace("    failed_logs_days: 10\n",
+                                                     f"    failed_logs_days: 10\n    local_search: [{listed}]\n"))
+
+
+def test_an_overlay_kept_in_a_searched_place_protects_through_its_whole_chain(
+        root: Path, store: LocalStore, tmp_path: Path) -> None:
+    """A stopped VM's overlay outside the store (a libvirt pool, say) keeps the image it backs
+    onto, also through an overlay on an overlay; on main only the store and base cache were
+    searched and web-4/web-5 were deprecated."""
+    world(store)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    qcow2_backed_by(pool / "vm.qcow2", str(store.images_dir / "web-4" / "disk.qcow2"))
+    qcow2_backed_by(pool / "mid.qcow2", str(store.images_dir / "web-5" / "disk.qcow2"))
+    qcow2_backed_by(pool / "top.qcow2", "mid.qcow2")
+    _search(root, "store", "base-cache", str(pool))
+    got = actions(run_gc(root))
+    assert got["web-4"] == f"keep: backing file of {pool / 'vm.qcow2'}"
+    assert got["web-5"] == f"keep: backing file of {pool / 'mid.qcow2'}"
+    pool_only = tmp_path / "pool2"
+    pool_only.mkdir()
+    (pool / "mid.qcow2").rename(pool_only / "mid.qcow2")  # top.qcow2's chain now breaks: web-5 goes
+    assert actions(run_gc(root))["web-5"].startswith("deprecate:")
+
+
+def test_a_libvirt_domain_definition_protects_the_disk_it_names(root: Path, store: LocalStore,
+                                                                tmp_path: Path) -> None:
+    """A VM defined in libvirt (running or not) whose disk is an overlay of web-4 keeps it."""
+    world(store)
+    pool, defs = tmp_path / "images", tmp_path / "qemu"
+    pool.mkdir()
+    defs.mkdir()
+    qcow2_backed_by(pool / "db.qcow2", str(store.images_dir / "web-4" / "disk.qcow2"))
+    (defs / "db.xml").write_text(
+        "<domain type='kvm'><name>db</name><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{pool / 'db.qcow2'}'/></disk></devices></domain>")
+    _search(root, "store", str(defs))
+    assert actions(run_gc(root))["web-4"] == f"keep: vm definition {defs / 'db.xml'} (disk {pool / 'db.qcow2'})"
+
+
+def test_the_default_search_places(root: Path) -> None:
+    from goldenimage.settings import load_environment
+    from goldenimage.targets.local import LocalTarget
+
+    places = LocalTarget(load_environment("local", root)).gc_search()
+    assert list(places) == ["store", "base-cache", "/var/lib/libvirt/images", "/etc/libvirt/qemu", "running"]
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("    shared_may_go: [web, nope]\n", "extra.retention.shared_may_go[1]: unknown image 'nope' (known: "),
+    ("    local_search: [store, pools/vm]\n", "extra.retention.local_search[1]: 'pools/vm' is neither"),
+])
+def test_a_bad_shared_or_search_setting_is_exit_2_with_one_line(
+        root: Path, text: str, field: str, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = root / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text().replace("    failed_logs_days: 10\n", "    failed_logs_days: 10\n" + text))
+    with pytest.raises(SystemExit) as exc:
+        cli.run(lambda rep: gc.gc("local", False, rep, root=root, now=NOW))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: inventories/local/goldenimage.yml: field " + field), err
+
+
+def test_a_second_gc_apply_exits_at_once_naming_the_holder(root: Path, store: LocalStore,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """While one `gc --apply` holds the environment's lock, a second one changes nothing and
+    says in one line who holds it (exit 1); on main both ran."""
+    from goldenimage.locks import FileLock
+
+    world(store)
+    first = FileLock(store.root / "locks" / "gc-local.lock", "gc --apply")
+    assert first.try_acquire() is None
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.run(lambda rep: gc.gc("local", True, rep, root=root, now=NOW, lock_wait=0))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 1
+        assert len(err) == 1 and "gc --apply in local is already running" in err[0], err
+        assert f"pid {os.getpid()} (gc --apply) since " in err[0]
+        assert store.get("web-4").extra.get("stage") is None  # nothing was done
+    finally:
+        first.release()
+    r = run_gc(root, apply=True)
+    assert {a["outcome"] for a in r["applied"]} == {"done"}
+
+
+def test_an_image_removed_by_someone_else_is_already_gone_not_a_failure(
+        root: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed after the gathering, before its step: `gone`, exit 0 (on main: failed, exit 1)."""
+    from goldenimage.targets.local import LocalTarget
+
+    world(store)
+    real = LocalTarget.gc_world
+
+    def gathered_then_removed(self: LocalTarget) -> Any:
+        w = real(self)
+        store.remove("web-4", lambda: None)
+        return w
+
+    monkeypatch.setattr(LocalTarget, "gc_world", gathered_then_removed)
+    r = run_gc(root, apply=True)
+    outcome = {a["image_id"]: a["outcome"] for a in r["applied"]}
+    assert outcome["web-4"] == "gone"
+    assert r.get("exit_code", 0) == 0
+    assert "already gone: deprecate web-4" in "\n".join(gc.human_gc(r))

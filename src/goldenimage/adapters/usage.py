@@ -1,12 +1,15 @@
-"""Who uses a local disk image: running QEMU processes and qcow2 files backing onto it.
+"""Who uses a local disk image: running QEMU processes (libvirt's domains are QEMU
+processes too), libvirt domain definitions, and qcow2 files whose backing chain reaches it.
 
-`invoke gc` gathers these once per run, and again right before each delete, so that an
-image a VM boots from or an overlay builds on is never removed.
+`invoke gc` gathers these once per run, and again right before each step, in the places
+`extra.retention.local_search` names, so that an image a VM boots from or an overlay builds
+on is never removed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -102,7 +105,8 @@ def qcow2_backing_file(path: Path) -> Path | None:
 
 
 def backing_references(images: Mapping[str, Path], roots: Iterable[Path]) -> list[Reference]:
-    """A reference for each qcow2 under `roots` that backs onto an image's disk."""
+    """A reference for each qcow2 under `roots` whose backing chain (overlay on overlay on
+    ...) reaches an image's disk."""
     by_disk: dict[Path, str] = {}
     for image_id, disk in images.items():
         by_disk[Path(os.path.realpath(disk))] = image_id
@@ -111,18 +115,59 @@ def backing_references(images: Mapping[str, Path], roots: Iterable[Path]) -> lis
     for root in roots:
         if not root.is_dir():
             continue
-        for f in sorted(root.rglob("*.qcow2")):
+        for f in sorted(_walk(root, "*.qcow2")):
             real = Path(os.path.realpath(f))
-            if real in seen:
+            if real in seen or real in by_disk:
                 continue
             seen.add(real)
-            backing = qcow2_backing_file(f)
-            if backing is None:
-                continue
-            used = by_disk.get(Path(os.path.realpath(backing)))
-            if used is not None and real not in by_disk:
-                refs.append(Reference(used, "backing file of", str(f)))
+            for link in _backing_chain(f)[1:]:
+                used = by_disk.get(link)
+                if used is not None:
+                    refs.append(Reference(used, "backing file of", str(f)))
+                    break
     return refs
+
+
+def _walk(root: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` under `root`; a directory that cannot be read is passed over."""
+    out = []
+    try:
+        for f in root.rglob(pattern):
+            try:
+                if f.is_file():
+                    out.append(f)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+_SOURCE_FILE = re.compile(r"""<source\b[^>]*\bfile\s*=\s*(["'])(.*?)\1""")
+
+
+def domain_references(images: Mapping[str, Path], roots: Iterable[Path]) -> list[Reference]:
+    """A reference for each libvirt domain definition (`*.xml` with a `<domain`, e.g. under
+    /etc/libvirt/qemu: a VM defined there, running or not) whose disks (`<source file=...>`)
+    are an image's disk or back onto it."""
+    by_disk = {Path(os.path.realpath(d)): i for i, d in images.items()}
+    refs: set[Reference] = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for f in sorted(_walk(root, "*.xml")):
+            try:
+                text = f.read_text(errors="replace")
+            except OSError:
+                continue
+            if "<domain" not in text:
+                continue
+            for _, disk in _SOURCE_FILE.findall(text):
+                for link in _backing_chain(Path(disk)):
+                    used = by_disk.get(link)
+                    if used is not None:
+                        refs.add(Reference(used, "vm definition", f"{f} (disk {disk})"))
+    return sorted(refs, key=lambda r: (r.image_id, r.where))
 
 
 def tree_size(path: Path) -> int:

@@ -30,6 +30,7 @@ IAM_PREFIX = {
     "elbv2": "elasticloadbalancing",
     "sts": "sts",
     "iam": "iam",
+    "ram": "ram",
 }
 
 Hook = Callable[..., Any]

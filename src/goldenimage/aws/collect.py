@@ -7,7 +7,7 @@ region (disabled ones too) maps is never deleted. The stage and when it was reac
 recorded in the AMI's tags (`goldenimage:gc-stage`, `goldenimage:gc-stage-at`), which the
 planner reads. `restore` takes a deprecate/disable stage back in every region.
 
-The caller re-gathers the uses right before each step (`AwsSide.gc_apply`).
+The caller looks again at the uses right before each step (`AwsSide.gc_recheck`, `gc_apply`).
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def deprecate(clients: Clients, ami: str, now: datetime) -> None:
     _tag_stage(clients, ami, retention.DEPRECATED, now)
 
 
-def disable(clients: Clients, ami: str, now: datetime) -> None:
+def disable(clients: Clients, ami: str, now: datetime, before: dict[str, str] | None = None) -> None:
     """Disabled: no one can launch it; `restore` enables it again. The stage is recorded
     first, so a disabled AMI always says since when; if disabling fails, the stage it had
-    is written back (an AMI tagged disabled that is not would be deleted too early)."""
-    before = {t["Key"]: t["Value"] for t in (image(clients, ami) or {}).get("Tags", [])}
+    is written back (an AMI tagged disabled that is not would be deleted too early).
+    `before`: the AMI's tags as just described (else described now)."""
+    if before is None:
+        before = {t["Key"]: t["Value"] for t in (image(clients, ami) or {}).get("Tags", [])}
     _tag_stage(clients, ami, retention.DISABLED, now)
     try:
         clients.ec2.disable_image(ImageId=ami)
@@ -72,30 +74,45 @@ def disable(clients: Clients, ami: str, now: datetime) -> None:
         raise
 
 
-def own_snapshots(clients: Clients, ami: str) -> tuple[list[str], list[str]]:
-    """(the AMI's snapshots no other AMI of the region maps, the ones another AMI maps),
-    from every AMI the account owns there (disabled ones too), page by page."""
-    mine: set[str] = set()
-    others: set[str] = set()
+def snapshot_map(clients: Clients) -> dict[str, set[str]]:
+    """{AMI: the snapshots it maps} over every AMI the account owns in the region (disabled
+    ones too), page by page."""
+    out: dict[str, set[str]] = {}
     for page in clients.ec2.get_paginator("describe_images").paginate(Owners=["self"], IncludeDisabled=True):
         for img in page.get("Images", []):
-            snaps = {m["Ebs"]["SnapshotId"] for m in img.get("BlockDeviceMappings", [])
-                     if m.get("Ebs", {}).get("SnapshotId")}
-            (mine if img["ImageId"] == ami else others).update(snaps)
+            out[img["ImageId"]] = {m["Ebs"]["SnapshotId"] for m in img.get("BlockDeviceMappings", [])
+                                   if m.get("Ebs", {}).get("SnapshotId")}
+    return out
+
+
+def own_snapshots(clients: Clients, ami: str, mapping: dict[str, set[str]] | None = None,
+                  ) -> tuple[list[str], list[str]]:
+    """(the AMI's snapshots no other AMI of the region maps, the ones another AMI maps),
+    from every AMI the account owns there (`mapping`: `snapshot_map` of a batch's look,
+    else listed now)."""
+    mapping = snapshot_map(clients) if mapping is None else mapping
+    mine = set(mapping.get(ami, set()))
+    others: set[str] = set()
+    for other, snaps in mapping.items():
+        if other != ami:
+            others |= snaps
     return sorted(mine - others), sorted(mine & others)
 
 
-def deregister(clients: Clients, ami: str) -> dict[str, Any]:
+def deregister(clients: Clients, ami: str, mapping: dict[str, set[str]] | None = None) -> dict[str, Any]:
     """Deregister the AMI and delete its own snapshots, never one another AMI maps. Real
     AWS deletes them with the deregistration (`DeleteAssociatedSnapshots`) when none is
-    shared; otherwise (or on the sandbox) they are deleted one by one afterwards."""
-    own, shared = own_snapshots(clients, ami)
+    shared (and never one another AMI uses, whatever was registered since `mapping`);
+    otherwise (or on the sandbox) they are deleted one by one afterwards."""
+    own, shared = own_snapshots(clients, ami, mapping)
     if not clients.ctx.is_sandbox and not shared:
         clients.ec2.deregister_image(ImageId=ami, DeleteAssociatedSnapshots=True)
     else:
         clients.ec2.deregister_image(ImageId=ami)
         for snap in own:
             clients.ec2.delete_snapshot(SnapshotId=snap)
+    if mapping is not None:
+        mapping.pop(ami, None)  # the batch's next delete no longer counts its snapshots as another's
     return {"snapshots": own, "kept_shared": shared}
 
 

@@ -71,6 +71,9 @@ ACTIONS: dict[str, str] = {
     "ec2:DeleteTags": "gc --restore: forget the AMI's gc stage",
     "ec2:DeleteLaunchTemplateVersions": "gc --apply: a launch-template version an aborted rotation made that nothing uses",
     "autoscaling:DescribeLaunchConfigurations": "gc: AMIs launch configurations use",
+    "ec2:DescribeImageAttribute": "gc: who else may launch an AMI gc would change (launch permissions)",
+    "ram:ListResources": "gc: AMIs the account shares through RAM resource shares",
+    "ssm:DeleteParameter": "gc --apply / --restore: release the environment's gc lock (a parameter below the prefix)",
     "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
 }

@@ -12,8 +12,12 @@ A launch template that names a parameter (`resolve:ssm:`) counts for the AMI the
 (or the version it pins) holds: real AWS resolves it (`ResolveAlias`); where the answer
 still names the parameter (moto), it is resolved here from the parameter's history. On
 real AWS, `DescribeImageReferences` with full launch-template depth is asked as a second
-opinion (`second_opinion`; moto lacks it, so never on the sandbox endpoint). The result
-is plain data (`retention.Reference`) for the pure planner.
+opinion (`second_opinion`; moto lacks it, so never on the sandbox endpoint). An AMI shared
+with other accounts, organisations, OUs or the public (its launch permissions, asked per AMI
+the plan would change: `launch_permissions`; public is in DescribeImages already), or
+through a RAM resource share (`ram_shares`, where the account's RAM answers), is a
+reference of kind `shared`. The result is plain data (`retention.Reference`) for the pure
+planner.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
+
 from ..models import CURRENT_IMAGE_TAG, PREVIOUS_IMAGE_TAG
-from ..retention import Reference
+from ..retention import SHARED, Reference
 from .clients import Clients
+from .errors import error_code
 
 ROTATION_TAGS = {PREVIOUS_IMAGE_TAG: "previous image", CURRENT_IMAGE_TAG: "current image"}
 
@@ -184,11 +191,11 @@ def parameters(clients: Clients, history: ParameterHistory | None = None) -> lis
     return out
 
 
-def second_opinion(clients: Clients, image_ids: list[str]) -> list[Reference]:
+def second_opinion(clients: Clients, image_ids: list[str], *, force: bool = False) -> list[Reference]:
     """AWS's own `DescribeImageReferences` for `image_ids`, launch templates checked to full
     depth (10,000 versions, not the default 10) and instances in any state but terminated.
-    Real AWS only: moto lacks it, so the sandbox endpoint is never asked."""
-    if clients.ctx.is_sandbox:
+    Real AWS only: moto lacks it, so the sandbox endpoint is never asked (unless `force`)."""
+    if clients.ctx.is_sandbox and not force:
         return []
     out = []
     types = [{"ResourceType": "ec2:Instance",
@@ -204,6 +211,136 @@ def second_opinion(clients: Clients, image_ids: list[str]) -> list[Reference]:
                           ImageIds=ids[i:i + REFERENCE_BATCH], ResourceTypes=types):
             out.append(Reference(ref["ImageId"], "image reference", f"{ref.get('ResourceType', '?')} {ref.get('Arn', '')}"))
     return out
+
+
+def latest_versions(listing: Listing) -> dict[str, int]:
+    """{launch template id: its latest version number} as `listing` saw it."""
+    return {lt["LaunchTemplateId"]: int(lt.get("LatestVersionNumber", 0)) for lt, _ in listing.templates}
+
+
+class Recent(Listing):
+    """The listing of what could have appeared since an earlier look, for some AMIs only:
+    instances of those AMIs (a filtered listing), the launch-template versions newer than
+    the ones `seen` names ({template id: latest version seen}; every version of a template
+    created since; `seen` is brought up to date), and the groups (one listing: their
+    rotation tags and mixed-instances templates may have moved)."""
+
+    def __init__(self, clients: Clients, image_ids: list[str], seen: dict[str, int]) -> None:
+        super().__init__(clients)
+        self.image_ids = sorted(set(image_ids))
+        self.seen = seen
+
+    @cached_property
+    def instances(self) -> list[dict[str, Any]]:
+        filters = [{"Name": "instance-state-name", "Values": LIVE_STATES},
+                   {"Name": "image-id", "Values": self.image_ids}]
+        return [inst for r in _pages(self.clients.ec2, "describe_instances", "Reservations", Filters=filters)
+                for inst in r.get("Instances", [])
+                if inst.get("State", {}).get("Name", "") != "terminated"]
+
+    @cached_property
+    def templates(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        page = {"PageSize": SANDBOX_LT_PAGE if self.clients.ctx.is_sandbox else LT_PAGE}
+        out = []
+        for lt in _pages(self.clients.ec2, "describe_launch_templates", "LaunchTemplates", PaginationConfig=page):
+            lt_id, latest = lt["LaunchTemplateId"], int(lt.get("LatestVersionNumber", 0))
+            known = self.seen.get(lt_id, 0)
+            if latest <= known:
+                continue  # versions are never changed, only added (or deleted)
+            versions = _pages(self.clients.ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
+                              LaunchTemplateId=lt_id, ResolveAlias=True, PaginationConfig=page,
+                              **({"MinVersion": str(known + 1)} if known else {}))
+            out.append((lt, [v for v in versions if int(v.get("VersionNumber", 0)) > known]))
+            self.seen[lt_id] = latest
+        return out
+
+
+def since_last_look(clients: Clients, image_ids: list[str], seen: dict[str, int], *,
+                    instances_too: bool = True) -> list[Reference]:
+    """The cheap check right before one step: launch-template versions added since `seen`
+    (one DescribeLaunchTemplates; versions only of templates that grew) and, with
+    `instances_too`, instances of `image_ids` (one filtered DescribeInstances)."""
+    delta = Recent(clients, image_ids, seen)
+    refs, _ = launch_templates(clients, ParameterHistory(clients), delta)
+    if instances_too:
+        refs += instances(clients, delta)
+    wanted = set(image_ids)
+    return [r for r in refs if r.image_id in wanted]
+
+
+def recent(clients: Clients, image_ids: list[str], since: Listing, seen: dict[str, int], *,
+           references_api: bool = False) -> list[Reference]:
+    """The uses of `image_ids` that may have appeared since `since` was listed (`seen`: the
+    latest launch-template versions looked at since, brought up to date), at the cost of
+    what changed: AWS's `DescribeImageReferences` for the AMIs (instances, every
+    launch-template version, SSM parameters: `references_api`), else the instances of
+    those AMIs, the launch-template versions added since, and the SSM parameters; in both
+    cases the groups' rotation tags and mixed-instances templates, and launch
+    configurations (DescribeImageReferences does not look at those)."""
+    history = ParameterHistory(clients)
+    delta = Recent(clients, image_ids, seen)
+    _, old_templates = launch_templates(clients, history, since)
+    if references_api:
+        found = second_opinion(clients, image_ids, force=True)
+        new_templates: dict[str, list[str]] = {}
+    else:
+        templates, new_templates = launch_templates(clients, history, delta)
+        found = [*instances(clients, delta), *templates, *parameters(clients, history)]
+    by_template = {k: [*old_templates.get(k, []), *new_templates.get(k, [])]
+                   for k in {*old_templates, *new_templates}}
+    wanted = set(image_ids)
+    return [r for r in [*found, *launch_configurations(clients), *groups(clients, by_template, delta)]
+            if r.image_id in wanted]
+
+
+def _whom(permission: dict[str, Any]) -> str:
+    if permission.get("Group") == "all":
+        return "with the public (launch permission group all)"
+    if permission.get("UserId"):
+        return f"with account {permission['UserId']}"
+    if permission.get("OrganizationArn"):
+        return f"with organization {permission['OrganizationArn']}"
+    if permission.get("OrganizationalUnitArn"):
+        return f"with OU {permission['OrganizationalUnitArn']}"
+    return f"with {permission}"
+
+
+def public(image: dict[str, Any]) -> list[Reference]:
+    """A public AMI (DescribeImages says so: no extra request)."""
+    return [Reference(image["ImageId"], SHARED, _whom({"Group": "all"}))] if image.get("Public") else []
+
+
+def launch_permissions(clients: Clients, image_ids: list[str]) -> list[Reference]:
+    """Who else may launch each AMI (DescribeImageAttribute launchPermission: accounts,
+    organisations, OUs, the public): one request per AMI, so only for the AMIs a plan would
+    change. An AMI gone meanwhile has none."""
+    out = []
+    for ami in image_ids:
+        try:
+            perms = clients.ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")
+        except ClientError as exc:
+            if error_code(exc).startswith("InvalidAMIID"):
+                continue
+            raise
+        out += [Reference(ami, SHARED, _whom(p)) for p in perms.get("LaunchPermissions", [])]
+    return out
+
+
+def ram_shares(clients: Clients) -> tuple[list[Reference], str | None]:
+    """AMIs this account shares through AWS RAM resource shares (ListResources, resources the
+    account owns, page by page), and a note when RAM could not be asked (no permission, or
+    an endpoint without it, as moto's): then only launch permissions are seen."""
+    out = []
+    try:
+        for page in clients.client("ram").get_paginator("list_resources").paginate(resourceOwner="SELF"):
+            for res in page.get("resources", []):
+                arn = str(res.get("arn", ""))
+                if ":image/ami-" in arn and res.get("status", "AVAILABLE") == "AVAILABLE":
+                    out.append(Reference(arn.rsplit("/", 1)[1], SHARED,
+                                         f"through RAM share {res.get('resourceShareArn', '?')}"))
+    except (ClientError, BotoCoreError) as exc:
+        return [], f"AMIs shared through RAM not checked: {exc}"
+    return out, None
 
 
 def gather(clients: Clients, image_ids: list[str] | None = None, listing: Listing | None = None,

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped, unused-ignore]
 
 from .. import ancestry, fingerprint, retention
 from ..adapters.packer import read_manifest
 from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
-from ..models import ENV_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
+from ..locks import Lock
+from ..models import ENV_TAG, PARENT_ID_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
 from ..paths import store_dir
 from ..progress import Reporter
 from ..sections import AwsSettings, BaseAmiSpec
@@ -43,11 +45,14 @@ from . import collect, leftovers, references
 from .ami import packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
-from .errors import aws_errors
+from .errors import aws_errors, error_code
+from .lock import ParameterLock
 from .registry import AwsRegistry
 from .validate import RemoteCheck, TestinfraCheck, validate_ami
 
 SOURCE = "amazon-ebs.aws"
+# how an endpoint without DescribeImageReferences answers it: an error, or (moto) an HTTP 500 page
+NO_REFERENCES_API = (ClientError, BotoCoreError, ResponseParserError, NotImplementedError)
 PACKER_GRACE = 600.0  # an interrupted Packer terminates its instance and waits for it
 _ARTIFACT = re.compile(r"^([a-z0-9-]+):(ami-[0-9a-f]+)$")
 
@@ -71,6 +76,7 @@ class AwsSide(Target):
     """The AWS-side half of the aws and sandbox targets."""
 
     gc_applies = True
+    gc_batch = 20  # one fresh look per 20 steps (DescribeImageReferences: 10 AMIs a request)
 
     def __init__(self, env: Environment, *, clients: Clients | None = None,
                  check: RemoteCheck | None = None) -> None:
@@ -137,37 +143,43 @@ class AwsSide(Target):
         """The environment's AMIs in its region (disabled ones too), what uses any AMI there
         (`aws.references`, each source listed once), every channel's history, and what a
         killed validation or build, or an aborted rotation, left there (`aws.leftovers`, from
-        the same listing)."""
+        the same listing). Public AMIs and AMIs shared through RAM are references too (who
+        else may launch an AMI the plan would change: `gc_shares`)."""
         reg = self.registry()
         ec2 = self.clients.ec2
         pages = ec2.get_paginator("describe_images").paginate(
             Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{ENV_TAG}", "Values": [self.env.name]}])
-        images, local_ids, records = [], {}, []
+        images, local_ids, records, shared = [], {}, [], []
         for page in pages:
             for img in page.get("Images", []):
                 rec = reg.record(img)
                 records.append(rec.summary())
-                tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
-                stage = tags.get(GC_STAGE_TAG) or None
-                if img.get("State") == "disabled":
-                    stage = "disabled"
                 if rec.extra.get("local_id"):
                     local_ids[str(rec.extra["local_id"])] = rec.id
-                created = retention.parse_time(rec.created)
-                if created is None:
-                    continue  # not an image of ours that says when it was made: never collected
-                size = sum(int(m.get("Ebs", {}).get("VolumeSize", 0)) for m in img.get("BlockDeviceMappings", []))
-                images.append(retention.Image(
-                    id=rec.id, name=rec.name, status=rec.status, created=created, stage=stage,
-                    stage_at=retention.parse_time(tags.get(GC_STAGE_AT_TAG)),
-                    revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30))
-        channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
-                    for name in sorted(self.env.settings.images)}
+                shared += references.public(img)
+                one = _retention_image(rec, img)
+                if one is not None:
+                    images.append(one)
+        channels = self._channels(reg, sorted(self.env.settings.images))
         listing = references.Listing(self.clients)  # one listing for the references and the leftovers
-        uses = [*self.gc_references([i.id for i in images], local_ids, listing), *_children(records)]
+        ram, note = references.ram_shares(self.clients)
+        uses = [*self.gc_references([i.id for i in images], local_ids, listing), *_children(records), *shared, *ram]
+        self._gathered = listing
+        self._ram = note is None
         return GcWorld(images, uses, channels,
                        leftovers.gather(self.clients, listing),
-                       {"region": self.clients.ctx.region, "copy_regions": self.copy_regions()})
+                       {"region": self.clients.ctx.region, "copy_regions": self.copy_regions(),
+                        **({"notes": [note]} if note else {})})
+
+    def _channels(self, reg: AwsRegistry, names: Iterable[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))} for name in names}
+
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
+        """The launch permissions of each image the plan would change (DescribeImageAttribute:
+        other accounts, organisations, OUs, the public), one request per image; not of a
+        disabled one (disabling an AMI takes all its launch permissions away)."""
+        return references.launch_permissions(
+            self.clients, [d.image_id for d in decisions if d.stage != retention.DISABLED])
 
     def copy_regions(self) -> list[str]:
         """The other regions the environment's AMIs are copied to (extra.aws.ami_regions)."""
@@ -188,9 +200,10 @@ class AwsSide(Target):
                     out[img["ImageId"]] = home
         return out
 
-    def _everywhere(self, image_id: str) -> list[tuple[str, str]]:
-        """[(region, AMI)] of the image: its copies in the copy regions, then the home AMI."""
-        img = collect.image(self.clients, image_id)
+    def _everywhere(self, image_id: str, img: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """[(region, AMI)] of the image: its copies in the copy regions, then the home AMI
+        (`img`: the home AMI as just described, else described now)."""
+        img = img or collect.image(self.clients, image_id)
         if img is None:
             raise NotFoundError(f"{image_id} is not in {self.clients.ctx.region} (deleted since the plan?)")
         local_id = {t["Key"]: t["Value"] for t in img.get("Tags", [])}.get(TAG + "local-id", "")
@@ -200,50 +213,140 @@ class AwsSide(Target):
                 out += [(region, copy) for copy in sorted(self.copies(region, {local_id: image_id}))]
         return [*out, (self.clients.ctx.region, image_id)]
 
+    def gc_recheck(self, decisions: list[retention.Decision]) -> Fresh:
+        """One fresh look at the batch's AMIs right before their steps, at the cost of what
+        could have changed since the run's gathering, not of everything: the AMIs themselves
+        (gone? their stage; public?), their launch permissions, images built on them, the channels of their names, their uses
+        that may have appeared since (`references.recent`: DescribeImageReferences where AWS
+        answers it, else instances of these AMIs, launch-template versions added since,
+        parameters), RAM shares, and every use of their copies in the copy regions."""
+        fresh = self._fresh(sorted({d.image_id for d in decisions}))
+        if any(d.action == retention.DELETE for d in decisions):  # one listing for the batch's deletes
+            fresh = dataclasses.replace(fresh, snapshots=collect.snapshot_map(self.clients))
+        return fresh
+
     # named apart from LocalTarget._still_used: the sandbox inherits both, the local one first
     def _ami_still_used(self, image_id: str) -> str | None:
-        """Why the image must not be touched now (a channel, its rollback target, any use of
-        it or of a copy), gathered afresh; None if nothing uses it."""
-        reg = self.registry()
-        img = collect.image(self.clients, image_id)
-        if img is None:
-            return None
-        rec = reg.record(img)
-        local_ids = {str(rec.extra["local_id"]): image_id} if rec.extra.get("local_id") else {}
-        channels = {name: {c: reg.history(name, c) for c in sorted(reg.channels(name))}
-                    for name in sorted(self.env.settings.images)}
-        fresh = retention.Image(id=image_id, name=rec.name, status=rec.status,
-                                created=retention.parse_time(rec.created) or datetime.now(UTC))
-        children = [c for c in _children(r.summary() for r in reg.list()) if c.image_id == image_id]
-        return retention.protections([fresh], [*self.gc_references([image_id], local_ids), *children],
-                                     channels).get(image_id)
+        """Why the image must not be touched now (`gc_recheck` of it alone); None: unused."""
+        return self._fresh([image_id]).used.get(image_id)
 
-    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
-        """One stage for every copy of the image, after the uses were gathered again; an image
-        used since the plan, or whose stage moved since (restored), is skipped. A failing AWS
-        call is an OperationFailed naming the region and AMI."""
+    def _fresh(self, ids: list[str]) -> Fresh:
+        reg = self.registry()
+        ec2 = self.clients.ec2
+        states: dict[str, dict[str, Any]] = {}
+        for page in ec2.get_paginator("describe_images").paginate(
+                Owners=["self"], IncludeDisabled=True, Filters=[{"Name": "image-id", "Values": ids}]):
+            for img in page.get("Images", []):
+                states[img["ImageId"]] = img
+        records = {i: reg.record(img) for i, img in states.items()}
+        children = []
+        for page in ec2.get_paginator("describe_images").paginate(
+                Owners=["self"], IncludeDisabled=True, Filters=[{"Name": f"tag:{PARENT_ID_TAG}", "Values": ids}]):
+            children += [reg.record(img).summary() for img in page.get("Images", [])]
+        names = sorted({r.name for r in records.values()})
+        channels = self._channels(reg, [n for n in names if n in self.env.settings.images])
+        since = getattr(self, "_gathered", None) or references.Listing(self.clients)
+        seen = references.latest_versions(since)
+        present = sorted(states)
+        uses = self._recent(present, since, seen) if present else []
+        uses += [s for i in present for s in references.public(states[i])]
+        may_go = set(self.env.retention.shared_may_go)
+        uses += references.launch_permissions(  # shared since the gathering (a disabled AMI cannot be)
+            self.clients, [i for i in present if states[i].get("State") != "disabled"
+                           and records[i].name not in may_go])
+        if getattr(self, "_ram", True):
+            uses += references.ram_shares(self.clients)[0]
+        local_ids = {str(r.extra["local_id"]): i for i, r in records.items() if r.extra.get("local_id")}
+        for region in self.copy_regions():
+            copies = self.copies(region, local_ids)
+            for r in references.gather(_in_region(self.clients, region), sorted(copies)):
+                if r.image_id in copies:
+                    uses.append(retention.Reference(copies[r.image_id], r.kind,
+                                                    f"{r.where} in {region} ({r.image_id})"))
+        fresh = [one for r, img in ((records[i], states[i]) for i in present)
+                 if (one := _retention_image(r, img, keep_undated=True)) is not None]
+        used = retention.protections(fresh, [*uses, *_children(children)], channels,
+                                     self.env.retention.shared_may_go)
+        return Fresh(states, used, frozenset(ids), seen=seen)
+
+    def _recent(self, image_ids: list[str], since: references.Listing, seen: dict[str, int],
+                ) -> list[retention.Reference]:
+        """`references.recent`, with AWS's DescribeImageReferences where it answers (never
+        tried on the sandbox: moto lacks it); an endpoint that lacks it is not asked again."""
+        if self._references_api():
+            try:
+                return references.recent(self.clients, image_ids, since, seen, references_api=True)
+            except NO_REFERENCES_API:
+                self._no_references_api = True
+        return references.recent(self.clients, image_ids, since, seen)
+
+    def _references_api(self) -> bool:
+        return not self.clients.ctx.is_sandbox and not getattr(self, "_no_references_api", False)
+
+    def _step_check(self, decision: retention.Decision, fresh: Fresh) -> str | None:
+        """Right before a destructive step (disable, delete): what could have appeared since
+        the batch's look, cheaply -- DescribeImageReferences of this AMI where AWS answers
+        it, else the launch-template versions added since the last look and (before a
+        disable: a disabled AMI cannot be launched) this AMI's instances; and before a
+        disable, its launch permissions now (unless its name is in shared_may_go)."""
+        image_id = decision.image_id
+        found: list[retention.Reference] = []
+        if self._references_api():
+            try:
+                found = references.second_opinion(self.clients, [image_id], force=True)
+            except NO_REFERENCES_API:
+                self._no_references_api = True
+        if not self._references_api():
+            found = references.since_last_look(self.clients, sorted(fresh.asked), fresh.seen,
+                                               instances_too=decision.action == retention.DISABLE)
+            found = [r for r in found if r.image_id == image_id or r.image_id in fresh.asked]
+            found = [r for r in found if r.kind != "instance" or r.image_id == image_id]
+        for r in found:
+            fresh.used.setdefault(r.image_id, r.reason())
+        if fresh.used.get(image_id):
+            return fresh.used[image_id]
+        if decision.action == retention.DISABLE and decision.name not in self.env.retention.shared_may_go:
+            shared = references.launch_permissions(self.clients, [image_id])
+            if shared:
+                return shared[0].reason()
+        return None
+
+    def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
+        """One stage for every copy of the image, right after a fresh look (`fresh`, the
+        batch's `gc_recheck`; else one for this image alone) and its launch permissions
+        now: an image used since the plan, shared (unless its name is in shared_may_go), or
+        whose stage moved since (restored) is skipped; one that is gone is `gone`. A failing
+        AWS call is an OperationFailed naming the region and AMI."""
         image_id, action = decision.image_id, decision.action
         if action not in (retention.DEPRECATE, retention.DISABLE, retention.DELETE):
             raise ValueError(f"not an action to carry out: {action}")
         try:
-            return self._gc_step(decision, now)
+            if not isinstance(fresh, Fresh) or image_id not in fresh.asked:
+                fresh = self.gc_recheck([decision])
+            return self._gc_step(decision, now, fresh)
         except (ClientError, BotoCoreError) as exc:  # a failed read: nothing of this image was changed
             raise OperationFailed(f"{action} {image_id}: {exc}") from exc
 
-    def _gc_step(self, decision: retention.Decision, now: datetime) -> Result:
+    def _gc_step(self, decision: retention.Decision, now: datetime, fresh: Fresh) -> Result:
         image_id, action = decision.image_id, decision.action
-        why = self._ami_still_used(image_id)
+        home = fresh.states.get(image_id)
+        if home is None:
+            return {"done": False, "gone": f"{image_id} is no longer registered in {self.clients.ctx.region}"}
+        why = fresh.used.get(image_id)
         if why:
             return {"done": False, "skipped": f"in use now: {why}"}
-        places = self._everywhere(image_id)
-        home = collect.image(self.clients, image_id) or {}
-        now_stage = retention.DISABLED if home.get("State") == "disabled" else (
-            {t["Key"]: t["Value"] for t in home.get("Tags", [])}.get(GC_STAGE_TAG) or None)
+        tags = {t["Key"]: t["Value"] for t in home.get("Tags", [])}
+        now_stage = retention.DISABLED if home.get("State") == "disabled" else (tags.get(GC_STAGE_TAG) or None)
         if now_stage != decision.stage:
             return {"done": False, "skipped": f"its stage is {now_stage or 'none'} now, "
                                               f"not {decision.stage or 'none'} as planned"}
         if action == retention.DELETE and home.get("State") != "disabled":
             return {"done": False, "skipped": "not disabled: only a disabled AMI is deleted"}
+        if action in (retention.DISABLE, retention.DELETE):
+            why = self._step_check(decision, fresh)
+            if why:
+                return {"done": False, "skipped": f"in use now: {why}"}
+        places = self._everywhere(image_id, home)
         done: list[str] = []
         for region, ami in places:
             c = _in_region(self.clients, region)
@@ -251,14 +354,26 @@ class AwsSide(Target):
                 if action == retention.DEPRECATE:
                     collect.deprecate(c, ami, now)
                 elif action == retention.DISABLE:
-                    collect.disable(c, ami, now)
+                    collect.disable(c, ami, now, tags if ami == image_id else None)
                 else:
-                    collect.deregister(c, ami)
-            except (ClientError, BotoCoreError) as exc:
+                    collect.deregister(c, ami, fresh.snapshots if c is self.clients else None)
+            except ClientError as exc:
+                if (ami == image_id and not done and error_code(exc).startswith("InvalidAMIID")
+                        and collect.image(c, ami) is None):  # removed by someone else since the look
+                    return {"done": False, "gone": f"{image_id} is no longer registered in {region}"}
+                raise OperationFailed(f"{action} {region}:{ami}: {exc}"
+                                      + (f" (done before it: {', '.join(done)})" if done else "")) from exc
+            except BotoCoreError as exc:
                 raise OperationFailed(f"{action} {region}:{ami}: {exc}"
                                       + (f" (done before it: {', '.join(done)})" if done else "")) from exc
             done.append(f"{region}:{ami}")
         return {"done": True, "where": done}
+
+    def gc_lock(self, command: str) -> Lock:
+        """An SSM parameter below the toolkit's prefix, per environment (`aws.lock`): it
+        holds across processes and machines that share the account."""
+        return ParameterLock(self.clients, f"{self.aws.parameter_prefix.rstrip('/')}/_locks/gc/{self.env.name}",
+                             command)
 
     def gc_restore(self, image_id: str) -> Result:
         """Enable the image again, take back its deprecation and forget its stage, in every
@@ -454,6 +569,34 @@ class AwsTarget(AwsSide):
 
     def quarantined(self, result: Result) -> str:
         return f"quarantined: tagged {STATUS_TAG}=quarantined in {', '.join(sorted(result['amis']))}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fresh:
+    """A batch's fresh look (`AwsSide.gc_recheck`): {AMI: as described now} (a missing one
+    is gone), {AMI: why it must stay}."""
+
+    states: dict[str, dict[str, Any]]
+    used: dict[str, str]
+    asked: frozenset[str] = frozenset()  # the AMIs it looked at
+    snapshots: dict[str, set[str]] | None = None  # {AMI: its snapshots} of the region, for deletes
+    seen: dict[str, int] = dataclasses.field(default_factory=dict)  # {template: latest version looked at}
+
+
+def _retention_image(rec: ImageRecord, img: dict[str, Any], keep_undated: bool = False) -> retention.Image | None:
+    """The AMI as retention sees it (None: it does not say when it was made: never collected)."""
+    tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+    stage = retention.DISABLED if img.get("State") == "disabled" else (tags.get(GC_STAGE_TAG) or None)
+    created = retention.parse_time(rec.created)
+    if created is None:
+        if not keep_undated:
+            return None
+        created = datetime.now(UTC)
+    size = sum(int(m.get("Ebs", {}).get("VolumeSize", 0)) for m in img.get("BlockDeviceMappings", []))
+    return retention.Image(
+        id=rec.id, name=rec.name, status=rec.status, created=created, stage=stage,
+        stage_at=retention.parse_time(tags.get(GC_STAGE_AT_TAG)),
+        revoked_at=retention.parse_time(rec.extra.get("revoked_at")), size=size << 30)
 
 
 def _children(records: Iterable[dict[str, Any]]) -> list[retention.Reference]:

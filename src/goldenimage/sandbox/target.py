@@ -21,6 +21,7 @@ from ..aws.registry import AwsRegistry
 from ..aws.target import AwsSide
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..errors import NotFoundError, OperationFailed
+from ..locks import Lock
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
@@ -118,12 +119,22 @@ class SandboxTarget(LocalTarget, AwsSide):
     # carries the plan out like target aws, never over the local store underneath them
     # (that would delete the qcow2s they came from).
     gc_applies = True
+    gc_batch = AwsSide.gc_batch
 
     def gc_world(self) -> GcWorld:
         return AwsSide.gc_world(self)
 
-    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
-        return AwsSide.gc_apply(self, decision, now)
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
+        return AwsSide.gc_shares(self, decisions)
+
+    def gc_recheck(self, decisions: list[retention.Decision]) -> Any:
+        return AwsSide.gc_recheck(self, decisions)
+
+    def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
+        return AwsSide.gc_apply(self, decision, now, fresh)
+
+    def gc_lock(self, command: str) -> Lock:
+        return AwsSide.gc_lock(self, command)
 
     def gc_restore(self, image_id: str) -> Result:
         return AwsSide.gc_restore(self, image_id)

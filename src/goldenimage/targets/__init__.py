@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from .. import retention
 from ..errors import ConfigError
 from ..fingerprint import FingerprintInput
+from ..locks import FileLock, Lock
 from ..models import ImageRecord
+from ..paths import store_dir
 from ..progress import Reporter
 from ..settings import Environment
 
@@ -170,10 +172,29 @@ class Target(ABC):
         """The images, their references and channels, and the leftovers, gathered now."""
         raise self.gc_not_built()
 
-    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+    gc_batch: ClassVar[int] = 10  # decisions re-checked together, right before their steps
+
+    def gc_shares(self, decisions: list[retention.Decision]) -> list[retention.Reference]:
+        """Who else may launch the images of these decisions (kind `shared`): asked only for
+        the images a plan would change. None on a target without sharing."""
+        return []
+
+    def gc_recheck(self, decisions: list[retention.Decision]) -> Any:
+        """One fresh look at what uses the images of a batch of decisions, right before their
+        steps (passed to `gc_apply`); None: `gc_apply` looks for itself."""
+        return None
+
+    def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
         """Carry out one decision (deprecate, disable, delete), re-checking right before that
-        nothing uses the image. Result: `done` True, or `skipped` with the use found."""
+        nothing uses the image (`fresh`: the batch's look from `gc_recheck`, plus the cheap
+        checks of what could have appeared since). Result: `done` True, or `skipped` with
+        the use found, or `gone` (someone else removed it already)."""
         raise self.gc_not_built("`invoke gc --apply`")
+
+    def gc_lock(self, command: str) -> Lock:
+        """The environment's gc lock (one `gc --apply` or `--restore` at a time): a lock file
+        under the local state; the AWS side holds one on the AWS side."""
+        return FileLock(store_dir() / "locks" / f"gc-{self.env.name}.lock", command)
 
     def gc_restore(self, image_id: str) -> Result:
         """Take back an image's deprecate/disable stage. Result: `stage` it had (None: none)."""

@@ -19,7 +19,7 @@ from typing import Any
 from .. import ancestry, drift, fingerprint, requirements, retention
 from ..adapters import baseimage, galaxy, imagefacts, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
-from ..errors import TemplateError
+from ..errors import NotFoundError, TemplateError
 from ..fsutil import atomic_write_json, sha256_file, tar_length
 from ..models import QUARANTINED, VALIDATED, ImageRecord
 from ..paths import base_cache_dir, store_dir
@@ -96,9 +96,26 @@ class LocalTarget(Target):
     def _uses(self, disks: dict[str, Path]) -> list[retention.Reference]:
         children = [retention.Reference(parent, "parent of", child)
                     for parent, child in ancestry.parent_uses(r.summary() for r in self.store.list())]
-        return [*usage.vm_references(disks),
-                *usage.backing_references(disks, [self.store.root, base_cache_dir()]),
+        places = self.gc_search()
+        return [*(usage.vm_references(disks) if "running" in places else []),
+                *usage.backing_references(disks, [p for p in places.values() if p is not None]),
+                *usage.domain_references(disks, [p for p in places.values() if p is not None]),
                 *(c for c in children if c.image_id in disks)]
+
+    def gc_search(self) -> dict[str, Path | None]:
+        """{place: directory} gc looks in for disks and VM definitions using an image
+        (`extra.retention.local_search`; `running`: QEMU processes, no directory)."""
+        out: dict[str, Path | None] = {}
+        for place in self.env.retention.local_search:
+            if place == "store":
+                out[place] = self.store.root
+            elif place == "base-cache":
+                out[place] = base_cache_dir()
+            elif place == "running":
+                out[place] = None
+            else:
+                out[place] = Path(place).expanduser()
+        return out
 
     def _still_used(self, image_id: str) -> str | None:
         """Why `image_id` must not be touched now (a channel, its rollback target, a VM, a
@@ -108,16 +125,21 @@ class LocalTarget(Target):
         img = retention.Image(id=rec.id, name=rec.name, status=rec.status, created=_time(rec.created))
         return retention.protections([img], self._uses({image_id: disk}), self.store.histories()).get(image_id)
 
-    def gc_apply(self, decision: retention.Decision, now: datetime) -> Result:
+    def gc_apply(self, decision: retention.Decision, now: datetime, fresh: Any = None) -> Result:
+        """One stage, re-checked under the store lock (the local look is cheap: `fresh` is not
+        used); an image removed meanwhile is `gone`."""
         image_id, action = decision.image_id, decision.action
-        if action == retention.DELETE:
-            why = self.store.remove(image_id, lambda: self._still_used(image_id))
-        elif action in (retention.DEPRECATE, retention.DISABLE):
-            stage = retention.NEXT[decision.stage][1]
-            assert stage is not None
-            why = self.store.set_stage(image_id, stage, now, still_used=lambda: self._still_used(image_id))
-        else:
+        if action not in (retention.DELETE, retention.DEPRECATE, retention.DISABLE):
             raise ValueError(f"not an action to carry out: {action}")
+        try:
+            if action == retention.DELETE:
+                why = self.store.remove(image_id, lambda: self._still_used(image_id))
+            else:
+                stage = retention.NEXT[decision.stage][1]
+                assert stage is not None
+                why = self.store.set_stage(image_id, stage, now, still_used=lambda: self._still_used(image_id))
+        except NotFoundError:
+            return {"done": False, "gone": f"{image_id} is no longer in {self.store.root}"}
         return {"done": False, "skipped": f"in use now: {why}"} if why else {"done": True}
 
     def gc_restore(self, image_id: str) -> Result:
