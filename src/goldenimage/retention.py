@@ -26,7 +26,10 @@ Rules, in order, for each image:
 Idempotence (`tests/unit/test_retention.py`): planning again at the same instant after
 applying a plan deletes nothing twice, keeps every kept image with the same reason, and
 moves an image one more stage only where that stage's grace is zero days. With every grace
-at least one day, the second plan changes nothing.
+at least one day, the second plan changes nothing. One thing can move: the "superseded"
+anchor of an older kept image is the creation of the `keep`-th image newer than it, so when
+one of those newer images is deleted the anchor becomes a later image's creation -- its
+deprecation comes later, never sooner (the anchor is computed, not recorded).
 """
 
 from __future__ import annotations

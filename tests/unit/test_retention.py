@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -273,6 +275,12 @@ def test_never_straight_to_delete(world: Any) -> None:
         assert d.action in ("keep", expected)
 
 
+def _days_ago(reason: str) -> int:
+    """How long ago a "keep: superseded ..." reason says the image was superseded, in days."""
+    said = reason.removeprefix("keep: superseded ").split(",")[0]
+    return 0 if said == "today" else int(said.split()[0])
+
+
 @settings(max_examples=300, deadline=None)
 @given(worlds())
 def test_applying_then_planning_again_moves_only_zero_grace_stages(world: Any) -> None:
@@ -289,6 +297,10 @@ def test_applying_then_planning_again_moves_only_zero_grace_stages(world: Any) -
     staged = {i.id: i for i in after}
     for d in second.decisions:
         if before[d.image_id].action == "keep":
+            if d.reason != before[d.image_id].reason:  # a newer image deleted: a later "superseded" anchor
+                assert deleted and d.reason.startswith("keep: superseded") and d.action == "keep", (d, before[d.image_id])
+                assert _days_ago(d.reason) <= _days_ago(before[d.image_id].reason)
+                d = replace(d, reason=before[d.image_id].reason)
             assert d == before[d.image_id]
         elif d.action != "keep":
             i = staged[d.image_id]
@@ -307,3 +319,23 @@ def test_with_graces_of_a_day_or_more_a_second_run_changes_nothing(world: Any) -
     first = rt.plan(images, refs, channels, policy, NOW)
     second = rt.plan(rt.applied(images, first), refs, channels, policy, NOW)
     assert not second.changes()
+
+
+def test_a_deleted_newer_image_moves_an_older_ones_superseded_anchor_later_never_sooner() -> None:
+    """The shrunk example hypothesis found: y (disabled, zero grace) is deleted; z, older,
+    had been superseded by x's arrival and is now superseded by n3's: a later anchor."""
+    policy = {"web": ImageRetention(keep=2, min_age_days=0, deprecate_after=2, disable_after=0, delete_after=0)}
+    day = timedelta(days=1)
+
+    def image(i: str, created: datetime, stage: str | None = None) -> rt.Image:
+        return rt.Image(id=i, name="web", status="validated", created=created, stage=stage,
+                        stage_at=NOW if stage else None)
+
+    images = [image("n1", NOW - timedelta(minutes=3)), image("n2", NOW - timedelta(minutes=4)),
+              image("n3", NOW - timedelta(minutes=6)), image("x", NOW - day),
+              image("y", NOW - day - timedelta(minutes=1), "disabled"), image("z", NOW - day - timedelta(minutes=2))]
+    first = rt.plan(images, [], {}, policy, NOW)
+    by_id = {d.image_id: d for d in first.decisions}
+    assert by_id["y"].action == "delete" and by_id["z"].reason.startswith("keep: superseded 1 day ago")
+    second = {d.image_id: d for d in rt.plan(rt.applied(images, first), [], {}, policy, NOW).decisions}
+    assert second["z"].action == "keep" and second["z"].reason.startswith("keep: superseded today")
