@@ -312,7 +312,7 @@ def _small_project(tmp_path: Path, playbook: str) -> Path:
 def test_failing_ansible_task_names_task_and_host(shared: dict[str, Path], tmp_path: Path) -> None:
     project = _small_project(tmp_path, (
         "- name: Broken image\n  hosts: all\n  become: true\n  tasks:\n"
-        "    - name: Fail on purpose\n      ansible.builtin.command: /bin/false\n"
+        "    - name: Fail on purpose\n      ansible.builtin.command: /bin/false\n      changed_when: false\n"
     ))
     home = tmp_path / "home"
     res = run_invoke("bake", root=project, env=env_for(shared, home))
