@@ -18,7 +18,7 @@ source "qemu" "local" {
   cpus             = var.cpus
   memory           = var.memory
   headless         = true
-  boot_wait        = "0s" # no boot command to type: poll SSH from the start
+  boot_wait        = "1s" # nothing to type; Packer reads "0s" as its default 10s
   vnc_bind_address = "127.0.0.1"
   cd_files         = var.seed_files
   cd_label         = "cidata"
