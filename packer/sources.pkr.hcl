@@ -18,6 +18,7 @@ source "qemu" "local" {
   cpus             = var.cpus
   memory           = var.memory
   headless         = true
+  boot_wait        = "1s" # nothing to type; Packer reads "0s" as its default 10s
   vnc_bind_address = "127.0.0.1"
   cd_files         = var.seed_files
   cd_label         = "cidata"
@@ -28,7 +29,7 @@ source "qemu" "local" {
   ssh_username         = var.ssh_username
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = var.ssh_timeout
-  shutdown_command     = "sudo shutdown -P now"
+  shutdown_command     = var.shutdown_command
   shutdown_timeout     = "5m"
 }
 

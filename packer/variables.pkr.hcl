@@ -72,6 +72,18 @@ variable "ssh_username" {
   default     = "gi"
 }
 
+variable "boot_analysis_file" {
+  type        = string
+  description = "Where the build VM's own account of its boot (systemd-analyze) is downloaded to."
+  default     = "boot-analysis.txt"
+}
+
+variable "boot_check" {
+  type        = string
+  description = "Space-separated <sha256>:<path> of the kernel and initrd the build VM was started with (direct kernel boot), checked on the booted disk; empty: nothing to check."
+  default     = ""
+}
+
 # --- local target (qemu) -----------------------------------------------------------------
 
 variable "base_image" {
@@ -156,6 +168,12 @@ variable "serial_log" {
   type        = string
   description = "File that receives the build VM's serial console."
   default     = "serial.log"
+}
+
+variable "shutdown_command" {
+  type        = string
+  description = "How the build VM stops; a direct kernel boot also removes the build user and its sudo rule here, after the last provisioner."
+  default     = "sudo shutdown -P now"
 }
 
 variable "extra_qemuargs" {

@@ -25,6 +25,7 @@ from .settings import Environment
 
 BUILD_USER = "gi"
 TIMINGS = "timings.json"  # beside build.log: where the build's time went (goldenimage.timing)
+BOOT_ANALYSIS = "build-boot.txt"  # in the workspace: the build VM's systemd-analyze (packer/build.pkr.hcl)
 BAKE_TOOLS = ("qemu-system-x86_64", "qemu-img", "genisoimage", "ssh", "ssh-keygen")  # packages: hostsetup.TOOLS
 
 
@@ -110,12 +111,14 @@ class NewImage:
 
 
 def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source: str, reporter: Reporter,
-                 *, grace: float = 90, extra_vars: dict[str, Any] | None = None, **values: Any) -> dict[str, Any]:
+                 *, grace: float = 90, extra_vars: dict[str, Any] | None = None,
+                 boot: dict[str, Any] | None = None, **values: Any) -> dict[str, Any]:
     """Stage the templates and the inventory in `ws`, write the build's variables (`values`
     are the source's own; `extra_vars` are more playbook variables, named `goldenimage_*`
     like the image's facts), then `packer validate` and `packer build -only=source`;
-    Packer's log is `ws/image/build.log`. Returns where the build's time went (`goldenimage.timing`),
-    also written to `ws/image/timings.json`, even when the build fails."""
+    Packer's log is `ws/image/build.log`. Returns where the build's time went (`goldenimage.timing`,
+    with the build VM's own account of its boot under `boot.build`, merged with `boot`: how it
+    was started), also written to `ws/image/timings.json`, even when the build fails."""
     staged = tools.packer.stage(env.root / "packer", ws / "packer")
     shutil.copytree(env.directory, ws / "inventory")
     atomic_write_json(ws / "extra-vars.json", {f"goldenimage_{k}": v for k, v in
@@ -132,6 +135,11 @@ def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source
         times = ws / packer.TASK_TIMES
         tasks = timing.task_times(times.read_text().splitlines() if times.is_file() else [])
         timings = timing.summary(tasks, timing.step_times(steps, time.time()))
+        analysis = ws / BOOT_ANALYSIS
+        if analysis.is_file():
+            waited = [st["seconds"] for st in timings["packer_steps"] if st["step"].startswith("Waiting for SSH")]
+            timings["boot"] = {"build": {**(boot or {}), **({"ssh_seconds": waited[0]} if waited else {}),
+                                         **timing.boot_analysis(analysis.read_text(errors="replace"))}}
         atomic_write_json(ws / "image" / TIMINGS, timings)
     return timings
 
@@ -148,7 +156,7 @@ def common_packer_vars(env: Environment, name: str, ws: Path, **values: Any) -> 
         "manifest_path": str(ws / "packer-manifest.json"), "ssh_username": BUILD_USER,
         "output_directory": str(ws / "output"), "disk_size": spec.disk_size,
         "cpus": q.cpus, "memory": q.memory, "ssh_timeout": f"{q.boot_timeout}s",
-        "serial_log": str(ws / "build-serial.log"),
+        "serial_log": str(ws / "build-serial.log"), "boot_analysis_file": str(ws / BOOT_ANALYSIS),
     }
     doc.update(values)
     return doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from goldenimage import timing
 
@@ -57,3 +58,62 @@ def test_human_lists_the_slowest_tasks_or_nothing() -> None:
     assert lines[1].split() == ["25.1s", "web", ":", "Install", "nginx"]
     assert timing.human({}) == []
     assert timing.human(timing.summary([], [])) == []
+
+
+# -- the guest's own account of a boot -------------------------------------------------------
+ANALYSIS = """\
+Startup finished in 5.197s (kernel) + 1min 6.899s (userspace) = 1min 12.096s
+graphical.target reached after 34.707s in userspace.
+@@chain
+The time when unit became active or started is printed after the "@" character.
+The time the unit took to start is printed after the "+" character.
+
+ssh.service +422ms
+\u2514\u2500basic.target @33.163s
+  \u2514\u2500cloud-init.service @15.328s +17.792s
+@@blame
+17.792s cloud-init.service
+1min 2.5s slow.service
+ 422ms ssh.service
+   88us tiny.mount
+garbage line
+"""
+
+
+def test_seconds_reads_systemd_durations() -> None:
+    assert timing.seconds("1min 2.503s") == 62.503
+    assert timing.seconds("422ms") == 0.422
+    assert timing.seconds("2min") == 120.0
+    assert timing.seconds("17.792s") == 17.792
+    assert timing.seconds("") is None
+    assert timing.seconds("cloud-init.service") is None
+
+
+def test_boot_analysis_reads_phases_chain_and_slowest_units() -> None:
+    doc = timing.boot_analysis(ANALYSIS, top=3)
+    assert doc["phases"] == {"kernel": 5.197, "userspace": 66.899, "total": 72.096}
+    assert doc["critical_chain"] == ["ssh.service +422ms", "\u2514\u2500basic.target @33.163s",
+                                     "  \u2514\u2500cloud-init.service @15.328s +17.792s"]
+    assert doc["slowest_units"] == [{"unit": "slow.service", "seconds": 62.5},
+                                    {"unit": "cloud-init.service", "seconds": 17.792},
+                                    {"unit": "ssh.service", "seconds": 0.422}]
+
+
+def test_boot_analysis_of_a_guest_that_could_not_answer_is_empty() -> None:
+    """`systemd-analyze` failing ("Bootup is not yet finished") leaves empty parts."""
+    assert timing.boot_analysis("Bootup is not yet finished.\n@@chain\n@@blame\n") == {
+        "phases": {}, "critical_chain": [], "slowest_units": []}
+    assert timing.boot_analysis("") == {"phases": {}, "critical_chain": [], "slowest_units": []}
+
+
+def test_human_shows_the_slowest_units_of_each_boot() -> None:
+    boot = {**timing.boot_analysis(ANALYSIS), "mode": "direct kernel boot", "ssh_seconds": 19.6}
+    lines = timing.human({"slowest_tasks": [], "boot": {"build": boot, "validation": {}}}, top=2)
+    assert lines == ["build boot (direct kernel boot): 5.2s kernel + 66.9s userspace; SSH after 20s; slowest units:",
+                     "    62.5s  slow.service", "    17.8s  cloud-init.service"]
+
+
+def test_the_build_template_runs_the_same_boot_analysis() -> None:
+    """packer/build.pkr.hcl holds BOOT_ANALYSIS's text (HCL cannot import it)."""
+    hcl = (Path(__file__).resolve().parents[2] / "packer" / "build.pkr.hcl").read_text()
+    assert f"sudo sh -c '{timing.BOOT_ANALYSIS}' > /dev/shm/goldenimage-boot.txt" in hcl

@@ -12,15 +12,18 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .. import timing
 from ..errors import OperationFailed
 from ..fsutil import atomic_write_json, file_lock, short_tempdir
 from ..progress import Reporter
@@ -168,6 +171,7 @@ class Vm:
     ssh_config: Path
     serial_log: Path
     host: str = "target"
+    boot: dict[str, Any] = field(default_factory=dict)  # timing.boot_analysis, and when SSH answered
 
     def ssh(self, command: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -239,7 +243,8 @@ def boot(
             except subprocess.TimeoutExpired:
                 last_ssh = "timed out"
             time.sleep(2)
-        reporter.step(f"SSH up after {time.monotonic() - start:.0f}s; waiting for cloud-init")
+        ssh_up = time.monotonic() - start
+        reporter.step(f"SSH up after {ssh_up:.0f}s; waiting for cloud-init")
         # cloud-init may still restart sshd, which resets the next new connection
         # ("kex_exchange_identification: Connection reset"); ours goes through the control
         # master, which survives that. A degraded status is for the image suite to judge.
@@ -249,11 +254,23 @@ def boot(
         except subprocess.TimeoutExpired:
             raise OperationFailed(f"cloud-init did not finish within {left:.0f}s of SSH coming up "
                                   f"(last console line: {_tail(serial)})") from None
+        vm.boot = {"mode": "bootloader", "ssh_seconds": round(ssh_up, 1),
+                   "ready_seconds": round(time.monotonic() - start, 1), **analyse_boot(vm)}
         try:
             yield vm
         finally:
             subprocess.run(["ssh", "-F", str(vm.ssh_config), "-O", "exit", vm.host],
                            capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def analyse_boot(vm: Vm) -> dict[str, Any]:
+    """The guest's own account of its boot (`timing.BOOT_ANALYSIS`); empty parts when the
+    guest cannot give it (no systemd-analyze, no sudo)."""
+    try:
+        res = vm.ssh(f"sudo sh -c {shlex.quote(timing.BOOT_ANALYSIS)}", timeout=180)
+    except subprocess.TimeoutExpired:
+        return timing.boot_analysis("")
+    return timing.boot_analysis(res.stdout)
 
 
 def _tail(path: Path) -> str:

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, drift, fingerprint, requirements, retention
-from ..adapters import baseimage, galaxy, imagefacts, packer, qemu, testinfra, usage
-from ..build import BUILD_USER, Tools, common_packer_vars, detect_tools, git_state
+from .. import ancestry, drift, fingerprint, requirements, retention, timing
+from ..adapters import baseimage, directboot, galaxy, imagefacts, packer, qemu, testinfra, usage
+from ..build import BUILD_USER, TIMINGS, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import NotFoundError, TemplateError
 from ..fsutil import atomic_write_json, sha256_file, tar_length
 from ..models import QUARANTINED, VALIDATED, ImageRecord
@@ -64,12 +64,12 @@ class LocalTarget(Target):
         disk = store.verified(image_id)
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
         with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
-            suite, _, _ = validate_disk(self.env, disk, accel, {
+            suite, _, _, boot = validate_disk(self.env, disk, accel, {
                 "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
                 "build_time": manifest["created"],
             }, ws, reporter)
         return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
-                "durations": reporter.durations, "exit_code": 0 if suite.ok else 1}
+                "durations": reporter.durations, "boot": boot, "exit_code": 0 if suite.ok else 1}
 
     # -- retention (invoke gc) ---------------------------------------------------------------
     def gc_world(self) -> GcWorld:
@@ -248,14 +248,29 @@ class LocalTarget(Target):
         with reporter.phase("build", f"packer build of {img.name} ({img.id})"):
             key = ws / "build_key"
             pubkey = qemu.make_key(key)
-            seeds = qemu.seed_files(ws / "seed", BUILD_USER, pubkey, img.name)
+            # the disk's own kernel and initrd, the build key as systemd credentials; a disk
+            # without an extlinux MBR layout boots through its loader with a NoCloud seed
+            files = directboot.boot_files(disk.path, ws / "boot")
+            if files is not None:
+                seeds: list[Path] = []
+                disks = [*directboot.qemu_args(files, ws / "boot", BUILD_USER, pubkey), *disks]
+                boot = {"mode": "direct kernel boot", "direct": files.as_dict()}
+                boot_vars: dict[str, Any] = {"boot_check": files.check(),
+                                             "shutdown_command": directboot.shutdown_command(BUILD_USER)}
+                reporter.info(f"    build VM: direct kernel boot of {files.kernel_path} (sha256 {files.kernel_sha256[:12]}…)")
+            else:
+                seeds = qemu.seed_files(ws / "seed", BUILD_USER, pubkey, img.name)
+                boot, boot_vars = {"mode": "bootloader"}, {}
+                reporter.info("    build VM: the disk has no extlinux MBR layout: boot loader and cloud-init")
             job.artifacts["timings"] = packer_build(
                 self.env, img, job.tools, ws, "qemu.local", reporter, base_image=str(disk.path),
                 base_image_checksum=disk.identity, accelerator=job.base.details["accelerator"],
                 ssh_private_key_file=str(key), seed_files=[str(s) for s in seeds],
-                disk_convert_args=qemu.convert_args(job.tools.qemu), extra_qemuargs=disks,
-                extra_vars={"apt_state_device": f"/dev/disk/by-id/virtio-{qemu.APT_OUT}" if keep else ""})
+                disk_convert_args=qemu.convert_args(job.tools.qemu), extra_qemuargs=disks, boot=boot,
+                extra_vars={"apt_state_device": f"/dev/disk/by-id/virtio-{qemu.APT_OUT}" if keep else ""},
+                **boot_vars)
             key.unlink()
+            shutil.rmtree(ws / "boot", ignore_errors=True)
             job.artifacts["packer_manifest"] = packer.read_manifest(ws / "packer-manifest.json")
             artifact = ws / "output" / "disk.qcow2"
             if not artifact.is_file():
@@ -269,10 +284,13 @@ class LocalTarget(Target):
     def validate(self, job: Job, reporter: Reporter) -> Checked:
         image_dir = job.ws / "image"
         with reporter.phase("validate", "boot the final image and run the image checks"):
-            suite, packages, sources = validate_disk(
+            suite, packages, sources, boot = validate_disk(
                 self.env, image_dir / "disk.qcow2", job.base.details["accelerator"], job.image.facts(),
                 job.ws / "validate", reporter)
             shutil.copy2(suite.junit, image_dir / "junit.xml")
+            timings = job.artifacts.setdefault("timings", {})
+            timings.setdefault("boot", {})["validation"] = boot
+            atomic_write_json(image_dir / TIMINGS, timings)
         return Checked(suite.ok, list(suite.as_dict().get("failures", [])),
                        {"suite": suite, "packages": packages, "apt_sources": sources})
 
@@ -349,10 +367,11 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
 
 def validate_disk(
     env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
-) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source]]:
+) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source], dict[str, Any]]:
     """Boot `disk` through an overlay with a fresh key and run the image's suite directories
     (`Environment.suites` of expect["image_name"]) against it; read its packages and apt
-    sources while it runs."""
+    sources while it runs. Also returns the boot's own account (`timing.boot_analysis`,
+    with when SSH answered)."""
     q = env.settings.qemu
     suites = env.suites(expect["image_name"])
     note = env.suite_note(expect["image_name"])
@@ -366,7 +385,9 @@ def validate_disk(
         }, work, reporter, root=env.root, workers=min(q.cpus, 2))  # one per vCPU: more were slower
         packages, sources = imagefacts.read(lambda cmd: _run(vm, cmd))
     reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
-    return suite, packages, sources
+    for line in timing.boot_lines("validation", vm.boot, top=3):
+        reporter.info(f"    {line}")
+    return suite, packages, sources, vm.boot
 
 
 def _run(vm: qemu.Vm, command: str) -> tuple[int, str, str]:

@@ -8,6 +8,7 @@ Everything is read from inside the guest through testinfra's `host` (run with --
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -65,3 +66,14 @@ def test_apt_periodic_upgrades_off(host: Any) -> None:
 def test_cloud_init_locale_is_c_utf8(host: Any) -> None:
     text = host.file("/etc/cloud/cloud.cfg.d/90-base.cfg").content_string
     assert re.search(r'^locale:\s*"?C\.UTF-8"?\s*$', text, re.MULTILINE), text
+
+
+def test_host_keys_are_the_types_the_image_asks_for(host: Any) -> None:
+    """cloud-init made this boot's host keys of its ssh_genkeytypes (base_ssh_host_key_types)
+    and of no other type: no RSA or DSA key generation unless the image asks for it."""
+    text = host.file("/etc/cloud/cloud.cfg.d/90-base.cfg").content_string
+    match = re.search(r"^ssh_genkeytypes:\s*(\[.*\])\s*$", text, re.MULTILINE)
+    assert match, text
+    wanted = set(json.loads(match.group(1)))
+    keys = host.run("find /etc/ssh -maxdepth 1 -name 'ssh_host_*_key' -printf '%f\\n'").stdout.split()
+    assert {k.removeprefix("ssh_host_").removesuffix("_key") for k in keys} == wanted

@@ -237,3 +237,20 @@ def test_apt_binary_caches_gone(host: Any) -> None:
 def test_apt_cache_empty(host: Any) -> None:
     found = find(host, "/var/cache/apt/archives", "-type", "f", "-name", "*.deb")
     assert found == []
+
+
+# --- hygiene: nothing of the build VM's own boot ---------------------------------------------
+# A local build VM boots the disk's kernel directly and gets its user, key and sudo rule as
+# systemd credentials (goldenimage/adapters/directboot.py); its shutdown removes them.
+BUILD_SUDOERS = "/etc/sudoers.d/90-goldenimage-build"
+BUILD_USER_GECOS = "goldenimage build"
+
+
+def test_no_sudo_rule_of_the_build(host: Any) -> None:
+    assert not host.file(BUILD_SUDOERS).exists
+
+
+def test_no_build_user_account(host: Any) -> None:
+    """The build user is gone; the validation user is this boot's (cloud-init's) own."""
+    entries = host.check_output("getent passwd").splitlines()
+    assert [e for e in entries if e.split(":")[4:5] == [BUILD_USER_GECOS]] == []
