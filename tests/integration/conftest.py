@@ -143,6 +143,20 @@ def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.fixture
+def running(sandbox_project: Path) -> Iterator[dict[str, Any]]:
+    """The sandbox up (a moto server seeded from the project's inventories/sandbox), and
+    down afterwards; yields what `sandbox.up` returned."""
+    from goldenimage import sandbox
+    from goldenimage.progress import Reporter
+
+    up = sandbox.sandbox_up("sandbox", Reporter(quiet=True))
+    try:
+        yield up
+    finally:
+        sandbox.sandbox_down("sandbox", Reporter(quiet=True))
+
+
 # -- least privilege ----------------------------------------------------------------------
 _recorder = CallRecorder()
 _all_calls: set[str] = set()

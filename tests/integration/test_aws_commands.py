@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,6 @@ def cli(
         run(work, json_out=True)
     out = capsys.readouterr()
     return int(exit_.value.code or 0), json.loads(out.out), out.err
-
-
-@pytest.fixture
-def running(sandbox_project: Path) -> Iterator[dict[str, Any]]:
-    up = sandbox.sandbox_up("sandbox", Reporter(quiet=True))
-    try:
-        yield up
-    finally:
-        sandbox.sandbox_down("sandbox", Reporter(quiet=True))
 
 
 def test_the_sandbox_walkthrough(

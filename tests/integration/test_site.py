@@ -4,13 +4,12 @@ groups on the moto server), opened in headless Chromium."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from goldenimage import sandbox, site
+from goldenimage import site
 from goldenimage.progress import Reporter
 from goldenimage.settings import load_environment
 from goldenimage.store import LocalStore
@@ -82,15 +81,6 @@ def test_a_directory_the_site_did_not_write_is_refused(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: --out {mine}: exists and is not a site `invoke site` wrote (choose another directory)")
     assert "Traceback" not in proc.stderr and [p.name for p in mine.iterdir()] == ["notes.txt"]
-
-
-@pytest.fixture
-def running(sandbox_project: Path) -> Iterator[dict[str, Any]]:
-    up = sandbox.sandbox_up("sandbox", Reporter(quiet=True))
-    try:
-        yield up
-    finally:
-        sandbox.sandbox_down("sandbox", Reporter(quiet=True))
 
 
 def test_the_sandbox_site_shows_each_group_and_the_image_it_runs(running: dict[str, Any], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +313,9 @@ def test_a_webhook_that_is_down_changes_nothing_but_is_noted(world: World) -> No
     assert "## Webhook" in Path(doc["report"]["markdown"]).read_text()
 
 
-def test_a_webhook_that_answers_gets_the_report(world: World) -> None:
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver on loopback: its URL, and the documents POSTed to it."""
     import http.server
     import threading
 
@@ -331,10 +333,15 @@ def test_a_webhook_that_answers_gets_the_report(world: World) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        doc = world.run(no_bake, webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_webhook_that_answers_gets_the_report(world: World, webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    url, got = webhook
+    doc = world.run(no_bake, webhook_url=url)
     assert doc["webhook"] == {"url": doc["webhook"]["url"], "outcome": "sent", "attempts": 1, "status": 204}
     assert got[0]["summary"] == doc["summary"] and got[0]["report"] == doc["report"]
 
@@ -453,24 +460,9 @@ def test_plan_says_what_would_be_rebuilt_and_changes_nothing(world: World) -> No
         pass
 
 
-def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World) -> None:
-    import http.server
-    import threading
-
-    got: list[dict[str, Any]] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World,
+                                                             webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    hook, got = webhook
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# broken\n")
 
@@ -479,15 +471,11 @@ def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World) -> N
             {"image": "web", "state": "failed", "image_id": None, "status": None, "fingerprint": None,
              "previous_id": "web-1", "error": "packer build failed"}]}
 
-    try:
-        codes = [world.run(failing, webhook_url=hook)["exit_code"] for _ in range(2)]
-        third = world.run(failing, webhook_url=hook)
-        third_md = Path(third["report"]["markdown"]).read_text()  # a run in the same second shares the name
-        fourth = world.run(failing, webhook_url=hook)
-        fourth_md = Path(fourth["report"]["markdown"]).read_text()
-    finally:
-        server.shutdown()
-        server.server_close()
+    codes = [world.run(failing, webhook_url=hook)["exit_code"] for _ in range(2)]
+    third = world.run(failing, webhook_url=hook)
+    third_md = Path(third["report"]["markdown"]).read_text()  # a run in the same second shares the name
+    fourth = world.run(failing, webhook_url=hook)
+    fourth_md = Path(fourth["report"]["markdown"]).read_text()
     assert codes == [1, 1] and [g["streak"]["failed"] for g in got] == [1, 2, 3, 4]
     assert not got[1]["streak"]["alarm"] and got[2]["streak"]["alarm"] and got[3]["streak"]["alarm"]
     for doc, md, n in ((third, third_md, 3), (fourth, fourth_md, 4)):

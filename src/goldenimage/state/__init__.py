@@ -262,14 +262,7 @@ class BucketBackend:
         if self.has_blob(digest):
             return blob_key(digest)
         tmp = self._key(f"tmp/uploads/{uuid.uuid4().hex}")
-        done = [0]
-
-        def seen(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0])
-
-        cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+        seen, cfg = _counter(progress), TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
         try:
             with path.open("rb") as fh:
                 reader = _Hashing(fh)
@@ -287,17 +280,22 @@ class BucketBackend:
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
 
         key = self._key(blob_key(digest))
-        done = [0]
-
-        def seen(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0])
-
-        cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+        seen, cfg = _counter(progress), TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
         _fetch_checked(lambda tmp: self.s3.download_file(self.bucket, key, str(tmp), Callback=seen, Config=cfg),
                        digest, dest)
         return dest
+
+
+def _counter(progress: Progress | None) -> Callable[[int], None]:
+    """boto3's transfer callback (bytes since the last call) as `progress` (bytes so far)."""
+    done = [0]
+
+    def seen(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0])
+
+    return seen
 
 
 class _Hashing:
