@@ -33,11 +33,6 @@ LINT_CONFIG = ".ansible-lint"
 _PEP8 = re.compile(r"^(?P<path>[^:\s][^:]*):(?P<line>\d+)(?::\d+)?: (?P<rule>[\w\[\]/-]+)(?::\s*(?P<msg>.*))?$")
 
 
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
-
-
 def check(env: Environment, names: Sequence[str], reporter: Reporter) -> galaxy.Installed | None:
     """Check the playbooks of images `names` (ConfigError on the first problem); returns the
     installed requirements (None: the project has none)."""
@@ -82,7 +77,7 @@ def _versions() -> str:
 
 
 def syntax_check(root: Path, env: Environment, playbooks: list[str], e: dict[str, str]) -> None:
-    res = proc.run([_tool("ansible-playbook"), "--syntax-check", "-i", str(env.directory), *playbooks],
+    res = proc.run([proc.venv_tool("ansible-playbook"), "--syntax-check", "-i", str(env.directory), *playbooks],
                    cwd=root, env=e)
     if res.returncode == 0:
         return
@@ -104,7 +99,7 @@ def syntax_check(root: Path, env: Environment, playbooks: list[str], e: dict[str
 def lint(root: Path, playbooks: list[str], e: dict[str, str]) -> None:
     """`ansible-lint` on the playbooks (and so the roles they use), offline, in the project's
     config; the first violation as one line."""
-    argv = [_tool("ansible-lint"), "--offline", "--nocolor", "-f", "pep8", *playbooks]
+    argv = [proc.venv_tool("ansible-lint"), "--offline", "--nocolor", "-f", "pep8", *playbooks]
     if (root / LINT_CONFIG).is_file():
         argv[1:1] = ["-c", str(root / LINT_CONFIG)]
     res = proc.run(argv, cwd=root, env=e)

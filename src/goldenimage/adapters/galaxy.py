@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +56,6 @@ def ansible_env(root: Path, reqs: Requirements | None) -> dict[str, str]:
     return {"ANSIBLE_ROLES_PATH": roles_path(root, reqs), "ANSIBLE_COLLECTIONS_PATH": collections_path(root, reqs)}
 
 
-def _galaxy() -> str:
-    local = Path(sys.executable).parent / "ansible-galaxy"
-    return str(local) if local.exists() else "ansible-galaxy"
-
-
 def _installed_version(kind: str, path: Path) -> str:
     if kind == "role":
         info = path / "meta" / ".galaxy_install_info"
@@ -94,10 +88,10 @@ def ensure(root: Path, reqs: Requirements, reporter: Reporter) -> Installed:
         offline = all(r.local for r in (*reqs.roles, *reqs.collections))
         if reqs.roles:
             reporter.step(f"ansible-galaxy: {len(reqs.roles)} role(s) from {reqs.path.name}")
-            _run([_galaxy(), "role", "install", "-r", str(reqs.path), "-p", str(tmp / "roles")], root)
+            _run([proc.venv_tool("ansible-galaxy"), "role", "install", "-r", str(reqs.path), "-p", str(tmp / "roles")], root)
         if reqs.collections:
             reporter.step(f"ansible-galaxy: {len(reqs.collections)} collection(s) from {reqs.path.name}")
-            _run([_galaxy(), "collection", "install", "-r", str(reqs.path), "-p", str(tmp / "collections"),
+            _run([proc.venv_tool("ansible-galaxy"), "collection", "install", "-r", str(reqs.path), "-p", str(tmp / "collections"),
                   *(["--offline"] if offline else [])], root)
         items = []
         found = _collections(tmp / "collections")

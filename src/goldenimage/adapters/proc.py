@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class Completed:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+def venv_tool(name: str) -> str:
+    """A tool of this Python's environment (ansible-playbook, ansible-galaxy, ansible-lint
+    beside the interpreter), else the name for PATH to resolve."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
 
 
 def which(tool: str, hint: str = "") -> str:
