@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 INVOKE = [sys.executable, "-m", "invoke"]
+# Every child (invoke, python -c) imports the toolkit of this checkout, as pytest itself does
+# (`pythonpath` in pyproject.toml), not whichever checkout the virtualenv was installed from.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def copy_project(dest: Path) -> Path:

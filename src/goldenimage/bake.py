@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ from . import channels as ch
 from .build import TIMINGS, NewImage, fingerprint_extra, parent_inputs
 from .errors import ConfigError, GoldenImageError, NotFoundError, ValidationFailed
 from .fsutil import file_lock
+from .locks import LockHeld, describe
 from .models import VALIDATED, ImageRecord
 from .paths import store_dir
 from .plan import plan
 from .progress import Reporter
+from .state.lease import LeaseLock
 from .store import LocalStore
 from .targets import Job, Target
+
+BAKE_WAIT = 4 * 3600.0  # how long a bake waits for another machine's bake of the same image
 
 
 def resolve_parent(target: Target, name: str, parent_ids: Mapping[str, str]) -> ImageRecord | None:
@@ -70,10 +75,7 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
     store = LocalStore(store_dir())  # the bake's lock, workspace and kept logs, on every target
     result: dict[str, Any] = {"image": name, "env": env.name, "skipped": False}
 
-    def waiting() -> None:
-        reporter.info(f"another bake of {name!r} is running; waiting for it to finish")
-
-    with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
+    with bake_lock(target, store, name, reporter) as lease:
         target.check_ready(name, tools, reporter)
         parent = resolve_parent(target, name, parent_ids or {})
         checked_build = False
@@ -118,6 +120,8 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
                     result["ansible_task_count"] = len(timings.get("ansible_tasks") or [])
                     result["ansible_seconds"] = timings.get("ansible_seconds", 0)
                     checked = target.validate(job, reporter)
+                    if lease is not None:
+                        lease.check()  # a run whose lease was taken over registers nothing
                     result.update(target.register(job, checked, reporter))
                 except BaseException:
                     if not job.finished:
@@ -136,6 +140,37 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
         exc.result = dict(result)
         raise exc
     return result
+
+
+@contextlib.contextmanager
+def bake_lock(target: Target, store: LocalStore, name: str, reporter: Reporter,
+              wait: float = BAKE_WAIT, sleep: Callable[[float], None] = time.sleep) -> Iterator[LeaseLock | None]:
+    """One bake of an image name at a time: a lock file on this machine, and with shared
+    state (`state:`) the lease `bake/<env>/<name>` across machines, waited for (saying who
+    holds it and since when) so that the waiting run then finds, and skips to, what the
+    holder made. The lease comes back for `check()` before anything is registered."""
+    def waiting() -> None:
+        reporter.info(f"another bake of {name!r} is running; waiting for it to finish")
+
+    with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
+        if target.shared_state() is None:
+            yield None
+            return
+        lock = target.lease(f"bake/{target.env.name}/{name}", f"bake {name}")
+        assert isinstance(lock, LeaseLock)
+        deadline, delay, told = time.monotonic() + wait, 0.5, False
+        while (other := lock.try_acquire()) is not None:
+            if time.monotonic() >= deadline:
+                raise LockHeld(f"bake of {name!r}: {lock.name} is still held by {describe(other)}")
+            if not told:
+                reporter.info(f"    waiting: {lock.name} is held by {describe(other)}")
+                told = True
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
+        try:
+            yield lock
+        finally:
+            lock.release()
 
 
 @contextlib.contextmanager

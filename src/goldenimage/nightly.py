@@ -40,6 +40,7 @@ from . import fingerprint as fp
 from .adapters import archive, baseimage, webhook
 from .errors import ConfigError, GoldenImageError, OperationFailed
 from .fsutil import atomic_write_bytes, atomic_write_json, file_lock
+from .locks import LockHeld
 from .models import VALIDATED, ImageRecord
 from .paths import base_cache_dir, store_dir
 from .progress import Reporter
@@ -74,8 +75,10 @@ def lock_path(env_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(env_name: str) -> Iterator[None]:
-    """The environment's nightly lock, not waited for: a second run stops at once."""
+def run_lock(env_name: str, target: Target | None = None) -> Iterator[None]:
+    """The environment's nightly lock, not waited for: a second run stops at once. With
+    shared state (`state:`) also the lease `nightly/<env>`, so that a second machine's run
+    stops too."""
     path = lock_path(env_name)
     with contextlib.ExitStack() as stack:
         try:
@@ -84,6 +87,11 @@ def run_lock(env_name: str) -> Iterator[None]:
             raise OperationFailed(
                 f"another `invoke nightly --env {env_name}` is running (it holds {path}); this run did nothing"
             ) from None
+        if target is not None and target.shared_state() is not None:
+            try:
+                stack.enter_context(target.lease(f"nightly/{env_name}", "nightly").held(f"nightly in {env_name}"))
+            except LockHeld as held:
+                raise OperationFailed(f"{held.message}; this run did nothing") from None
         yield
 
 
@@ -497,10 +505,10 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
     out_dir = env.report_dir(report_dir)
     target = target_for(env)
     if plan:
-        with run_lock(env.name):
+        with run_lock(env.name, target):
             return plan_run(_Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
                                  get=fetch or archive.fetch))
-    with run_lock(env.name):
+    with run_lock(env.name, target):
         started = datetime.now(UTC)
         run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
                    get=fetch or archive.fetch)

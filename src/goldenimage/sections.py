@@ -132,6 +132,22 @@ class BuildSpec(_Model):
         return _each(v, re.compile(r"[0-9]{12}").fullmatch, "{v} is not a 12-digit AWS account id")
 
 
+class StateSettings(_Model):
+    """Where the environment's registry lives when a team shares it (`state:`): an
+    S3-compatible bucket. Credentials come the usual boto3 way (environment, profile, role);
+    without this section the registry is the store directory on this machine."""
+
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="an existing bucket")
+    prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*[^/]$",
+                               description="key prefix of this environment (default: its name); one per environment")
+    region: str | None = Field(default=None, description="the bucket's region (default: the environment's)")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://",
+                                     description="an S3-compatible endpoint (MinIO, Ceph RGW, the sandbox)")
+    profile: str | None = Field(default=None, description="a named AWS profile")
+    lease_seconds: int = Field(default=120, ge=10, le=3600,
+                               description="how long a lease lives without a heartbeat")
+
+
 class AwsSettings(_Model):
     profile: str | None = None
     max_attempts: int = Field(default=5, ge=1, le=20, description="botocore standard retries")

@@ -25,6 +25,7 @@ from .sections import (
     NightlySettings,
     RetentionSettings,
     SandboxSettings,
+    StateSettings,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Settings(_Model):
     base: BaseImageSpec = BaseImageSpec()
     qemu: QemuSpec = QemuSpec()
     region: str | None = None
+    state: StateSettings | None = Field(default=None, description="a shared registry in a bucket")
     extra: dict[str, Any] = Field(default_factory=dict, description="target-specific settings")
 
 

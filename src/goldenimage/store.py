@@ -18,6 +18,17 @@ atomic rewrite of the catalog, so a crash never leaves a half-registered image.
 `restore` takes the stage back. A delete rewrites the catalog without the image first, then
 renames its directory into `.tmp/` and removes it there (a crash in between leaves at most
 a directory nothing indexes; one under `.tmp/` is swept by the next bake).
+
+Shared state (`state:` in an environment's settings, `state.open_backend`): the catalog is a
+record of a `state.Backend` (a bucket), every catalog change a compare-and-swap on its
+version, retried when another machine changed it first (no update is lost, every channel's
+history is one sequence of moves whoever made them); the files of a registered image are
+blobs keyed by their sha256, uploaded before the record that names them is written.
+`images/<id>/` is then this machine's cache: a file is downloaded (and its digest checked)
+only when it is read, the qcow2 only when its bytes are needed. Without `state:` the catalog
+is the same record in the store directory (`DirectoryBackend`), so the logic above the
+backend is one. A file's stat proof (`artifact_proof`) is knowledge of this machine's
+files: it is kept in the local `proofs.json`, never in the shared catalog.
 """
 
 from __future__ import annotations
@@ -27,18 +38,19 @@ import contextlib
 import getpass
 import json
 import os
+import random
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import channels as ch
 from .adapters.proc import kill_processes_mentioning
-from .errors import ConfigError, IntegrityError, NotFoundError
-from .fsutil import atomic_write_json, file_lock, pid_alive, sha256_file
+from .errors import ConfigError, IntegrityError, NotFoundError, OperationFailed
+from .fsutil import atomic_write_json, pid_alive, sha256_file
 from .models import (
     CORRUPT,
     QUARANTINED,
@@ -49,13 +61,20 @@ from .models import (
     ImageRecord,
     history_entry,
 )
+from .state import ABSENT, Backend, Conflict, DirectoryBackend
 
+T = TypeVar("T")
+Transfer = Callable[[str, int, int], None]  # (file name, bytes so far, its size or 0)
 DISABLED = "disabled"  # a retention stage (see `retention`): unusable until restored
 
 __all__ = ["STATUSES", "ImageRecord", "LocalStore", "current_user"]
 
 CATALOG_VERSION = 1
-PROOF = "artifact_proof"  # catalog entry key: the artifact's stat when its bytes were last hashed
+CATALOG = "catalog.json"  # the catalog's key on the backend
+PROOFS = "proofs.json"  # this machine's stat proofs, beside its cache
+PROOF = "artifact_proof"  # proofs.json entry: the artifact's stat when its bytes were last hashed
+FILES = "files"  # shared catalog entry: {file name: sha256} of the image's blobs
+CAS_ATTEMPTS = 50
 PROOF_SETTLED_NS = 2 * 10**9  # a proof is recorded only for a file unchanged for this long
 
 
@@ -91,6 +110,13 @@ def same_file(proof: Any, path: Path) -> bool:
                      "inode": st.st_ino, "device": st.st_dev}
 
 
+def _per_file(progress: Transfer | None, name: str, size: int) -> Callable[[int], None] | None:
+    """A blob transfer's progress (bytes so far) as `progress(file name, bytes so far, size)`."""
+    if progress is None:
+        return None
+    return lambda done: progress(name, done, size)
+
+
 def current_user() -> str:
     """Who moves a channel or revokes an image, for the record."""
     try:
@@ -100,41 +126,83 @@ def current_user() -> str:
 
 
 class LocalStore:
-    """The local target's registry: a directory with a catalog."""
+    """The local target's registry: a catalog record on a state backend (the store directory
+    itself unless the environment shares its state) and one directory per image."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: Backend | None = None) -> None:
         self.root = root
+        self.shared = shared
+        self.records: Backend = shared if shared is not None else DirectoryBackend(root)
         self.images_dir = root / "images"
         self.quarantine_dir = root / "quarantine"
         self.tmp_dir = root / ".tmp"
-        self.catalog_path = root / "catalog.json"
-        self.lock_path = root / "catalog.lock"
+        self.catalog_path = root / CATALOG  # without shared state
+        self._local = DirectoryBackend(root)
+
+    @property
+    def where(self) -> str:
+        return self.shared.name if self.shared is not None else str(self.root)
 
     # -- catalog -------------------------------------------------------------------------
-    def _read(self) -> dict[str, Any]:
-        try:
-            doc: dict[str, Any] = json.loads(self.catalog_path.read_text())
-        except FileNotFoundError:
+    def _parse(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
             return {"version": CATALOG_VERSION, "images": {}, "channels": {}}
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.catalog_path}: corrupt catalog: {exc}") from None
+        try:
+            doc: dict[str, Any] = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.where}: corrupt catalog {CATALOG}: {exc}") from None
         doc.setdefault("images", {})
         doc.setdefault("channels", {})
         return doc
 
-    def _write(self, doc: dict[str, Any]) -> None:
-        doc["version"] = CATALOG_VERSION
-        atomic_write_json(self.catalog_path, doc)
+    def _read(self) -> dict[str, Any]:
+        got = self.records.get(CATALOG)
+        return self._parse(got.data if got else None)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write the catalog under the store lock; written back on success."""
-        with file_lock(self.lock_path):
-            doc = self._read()
+    def _update(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """Read-modify-write the catalog: `change` edits the document it is given and returns
+        the result; the document is written back (if it changed) by compare-and-swap on the
+        version that was read. When another writer came first, `change` runs again on the
+        newer document: it must only decide and edit, and do its side effects after."""
+        delay = 0.01
+        for _ in range(CAS_ATTEMPTS):
+            got = self.records.get(CATALOG)
+            doc = self._parse(got.data if got else None)
             before = json.dumps(doc, sort_keys=True)
-            yield doc
-            if json.dumps(doc, sort_keys=True) != before:
-                self._write(doc)
+            result = change(doc)
+            if json.dumps(doc, sort_keys=True) == before:
+                return result
+            doc["version"] = CATALOG_VERSION
+            try:
+                self.records.put(CATALOG, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n",
+                                 expect=got.version if got else ABSENT)
+                return result
+            except Conflict:
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        raise OperationFailed(f"{self.where}: the catalog changed under every one of {CAS_ATTEMPTS} attempts "
+                              "to update it; try again")
+
+    # -- this machine's proofs --------------------------------------------------------------
+    def _proof(self, image_id: str) -> Any:
+        got = self._local.get(PROOFS)
+        return json.loads(got.data).get(image_id) if got else None
+
+    def _set_proof(self, image_id: str, proof: dict[str, int] | None) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            got = self._local.get(PROOFS)
+            doc = json.loads(got.data) if got else {}
+            if proof is None:
+                if image_id not in doc:
+                    return
+                doc.pop(image_id)
+            else:
+                doc[image_id] = proof
+            try:
+                self._local.put(PROOFS, json.dumps(doc, sort_keys=True).encode(), expect=got.version if got else ABSENT)
+                return
+            except Conflict:
+                continue
 
     def _record(self, doc: dict[str, Any], entry: dict[str, Any]) -> ImageRecord:
         name = entry["name"]
@@ -145,7 +213,7 @@ class LocalStore:
                 if hist and hist[-1].get("image_id") == entry["id"]
             )
         )
-        known = {"id", "name", "env", "fingerprint", "created", "status", "artifact", "channels", PROOF}
+        known = {"id", "name", "env", "fingerprint", "created", "status", "artifact", "channels", PROOF, FILES}
         stage = doc.get("retention", {}).get(entry["id"])
         return ImageRecord(
             id=entry["id"],
@@ -161,25 +229,73 @@ class LocalStore:
         )
 
     # -- Registry ------------------------------------------------------------------------
-    def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path) -> ImageRecord:
+    def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path,
+            progress: Transfer | None = None) -> ImageRecord:
         """Register a finished image: move `files` into place, then index it atomically, with
         the proof of its artifact's bytes (`artifact_proof`) that lets `verified` skip the
-        full hash while the file is untouched."""
+        full hash while the file is untouched. With shared state the files are uploaded as
+        blobs first (`progress(name, bytes so far, size)`), and the catalog entry that names
+        them is written last: a reader never sees half an image."""
         atomic_write_json(files / "manifest.json", manifest)
         target = (self.quarantine_dir if record.status == QUARANTINED else self.images_dir) / record.id
         target.parent.mkdir(parents=True, exist_ok=True)
-        with self.locked() as doc:
-            if target.exists() or record.id in doc["images"]:
-                raise ConfigError(f"image id {record.id} already exists in {self.root}")
-            os.replace(files, target)
-            if record.status != QUARANTINED:
-                entry = record.summary()
-                entry.pop("channels", None)
-                proof = artifact_proof(target / record.artifact) if manifest.get("artifact_sha256") else None
-                if proof is not None:
-                    entry[PROOF] = proof
+        if target.exists():
+            raise ConfigError(f"image id {record.id} already exists in {self.root}")
+        entry: dict[str, Any] = {}
+        if record.status != QUARANTINED:
+            entry = record.summary()
+            entry.pop("channels", None)
+            if self.shared is not None:
+                entry[FILES] = self._upload(files, manifest, progress)
+
+        def add(doc: dict[str, Any]) -> None:
+            if record.id in doc["images"]:
+                raise ConfigError(f"image id {record.id} already exists in {self.where}")
+            if entry:
                 doc["images"][record.id] = entry
+
+        os.replace(files, target)  # first: a crash before the record leaves a directory nothing indexes
+        try:
+            self._update(lambda doc: None if record.status == QUARANTINED else add(doc))
+        except BaseException:
+            os.replace(target, files)
+            raise
+        if entry and manifest.get("artifact_sha256"):
+            self._set_proof(record.id, artifact_proof(target / record.artifact))
         return record
+
+    def _upload(self, files: Path, manifest: dict[str, Any],
+                progress: Transfer | None) -> dict[str, str]:
+        assert self.shared is not None
+        out: dict[str, str] = {}
+        for f in sorted(p for p in files.iterdir() if p.is_file()):
+            digest = manifest.get("artifact_sha256") if f.name == manifest.get("artifact") else None
+            digest = digest or sha256_file(f)
+            self.shared.put_blob(f, digest, _per_file(progress, f.name, f.stat().st_size))
+            out[f.name] = digest
+        return out
+
+    def _cached(self, image_id: str, name: str, entry: dict[str, Any]) -> Path:
+        """`images/<id>/<name>`, downloaded from the shared store first if this machine does
+        not have it (its digest checked on the way)."""
+        path = self.images_dir / image_id / name
+        digest = (entry.get(FILES) or {}).get(name)
+        if self.shared is None or digest is None or path.is_file():
+            return path
+        self.shared.get_blob(digest, path)
+        return path
+
+    def fetch(self, image_id: str, progress: Transfer | None = None) -> Path:
+        """The image's directory with every file of it on this machine (downloaded from the
+        shared store where missing); the artifact's bytes are checked by `verified`."""
+        entry = self._read()["images"].get(image_id)
+        if entry is None or self.shared is None:
+            return self.image_dir(image_id)
+        for name, digest in sorted((entry.get(FILES) or {}).items()):
+            path = self.images_dir / image_id / name
+            if not path.is_file():
+                self.shared.get_blob(digest, path, _per_file(progress, name, 0))
+        return self.images_dir / image_id
 
     def get(self, image_id: str) -> ImageRecord:
         doc = self._read()
@@ -233,9 +349,11 @@ class LocalStore:
 
     def verified(self, image_id: str) -> Path:
         """The image's artifact, once it is known to hold the bytes of the manifest's
-        `artifact_sha256`: its `artifact_proof` in the catalog still holds (the file's stat is
-        the one recorded when it was last hashed), else its sha256 is computed and compared
-        (and a new proof recorded when it matches).
+        `artifact_sha256`: its `artifact_proof` still holds (the file's stat is the one
+        recorded when it was last hashed), else its sha256 is computed and compared (and a new
+        proof recorded when it matches). With shared state a missing file is downloaded (the
+        download is checked against the digest), and a cached copy whose bytes changed is
+        dropped and downloaded again: the image itself is only as bad as its blob.
 
         On a mismatch (or a missing file) the image is marked `corrupt` in the catalog, so no
         bake skips to it, builds on it or promotes it again, and IntegrityError names the image
@@ -249,32 +367,51 @@ class LocalStore:
         expected = self.manifest(image_id).get("artifact_sha256")
         if not expected:
             return path
+        if same_file(self._proof(image_id), path):
+            return path
         entry = self._read()["images"].get(image_id) or {}
-        if same_file(entry.get(PROOF), path):
+        if self.shared is not None and (entry.get(FILES) or {}).get(rec.artifact):
+            if path.is_file() and sha256_file(path) == expected:
+                self._set_proof(image_id, artifact_proof(path))
+                return path
+            path.unlink(missing_ok=True)  # not there, or this machine's copy changed: the blob again
+            try:
+                self._cached(image_id, rec.artifact, entry)
+            except IntegrityError as err:
+                self._mark_corrupt(image_id, expected, "(blob differs)")
+                raise IntegrityError(f"image {image_id}: {err.message}: marked corrupt, nothing will use it") from None
+            self._set_proof(image_id, artifact_proof(path))
             return path
         proof = artifact_proof(path)
         actual = sha256_file(path) if path.is_file() else "(missing)"
         if actual != expected:
-            with self.locked() as doc:
-                entry = doc["images"].get(image_id)
-                if entry is not None:
-                    entry.update(status=CORRUPT, corrupt={"expected": expected, "actual": actual,
-                                                          "at": ch.timestamp(datetime.now(UTC))})
-                    entry.pop(PROOF, None)
+            self._mark_corrupt(image_id, expected, actual)
             raise IntegrityError(f"image {image_id}: {path} has sha256 {actual}, its manifest says {expected}: "
                                  "marked corrupt, nothing will use it")
         if proof is not None and same_file(proof, path):  # unchanged while it was hashed
-            with self.locked() as doc:
-                entry = doc["images"].get(image_id)
-                if entry is not None and entry.get("status") != CORRUPT:
-                    entry[PROOF] = proof
+            self._set_proof(image_id, proof)
         return path
 
+    def _mark_corrupt(self, image_id: str, expected: str, actual: str) -> None:
+        def mark(doc: dict[str, Any]) -> None:
+            entry = doc["images"].get(image_id)
+            if entry is not None:
+                entry.update(status=CORRUPT, corrupt={"expected": expected, "actual": actual,
+                                                      "at": ch.timestamp(datetime.now(UTC))})
+        self._update(mark)
+        self._set_proof(image_id, None)
+
     def manifest(self, image_id: str) -> dict[str, Any]:
-        rec = self.get(image_id)
-        base = self.quarantine_dir if rec.status == QUARANTINED else self.images_dir
-        doc: dict[str, Any] = json.loads((base / image_id / "manifest.json").read_text())
-        return doc
+        doc = self._read()
+        entry = doc["images"].get(image_id)
+        if entry is None:
+            path = self.quarantine_dir / image_id / "manifest.json"
+            if not path.is_file():
+                raise NotFoundError(f"unknown image id {image_id!r} in {self.where}")
+        else:
+            path = self._cached(image_id, "manifest.json", entry)
+        out: dict[str, Any] = json.loads(path.read_text())
+        return out
 
     # -- channels and revocation ---------------------------------------------------------
     def _usable(self, doc: dict[str, Any], image_id: str) -> dict[str, Any]:
@@ -312,14 +449,17 @@ class LocalStore:
         user, now = user or current_user(), now or datetime.now(UTC)
         self._usable(self._read(), image_id)  # the clear refusals first, then the bytes
         self.verified(image_id)
-        with self.locked() as doc:
+
+        def move_channel(doc: dict[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
             entry = self._usable(doc, image_id)
-            name = entry["name"]
-            hist = doc["channels"].setdefault(name, {}).setdefault(channel, [])
+            hist = doc["channels"].setdefault(entry["name"], {}).setdefault(channel, [])
             was = ch.current(hist)
             move = ch.promote_entry(hist, image_id, user, now)
             if move is not None:
                 hist.append(move)
+            return entry["name"], was, move
+
+        name, was, move = self._update(move_channel)
         return {
             "image": name,
             "channel": channel,
@@ -337,9 +477,8 @@ class LocalStore:
         the fallback is recorded in the channel's history too."""
         reason = ch.clean_reason(reason)
         user, now = user or current_user(), now or datetime.now(UTC)
-        moved: dict[str, str] = {}
-        left: builtins.list[str] = []
-        with self.locked() as doc:
+
+        def revoke_entry(doc: dict[str, Any]) -> dict[str, Any]:
             entry = doc["images"].get(image_id)
             if entry is None:
                 rec = self.get(image_id)  # NotFoundError if unknown
@@ -367,6 +506,8 @@ class LocalStore:
                 e = doc["images"].get(other)
                 return e is not None and e.get("status") == VALIDATED
 
+            moved: dict[str, str] = {}
+            left: builtins.list[str] = []
             for channel, hist in sorted(doc["channels"].get(name, {}).items()):
                 move = ch.fallback_entry(hist, image_id, valid, user, now, reason)
                 if move is not None:
@@ -375,15 +516,10 @@ class LocalStore:
                         moved[channel] = move["image_id"]
                     else:
                         left.append(channel)
-        return {
-            **result,
-            "reason": reason,
-            "changed": True,
-            "at": at,
-            "user": user,
-            "channels_moved": moved,
-            "channels_left": left,
-        }
+            return {**result, "reason": reason, "changed": True, "at": at, "user": user,
+                    "channels_moved": moved, "channels_left": left}
+
+        return self._update(revoke_entry)
 
     def history(self, name: str, channel: str) -> ChannelHistory:
         """Every move of the channel, oldest first (`models.history_entry`); `status` is the
@@ -422,6 +558,51 @@ class LocalStore:
         wanted = set(chans) if names is None else set(names)
         return {n: {c: self.history(n, c) for c in sorted(chans[n])} for n in sorted(chans) if n in wanted}
 
+    # -- moving in (invoke store.push) ------------------------------------------------------
+    def push(self, dest: LocalStore, progress: Transfer | None = None) -> dict[str, Any]:
+        """Copy this store's registered images (their files as blobs), retention stages and
+        channel histories into `dest` (a store on shared state). Images `dest` has already
+        are left as they are; a channel `dest` already has keeps its own history (`kept`).
+        Idempotent: a second push copies nothing."""
+        doc = self._read()
+        there = dest._read()
+        pushed: builtins.list[str] = []
+        for image_id, entry in sorted(doc["images"].items()):
+            if image_id in there["images"]:
+                continue
+            files = self.images_dir / image_id
+            manifest = json.loads((files / "manifest.json").read_text())
+            copied = dict(entry)
+            copied.pop(PROOF, None)
+            if dest.shared is not None:
+                copied[FILES] = dest._upload(files, manifest, progress)
+
+            def add(d: dict[str, Any], image_id: str = image_id, copied: dict[str, Any] = copied) -> None:
+                d["images"].setdefault(image_id, copied)
+                stage = doc.get("retention", {}).get(image_id)
+                if stage is not None:
+                    d.setdefault("retention", {}).setdefault(image_id, stage)
+
+            dest._update(add)
+            pushed.append(image_id)
+        channels: builtins.list[str] = []
+        kept: builtins.list[str] = []
+
+        def merge(d: dict[str, Any]) -> None:
+            channels.clear()
+            kept.clear()
+            for name, chans in sorted(doc["channels"].items()):
+                for channel, hist in sorted(chans.items()):
+                    mine = d["channels"].setdefault(name, {})
+                    if mine.get(channel):
+                        kept.append(f"{name}/{channel}")
+                    else:
+                        mine[channel] = hist
+                        channels.append(f"{name}/{channel}")
+
+        dest._update(merge)
+        return {"from": self.where, "to": dest.where, "images": pushed, "channels": channels, "kept": kept}
+
     # -- retention (invoke gc) -----------------------------------------------------------
     @property
     def failed_dir(self) -> Path:
@@ -434,18 +615,23 @@ class LocalStore:
         `still_used` is asked under the store lock; if it names a use, nothing changes and
         that reason is returned. None: recorded."""
         self.get(image_id)  # NotFoundError if unknown
-        with self.locked() as doc:
+
+        def enter(doc: dict[str, Any]) -> str | None:
             why = still_used()
             if why is None:
                 doc.setdefault("retention", {})[image_id] = {"stage": stage, "at": ch.timestamp(now)}
-        return why
+            return why
+
+        return self._update(enter)
 
     def restore(self, image_id: str) -> dict[str, Any] | None:
         """Take an image's retention stage back (usable again); the stage it had, if any."""
         self.get(image_id)  # NotFoundError if unknown
-        with self.locked() as doc:
+        def take_back(doc: dict[str, Any]) -> dict[str, Any] | None:
             stage: dict[str, Any] | None = doc.get("retention", {}).pop(image_id, None)
-        return stage
+            return stage
+
+        return self._update(take_back)
 
     def remove(self, image_id: str, still_used: Callable[[], str | None]) -> str | None:
         """Delete an image: its catalog entry and retention stage, then its directory.
@@ -456,17 +642,21 @@ class LocalStore:
         rec = self.get(image_id)
         directory = (self.quarantine_dir if rec.status == QUARANTINED else self.images_dir) / image_id
         trash = self.tmp_dir / f"gc-{uuid.uuid4().hex[:12]}"
-        with file_lock(self.lock_path):
+
+        def drop(doc: dict[str, Any]) -> str | None:
             why = still_used()
-            if why is not None:
-                return why
-            doc = self._read()
-            doc["images"].pop(image_id, None)
-            doc.get("retention", {}).pop(image_id, None)
-            self._write(doc)
-            if directory.exists():
-                trash.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(directory, trash)
+            if why is None:
+                doc["images"].pop(image_id, None)
+                doc.get("retention", {}).pop(image_id, None)
+            return why
+
+        why = self._update(drop)
+        if why is not None:
+            return why
+        self._set_proof(image_id, None)
+        if directory.exists():
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return None
 

@@ -371,7 +371,10 @@ class AwsSide(Target):
 
     def gc_lock(self, command: str) -> Lock:
         """An SSM parameter below the toolkit's prefix, per environment (`aws.lock`): it
-        holds across processes and machines that share the account."""
+        holds across processes and machines that share the account; with shared state
+        (`state:`), the lease there instead, which expires when its holder dies."""
+        if self.shared_state() is not None:
+            return self.lease(f"gc/{self.env.name}", command)
         return ParameterLock(self.clients, f"{self.aws.parameter_prefix.rstrip('/')}/_locks/gc/{self.env.name}",
                              command)
 

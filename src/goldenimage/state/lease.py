@@ -19,12 +19,14 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import OperationFailed
+from ..locks import Lock
 from . import ABSENT, Backend, Conflict
 
 Clock = Callable[[], float]
@@ -148,3 +150,68 @@ def fenced_put(backend: Backend, lease: Lease, key: str, doc: dict[str, Any], *,
         raise LeaseLost(f"lease {lease.name} (token {lease.token}) is no longer held: {key} not written")
     body = json.dumps({**doc, "fence": lease.token}, sort_keys=True).encode()
     return backend.put(key, body, expect=current.version if current else ABSENT)
+
+
+class LeaseLock(Lock):
+    """A lease as one of the toolkit's locks (`locks.Lock`): taken by `held`, kept alive by a
+    heartbeat thread every `ttl / 3` seconds while held, given back on release. A holder
+    that dies stops its heartbeat; the lease expires `ttl` seconds later and the next taker
+    takes it over. `check()` raises LeaseLost once the heartbeat found the lease taken over,
+    so the holder's next write is refused instead of made."""
+
+    def __init__(self, backend: Backend, name: str, command: str, ttl: float = 120.0) -> None:
+        self.backend, self.lease_name, self.command, self.ttl = backend, name, command, ttl
+        self.name = f"lease {name} on {backend.name}"
+        self.lease: Lease | None = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def try_acquire(self) -> dict[str, Any] | None:
+        try:
+            self.lease = try_acquire(self.backend, self.lease_name, self.ttl,
+                                     who={**holder(), "command": self.command})
+        except LeaseHeld:
+            current = read(self.backend, self.lease_name)
+            if current is None:
+                return {"holder": "someone", "command": "?", "since": "just now"}
+            h = current.holder
+            return {"holder": f"{h.get('user')}@{h.get('host')}", "pid": h.get("pid"),
+                    "command": h.get("command", "?"),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.since))}
+        self._stop.clear()
+        self.lost = None
+        self._beat = threading.Thread(target=self._heartbeat, name=f"lease {self.lease_name}", daemon=True)
+        self._beat.start()
+        return None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            lease = self.lease
+            if lease is None:
+                return
+            try:
+                self.lease = heartbeat(self.backend, lease, self.ttl)
+            except LeaseLost as lost:
+                self.lost = lost.message
+                return
+            except Exception:  # a failed heartbeat is retried at the next beat; expiry decides
+                continue
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+        lease = self.lease
+        now = read(self.backend, self.lease_name)
+        if lease is None or now is None or now.token != lease.token or now.expires <= time.time():
+            raise LeaseLost(f"lease {self.lease_name} is no longer this run's: nothing more is written")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+            self._beat = None
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                release(self.backend, self.lease)
+            self.lease = None

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..aws.clients import AwsContext, Clients
     from ..aws.registry import AwsRegistry
     from ..build import NewImage, Tools
+    from ..state import Backend
 
 Result = dict[str, Any]
 
@@ -125,6 +126,16 @@ class Target(ABC):
 
     def __init__(self, env: Environment) -> None:
         self.env = env
+        self._shared: Backend | bool | None = False  # False: not opened yet
+
+    def shared_state(self) -> Backend | None:
+        """The environment's shared state (`state:`): where bake, nightly and gc take their
+        leases across machines; None for state kept on this machine only."""
+        if self._shared is False:
+            from ..state.bucket import open_backend
+
+            self._shared = open_backend(self.env)
+        return self._shared if not isinstance(self._shared, bool) else None
 
     # -- the registry and its commands ---------------------------------------------------
     @abstractmethod
@@ -192,9 +203,20 @@ class Target(ABC):
         raise self.gc_not_built("`invoke gc --apply`")
 
     def gc_lock(self, command: str) -> Lock:
-        """The environment's gc lock (one `gc --apply` or `--restore` at a time): a lock file
-        under the local state; the AWS side holds one on the AWS side."""
+        """The environment's gc lock: a lease on the shared state when there is one (across
+        machines; it expires when its holder dies), else a file lock on this machine."""
+        shared = self.shared_state()
+        if shared is not None:
+            return self.lease(f"gc/{self.env.name}", command)
         return FileLock(store_dir() / "locks" / f"gc-{self.env.name}.lock", command)
+
+    def lease(self, name: str, command: str) -> Lock:
+        """A lease `name` on the shared state (`state.lease.LeaseLock`)."""
+        from ..state.lease import LeaseLock
+
+        shared = self.shared_state()
+        assert shared is not None and self.env.settings.state is not None
+        return LeaseLock(shared, name, command, ttl=self.env.settings.state.lease_seconds)
 
     def gc_restore(self, image_id: str) -> Result:
         """Take back an image's deprecate/disable stage. Result: `stage` it had (None: none)."""

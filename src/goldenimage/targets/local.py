@@ -39,7 +39,7 @@ class LocalTarget(Target):
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
-        self.store = LocalStore(store_dir())
+        self.store = LocalStore(store_dir(), self.shared_state())
 
     # -- registry ----------------------------------------------------------------------------
     def registry(self) -> ImageRegistry:

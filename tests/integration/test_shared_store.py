@@ -1,0 +1,176 @@
+"""The image store on shared state, for real: two machines (two store directories) sharing one
+bucket on the moto server's S3. An image registered on one is listed, promoted and used on
+the other; its bytes are downloaded only when needed and checked; concurrent promotes from
+several processes all land in one history; leases keep gc and bakes to one machine."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from goldenimage.errors import IntegrityError
+from goldenimage.fsutil import sha256_file
+from goldenimage.models import ImageRecord
+from goldenimage.state import BucketBackend, blob_key
+from goldenimage.state.lease import LeaseLock
+from goldenimage.store import LocalStore
+
+from .test_state import BUCKET, s3_client
+
+pytestmark = pytest.mark.integration
+
+
+def record(i: int, name: str = "web", fp: str = "f" * 64) -> ImageRecord:
+    return ImageRecord(id=f"{name}-{i}", name=name, env="local", fingerprint=fp,
+                       created=f"2026-12-02T10:00:{i:02d}Z", status="validated", artifact="disk.qcow2")
+
+
+def put(store: LocalStore, rec: ImageRecord, payload: bytes = b"qcow2 bytes") -> None:
+    with store.workspace() as ws:
+        img = ws / "image"
+        img.mkdir()
+        (img / "disk.qcow2").write_bytes(payload)
+        (img / "sbom.cdx.json").write_text("{}")
+        store.put(rec, {"id": rec.id, "name": rec.name, "env": rec.env, "fingerprint": rec.fingerprint,
+                        "created": rec.created, "artifact": rec.artifact,
+                        "artifact_sha256": sha256_file(img / "disk.qcow2")}, img)
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str) -> Any:
+    s3 = s3_client(moto_endpoint, attempts=5)
+    s3.create_bucket(Bucket=BUCKET)
+    return s3
+
+
+def machine(tmp_path: Path, bucket: Any, name: str) -> LocalStore:
+    return LocalStore(tmp_path / name / "store", BucketBackend(bucket, BUCKET, "team/local"))
+
+
+def test_an_image_made_on_one_machine_is_used_on_another(tmp_path: Path, bucket: Any) -> None:
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    put(a, record(1), b"the bytes that were validated")
+    assert [r.id for r in b.list("web")] == ["web-1"]
+    assert b.find_by_fingerprint("web", "f" * 64).id == "web-1"  # type: ignore[union-attr]
+    assert b.manifest("web-1")["name"] == "web"
+    disk = b.images_dir / "web-1" / "disk.qcow2"
+    assert not disk.exists()  # listing and reading the manifest download no artifact
+    assert b.verified("web-1").read_bytes() == b"the bytes that were validated"
+    moved = b.promote("web-1", "stable", user="bob")
+    assert moved["changed"] and a.channel_map("web") == {"web": {"stable": "web-1"}}
+    assert not (b.tmp_dir.is_dir() and any(b.tmp_dir.iterdir()))
+
+
+def test_a_changed_local_copy_is_fetched_again_and_a_changed_blob_is_refused(tmp_path: Path, bucket: Any) -> None:
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    put(a, record(1), b"good")
+    disk = b.verified("web-1")
+    disk.write_bytes(b"evil")  # this machine's cache changed: the blob is still good
+    assert b.verified("web-1").read_bytes() == b"good"
+    assert b.get("web-1").status == "validated"
+    # the blob itself replaced under its digest: nothing downloads it, the image is corrupt
+    entry = json.loads(bucket.get_object(Bucket=BUCKET, Key="team/local/catalog.json")["Body"].read())
+    digest = entry["images"]["web-1"]["files"]["disk.qcow2"]
+    bucket.put_object(Bucket=BUCKET, Key=f"team/local/{blob_key(digest)}", Body=b"evil")
+    c = machine(tmp_path, bucket, "c")
+    with pytest.raises(IntegrityError, match="web-1"):
+        c.verified("web-1")
+    assert not (c.images_dir / "web-1" / "disk.qcow2").exists()
+    assert a.get("web-1").status == "corrupt"
+
+
+def _promote_many(args: tuple[str, str, int, list[str]]) -> int:
+    endpoint, root, n, images = args
+    store = LocalStore(Path(root), BucketBackend(s3_client(endpoint, attempts=5), BUCKET, "team/local"))
+    changed = 0
+    for i in range(n):
+        changed += bool(store.promote(images[i % len(images)], "stable", user=f"p{root[-1]}")["changed"])
+    return changed
+
+
+def test_concurrent_promotes_from_processes_are_all_in_one_history(tmp_path: Path, bucket: Any,
+                                                                  moto_endpoint: str) -> None:
+    a = machine(tmp_path, bucket, "a")
+    for i in range(1, 5):
+        put(a, record(i))
+    jobs = [(moto_endpoint, str(tmp_path / f"m{k}"), 6, [f"web-{k + 1}", f"web-{(k + 1) % 4 + 1}"])
+            for k in range(4)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        changed = sum(pool.map(_promote_many, jobs))
+    hist = a.history("web", "stable")
+    assert len(hist) == changed  # every move that said it moved the channel is there
+    for before, after in itertools.pairwise(hist):  # one sequence: each move starts where the last ended
+        assert after["from"] == before["image_id"]
+
+
+def test_two_gc_runs_on_two_machines_hold_one_lease(tmp_path: Path, bucket: Any) -> None:
+    shared = BucketBackend(bucket, BUCKET, "team/local")
+    first, second = LeaseLock(shared, "gc/local", "gc --apply", ttl=30), LeaseLock(shared, "gc/local", "gc --apply", ttl=30)
+    with first.held("gc --apply in local"):
+        other = second.try_acquire()
+        assert other is not None and "gc --apply" in other["command"]
+        first.check()
+    assert second.try_acquire() is None
+    second.release()
+
+
+def test_push_copies_a_local_store_with_its_history(tmp_path: Path, bucket: Any) -> None:
+    local = LocalStore(tmp_path / "laptop")
+    put(local, record(1))
+    put(local, record(2))
+    local.promote("web-1", "stable", user="alice")
+    local.promote("web-2", "stable", user="alice")
+    shared = machine(tmp_path, bucket, "runner")
+    pushed = local.push(shared)
+    assert pushed["images"] == ["web-1", "web-2"] and pushed["channels"] == ["web/stable"]
+    assert [h["image_id"] for h in shared.history("web", "stable")] == ["web-1", "web-2"]
+    assert shared.verified("web-2").read_bytes() == b"qcow2 bytes"
+    again = local.push(shared)
+    assert again["images"] == [] and again["kept"] == ["web/stable"]  # idempotent; the bucket's history wins
+
+
+def test_bad_state_settings_are_one_line_exit_2(tmp_path: Path, moto_endpoint: str, bucket: Any) -> None:
+    from tests.conftest import copy_project, run_invoke
+
+    project = copy_project(tmp_path / "project")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    base = settings.read_text()
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    cases = [
+        (f"state: {{bucket: no-such-bucket, endpoint_url: '{moto_endpoint}'}}\n", creds,
+         "field state.bucket: there is no bucket 'no-such-bucket'"),
+        (f"state: {{bucket: {BUCKET}, endpoint_url: '{moto_endpoint}'}}\n",
+         {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+          "AWS_CONFIG_FILE": "/nonexistent"}, "no AWS credentials"),
+        (f"state: {{bucket: {BUCKET}, prefix: team/sandbox, endpoint_url: '{moto_endpoint}'}}\n", creds,
+         "holds the state of environment 'sandbox'"),
+        ("state: {bucket: Not_A_Bucket}\n", creds, "state.bucket"),
+    ]
+    bucket.put_object(Bucket=BUCKET, Key="team/sandbox/environment.json", Body=b'{"env": "sandbox"}')
+    for text, env, needle in cases:
+        settings.write_text(base + text)
+        res = run_invoke("images", root=project, home=tmp_path / "home", env=env)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2, res.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_images_reads_the_bucket_from_a_fresh_machine(tmp_path: Path, moto_endpoint: str, bucket: Any) -> None:
+    from tests.conftest import copy_project, run_invoke
+
+    put(machine(tmp_path, bucket, "a"), record(1))
+    project = copy_project(tmp_path / "project")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text() + f"state: {{bucket: {BUCKET}, prefix: team/local, "
+                                                f"endpoint_url: '{moto_endpoint}'}}\n")
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    res = run_invoke("images", "--json", root=project, home=tmp_path / "fresh", env=creds)
+    assert res.returncode == 0, res.stderr
+    assert [i["id"] for i in json.loads(res.stdout)["images"]] == ["web-1"]
+    assert not (tmp_path / "fresh" / "store" / "images" / "web-1" / "disk.qcow2").exists()
