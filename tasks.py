@@ -206,8 +206,17 @@ def sandbox_status(c, env):
     return lambda r: sandbox.sandbox_status(env, r)
 
 
+@command("goldenimage.commands:human_push", name="push",
+         source="the local store to copy (default: this machine's)")
+def store_push(c, env, source=None):
+    """Copy a local store (images, stages, channel histories) into the environment's shared state."""
+    from goldenimage import commands
+
+    return lambda r: commands.store_push(env, source, r)
+
+
 ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
                 site, iam_policy,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status),
-                Collection("image", image_new))
+                Collection("image", image_new), Collection("store", store_push))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

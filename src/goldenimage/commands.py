@@ -449,3 +449,42 @@ def human_fingerprint(r: Result) -> list[str]:
                     now = f" (now {a['now'][name]})" if name in a["now"] else ""
                     lines.append(f"  {kind:<8} {name}{now}")
     return lines
+
+
+def store_push(env_name: str, source: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
+    """`invoke store.push`: copy a local store (this machine's, or `source`) into the
+    environment's shared state: every registered image (files as blobs, uploaded with
+    progress, each image's record written after its files), retention stages and channel
+    histories. What the bucket has already stays as it is; a second push copies nothing."""
+    from .paths import store_dir
+    from .store import LocalStore
+
+    env = load_environment(env_name, root)
+    target = target_for(env)
+    where = env.rel(env.settings_file)
+    shared = target.shared_state()
+    if shared is None:
+        raise ConfigError(f"{where}: field state: environment {env.name!r} keeps its state on this machine; "
+                          "add `state: {bucket: ...}` to push it to a bucket")
+    if not hasattr(target, "store"):
+        raise ConfigError(f"{where}: field target: {target.name!r} images live in AWS, not in a local store: "
+                          "there is nothing to push")
+    path = Path(source).expanduser().resolve() if source else store_dir()
+    if not (path / "catalog.json").is_file():
+        raise ConfigError(f"--source: {path} is not a local store (no catalog.json)")
+    local, dest = LocalStore(path), LocalStore(store_dir(), shared)
+
+    def progress(name: str, done: int, size: int) -> None:
+        reporter.step(f"upload {name}: {done / 2**20:.0f}/{size / 2**20:.0f} MiB")
+
+    with reporter.phase("push", f"{local.where} -> {dest.where}"):
+        out = local.push(dest, progress)
+    return {"env": env.name, **out}
+
+
+def human_push(result: Result) -> list[str]:
+    return [f"pushed {len(result['images'])} images and {len(result['channels'])} channels "
+            f"from {result['from']} to {result['to']}",
+            *(f"  image   {i}" for i in result["images"]),
+            *(f"  channel {c}" for c in result["channels"]),
+            *(f"  kept the bucket's history of {c}" for c in result["kept"])]

@@ -286,14 +286,15 @@ class LocalStore:
         return path
 
     def fetch(self, image_id: str, progress: Transfer | None = None) -> Path:
-        """The image's directory with every file of it on this machine (downloaded from the
-        shared store where missing); the artifact's bytes are checked by `verified`."""
+        """The image's directory with its records on this machine (manifest, SBOM, junit,
+        timings, package index: downloaded from the shared store where missing); the
+        artifact comes only through `verified`, which checks its bytes."""
         entry = self._read()["images"].get(image_id)
         if entry is None or self.shared is None:
             return self.image_dir(image_id)
         for name, digest in sorted((entry.get(FILES) or {}).items()):
             path = self.images_dir / image_id / name
-            if not path.is_file():
+            if name != entry.get("artifact") and not path.is_file():
                 self.shared.get_blob(digest, path, _per_file(progress, name, 0))
         return self.images_dir / image_id
 

@@ -174,3 +174,61 @@ def test_images_reads_the_bucket_from_a_fresh_machine(tmp_path: Path, moto_endpo
     assert res.returncode == 0, res.stderr
     assert [i["id"] for i in json.loads(res.stdout)["images"]] == ["web-1"]
     assert not (tmp_path / "fresh" / "store" / "images" / "web-1" / "disk.qcow2").exists()
+
+
+# what each S3 operation the state makes needs in IAM (multipart and the publishing copy are
+# PutObject; HeadObject is GetObject; HeadBucket and ListObjectsV2 are ListBucket)
+S3_ACTION = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "PutObject": "s3:PutObject",
+             "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+             "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:PutObject",
+             "UploadPartCopy": "s3:PutObject", "DeleteObject": "s3:DeleteObject",
+             "AbortMultipartUpload": "s3:AbortMultipartUpload", "HeadBucket": "s3:ListBucket",
+             "ListObjectsV2": "s3:ListBucket"}
+
+
+def test_the_iam_policy_grants_every_call_the_state_makes(tmp_path: Path, bucket: Any) -> None:
+    from goldenimage.aws.iam import STATE_ACTIONS, state_statements
+    from goldenimage.state.bucket import claim
+
+    seen: set[str] = set()
+    bucket.meta.events.register("before-call.s3.*", lambda model, **_: seen.add(model.name))
+    bucket.head_bucket(Bucket=BUCKET)
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    claim(a.shared, "local", "local", "state")  # type: ignore[arg-type]
+    put(a, record(1), b"x" * (65 << 20))  # over the multipart threshold
+    b.verified("web-1")
+    b.promote("web-1", "stable")
+    lock = LeaseLock(a.shared, "gc/local", "gc", ttl=30)  # type: ignore[arg-type]
+    with lock.held("gc"):
+        pass
+    seen.discard("CreateBucket")
+    assert seen, "no S3 call was recorded"
+    unknown = seen - set(S3_ACTION)
+    assert not unknown, f"S3 operations with no known IAM action: {unknown}"
+    needed = {S3_ACTION[op] for op in seen}
+    assert needed <= set(STATE_ACTIONS), needed - set(STATE_ACTIONS)
+    granted = {a for st in state_statements(BUCKET, "team/local") for a in st["Action"]}
+    assert needed <= granted
+
+
+def test_store_push_from_the_command_line(tmp_path: Path, moto_endpoint: str, bucket: Any) -> None:
+    from tests.conftest import copy_project, run_invoke
+
+    laptop = tmp_path / "laptop"
+    local = LocalStore(laptop / "store")
+    put(local, record(1))
+    local.promote("web-1", "stable", user="alice")
+    project = copy_project(tmp_path / "project")
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    res = run_invoke("store.push", root=project, home=laptop, env=creds)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "field state" in res.stderr, res.stderr
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text() + f"state: {{bucket: {BUCKET}, endpoint_url: '{moto_endpoint}'}}\n")
+    res = run_invoke("store.push", "--json", root=project, home=laptop, env=creds)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["images"] == ["web-1"] and doc["channels"] == ["web/stable"]
+    fresh = run_invoke("history", "--image", "web", "--channel", "stable", "--json", root=project,
+                       home=tmp_path / "runner", env=creds)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "web-1" in fresh.stdout and "alice" in fresh.stdout

@@ -120,6 +120,31 @@ SANDBOX_ONLY: dict[str, str] = {
 }
 
 
+# Shared state (`state:`, goldenimage/state): objects below the environment's prefix of its
+# bucket, called with the state's own S3 client (not `Clients`). Multipart uploads and the
+# server-side copy that publishes a blob are PutObject/GetObject; HeadBucket and HeadObject
+# are ListBucket and GetObject.
+STATE_ACTIONS: dict[str, str] = {
+    "s3:GetObject": "state: read the catalog, leases and blobs (a download, HeadObject, the copy's source)",
+    "s3:PutObject": "state: conditional writes of the catalog and leases; blob uploads and their publishing copy",
+    "s3:DeleteObject": "state: release a lease; drop a blob's temporary upload key",
+    "s3:AbortMultipartUpload": "state: an upload that failed halfway",
+    "s3:ListBucket": "state: check the bucket (HeadBucket); list keys below the prefix",
+}
+
+
+def state_statements(bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """The policy statements for an environment's shared state: its prefix of `bucket` only."""
+    objects = sorted(a for a in STATE_ACTIONS if a != "s3:ListBucket")
+    return [
+        {"Sid": "GoldenImageStateObjects", "Effect": "Allow", "Action": objects,
+         "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
+        {"Sid": "GoldenImageStateList", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": f"arn:aws:s3:::{bucket}",
+         "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}},
+    ]
+
+
 # SSM reads gc makes on any path (an AMI id, or a pinned older version of one, may sit in any
 # parameter): granted on every parameter, read-only; every other SSM action stays below the
 # toolkit's prefix.
@@ -168,15 +193,20 @@ def iam_policy(
     env: str | None = None, reporter: Reporter | None = None, *, root: Path | None = None
 ) -> dict[str, Any]:
     """`invoke iam-policy`: the policy document (with the env's SSM prefix when given)."""
-    prefix = PARAMETER_PREFIX
+    doc = policy_document(PARAMETER_PREFIX)
     if env is not None:
         from .context import environment
 
-        prefix = environment(env, root).aws.parameter_prefix
+        loaded = environment(env, root)
+        doc = policy_document(loaded.aws.parameter_prefix)
+        state = loaded.settings.state
+        if state is not None:  # the environment's prefix of its state bucket
+            doc["Statement"] += state_statements(state.bucket, state.prefix or loaded.name)
     return {
-        "policy": policy_document(prefix),
+        "policy": doc,
         "actions": dict(sorted(ACTIONS.items())),
         "packer_actions": dict(sorted(PACKER_ACTIONS.items())),
+        "state_actions": dict(sorted(STATE_ACTIONS.items())),
     }
 
 

@@ -49,7 +49,7 @@ class LocalTarget(Target):
         return {"store": str(self.store.root)}
 
     def provenance(self, image_id: str) -> Result:
-        directory = self.store.image_dir(image_id)
+        directory = self.store.fetch(image_id)
         manifest = self.store.manifest(image_id)
         sbom_file = directory / str(manifest.get("sbom", "sbom.cdx.json"))
         return {"directory": str(directory),
@@ -194,7 +194,7 @@ class LocalTarget(Target):
         kept = self.store.manifest(parent.id).get("apt_state")
         if not isinstance(kept, dict):
             return None
-        path = self.store.image_dir(parent.id) / str(kept.get("file"))
+        path = self.store.fetch(parent.id) / str(kept.get("file"))
         actual = sha256_file(path) if path.is_file() else "(missing)"
         if actual != kept.get("sha256"):
             reporter.warn(f"{parent.id}: its package index {path.name} has sha256 {actual}, its manifest "
