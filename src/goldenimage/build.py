@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, hostsetup, requirements, timing
 from .adapters import galaxy, packer, proc, qemu
+from .errors import BuildFailed
 from .fsutil import atomic_write_json
 from .models import ImageRecord
 from .progress import Reporter
@@ -131,6 +132,11 @@ def packer_build(env: Environment, img: NewImage, tools: Tools, ws: Path, source
     try:
         tools.packer.build(staged, var_file, source, reporter=reporter, work=ws,
                            log=ws / "image" / "build.log", grace=grace, steps=steps)
+    except BuildFailed as err:
+        said = qemu.console_tail(ws / "build-serial.log") if "waiting for SSH" in err.message else ""
+        if said:  # a build VM that never answered: what its console shows is the first clue
+            err.message += f" (the build VM's console last showed: {said!r})"
+        raise
     finally:
         times = ws / packer.TASK_TIMES
         tasks = timing.task_times(times.read_text().splitlines() if times.is_file() else [])

@@ -71,6 +71,7 @@ def test_command_line_keeps_the_disks_own_and_disables_cloud_init() -> None:
     assert line.count("net.ifnames=0") == 1
     assert "cloud-init=disabled" in line.split()
     assert "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off" in line.split()
+    assert "panic=5" in line.split()  # a panicked build VM boots again while Packer waits for SSH
     # eth0 is named so only with the old interface names
     assert "net.ifnames=0" in files("root=UUID=x ro").command_line().split()
 

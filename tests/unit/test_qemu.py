@@ -43,3 +43,16 @@ def test_raw_disks_use_blockdev_and_a_serial_the_guest_finds(tmp_path: Path) -> 
                   ["-device", "virtio-blk-pci,drive=gi-apt-in,serial=gi-apt-in,addr=0x1e"]]
     rw = raw_disk_args(tmp_path / "out.raw", "gi-apt-out", read_only=False, slot=0x1F)
     assert "read-only" not in rw[0][1] and not any(a[0] == "-drive" for a in ro + rw)  # Packer keeps its drives
+
+
+def test_console_tail_names_the_trouble_before_the_last_line(tmp_path: Path) -> None:
+    from goldenimage.adapters.qemu import console_tail
+
+    log = tmp_path / "serial.log"
+    assert console_tail(log) == ""  # no console yet
+    log.write_text("[    0.1] Linux version 6.1\n\x1b[0;32m  OK  \x1b[0m] Started ssh.service\n\nlocalhost login: \n")
+    assert console_tail(log) == "localhost login:"
+    log.write_text("[    1.2] Kernel panic - not syncing: IO-APIC + timer doesn't work!\n[    1.3] ---[ end trace ]---\n")
+    assert console_tail(log).startswith("[    1.2] Kernel panic - not syncing")
+    log.write_text("[ TIME ] Timed out waiting for device /dev/disk/by-id/virtio-gi-apt-in.\nmore\n")
+    assert "Timed out waiting for device" in console_tail(log)

@@ -15,7 +15,10 @@ Ansible, so it boots differently, and nothing of that stays in the image:
   `cloud-init clean` leaves it to run afresh at the image's first boot), a static address
   for QEMU's user network (systemd-network-generator + systemd-networkd, in /run only),
   no wait for DHCP, a transient hostname, and `no_timer_check` (on a busy host the emulated
-  CPU can fail the kernel's IO-APIC timer check: "IO-APIC + timer doesn't work!", a panic).
+  CPU can fail the kernel's IO-APIC timer check: "IO-APIC + timer doesn't work!", a panic);
+  `panic=5`: a build VM whose kernel panics anyway restarts 5 s later (QEMU boots the same
+  kernel again, the credentials are still there) while Packer waits for SSH, instead of
+  hanging until the SSH timeout.
 - systemd (PID 1 reads QEMU's fw_cfg credentials) creates the build user from
   `sysusers.extra` and, from `tmpfiles.extra`, its authorized key, a sudo rule, one ed25519
   host key (made here: no RSA key generation under emulation) and resolv.conf.
@@ -41,7 +44,7 @@ HOST_KEY_CREDENTIAL = "gi.hostkey"  # fw_cfg names are at most 55 characters
 SUDOERS = "/etc/sudoers.d/90-goldenimage-build"
 GUEST_ADDRESS = "10.0.2.15"  # QEMU user networking's fixed guest, gateway and DNS addresses
 BUILD_APPEND = (  # no_timer_check: a starved emulated CPU can fail the kernel's IO-APIC timer check (a panic)
-    "cloud-init=disabled systemd.hostname=localhost no_timer_check "
+    "cloud-init=disabled systemd.hostname=localhost no_timer_check panic=5 "
     "systemd.wants=systemd-network-generator.service systemd.wants=systemd-networkd.service "
     f"ip={GUEST_ADDRESS}::10.0.2.2:255.255.255.0::eth0:off"
 )

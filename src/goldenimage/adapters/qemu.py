@@ -227,12 +227,12 @@ def boot(
             if child.poll() is not None:
                 raise OperationFailed(
                     f"the VM exited during boot (exit {child.returncode}): "
-                    f"{_tail(work / 'qemu.log') or _tail(serial)}"
+                    f"{console_tail(work / 'qemu.log') or console_tail(serial)}"
                 )
             if waited > timeout:
                 raise OperationFailed(
                     f"no SSH after {timeout:.0f}s (ssh said: {last_ssh or 'nothing'}); "
-                    f"last console line: {_tail(serial)} (log: {serial})"
+                    f"last console line: {console_tail(serial)} (log: {serial})"
                 )
             reporter.step(f"booting, waiting for SSH on 127.0.0.1:{port} ({waited:.0f}s)")
             try:
@@ -253,7 +253,7 @@ def boot(
             vm.ssh("cloud-init status --wait >/dev/null 2>&1 || true", timeout=left)
         except subprocess.TimeoutExpired:
             raise OperationFailed(f"cloud-init did not finish within {left:.0f}s of SSH coming up "
-                                  f"(last console line: {_tail(serial)})") from None
+                                  f"(last console line: {console_tail(serial)})") from None
         vm.boot = {"mode": "bootloader", "ssh_seconds": round(ssh_up, 1),
                    "ready_seconds": round(time.monotonic() - start, 1), **analyse_boot(vm)}
         try:
@@ -273,9 +273,21 @@ def analyse_boot(vm: Vm) -> dict[str, Any]:
     return timing.boot_analysis(res.stdout)
 
 
-def _tail(path: Path) -> str:
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_TROUBLE = re.compile(r"Kernel panic|BUG: |self-detected stall|blocked for more than|Timed out waiting for device|"
+                      r"Dependency failed|emergency mode")
+
+
+def console_tail(path: Path) -> str:
+    """What a VM's serial console says about a boot that went wrong: the last line that names
+    a panic, stall or failed wait, if any, else its last line (colours stripped)."""
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
-    return lines[-1][:200] if lines else ""
+    lines = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    trouble = [ln for ln in lines if _TROUBLE.search(ln)]
+    return (trouble or lines or [""])[-1][:200]
+
+
