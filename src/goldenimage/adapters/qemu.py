@@ -195,19 +195,49 @@ def write_ssh_config(path: Path, port: int, user: str, key: Path, control_dir: P
     return path
 
 
+class _Panicked(Exception):
+    """The guest's kernel panicked before SSH answered (its console says so)."""
+
+
+BOOT_ATTEMPTS = 2  # a kernel panic under emulation is booted once more; a second one fails
+
+
 @contextlib.contextmanager
 def boot(
     disk: Path, work: Path, *, accelerator: str, cpus: int, memory: int, timeout: float,
     reporter: Reporter, user: str = "gi",
 ) -> Iterator[Vm]:
-    """Boot `disk` (through an overlay) with a fresh key; yield once SSH answers."""
+    """Boot `disk` (through an overlay) with a fresh key; yield once SSH answers. A boot
+    whose kernel panics before that (an emulated CPU starved on a busy host can fail the
+    kernel's timer checks) is stopped at once and started again from a fresh overlay, once;
+    the first console is kept as serial-1.log."""
     work.mkdir(parents=True, exist_ok=True)
     key = work / "id_ed25519"
     pubkey = make_key(key)
     iso = seed_iso(work, seed_files(work / "seed", user, pubkey, "validate"))
+    serial = work / "serial.log"
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        try:
+            with _booted(disk, work, iso, serial, key, accelerator=accelerator, cpus=cpus, memory=memory,
+                         timeout=timeout, reporter=reporter, user=user) as vm:
+                vm.boot["attempts"] = attempt
+                yield vm
+            return
+        except _Panicked as panicked:
+            if attempt == BOOT_ATTEMPTS:
+                raise OperationFailed(f"the VM's kernel panicked in {BOOT_ATTEMPTS} boots: {panicked} "
+                                      f"(log: {serial})") from None
+            os.replace(serial, work / f"serial-{attempt}.log")
+            reporter.warn(f"the VM's kernel panicked during boot ({panicked}): booting it once more")
+
+
+@contextlib.contextmanager
+def _booted(
+    disk: Path, work: Path, iso: Path, serial: Path, key: Path, *, accelerator: str, cpus: int, memory: int,
+    timeout: float, reporter: Reporter, user: str,
+) -> Iterator[Vm]:
     ov = overlay(disk, work / "overlay.qcow2")
     port = free_port()
-    serial = work / "serial.log"
     argv = [
         QEMU, "-accel", accelerator, "-smp", str(cpus), "-m", str(memory),
         "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
@@ -229,10 +259,13 @@ def boot(
                     f"the VM exited during boot (exit {child.returncode}): "
                     f"{console_tail(work / 'qemu.log') or console_tail(serial)}"
                 )
+            said = console_tail(serial)
+            if "Kernel panic" in said:
+                raise _Panicked(said)
             if waited > timeout:
                 raise OperationFailed(
                     f"no SSH after {timeout:.0f}s (ssh said: {last_ssh or 'nothing'}); "
-                    f"last console line: {console_tail(serial)} (log: {serial})"
+                    f"last console line: {said} (log: {serial})"
                 )
             reporter.step(f"booting, waiting for SSH on 127.0.0.1:{port} ({waited:.0f}s)")
             try:
