@@ -179,13 +179,31 @@ class LocalTarget(Target):
         if parent is None:
             base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
         else:  # the parent's validated qcow2, checked byte for byte; Packer copies it
-            path = self.store.verified(parent.id)
+            path = self.store.image_dir(parent.id) / parent.artifact
+            if self.store.shared is None or path.is_file():
+                path = self.store.verified(parent.id)
+            # else it is in the shared store only: its identity is its manifest's digest, and
+            # its bytes are downloaded (and checked) when a build needs them (`_parent_bytes`)
             base = baseimage.BaseImage(path, self.store.manifest(parent.id)["artifact_sha256"], f"image:{parent.id}")
-        accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, base.path, base_cache_dir(),
-                                        reporter)
+        details: dict[str, Any] = {"disk": base, "parent": parent, "accelerator": None, "apt_state": None}
+        if base.path.is_file():
+            self._parent_bytes(details, reporter)
+        return Base(base.identity, details)
+
+    def _parent_bytes(self, details: dict[str, Any], reporter: Reporter) -> None:
+        """What a build needs of its base beside the identity: the disk's bytes (a parent
+        image from the shared store is downloaded and checked here), the accelerator, and the
+        package index the parent's build kept."""
+        base, parent = details["disk"], details["parent"]
+        if details["accelerator"] is not None:
+            return
+        if parent is not None and not base.path.is_file():
+            with reporter.phase("download", f"the parent image {parent.id} from {self.store.where}"):
+                self.store.verified(parent.id)
+        details["accelerator"] = accel = qemu.choose_accelerator(
+            self.env.settings.qemu.accelerator, base.path, base_cache_dir(), reporter)
         reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
-        apt_state = self._apt_state(parent, reporter) if parent is not None else None
-        return Base(base.identity, {"disk": base, "accelerator": accel, "apt_state": apt_state})
+        details["apt_state"] = self._apt_state(parent, reporter) if parent is not None else None
 
     def _apt_state(self, parent: ImageRecord, reporter: Reporter) -> Path | None:
         """The package index the parent's build kept (hygiene role), if its bytes are the
@@ -233,6 +251,7 @@ class LocalTarget(Target):
     def build(self, job: Job, reporter: Reporter) -> Result:
         from ..build import packer_build
 
+        self._parent_bytes(job.base.details, reporter)
         ws, img, disk = job.ws, job.image, job.base.details["disk"]
         image_dir = ws / "image"
         image_dir.mkdir()
