@@ -121,6 +121,11 @@ def _gib(size: str | int | None) -> int:
     return max(1, math.ceil(n / 1024) if m.group(2) == "M" else n)
 
 
+def local_ami_name(name: str, image_id: str) -> str:
+    """The name of an AMI registered for a local image (the sandbox's bakes)."""
+    return f"goldenimage-{name}-{image_id}"[:128]
+
+
 class AwsRegistry:
     """The registry of one environment in one account and region."""
 
@@ -638,7 +643,7 @@ class AwsRegistry:
                 SnapshotIds=[snapshot], WaiterConfig={"Delay": 2}
             )
             ami = ec2.register_image(
-                Name=f"goldenimage-{record.name}-{record.id}"[:128],
+                Name=local_ami_name(record.name, record.id),
                 Description=f"goldenimage {record.name} fingerprint {record.fingerprint}"[:255],
                 Architecture="x86_64",
                 RootDeviceName="/dev/xvda",

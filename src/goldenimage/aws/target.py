@@ -32,7 +32,7 @@ from botocore.parsers import ResponseParserError  # type: ignore[import-untyped,
 
 from .. import ancestry, fingerprint, retention
 from ..adapters.packer import read_manifest
-from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
+from ..build import ID_WILDCARD, TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
 from ..locks import Lock
 from ..models import ENV_TAG, PARENT_ID_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
@@ -42,7 +42,7 @@ from ..sections import AwsSettings, BaseAmiSpec
 from ..settings import Environment
 from ..targets import Base, Checked, GcWorld, Job, Result, Target
 from . import collect, leftovers, protection, references
-from .ami import packer_vars, resolve_base_ami
+from .ami import ami_name, packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
 from .errors import aws_errors, error_code
@@ -110,6 +110,11 @@ class AwsSide(Target):
 
     def listing(self) -> Result:
         return {"target": self.name, "region": self.clients.ctx.region}
+
+    def ami_name_pattern(self, name: str) -> str:
+        """The names this target's bakes give the AMIs of image `name`, with EC2's name
+        wildcards (`invoke allowed-amis`)."""
+        return ami_name(f"{name}-{ID_WILDCARD}")
 
     def fleet(self) -> list[Result]:
         """Each group of `extra.rotation.groups` as AWS has it now, with the real `ImageId`
