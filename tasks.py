@@ -182,6 +182,14 @@ def iam_policy(c, env):
     return lambda r: iam.iam_policy(env, r)
 
 
+@command("goldenimage.aws.allowed:human_allowed", name="allowed-amis")
+def allowed_amis(c, env):
+    """Print EC2 Allowed AMIs criteria admitting the environment's images, and how to apply them (audit mode first)."""
+    from goldenimage.aws import allowed
+
+    return lambda r: allowed.allowed_amis(env, r)
+
+
 @command("goldenimage.sandbox:human_status", name="up", default_env="sandbox_env")
 def sandbox_up(c, env):
     """Start the loopback AWS API (a moto server) and seed it from inventories/<env>."""
@@ -216,7 +224,7 @@ def store_push(c, env, source=None):
 
 
 ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
-                site, iam_policy,
+                site, iam_policy, allowed_amis,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status),
                 Collection("image", image_new), Collection("store", store_push))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

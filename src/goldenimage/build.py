@@ -86,6 +86,9 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+ID_WILDCARD = "????????-??????-????????"  # what follows the name in `NewImage.id`, as EC2 name wildcards
+
+
 @dataclass(frozen=True)
 class NewImage:
     """The image a bake is making: what the build stamps into it and validation expects."""
@@ -100,7 +103,7 @@ class NewImage:
 
     @property
     def id(self) -> str:
-        return f"{self.name}-{self.created:%Y%m%d-%H%M%S}-{self.fingerprint[:8]}"
+        return f"{self.name}-{self.created:%Y%m%d-%H%M%S}-{self.fingerprint[:8]}"  # ID_WILDCARD after the name
 
     @property
     def build_time(self) -> str:

@@ -7,7 +7,9 @@ uses the image (an image that became used is skipped, and the result says so), a
 of what could have changed since, not of everything: one fresh look per batch of steps
 (`gc_recheck`), cheap checks per step. One `--apply` (or `--restore`) at a time per
 environment (`Target.gc_lock`). A failure on one image is reported and the others go on;
-the exit code is 0 only if every change went through (or found its image already gone).
+the exit code is 0 only if every change went through (or found its image already gone, or
+waits for its deregistration protection's cooldown: `waiting`, with the time it becomes
+deletable).
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def apply_plan(target: Target, plan: retention.Plan, now: datetime, reporter: Re
             elif done.get("gone"):
                 row.update(outcome="gone", detail=str(done["gone"]))
                 reporter.info(f"    {d.action} {d.image_id}: already gone ({row['detail']})")
+            elif done.get("waiting"):  # deregistration protection's cooldown: a later run deletes it
+                row.update(outcome="waiting", detail=str(done["waiting"]), deletable_at=done.get("deletable_at"))
+                reporter.info(f"    {d.action} {d.image_id}: waiting ({row['detail']})")
             else:
                 row.update(outcome="skipped", detail=str(done.get("skipped", "")))
                 reporter.warn(f"{d.action} {d.image_id} skipped: {row['detail']}")
@@ -107,7 +112,7 @@ def apply_plan(target: Target, plan: retention.Plan, now: datetime, reporter: Re
     result["applied"] = outcomes
     result["reclaimed_bytes"] = sum(
         d.reclaim for (d, _), row in zip(changes, outcomes, strict=True) if row["outcome"] == "done")
-    if any(row["outcome"] not in ("done", "gone") for row in outcomes):
+    if any(row["outcome"] not in ("done", "gone", "waiting") for row in outcomes):
         result["exit_code"] = 1
     return result
 
@@ -147,7 +152,9 @@ def human_gc(r: Result) -> list[str]:
         outcome = "already gone" if a["outcome"] == "gone" else a["outcome"]
         lines.append(f"{outcome}: {a['action']} {a['image_id']}"
                      + (f" ({a['detail']})" if a["outcome"] != "done" else ""))
-    bad = sum(1 for a in r["applied"] if a["outcome"] not in ("done", "gone"))
-    lines.append(f"applied {len(r['applied']) - bad} of {len(r['applied'])} changes, "
-                 f"reclaimed {size(r['reclaimed_bytes'])}")
+    bad = sum(1 for a in r["applied"] if a["outcome"] not in ("done", "gone", "waiting"))
+    waiting = sum(1 for a in r["applied"] if a["outcome"] == "waiting")
+    lines.append(f"applied {len(r['applied']) - bad - waiting} of {len(r['applied'])} changes"
+                 + (f", {waiting} waiting for a cooldown" if waiting else "")
+                 + f", reclaimed {size(r['reclaimed_bytes'])}")
     return lines

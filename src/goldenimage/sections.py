@@ -195,6 +195,9 @@ class ImageRetention(_Model):
     deprecate_after: int = Field(default=0, ge=0)
     disable_after: int = Field(default=7, ge=0)
     delete_after: int = Field(default=14, ge=0)
+    max_age_days: int | None = Field(
+        default=None, ge=1, description="the oldest image (days since created) `invoke allowed-amis` admits "
+        "(EC2 Allowed AMIs' MaximumDaysSinceCreated), even on a channel; default: no age limit")
     quarantined: Graces = Graces()
     revoked: Graces = Graces(deprecate_after=0, disable_after=1, delete_after=3)
     building: Graces = Graces(deprecate_after=1, disable_after=0, delete_after=0)

@@ -14,7 +14,10 @@ apply's steps --, a restore. Invariants, after every step:
   before a destructive step looks at: instances, launch-template versions, launch
   permissions -- is never disabled or deleted after that (deprecating it leaves it
   launchable, and the next plan keeps it and names `--restore`);
-- a plan keeps every used AMI.
+- a plan keeps every used AMI;
+- the AMI that `promote` (the real registry) last put on channel `stable` is never moved a
+  stage further, deleted or unprotected: its deregistration protection (recorded in its tag:
+  moto has no protection calls) stays on.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from goldenimage import gc, retention
+from goldenimage.aws import protection
 from goldenimage.aws.clients import AwsContext, Clients
 from goldenimage.aws.collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
 from goldenimage.aws.target import AwsTarget
+from goldenimage.errors import GoldenImageError
 from goldenimage.models import CURRENT_IMAGE_TAG, NAME_TAG, PARENT_ID_TAG
 from goldenimage.progress import Reporter
 from goldenimage.sections import ImageRetention, RetentionSettings
@@ -70,6 +75,7 @@ class GcWorld(RuleBasedStateMachine):
         self.used: dict[str, int] = {}  # AMI -> its rank when its use arrived (before a batch's look)
         self.late: dict[str, int] = {}  # AMI -> its rank when its use arrived between two steps
         self.now = START
+        self.stable: tuple[str, int] | None = None  # (AMI promote put on channel stable, its rank then)
         self.lt_id = ""
         self.n = 0
 
@@ -141,6 +147,18 @@ class GcWorld(RuleBasedStateMachine):
         if self.use(kind, ami):
             self.note(self.used, ami)
 
+    @rule(pick=st.integers(0, 9))
+    def promote(self, pick: int) -> None:
+        """`invoke promote` through the real registry (a disabled AMI is refused: skipped)."""
+        ami = self.amis[pick % len(self.amis)]
+        if self.stage(ami) in ("deleted", "disabled"):
+            return
+        try:
+            self.target.registry().promote(ami, "stable")
+        except GoldenImageError:
+            return
+        self.stable = (ami, RANK[self.stage(ami)])
+
     @rule()
     def plan(self) -> None:
         r = gc.gc("aws", False, Reporter(io.StringIO()), root=ROOT, now=self.now)
@@ -205,6 +223,15 @@ class GcWorld(RuleBasedStateMachine):
 
     # -- the promise ----------------------------------------------------------------------
     @invariant()
+    def the_channels_ami_stays_protected(self) -> None:
+        if self.stable is None:
+            return
+        ami, rank = self.stable
+        assert RANK[self.stage(ami)] <= rank, f"{ami} is on channel stable, yet now {self.stage(ami)}"
+        img = self.ec2.describe_images(ImageIds=[ami], IncludeDisabled=True)["Images"][0]
+        assert protection.protected(img), f"{ami} is on channel stable, yet {protection.state(img)}"
+
+    @invariant()
     def no_used_ami_moved_on(self) -> None:
         for ami, rank in self.used.items():
             now = RANK[self.stage(ami)]
@@ -230,6 +257,7 @@ def _replay(url: str, monkeypatch: pytest.MonkeyPatch, stages: list[str | None],
     for name, args in steps:
         getattr(m, name)(*args)
         m.no_used_ami_moved_on()
+        m.the_channels_ami_stays_protected()
 
 
 @pytest.mark.parametrize(("stages", "steps"), [
@@ -245,6 +273,9 @@ def _replay(url: str, monkeypatch: pytest.MonkeyPatch, stages: list[str | None],
     (["disabled", "disabled", None], [("apply", ([], [(1, "lt version", 1)]))]),
     # an instance launched between two steps, before a disable
     (["deprecated", "deprecated", None], [("apply", ([], [(1, "instance", 1)]))]),
+    # promoted while deprecated, then moved on by another promotion (rollback target) and back
+    (["deprecated", None, None], [("promote", (0,)), ("apply", ([], [])), ("promote", (1,)),
+                                  ("promote", (2,)), ("apply", ([], [])), ("promote", (0,)), ("apply", ([], []))]),
 ])
 def test_gc_regressions(moto_server: str, monkeypatch: pytest.MonkeyPatch, stages: list[str | None],
                         steps: list[tuple[str, tuple[Any, ...]]]) -> None:

@@ -72,6 +72,12 @@ def resolve_base_ami(clients: Clients, spec: BaseAmiSpec) -> dict[str, str]:
     }
 
 
+def ami_name(image_id: str) -> str:
+    """The name an amazon-ebs bake gives the AMI of image `image_id` (`invoke allowed-amis`
+    admits these names)."""
+    return f"goldenimage-{image_id}"[:128]
+
+
 def ec2_endpoint() -> str:
     """The EC2 endpoint override boto3 also honours (service-specific first), for Packer."""
     return os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL") or ""
@@ -126,7 +132,7 @@ def packer_vars(
         "aws_root_device_name": base.get("root_device_name") or "/dev/xvda",
         "aws_instance_type": b.instance_type,
         "aws_subnet_id": b.subnet or (aws.subnets[0] if aws.subnets else ""),
-        "aws_ami_name": f"goldenimage-{image_id}"[:128],
+        "aws_ami_name": ami_name(image_id),
         "aws_volume_size": b.volume_size,
         "aws_encrypt_boot": b.encrypt_boot,
         "aws_kms_key_id": b.kms_key_id or "",

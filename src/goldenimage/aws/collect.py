@@ -5,7 +5,9 @@ sandbox only records the stage) -> disable (`DisableImage`: reversible, unlaunch
 deregister, with only that AMI's own snapshots: a snapshot that any other AMI of the
 region (disabled ones too) maps is never deleted. The stage and when it was reached are
 recorded in the AMI's tags (`goldenimage:gc-stage`, `goldenimage:gc-stage-at`), which the
-planner reads. `restore` takes a deprecate/disable stage back in every region.
+planner reads. `disable` also takes the AMI's deregistration protection off (`aws.protection`:
+a promoted AMI has it; with its cooldown the AMI can be deregistered 24 h later), and
+`restore` takes a deprecate/disable stage back in every region, protection included.
 
 The caller looks again at the uses right before each step (`AwsSide.gc_recheck`, `gc_apply`).
 """
@@ -19,6 +21,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped, unus
 
 from .. import retention
 from ..models import TAG
+from . import protection
 from .clients import Clients
 
 GC_STAGE_TAG, GC_STAGE_AT_TAG = TAG + "gc-stage", TAG + "gc-stage-at"
@@ -126,6 +129,7 @@ def restore(clients: Clients, ami: str) -> dict[str, str] | None:
     stage = retention.DISABLED if img.get("State") == "disabled" else tags.get(GC_STAGE_TAG) or None
     if img.get("State") == "disabled":
         clients.ec2.enable_image(ImageId=ami)
+    protection.reprotect(clients, img)  # the deregistration protection gc took off at `disable`
     revoked = bool(tags.get(TAG + "revoked-reason"))  # a revocation's deprecation stays
     if stage and not revoked and not clients.ctx.is_sandbox and img.get("DeprecationTime"):
         clients.ec2.disable_image_deprecation(ImageId=ami)

@@ -74,6 +74,13 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeImageAttribute": "gc: who else may launch an AMI gc would change (launch permissions)",
     "ram:ListResources": "gc: AMIs the account shares through RAM resource shares",
     "ssm:DeleteParameter": "gc --apply / --restore: release the environment's gc lock (a parameter below the prefix)",
+    "ssm:DeleteParameters": "gc --apply: a deleted AMI's manifest and SBOM parts (below the prefix)",
+    # publishing safety (aws/protection.py, aws/allowed.py)
+    "ec2:EnableImageDeregistrationProtection": "promote: deregistration protection with cooldown on every copy "
+                                               "of the AMI; gc --restore: put back where gc took it off",
+    "ec2:DisableImageDeregistrationProtection": "gc --apply: an unused AMI's protection off at its disable stage "
+                                                "(or before its delete)",
+    "sts:GetCallerIdentity": "allowed-amis: the account that owns the toolkit's AMIs",
     "elasticloadbalancing:DescribeTargetHealth": "rotate: target-group health of new instances",
     "cloudwatch:DescribeAlarms": "rotate: abort alarms at checkpoints",
 }

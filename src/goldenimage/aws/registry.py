@@ -18,6 +18,9 @@ manifest), plus promote, revoke and channel history.
 - A channel is the SSM parameter `<prefix>/<image>/<channel>` whose value is an AMI id
   (data type `aws:ec2:image`). Every promotion is a new parameter version, so the
   parameter's history is the promotion history and names the exact rollback target.
+- Promote first turns on EC2 deregistration protection with cooldown on every copy of the
+  AMI in every region (`aws.protection`); gc alone takes it off, through its stages. When
+  gc deletes an AMI, the registry forgets its parameters (manifest and SBOM parts).
 - Revoke tags the AMI `revoked`, deprecates it (`EnableImageDeprecation`) and moves every
   channel that points at it back to its previous validated image; promote, channel
   resolution and `require_usable` refuse a revoked image from then on.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -53,6 +57,7 @@ from ..models import (
     history_entry,
 )
 from ..sections import PARAMETER_PREFIX
+from . import protection
 from .clients import Clients
 from .errors import aws_errors, code_means, error_code
 
@@ -116,6 +121,11 @@ def _gib(size: str | int | None) -> int:
     return max(1, math.ceil(n / 1024) if m.group(2) == "M" else n)
 
 
+def local_ami_name(name: str, image_id: str) -> str:
+    """The name of an AMI registered for a local image (the sandbox's bakes)."""
+    return f"goldenimage-{name}-{image_id}"[:128]
+
+
 class AwsRegistry:
     """The registry of one environment in one account and region."""
 
@@ -128,8 +138,10 @@ class AwsRegistry:
         channel_data_type: str = "aws:ec2:image",
         supports_deprecation: bool | None = None,
         now: Callable[[], dt.datetime] = utcnow,
+        copy_regions: Iterable[str] = (),
     ) -> None:
         self.clients = clients
+        self.copy_regions = sorted(set(copy_regions) - {clients.ctx.region})
         self.env = env
         self.prefix = prefix.rstrip("/")
         self.channel_data_type = channel_data_type
@@ -373,11 +385,32 @@ class AwsRegistry:
             )
         return rec
 
+    def everywhere(self, image_id: str, local_id: str) -> builtins.list[tuple[Clients, str]]:
+        """[(clients of the region, AMI)]: the image's copies in the copy regions (the same
+        `local-id` tag), then the AMI itself."""
+        out: builtins.list[tuple[Clients, str]] = []
+        for region in self.copy_regions if local_id else ():
+            c = Clients(dataclasses.replace(self.clients.ctx, region=region))
+            pages = c.ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=[
+                {"Name": f"tag:{TAG}env", "Values": [self.env]}, {"Name": f"tag:{TAG}local-id", "Values": [local_id]}])
+            out += [(c, img["ImageId"]) for page in pages for img in page.get("Images", [])]
+        return [*out, (self.clients, image_id)]
+
+    def protect(self, rec: ImageRecord) -> dict[str, str]:
+        """Deregistration protection with cooldown on every copy of the image (`aws.protection`):
+        {region:AMI: what was done}."""
+        return {f"{c.ctx.region}:{ami}": protection.protect(c, ami)
+                for c, ami in self.everywhere(rec.id, str(rec.extra.get("local_id") or ""))}
+
     @_translated
     def promote(self, image_id: str, channel: str) -> dict[str, Any]:
+        """Point the channel at a validated image. Its deregistration protection (with
+        cooldown, every copy in every region) is turned on first: a channel never names an
+        AMI that can be deregistered; gc alone takes it off, through its stages."""
         rec = self.require_usable(image_id)
         param = self.channel_parameter(rec.name, channel)
         previous = self.channels(rec.name).get(channel)
+        protected = self.protect(rec)  # also when the channel already points at it (images promoted before)
         if previous == image_id:
             return {
                 "image": rec.name,
@@ -386,6 +419,7 @@ class AwsRegistry:
                 "previous": previous,
                 "changed": False,
                 "parameter": param,
+                "protection": protected,
             }
         out = self.clients.ssm.put_parameter(
             Name=param,
@@ -403,7 +437,31 @@ class AwsRegistry:
             "changed": True,
             "parameter": param,
             "version": out.get("Version"),
+            "protection": protected,
         }
+
+    def image_parameters(self, name: str, image_id: str) -> builtins.list[str]:
+        """The parameters the registry keeps for one AMI: its manifest and its SBOM parts
+        (all parts there are, whatever the manifest says)."""
+        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(
+            Path=f"{self.prefix}/_sbom/{name}/{image_id}", Recursive=True)
+        parts = sorted(p["Name"] for page in pages for p in page.get("Parameters", []))
+        try:
+            self.clients.ssm.get_parameter(Name=self.manifest_parameter(name, image_id))
+            manifest = [self.manifest_parameter(name, image_id)]
+        except ClientError as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+            manifest = []
+        return [*manifest, *parts]
+
+    def forget(self, name: str, image_id: str) -> builtins.list[str]:
+        """Delete the AMI's parameters (`image_parameters`), once the AMI is deregistered;
+        the names deleted."""
+        names = self.image_parameters(name, image_id)
+        for i in range(0, len(names), 10):  # DeleteParameters takes up to 10 names
+            self.clients.ssm.delete_parameters(Names=names[i:i + 10])
+        return names
 
     @_translated
     def revoke(self, image_id: str, reason: str) -> dict[str, Any]:
@@ -585,7 +643,7 @@ class AwsRegistry:
                 SnapshotIds=[snapshot], WaiterConfig={"Delay": 2}
             )
             ami = ec2.register_image(
-                Name=f"goldenimage-{record.name}-{record.id}"[:128],
+                Name=local_ami_name(record.name, record.id),
                 Description=f"goldenimage {record.name} fingerprint {record.fingerprint}"[:255],
                 Architecture="x86_64",
                 RootDeviceName="/dev/xvda",

@@ -32,7 +32,7 @@ from botocore.parsers import ResponseParserError  # type: ignore[import-untyped,
 
 from .. import ancestry, fingerprint, retention
 from ..adapters.packer import read_manifest
-from ..build import TIMINGS, Tools, detect_tools, git_state, packer_build
+from ..build import ID_WILDCARD, TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
 from ..locks import Lock
 from ..models import ENV_TAG, PARENT_ID_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
@@ -41,8 +41,8 @@ from ..progress import Reporter
 from ..sections import AwsSettings, BaseAmiSpec
 from ..settings import Environment
 from ..targets import Base, Checked, GcWorld, Job, Result, Target
-from . import collect, leftovers, references
-from .ami import packer_vars, resolve_base_ami
+from . import collect, leftovers, protection, references
+from .ami import ami_name, packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
 from .collect import GC_STAGE_AT_TAG, GC_STAGE_TAG
 from .errors import aws_errors, error_code
@@ -100,6 +100,7 @@ class AwsSide(Target):
             c, self.env.name, prefix=self.aws.parameter_prefix, channel_data_type=self.aws.channel_data_type,
             # moto (the sandbox) has no EnableImageDeprecation
             supports_deprecation=self.aws.deprecate_revoked and not c.ctx.is_sandbox,
+            copy_regions=self.copy_regions(),
         )
 
     def aws_registry(self, clients: Clients | None = None) -> AwsRegistry:
@@ -109,6 +110,11 @@ class AwsSide(Target):
 
     def listing(self) -> Result:
         return {"target": self.name, "region": self.clients.ctx.region}
+
+    def ami_name_pattern(self, name: str) -> str:
+        """The names this target's bakes give the AMIs of image `name`, with EC2's name
+        wildcards (`invoke allowed-amis`)."""
+        return ami_name(f"{name}-{ID_WILDCARD}")
 
     def fleet(self) -> list[Result]:
         """Each group of `extra.rotation.groups` as AWS has it now, with the real `ImageId`
@@ -347,6 +353,10 @@ class AwsSide(Target):
             if why:
                 return {"done": False, "skipped": f"in use now: {why}"}
         places = self._everywhere(image_id, home)
+        if action == retention.DELETE:
+            waiting = self._protection_wait(image_id, home, places, now)
+            if waiting:
+                return waiting
         done: list[str] = []
         for region, ami in places:
             c = _in_region(self.clients, region)
@@ -355,6 +365,11 @@ class AwsSide(Target):
                     collect.deprecate(c, ami, now)
                 elif action == retention.DISABLE:
                     collect.disable(c, ami, now, tags if ami == image_id else None)
+                    # unused and on its way out: its deregistration protection goes now, so that
+                    # the cooldown (24 h) runs while the image waits in `disabled`
+                    img = home if ami == image_id else collect.image(c, ami)
+                    if img is not None:
+                        protection.unprotect(c, img, now)
                 else:
                     collect.deregister(c, ami, fresh.snapshots if c is self.clients else None)
             except ClientError as exc:
@@ -367,7 +382,41 @@ class AwsSide(Target):
                 raise OperationFailed(f"{action} {region}:{ami}: {exc}"
                                       + (f" (done before it: {', '.join(done)})" if done else "")) from exc
             done.append(f"{region}:{ami}")
+        if action == retention.DELETE:  # the registry's parameters of the image: its manifest and SBOM parts
+            try:
+                forgotten = self.registry().forget(decision.name, image_id)
+            except (ClientError, BotoCoreError) as exc:
+                raise OperationFailed(f"delete {image_id}: deregistered ({', '.join(done)}), but its "
+                                      f"parameters were not deleted: {exc}") from exc
+            return {"done": True, "where": done, **({"parameters": forgotten} if forgotten else {})}
         return {"done": True, "where": done}
+
+    def _protection_wait(self, image_id: str, home: dict[str, Any], places: list[tuple[str, str]],
+                         now: datetime) -> Result | None:
+        """Before a delete: every copy's deregistration protection. One still on (an image
+        disabled before gc took protection off, or protected again since) is turned off now;
+        while any copy is in its cooldown the image is `waiting` (not a failure), with the time
+        it becomes deletable."""
+        why: list[str] = []
+        until: list[datetime] = []
+        for region, ami in places:
+            c = _in_region(self.clients, region)
+            img = home if ami == image_id else collect.image(c, ami)
+            if img is None:
+                continue
+            try:
+                off = protection.unprotect(c, img, now)
+            except (ClientError, BotoCoreError) as exc:
+                raise OperationFailed(f"delete {region}:{ami}: turning deregistration protection off: {exc}") from exc
+            if off is not None:
+                img = collect.image(c, ami) or img
+            blocked = protection.blocked(img, now)
+            if blocked:
+                why.append(f"{region}:{ami}: {blocked}")
+                until.append(protection.deletable_at(img) or now)
+        if not why:
+            return None
+        return {"done": False, "waiting": "; ".join(why), "deletable_at": protection.stamp(max(until))}
 
     def gc_lock(self, command: str) -> Lock:
         """An SSM parameter below the toolkit's prefix, per environment (`aws.lock`): it

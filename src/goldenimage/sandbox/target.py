@@ -17,9 +17,10 @@ from typing import Any
 
 from .. import retention
 from ..aws.clients import AwsContext, Clients
-from ..aws.registry import AwsRegistry
+from ..aws.registry import AwsRegistry, local_ami_name
 from ..aws.target import AwsSide
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
+from ..build import ID_WILDCARD
 from ..errors import NotFoundError, OperationFailed
 from ..locks import Lock
 from ..models import REVOKED, VALIDATED, ImageRecord
@@ -152,6 +153,9 @@ class SandboxTarget(LocalTarget, AwsSide):
 
     def listing(self) -> Result:
         return AwsSide.listing(self)
+
+    def ami_name_pattern(self, name: str) -> str:
+        return local_ami_name(name, f"{name}-{ID_WILDCARD}")  # AwsRegistry.register_local_image
 
     def parent_registry(self) -> ImageRegistry:
         return SandboxParents(self.registry(), self.store)

@@ -168,6 +168,10 @@ class Target(ABC):
         """The AWS API this environment's AWS-side commands use."""
         raise self._not_aws()
 
+    def ami_name_pattern(self, name: str) -> str:
+        """The names of this target's AMIs of image `name`, with EC2's name wildcards."""
+        raise self._not_aws()
+
     def aws_registry(self, clients: Clients | None = None) -> AwsRegistry:
         """The AMI registry (with `clients`, else the target's own)."""
         raise self._not_aws()
