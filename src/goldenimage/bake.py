@@ -25,7 +25,6 @@ from . import channels as ch
 from .build import TIMINGS, NewImage, fingerprint_extra, parent_inputs
 from .errors import ConfigError, GoldenImageError, NotFoundError, ValidationFailed
 from .fsutil import file_lock
-from .locks import LockHeld, describe
 from .models import VALIDATED, ImageRecord
 from .paths import store_dir
 from .plan import plan
@@ -158,19 +157,9 @@ def bake_lock(target: Target, store: LocalStore, name: str, reporter: Reporter,
             return
         lock = target.lease(f"bake/{target.env.name}/{name}", f"bake {name}")
         assert isinstance(lock, LeaseLock)
-        deadline, delay, told = time.monotonic() + wait, 0.5, False
-        while (other := lock.try_acquire()) is not None:
-            if time.monotonic() >= deadline:
-                raise LockHeld(f"bake of {name!r}: {lock.name} is still held by {describe(other)}")
-            if not told:
-                reporter.info(f"    waiting: {lock.name} is held by {describe(other)}")
-                told = True
-            sleep(delay)
-            delay = min(delay * 2, 10.0)
-        try:
+        with lock.held(f"bake of {name!r}", wait, sleep, max_poll=10.0,
+                       on_wait=lambda who: reporter.info(f"    waiting: {who}")):
             yield lock
-        finally:
-            lock.release()
 
 
 @contextlib.contextmanager

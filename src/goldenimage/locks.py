@@ -58,18 +58,24 @@ class Lock:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def held(self, what: str, wait: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
-        """Hold the lock for the block; waiting up to `wait` seconds, then `LockHeld`."""
-        deadline = time.monotonic() + wait
+    def held(self, what: str, wait: float = 0.0, sleep: Callable[[float], None] = time.sleep, *,
+             on_wait: Callable[[str], None] | None = None, max_poll: float = POLL) -> Iterator[Lock]:
+        """Hold the lock for the block; waiting up to `wait` seconds, then `LockHeld`.
+        `on_wait` hears once who holds it; polls back off from `POLL` to `max_poll` seconds."""
+        deadline, delay, told = time.monotonic() + wait, POLL, False
         while True:
             other = self.try_acquire()
             if other is None:
                 break
             if time.monotonic() >= deadline:
                 raise LockHeld(f"{what} is already running: {self.name} is held by {describe(other)}")
-            sleep(POLL)
+            if on_wait is not None and not told:
+                on_wait(f"{self.name} is held by {describe(other)}")
+                told = True
+            sleep(delay)
+            delay = min(delay * 2, max_poll)
         try:
-            yield
+            yield self
         finally:
             self.release()
 

@@ -136,6 +136,12 @@ def release(backend: Backend, lease: Lease) -> None:
         backend.delete(_key(lease.name), expect=lease.version)
 
 
+def still_held(backend: Backend, lease: Lease, now: float) -> bool:
+    """The lease record is still this holder's (its token) and not expired at `now`."""
+    current = read(backend, lease.name)
+    return current is not None and current.token == lease.token and current.expires > now
+
+
 def fenced_put(backend: Backend, lease: Lease, key: str, doc: dict[str, Any], *, clock: Clock = time.time) -> str:
     """Write record `key` (a JSON document) under `lease`: refused (LeaseLost) when the record
     was written under a newer lease, or when the lease itself is no longer this holder's."""
@@ -145,8 +151,7 @@ def fenced_put(backend: Backend, lease: Lease, key: str, doc: dict[str, Any], *,
         if int(seen) > lease.token:
             raise LeaseLost(f"{key} was written under token {seen}, newer than this holder's {lease.token}: "
                             "refused")
-    now = read(backend, lease.name)
-    if now is None or now.token != lease.token or now.expires <= clock():
+    if not still_held(backend, lease, clock()):
         raise LeaseLost(f"lease {lease.name} (token {lease.token}) is no longer held: {key} not written")
     body = json.dumps({**doc, "fence": lease.token}, sort_keys=True).encode()
     return backend.put(key, body, expect=current.version if current else ABSENT)
@@ -202,8 +207,7 @@ class LeaseLock(Lock):
         if self.lost is not None:
             raise LeaseLost(self.lost)
         lease = self.lease
-        now = read(self.backend, self.lease_name)
-        if lease is None or now is None or now.token != lease.token or now.expires <= time.time():
+        if lease is None or not still_held(self.backend, lease, time.time()):
             raise LeaseLost(f"lease {self.lease_name} is no longer this run's: nothing more is written")
 
     def release(self) -> None:
