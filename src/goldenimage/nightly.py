@@ -169,6 +169,10 @@ class _Run:
             for name in checked:
                 prev = self.previous[name] = newest_validated(reg, name)
                 manifests[name] = reg.manifest(prev.id) if prev else None
+            if self.target.bases is not None:  # another machine may have built or marked a base
+                for source in sorted({str((m.get("base") or {}).get("source") or "") for m in manifests.values() if m}):
+                    if (directory := baseimage.cached_dir(base_cache_dir(), source)) is not None:
+                        self.target.bases.sync(directory.parent, directory.name, self.reporter, publish=not plan)
             installed = {n: drift.installed_from_manifest(m) if m else None for n, m in manifests.items()}
             indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []}, self.get,
                                       cache=store_dir() / "cache" / "archive", write_cache=not plan)
@@ -211,7 +215,7 @@ class _Run:
             if not plan:
                 for directory, reason in self.stale.items():
                     if baseimage.stale_reason(directory) is None:
-                        baseimage.mark_stale(directory, reason, _now())
+                        baseimage.mark_stale(directory, reason, _now(), self.target.bases)
             self.security |= {(n, v) for (s, _), idx in indexes.read.items() if s.security and idx
                               for n, entries in idx.items() for v, _, _ in entries}
             out["drift"] = any(i["drift"] for i in out["images"])

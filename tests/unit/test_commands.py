@@ -305,7 +305,8 @@ def test_bake_extra_uses_the_bakes_sources(root: Path, monkeypatch: pytest.Monke
 
     seen: dict[str, object] = {}
 
-    def fake_base(spec: object, cache: Path, reporter: Reporter) -> baseimage.BaseImage:
+    def fake_base(spec: object, cache: Path, reporter: Reporter, shared: object = None,
+                  need_bytes: bool = True) -> baseimage.BaseImage:
         seen["spec"] = spec
         return baseimage.BaseImage(Path("/x/base.qcow2"), "c" * 64, "mmdebstrap:k")
 

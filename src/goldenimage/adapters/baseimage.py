@@ -38,6 +38,7 @@ from ..errors import ConfigError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, sha256_file
 from ..progress import Reporter
 from ..settings import BaseImageSpec
+from ..state import ABSENT, Backend, Conflict
 from . import archive, proc
 
 RECIPE_VERSION = "5"  # 5: suite-updates and suite-security sources; the archive record
@@ -52,6 +53,7 @@ ROOT_UUID = "5c8f3a1e-3d1b-4f0e-9b7a-60d1e11d0b45"  # fixed: the recipe is repro
 ARCH = "amd64"
 RECORD = "base.json"
 STALE = "stale.json"
+DISK = "base.qcow2"
 INSTALLED_FORMAT = r"${Package}\t${Version}\t${Architecture}\t${source:Package}\n"
 
 EXTLINUX_CONF = """\
@@ -134,20 +136,30 @@ def is_at_hand(spec: BaseImageSpec, cache: Path) -> bool:
     return (final / RECORD).is_file() and not (final / STALE).is_file()
 
 
-def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> BaseImage:
-    """Return the base disk for `spec`, building or fetching it only when not cached."""
+def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter,
+                      shared: SharedBases | None = None, *, need_bytes: bool = True) -> BaseImage:
+    """Return the base disk for `spec`, building or fetching it only when not cached. With
+    `shared`, the shared record of the recipe is this machine's record (a base another
+    machine built is this one's too, without mmdebstrap), a base built here is published,
+    and the disk's bytes are downloaded only with `need_bytes` (a build needs them, an
+    identity does not: then the returned path may not exist yet)."""
     if spec.url:
         return _user_image(spec, cache, reporter)
     version = mmdebstrap_version()
     key = recipe_key(spec, version)
     final = cache / key
+    if shared is not None:
+        shared.sync(cache, key, reporter)
     with file_lock(cache / f"{key}.lock"):
         meta = final / RECORD
         stale = final / STALE
         if meta.is_file() and not stale.is_file():
             doc = json.loads(meta.read_text())
-            reporter.info(f"    base image cached: {final / 'base.qcow2'}")
-            return BaseImage(final / "base.qcow2", doc["sha256"], f"mmdebstrap:{key}")
+            if (final / DISK).is_file():
+                reporter.info(f"    base image cached: {final / DISK}")
+            elif shared is not None and need_bytes:
+                shared.download(cache, key, reporter)
+            return BaseImage(final / DISK, doc["sha256"], f"mmdebstrap:{key}")
         if stale.is_file():
             why = json.loads(stale.read_text()).get("reason", "")
             reporter.info(f"    base image {key} is stale ({why}): rebuilding it")
@@ -174,7 +186,111 @@ def ensure_base_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> B
             os.replace(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return BaseImage(final / "base.qcow2", digest, f"mmdebstrap:{key}")
+    if shared is not None:
+        digest = shared.publish(cache, key, reporter)
+    return BaseImage(final / DISK, digest, f"mmdebstrap:{key}")
+
+
+class SharedBases:
+    """Base disks in the environment's shared state, keyed by their recipe as in the local
+    cache: the record `bases/<recipe key>.json` (this module's `base.json`, plus `stale`
+    when a drift check found the archive newer) and the disk as a blob under its sha256.
+
+    The shared record is the truth: a machine whose cached record names other bytes (another
+    machine rebuilt the base) takes the shared one and drops its disk; a base built here is
+    published only where the shared record is missing or stale, so two machines that both
+    built one end up on the same (the first published). A fresh machine thereby knows every
+    base's identity and archive record, and decides that nothing changed, without mmdebstrap
+    or a download."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @staticmethod
+    def record_key(key: str) -> str:
+        return f"bases/{key}.json"
+
+    def sync(self, cache: Path, key: str, reporter: Reporter, *, publish: bool = True) -> None:
+        """This machine's record of base `key` brought in line with the shared one. With
+        `publish`, what only this machine knows is shared: a base the shared state has not
+        (built before the state was shared), a stale mark."""
+        got = self.backend.get(self.record_key(key))
+        final = cache / key
+        if got is None:
+            if publish and read_record(final) is not None and stale_reason(final) is None and (final / DISK).is_file():
+                self.publish(cache, key, reporter)
+            return
+        doc = json.loads(got.data)
+        shared_stale = doc.pop("stale", None)
+        with file_lock(cache / f"{key}.lock"):
+            local = read_record(final)
+            if local is None or local.get("sha256") != doc.get("sha256"):
+                if local is not None:
+                    reporter.info(f"    base image {key}: the shared state holds another build of it "
+                                  f"(sha256 {str(doc.get('sha256'))[:12]}…): using that one")
+                final.mkdir(parents=True, exist_ok=True)
+                (final / DISK).unlink(missing_ok=True)
+                (final / STALE).unlink(missing_ok=True)
+                atomic_write_json(final / RECORD, doc)
+                local_stale = None
+            else:
+                local_stale = stale_reason(final)
+            if shared_stale and local_stale is None:
+                atomic_write_json(final / STALE, shared_stale)
+        if publish and local_stale is not None and not shared_stale:
+            self.mark_stale(key, json.loads((final / STALE).read_text()))
+
+    def mark_stale(self, key: str, stale: dict[str, Any]) -> None:
+        """The shared record marked stale (once: a marked record is left as it is)."""
+        for _ in range(20):
+            got = self.backend.get(self.record_key(key))
+            if got is None:
+                return
+            doc = json.loads(got.data)
+            if doc.get("stale"):
+                return
+            doc["stale"] = stale
+            try:
+                self.backend.put(self.record_key(key), _dump(doc), expect=got.version)
+                return
+            except Conflict:
+                continue
+
+    def publish(self, cache: Path, key: str, reporter: Reporter) -> str:
+        """The disk built here, uploaded, then its record (last: a reader never sees a record
+        without its disk); the sha256 of the base now shared, which is another machine's when
+        that one published first."""
+        final = cache / key
+        doc = read_record(final)
+        assert doc is not None
+        digest = str(doc["sha256"])
+        got = self.backend.get(self.record_key(key))
+        current = json.loads(got.data) if got else None
+        if current is not None and not current.get("stale"):
+            if current.get("sha256") != digest:
+                self.sync(cache, key, reporter)
+            return str(current["sha256"])
+        size = (final / DISK).stat().st_size
+        with reporter.phase("upload", f"base disk {key} ({size / 2**20:.0f} MiB) to {self.backend.name}"):
+            self.backend.put_blob(final / DISK, digest)
+        try:
+            self.backend.put(self.record_key(key), _dump(doc), expect=got.version if got else ABSENT)
+        except Conflict:  # another machine published its build meanwhile: that one is the base
+            self.sync(cache, key, reporter)
+            shared = read_record(final)
+            return str((shared or doc)["sha256"])
+        return digest
+
+    def download(self, cache: Path, key: str, reporter: Reporter) -> Path:
+        """The disk of base `key` from the shared state, its sha256 checked on the way."""
+        doc = read_record(cache / key)
+        assert doc is not None
+        with reporter.phase("download", f"base disk {key} from {self.backend.name}"):
+            return self.backend.get_blob(str(doc["sha256"]), cache / key / DISK)
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def _user_image(spec: BaseImageSpec, cache: Path, reporter: Reporter) -> BaseImage:
@@ -319,11 +435,13 @@ def stale_reason(directory: Path) -> str | None:
     return str(json.loads(path.read_text()).get("reason", "stale"))
 
 
-def mark_stale(directory: Path, reason: str, at: str) -> None:
+def mark_stale(directory: Path, reason: str, at: str, shared: SharedBases | None = None) -> None:
     """The next `ensure_base_image` of this recipe rebuilds the base (the old disk stays in
-    place, and in use, until the new one replaces it)."""
+    place, and in use, until the new one replaces it), on every machine that shares it."""
     with file_lock(directory.parent / f"{directory.name}.lock"):
         atomic_write_json(directory / STALE, {"reason": reason, "at": at})
+    if shared is not None:
+        shared.mark_stale(directory.name, {"reason": reason, "at": at})
 
 
 def record_releases(directory: Path, releases: list[drift.ReleaseState]) -> None:

@@ -30,6 +30,7 @@ from ..progress import Reporter
 from ..settings import Environment
 
 if TYPE_CHECKING:
+    from ..adapters.baseimage import SharedBases
     from ..aws.clients import AwsContext, Clients
     from ..aws.registry import AwsRegistry
     from ..build import NewImage, Tools
@@ -127,6 +128,7 @@ class Target(ABC):
     def __init__(self, env: Environment) -> None:
         self.env = env
         self._shared: Backend | bool | None = False  # False: not opened yet
+        self.bases: SharedBases | None = None  # base disks in the shared state (targets that build them)
 
     def shared_state(self) -> Backend | None:
         """The environment's shared state (`state:`): where bake, nightly and gc take their

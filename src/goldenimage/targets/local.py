@@ -40,6 +40,8 @@ class LocalTarget(Target):
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
         self.store = LocalStore(store_dir(), self.shared_state())
+        shared = self.store.shared
+        self.bases = baseimage.SharedBases(shared) if shared is not None else None
 
     # -- registry ----------------------------------------------------------------------------
     def registry(self) -> ImageRegistry:
@@ -164,10 +166,16 @@ class LocalTarget(Target):
         check_templates(self.env, name, tools)
 
     def base_is_at_hand(self, parent: ImageRecord | None) -> bool:
-        return parent is not None or baseimage.is_at_hand(self.env.settings.base, base_cache_dir())
+        if parent is not None:
+            return True
+        if self.bases is not None and not self.env.settings.base.url:
+            key = baseimage.recipe_key(self.env.settings.base, baseimage.mmdebstrap_version())
+            self.bases.sync(base_cache_dir(), key, Reporter(quiet=True))
+        return baseimage.is_at_hand(self.env.settings.base, base_cache_dir())
 
     def base_identity(self, reporter: Reporter) -> str:
-        return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter).identity
+        return baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter, self.bases,
+                                           need_bytes=False).identity
 
     def parent_base_identity(self, parent: ImageRecord, manifest: dict[str, Any]) -> str:
         return f"sha256:{manifest.get('artifact_sha256')}"
@@ -177,7 +185,8 @@ class LocalTarget(Target):
 
     def resolve_base(self, reporter: Reporter, parent: ImageRecord | None = None) -> Base:
         if parent is None:
-            base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter)
+            base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter, self.bases,
+                                               need_bytes=False)
         else:  # the parent's validated qcow2, checked byte for byte; Packer copies it
             path = self.store.image_dir(parent.id) / parent.artifact
             if self.store.shared is None or path.is_file():
@@ -200,6 +209,9 @@ class LocalTarget(Target):
         if parent is not None and not base.path.is_file():
             with reporter.phase("download", f"the parent image {parent.id} from {self.store.where}"):
                 self.store.verified(parent.id)
+        elif not base.path.is_file() and self.bases is not None and (
+                cached := baseimage.cached_dir(base_cache_dir(), base.source)) is not None:
+            self.bases.download(cached.parent, cached.name, reporter)
         details["accelerator"] = accel = qemu.choose_accelerator(
             self.env.settings.qemu.accelerator, base.path, base_cache_dir(), reporter)
         reporter.info(f"    base {base.identity[:19]}… ({base.source}); accelerator {accel}")
