@@ -50,6 +50,7 @@ from .targets import ImageRegistry, Target, target_for
 
 Result = dict[str, Any]
 BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
+GC_WAIT = 600.0  # seconds the gc step waits for another run's gc (one nightly job per leaf image)
 
 
 # -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
@@ -70,26 +71,29 @@ def newest_validated(reg: ImageRegistry, name: str) -> ImageRecord | None:
     return models.newest_validated(reg.list(name))
 
 
-def lock_path(env_name: str) -> Path:
-    return store_dir() / "locks" / f"nightly-{env_name}.lock"
+def lock_path(env_name: str, images: list[str] | None = None) -> Path:
+    tag = f"{env_name}-{'-'.join(sorted(images))}" if images else env_name
+    return store_dir() / "locks" / f"nightly-{tag}.lock"
 
 
 @contextlib.contextmanager
-def run_lock(env_name: str, target: Target | None = None) -> Iterator[None]:
-    """The environment's nightly lock, not waited for: a second run stops at once. With
-    shared state (`state:`) also the lease `nightly/<env>`, so that a second machine's run
-    stops too."""
-    path = lock_path(env_name)
+def run_lock(env_name: str, target: Target | None = None, images: list[str] | None = None) -> Iterator[None]:
+    """The nightly lock of the environment (of `images` in it, for `--image`), not waited
+    for: a second run of the same selection stops at once. With shared state (`state:`) also
+    the lease `nightly/<env>` (`nightly-images/<env>/<a>.<b>`), so that a second machine's
+    run stops too. Runs of different selections (one job per leaf image) go side by side:
+    the images they share are serialized by their bake leases, gc by its own."""
+    path = lock_path(env_name, images)
+    what = f"invoke nightly --env {env_name}" + (f" --image {','.join(sorted(images))}" if images else "")
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(file_lock(path, wait=False))
         except OperationFailed:
-            raise OperationFailed(
-                f"another `invoke nightly --env {env_name}` is running (it holds {path}); this run did nothing"
-            ) from None
+            raise OperationFailed(f"another `{what}` is running (it holds {path}); this run did nothing") from None
         if target is not None and target.shared_state() is not None:
+            lease = f"nightly-images/{env_name}/{'.'.join(sorted(images))}" if images else f"nightly/{env_name}"
             try:
-                stack.enter_context(target.lease(f"nightly/{env_name}", "nightly").held(f"nightly in {env_name}"))
+                stack.enter_context(target.lease(lease, "nightly").held(f"nightly in {env_name}"))
             except LockHeld as held:
                 raise OperationFailed(f"{held.message}; this run did nothing") from None
         yield
@@ -409,7 +413,7 @@ class _Run:
             from . import gc
 
             try:
-                res = gc.gc(self.env.name, mode == "apply", self.reporter, root=self.root)
+                res = gc.gc(self.env.name, mode == "apply", self.reporter, root=self.root, lock_wait=GC_WAIT)
             except GoldenImageError as exc:
                 self.doc["gc"]["error"] = exc.message
                 raise
@@ -509,10 +513,10 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
     out_dir = env.report_dir(report_dir)
     target = target_for(env)
     if plan:
-        with run_lock(env.name, target):
+        with run_lock(env.name, target, names if images else None):
             return plan_run(_Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
                                  get=fetch or archive.fetch))
-    with run_lock(env.name, target):
+    with run_lock(env.name, target, names if images else None):
         started = datetime.now(UTC)
         run = _Run(env, target, reporter, jobs, bake_images or _bake_images, root, names,
                    get=fetch or archive.fetch)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from goldenimage.settings import load_environment
 from tests.conftest import ROOT
 
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -67,12 +68,21 @@ def test_the_workflow_parses_and_calls_tasks_that_exist() -> None:
     doc = yaml.safe_load(WORKFLOW.read_text())
     on = doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` key as True
     assert on["schedule"][0]["cron"] == "17 2 * * *"
-    job = doc["jobs"]["nightly"]
-    assert job["strategy"]["matrix"]["family"] and job["strategy"]["fail-fast"] is False
-    uses = [s.get("uses", "") for s in job["steps"]]
-    assert any(u.startswith("actions/cache@") for u in uses) and any(u.startswith("actions/upload-artifact@") for u in uses)
+    jobs = doc["jobs"]
+    assert set(jobs) == {"ancestors", "leaf", "site"}
+    assert jobs["leaf"]["needs"] == "ancestors" and jobs["leaf"]["strategy"]["fail-fast"] is False
+    assert set(jobs["site"]["needs"]) == {"ancestors", "leaf"}
+    uses = [s.get("uses", "") for job in jobs.values() for s in job["steps"]]
+    assert not any(u.startswith("actions/cache@") for u in uses)  # the bucket holds the state, not a runner cache
+    assert any(u.startswith("actions/upload-artifact@") for u in uses)
     calls = _invocations(doc)
     assert calls and calls[0][0] == "nightly"
+    # the ancestors job bakes the images others are built on, the matrix every other image
+    env = load_environment("local", ROOT)
+    parents = {p for p in env.parents.values() if p}
+    ancestors = [c[c.index("--image") + 1] for c in calls if c[0] == "nightly" and "X" not in c]
+    assert set(ancestors) == parents, (ancestors, parents)
+    assert set(jobs["leaf"]["strategy"]["matrix"]["image"]) == set(env.settings.images) - parents
 
     from tasks import ns
 

@@ -20,6 +20,7 @@ from goldenimage import commands, nightly, nightly_report
 from goldenimage import fingerprint as fp
 from goldenimage.adapters import archive, baseimage
 from goldenimage.drift import Installed
+from goldenimage.errors import OperationFailed
 from goldenimage.fsutil import sha256_file
 from goldenimage.progress import Reporter
 from goldenimage.settings import load_environment
@@ -559,3 +560,16 @@ def test_a_plan_over_a_stale_base_disk_builds_nothing(tmp_path: Path, monkeypatc
     assert plan["images"][0]["reasons"] == [
         f"base mmdebstrap:{world.key}: already marked stale: archive bookworm-security has newer sudo"]
     assert plan["images"][1]["reasons"] == ["parent base is rebuilt"]
+
+
+def test_nightly_runs_of_different_images_go_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One nightly job per leaf image (the GitHub workflow's matrix): `--image web` and
+    `--image cache` hold different locks; a second run of the same selection stops at once,
+    naming it."""
+    monkeypatch.setenv("GOLDENIMAGE_HOME", str(tmp_path))
+    with nightly.run_lock("local", images=["web"]), nightly.run_lock("local", images=["cache"]):
+        with pytest.raises(OperationFailed, match=r"another `invoke nightly --env local --image web` is running"):
+            with nightly.run_lock("local", images=["web"]):
+                pass
+        with nightly.run_lock("local"):  # the whole environment: its own lock
+            pass
