@@ -568,8 +568,8 @@ def test_nightly_runs_of_different_images_go_side_by_side(tmp_path: Path, monkey
     naming it."""
     monkeypatch.setenv("GOLDENIMAGE_HOME", str(tmp_path))
     with nightly.run_lock("local", images=["web"]), nightly.run_lock("local", images=["cache"]):
-        with pytest.raises(OperationFailed, match=r"another `invoke nightly --env local --image web` is running"):
-            with nightly.run_lock("local", images=["web"]):
-                pass
+        with pytest.raises(OperationFailed, match=r"another `invoke nightly --env local --image web` is running"), \
+                nightly.run_lock("local", images=["web"]):
+            pass
         with nightly.run_lock("local"):  # the whole environment: its own lock
             pass
