@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ancestry, timing
 from . import channels as ch
@@ -26,6 +26,9 @@ from .models import REVOKED, newest_validated
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
+
+if TYPE_CHECKING:
+    from .store import LocalStore
 
 Result = dict[str, Any]
 ExtraResolver = Callable[[Environment, str, Reporter], dict[str, str]]
@@ -479,7 +482,26 @@ def store_push(env_name: str, source: str | None, reporter: Reporter, *, root: P
 
     with reporter.phase("push", f"{local.where} -> {dest.where}"):
         out = local.push(dest, progress)
+    out["bases"] = _push_bases(target, local, reporter)
     return {"env": env.name, **out}
+
+
+def _push_bases(target: Target, local: LocalStore, reporter: Reporter) -> list[str]:
+    """The base disks this machine built that the pushed images were baked on: published with
+    them, so that another machine knows their identity without building them."""
+    from .adapters import baseimage
+    from .paths import base_cache_dir
+
+    if target.bases is None:
+        return []
+    sources = {str((local.manifest(r.id).get("base") or {}).get("source") or "") for r in local.list(quarantined=False)}
+    out = []
+    for source in sorted(sources):
+        directory = baseimage.cached_dir(base_cache_dir(), source)
+        if directory is not None and baseimage.read_record(directory) is not None:
+            target.bases.sync(directory.parent, directory.name, reporter)
+            out.append(source)
+    return out
 
 
 def human_push(result: Result) -> list[str]:
@@ -487,4 +509,5 @@ def human_push(result: Result) -> list[str]:
             f"from {result['from']} to {result['to']}",
             *(f"  image   {i}" for i in result["images"]),
             *(f"  channel {c}" for c in result["channels"]),
+            *(f"  base    {b}" for b in result.get("bases", [])),
             *(f"  kept the bucket's history of {c}" for c in result["kept"])]

@@ -242,6 +242,38 @@ def test_nightly_with_nothing_changed_bakes_nothing(shared: dict[str, Path]) -> 
     assert "no drift" in Path(doc["report"]["markdown"]).read_text().lower()
 
 
+def test_a_fresh_runner_on_shared_state_skips_the_baked_family(shared: dict[str, Path], tmp_path: Path,
+                                                                moto_endpoint: str) -> None:
+    """Moving in, for real: the family baked above pushed into a bucket on the moto server's
+    S3 (images, channels and the base disk they were baked on); a fresh runner (empty home,
+    empty base cache) bakes nothing -- every image is up to date by the bucket's records, the
+    base's identity comes from its shared record, no disk is downloaded -- and its nightly
+    plan rebuilds nothing the archive did not change."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="team-state")
+    project = copy_project(tmp_path / "project")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text() + f"state: {{bucket: team-state, endpoint_url: '{moto_endpoint}'}}\n")
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    push = run_invoke("store.push", "--json", root=project, env={**env_for(shared), **creds})
+    assert push.returncode == 0, push.stderr[-3000:]
+    pushed = json.loads(push.stdout)
+    assert {i.split("-")[0] for i in pushed["images"]} >= {"base", "web", "cache"} and len(pushed["bases"]) == 1
+    runner = tmp_path / "runner"
+    env = {"GOLDENIMAGE_HOME": str(runner), "GOLDENIMAGE_BASE_CACHE": str(runner / "base"), **creds}
+    res = run_invoke("bake", "--all", "--json", root=project, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [(r["image"], r["state"]) for r in json.loads(res.stdout)["images"]] == [
+        ("base", "skipped"), ("cache", "skipped"), ("web", "skipped")]
+    assert not [p for p in runner.rglob("*.qcow2")], "a skip downloaded a disk"
+    plan = run_invoke("nightly", "--plan", "--json", root=project, env=env)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    doc = json.loads(plan.stdout)
+    assert all(i["drifted"] or not i["rebuild"] for i in doc["images"]), doc["images"]
+
+
 def test_the_registry_site_of_the_baked_family(shared: dict[str, Path], tmp_path: Path) -> None:
     """`invoke site` from the real registry the tests above filled (three images, a channel,
     two nightly reports), opened in headless Chromium: every page reachable, the family drawn,
