@@ -61,7 +61,7 @@ from .models import (
     ImageRecord,
     history_entry,
 )
-from .state import ABSENT, Backend, Conflict, DirectoryBackend
+from .state import ABSENT, Backend, Conflict, DirectoryBackend, blob_key
 
 T = TypeVar("T")
 Transfer = Callable[[str, int, int], None]  # (file name, bytes so far, its size or 0)
@@ -260,6 +260,10 @@ class LocalStore:
         except BaseException:
             os.replace(target, files)
             raise
+        if self.shared is not None:  # a blob this image shares with one gc removed meanwhile: sent again
+            for name, digest in sorted((entry.get(FILES) or {}).items()):
+                if not self.shared.has_blob(digest):
+                    self.shared.put_blob(target / name, digest)
         if entry and manifest.get("artifact_sha256"):
             self._set_proof(record.id, artifact_proof(target / record.artifact))
         return record
@@ -644,10 +648,13 @@ class LocalStore:
         directory = (self.quarantine_dir if rec.status == QUARANTINED else self.images_dir) / image_id
         trash = self.tmp_dir / f"gc-{uuid.uuid4().hex[:12]}"
 
+        files: dict[str, str] = {}
+
         def drop(doc: dict[str, Any]) -> str | None:
             why = still_used()
             if why is None:
-                doc["images"].pop(image_id, None)
+                files.clear()
+                files.update((doc["images"].pop(image_id, None) or {}).get(FILES) or {})
                 doc.get("retention", {}).pop(image_id, None)
             return why
 
@@ -655,11 +662,23 @@ class LocalStore:
         if why is not None:
             return why
         self._set_proof(image_id, None)
+        self._drop_blobs(set(files.values()))
         if directory.exists():
             trash.parent.mkdir(parents=True, exist_ok=True)
             os.replace(directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return None
+
+    def _drop_blobs(self, digests: set[str]) -> None:
+        """The shared blobs of a removed image that no other image names, deleted: each is
+        looked up in the catalog as it is right before its delete (another image registered
+        meanwhile may share it; `put` re-uploads a blob it named that was deleted under it)."""
+        if self.shared is None or not digests:
+            return
+        for digest in sorted(digests):
+            named = {d for e in self._read()["images"].values() for d in (e.get(FILES) or {}).values()}
+            if digest not in named:
+                self.shared.delete(blob_key(digest))
 
     def image_dir(self, image_id: str) -> Path:
         rec = self.get(image_id)

@@ -261,3 +261,32 @@ def test_a_bake_waits_for_another_machines_lease_saying_who_holds_it(tmp_path: P
     with bake_lock(target, store, "web", reporter, wait=0.3) as lease:  # type: ignore[arg-type]
         assert lease is not None
         lease.check()
+
+
+def test_a_deleted_images_blobs_go_unless_another_image_names_them(tmp_path: Path, bucket: Any) -> None:
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    put(a, record(1), b"disk one")
+    put(a, record(2), b"disk two")  # both name the same SBOM bytes: one blob
+    files = {i: json.loads(bucket.get_object(Bucket=BUCKET, Key="team/local/catalog.json")["Body"].read())
+             ["images"][i]["files"] for i in ("web-1", "web-2")}
+    assert files["web-1"]["sbom.cdx.json"] == files["web-2"]["sbom.cdx.json"]
+    assert b.remove("web-1", lambda: None) is None
+    shared = b.shared
+    assert shared is not None
+    assert not shared.has_blob(files["web-1"]["disk.qcow2"]) and not shared.has_blob(files["web-1"]["manifest.json"])
+    assert shared.has_blob(files["web-2"]["sbom.cdx.json"]) and shared.has_blob(files["web-2"]["disk.qcow2"])
+    # another machine's gc deletes a blob this registration found already there: it is sent again
+    sbom = files["web-2"]["sbom.cdx.json"]
+    real_put = shared.put
+
+    def gc_meanwhile(key: str, data: bytes, *, expect: str | None = None) -> str:
+        if key == "catalog.json" and b'"web-3"' in data:
+            shared.delete(blob_key(sbom))
+        return real_put(key, data, expect=expect)
+
+    a.shared.put = gc_meanwhile  # type: ignore[method-assign, union-attr]
+    put(a, record(3), b"disk three")
+    assert shared.has_blob(sbom)
+    assert machine(tmp_path, bucket, "c").manifest("web-3")["id"] == "web-3"
+    assert b.remove("web-2", lambda: None) is None and b.remove("web-3", lambda: None) is None
+    assert [k for k in bucket.list_objects_v2(Bucket=BUCKET, Prefix="team/local/blobs/").get("Contents", [])] == []
