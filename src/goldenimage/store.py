@@ -249,6 +249,8 @@ class LocalStore:
                 entry[FILES] = self._upload(files, manifest, progress)
 
         def add(doc: dict[str, Any]) -> None:
+            if entry and doc["images"].get(record.id) == entry:
+                return  # our write landed and its answer was lost: the retry finds it (ids are unique)
             if record.id in doc["images"]:
                 raise ConfigError(f"image id {record.id} already exists in {self.where}")
             if entry:
@@ -455,13 +457,17 @@ class LocalStore:
         self._usable(self._read(), image_id)  # the clear refusals first, then the bytes
         self.verified(image_id)
 
+        op = uuid.uuid4().hex[:16]  # this promote's own mark on its move
+
         def move_channel(doc: dict[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
             entry = self._usable(doc, image_id)
             hist = doc["channels"].setdefault(entry["name"], {}).setdefault(channel, [])
+            if hist and hist[-1].get("op") == op:  # our write landed, its answer was lost: the retry finds it
+                return entry["name"], hist[-1].get("from"), hist[-1]
             was = ch.current(hist)
             move = ch.promote_entry(hist, image_id, user, now)
             if move is not None:
-                hist.append(move)
+                hist.append({**move, "op": op})
             return entry["name"], was, move
 
         name, was, move = self._update(move_channel)

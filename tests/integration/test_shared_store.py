@@ -290,3 +290,41 @@ def test_a_deleted_images_blobs_go_unless_another_image_names_them(tmp_path: Pat
     assert machine(tmp_path, bucket, "c").manifest("web-3")["id"] == "web-3"
     assert b.remove("web-2", lambda: None) is None and b.remove("web-3", lambda: None) is None
     assert [k for k in bucket.list_objects_v2(Bucket=BUCKET, Prefix="team/local/blobs/").get("Contents", [])] == []
+
+
+class LostAnswers:
+    """The network fails halfway: the first `n` catalog writes are done by S3, but botocore
+    is told their answer never came (its retry check, `needs-retry`, asked to retry a
+    success), so it sends them again; the conditional write then finds the record changed."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, response: Any, request_dict: dict[str, Any], caught_exception: Any = None,
+                 **_: Any) -> float | None:
+        ok = response is not None and response[0].status_code == 200
+        if self.n and ok and request_dict["url"].split("?")[0].endswith("/catalog.json"):
+            self.n -= 1
+            return 0.01  # retry after 10 ms
+        return None
+
+
+def test_a_catalog_write_whose_answer_is_lost_is_not_done_twice_nor_refused(tmp_path: Path,
+                                                                         moto_endpoint: str) -> None:
+    from .test_state import s3_client as client
+
+    s3 = client(moto_endpoint, attempts=5)
+    s3.create_bucket(Bucket=BUCKET)
+    lost = LostAnswers(1)
+    s3.meta.events.register("needs-retry.s3.PutObject", lost)
+    store = LocalStore(tmp_path / "store", BucketBackend(s3, BUCKET, "team/local"))
+    put(store, record(1))  # registered on the first try; the retry finds its own entry
+    assert lost.n == 0 and [r.id for r in store.list("web")] == ["web-1"]
+    put(store, record(2))
+    lost.n = 1
+    first = store.promote("web-1", "stable", user="alice")
+    assert first["changed"] and lost.n == 0
+    lost.n = 1
+    second = store.promote("web-2", "stable", user="alice")
+    assert second["changed"] and second["previous"] == "web-1"
+    assert [(h["image_id"], h["from"]) for h in store.history("web", "stable")] == [("web-1", None), ("web-2", "web-1")]
