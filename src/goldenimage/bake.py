@@ -109,7 +109,8 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
         with store.workspace() as ws:
             spec = env.image(name).parent
             job = Job(env, NewImage.start(name, fp), inputs, base, tools, ws,
-                      parent=parent, parent_channel=spec.channel if spec else None)
+                      parent=parent, parent_channel=spec.channel if spec else None,
+                      fence=(lease.lease_name, lease.lease.token) if lease is not None and lease.lease else None)
             with logs_kept_on_failure(store, ws, lambda: job.image.id):
                 result.update(target.started(job))
                 try:
@@ -159,6 +160,8 @@ def bake_lock(target: Target, store: LocalStore, name: str, reporter: Reporter,
         assert isinstance(lock, LeaseLock)
         with lock.held(f"bake of {name!r}", wait, sleep, max_poll=10.0,
                        on_wait=lambda who: reporter.info(f"    waiting: {who}")):
+            assert lock.lease is not None
+            target.fence(lock.lease_name, lock.lease.token)  # an older holder's register is refused from now on
             yield lock
 
 

@@ -230,7 +230,7 @@ class LocalStore:
 
     # -- Registry ------------------------------------------------------------------------
     def put(self, record: ImageRecord, manifest: dict[str, Any], files: Path,
-            progress: Transfer | None = None) -> ImageRecord:
+            progress: Transfer | None = None, fence: tuple[str, int] | None = None) -> ImageRecord:
         """Register a finished image: move `files` into place, then index it atomically, with
         the proof of its artifact's bytes (`artifact_proof`) that lets `verified` skip the
         full hash while the file is untouched. With shared state the files are uploaded as
@@ -251,6 +251,8 @@ class LocalStore:
         def add(doc: dict[str, Any]) -> None:
             if entry and doc["images"].get(record.id) == entry:
                 return  # our write landed and its answer was lost: the retry finds it (ids are unique)
+            if fence is not None:
+                self._check_fence(doc, *fence)
             if record.id in doc["images"]:
                 raise ConfigError(f"image id {record.id} already exists in {self.where}")
             if entry:
@@ -269,6 +271,24 @@ class LocalStore:
         if entry and manifest.get("artifact_sha256"):
             self._set_proof(record.id, artifact_proof(target / record.artifact))
         return record
+
+    # -- fencing: the catalog knows the newest token of every lease a write was made under --
+    @staticmethod
+    def _check_fence(doc: dict[str, Any], lease: str, token: int) -> None:
+        seen = int(doc.get("fences", {}).get(lease, 0))
+        if seen > token:
+            raise OperationFailed(f"lease {lease} was taken over (token {seen}, this run's {token}): "
+                                  "this run registers nothing")
+
+    def fence(self, lease: str, token: int) -> None:
+        """Record that `lease` is now held under `token`, in the catalog itself: from now on
+        a write made under an older token (a holder that paused, lost its lease and woke up)
+        is refused by the same compare-and-swap that would make it."""
+        def raise_fence(doc: dict[str, Any]) -> None:
+            self._check_fence(doc, lease, token)
+            doc.setdefault("fences", {})[lease] = token
+
+        self._update(raise_fence)
 
     def _upload(self, files: Path, manifest: dict[str, Any],
                 progress: Transfer | None) -> dict[str, str]:

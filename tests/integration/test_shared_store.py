@@ -245,7 +245,7 @@ def test_a_bake_waits_for_another_machines_lease_saying_who_holds_it(tmp_path: P
     from goldenimage.progress import Reporter
 
     shared = BucketBackend(bucket, BUCKET, "team/local")
-    target = SimpleNamespace(env=SimpleNamespace(name="local"), shared_state=lambda: shared,
+    target = SimpleNamespace(env=SimpleNamespace(name="local"), shared_state=lambda: shared, fence=lambda *_: None,
                              lease=lambda name, command: LeaseLock(shared, name, command, ttl=30))
     other = LeaseLock(shared, "bake/local/web", "bake web", ttl=30)
     assert other.try_acquire() is None
@@ -328,3 +328,27 @@ def test_a_catalog_write_whose_answer_is_lost_is_not_done_twice_nor_refused(tmp_
     second = store.promote("web-2", "stable", user="alice")
     assert second["changed"] and second["previous"] == "web-1"
     assert [(h["image_id"], h["from"]) for h in store.history("web", "stable")] == [("web-1", None), ("web-2", "web-1")]
+
+
+def test_a_register_under_a_lease_taken_over_is_refused_by_the_catalog_itself(tmp_path: Path, bucket: Any) -> None:
+    """Fencing in the catalog: the bake that took the lease over (token 2) recorded its token
+    there when it took it; the first holder, paused past its lease and woken up before its
+    heartbeat noticed, tries to register under token 1 -- the same compare-and-swap that would
+    write its entry refuses it, and nothing of it is registered."""
+    from goldenimage.errors import OperationFailed
+
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    a.fence("bake/local/web", 1)
+    b.fence("bake/local/web", 2)  # b took the lease over
+    put(b, record(2))
+    refused = pytest.raises(OperationFailed, match=r"lease bake/local/web was taken over \(token 2, this run's 1\)")
+    with refused, a.workspace() as ws:
+        img = ws / "image"
+        img.mkdir()
+        (img / "disk.qcow2").write_bytes(b"late")
+        a.put(record(1), {"id": "web-1", "artifact": "disk.qcow2"}, img, fence=("bake/local/web", 1))
+    assert [r.id for r in a.list("web")] == ["web-2"]
+    assert not (a.images_dir / "web-1").exists()
+    with pytest.raises(OperationFailed, match="taken over"):
+        a.fence("bake/local/web", 1)  # an old token cannot lower the fence either
+    put(b, record(3))  # the holder's own writes go on

@@ -91,6 +91,7 @@ class Job:
     finished: bool = False  # registered (validated or quarantined): nothing to discard
     parent: ImageRecord | None = None  # the image this one is baked on (image families)
     parent_channel: str | None = None  # the parent's channel it was taken from
+    fence: tuple[str, int] | None = None  # (lease, token) the bake holds: a register under a lost lease is refused
 
     def ancestry(self) -> dict[str, Any] | None:
         """What the manifest, catalog and tags record of the parent (None: on the base)."""
@@ -215,6 +216,12 @@ class Target(ABC):
         if shared is not None:
             return self.lease(f"gc/{self.env.name}", command)
         return FileLock(store_dir() / "locks" / f"gc-{self.env.name}.lock", command)
+
+    def fence(self, lease: str, token: int) -> None:
+        """Where the target registers images, record that `lease` is held under `token`, so
+        that a register under an older token is refused there (`Job.fence`). Targets whose
+        registry cannot check it rely on the lease check right before they register."""
+        return None
 
     def lease(self, name: str, command: str) -> Lock:
         """A lease `name` on the shared state (`state.lease.LeaseLock`)."""

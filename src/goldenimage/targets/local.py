@@ -50,6 +50,9 @@ class LocalTarget(Target):
     def listing(self) -> Result:
         return {"store": str(self.store.root)}
 
+    def fence(self, lease: str, token: int) -> None:
+        self.store.fence(lease, token)
+
     def provenance(self, image_id: str) -> Result:
         directory = self.store.fetch(image_id)
         manifest = self.store.manifest(image_id)
@@ -363,7 +366,7 @@ class LocalTarget(Target):
                              extra={"parent": job.ancestry()} if job.parent else {})
         with reporter.phase("register"):
             manifest["durations"] = dict(reporter.durations)
-            self.store.put(record, manifest, image_dir)
+            self.store.put(record, manifest, image_dir, fence=job.fence)
         job.finished = True
         return {"image_id": record.id, "status": record.status,
                 "artifact": str(self.store.image_dir(record.id) / record.artifact),
