@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# No wall-clock limit per example: hypothesis' default 200 ms deadline is a timing assertion,
+# and on a shared, loaded machine it failed properties that hold (a test's own settings may
+# still set one).
+hypothesis_settings.register_profile("goldenimage", deadline=None)
+hypothesis_settings.load_profile("goldenimage")
 
 # Started without job control (`.ci/run &` in a script), the suite inherits SIGINT ignored,
 # and so would every bake it starts: the Ctrl-C tests would send a signal nobody hears.
