@@ -366,6 +366,13 @@ class LocalStore:
         bytes changed is marked corrupt on the way; the reasons come back with the hit."""
         refused: builtins.list[str] = []
         for hit in reversed(self._with_fingerprint(name, fingerprint)):
+            digest = self._remote_only(hit)
+            if digest is not None:  # in the shared store only: its blob was hashed when it was published
+                assert self.shared is not None
+                if self.shared.has_blob(digest):
+                    return hit, refused
+                refused.append(f"image {hit.id}: its {hit.artifact} ({digest}) is not in {self.where}")
+                continue
             try:
                 self.verified(hit.id)
             except IntegrityError as err:
@@ -373,6 +380,15 @@ class LocalStore:
                 continue
             return hit, refused
         return None, refused
+
+    def _remote_only(self, rec: ImageRecord) -> str | None:
+        """The artifact's blob digest when the image's bytes are in the shared store and not
+        on this machine (a skip then needs no download: the bytes are checked when a build,
+        validate or export fetches them); None otherwise."""
+        if self.shared is None or (self.image_dir(rec.id) / rec.artifact).is_file():
+            return None
+        digest = ((self._read()["images"].get(rec.id) or {}).get(FILES) or {}).get(rec.artifact)
+        return str(digest) if digest else None
 
     def verified(self, image_id: str) -> Path:
         """The image's artifact, once it is known to hold the bytes of the manifest's

@@ -57,6 +57,9 @@ def test_an_image_made_on_one_machine_is_used_on_another(tmp_path: Path, bucket:
     put(a, record(1), b"the bytes that were validated")
     assert [r.id for r in b.list("web")] == ["web-1"]
     assert b.find_by_fingerprint("web", "f" * 64).id == "web-1"  # type: ignore[union-attr]
+    hit, refused = b.find_intact("web", "f" * 64)  # what a bake skips to: the blob is there, nothing downloaded
+    assert hit is not None and hit.id == "web-1" and not refused
+    assert not (b.images_dir / "web-1" / "disk.qcow2").exists()
     assert b.manifest("web-1")["name"] == "web"
     disk = b.images_dir / "web-1" / "disk.qcow2"
     assert not disk.exists()  # listing and reading the manifest download no artifact
@@ -352,3 +355,16 @@ def test_a_register_under_a_lease_taken_over_is_refused_by_the_catalog_itself(tm
     with pytest.raises(OperationFailed, match="taken over"):
         a.fence("bake/local/web", 1)  # an old token cannot lower the fence either
     put(b, record(3))  # the holder's own writes go on
+
+
+def test_a_skip_on_a_fresh_machine_needs_the_blob_not_its_download(tmp_path: Path, bucket: Any) -> None:
+    a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
+    put(a, record(1), b"older")
+    put(a, record(2), b"newer")
+    digest = json.loads(bucket.get_object(Bucket=BUCKET, Key="team/local/catalog.json")["Body"].read()
+                        )["images"]["web-2"]["files"]["disk.qcow2"]
+    bucket.delete_object(Bucket=BUCKET, Key=f"team/local/{blob_key(digest)}")
+    hit, refused = b.find_intact("web", "f" * 64)
+    assert hit is not None and hit.id == "web-1"
+    assert refused == [f"image web-2: its disk.qcow2 ({digest}) is not in s3://{BUCKET}/team/local"]
+    assert not list(b.images_dir.rglob("*.qcow2"))
