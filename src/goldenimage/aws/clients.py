@@ -137,3 +137,4 @@ class Clients:
     cloudwatch = _service("cloudwatch")
     elbv2 = _service("elbv2")
     sts = _service("sts")
+    kms = _service("kms")  # a kms: signing or trusted key (trust.py)
