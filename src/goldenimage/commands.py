@@ -185,8 +185,11 @@ def verify(env_name: str, image_id: str | None, reporter: Reporter, *, root: Pat
     snapshots) and the environment's trusted keys; what was checked, or UntrustedImage."""
     required(image_id=image_id)
     assert image_id is not None
-    env, target, _ = _image_registry(env_name, root, None, image_id)
-    return {"env": env.name, "target": target.name, **target.verify_image(image_id)}
+    env = load_environment(env_name, root)
+    target = target_for(env)
+    reg = target.registry_for(image_id)  # a sandbox knows its local images and its AMIs
+    _image_registry(env_name, root, reg, image_id)
+    return {"env": env.name, "target": target.name, **target.verify_image(image_id, reg)}
 
 
 def human_verify(result: Result) -> list[str]:

@@ -4,6 +4,7 @@ and refusals through the real command line (one line, exit 1)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -44,13 +45,14 @@ def set_trust(project: Path, text: str, env: str = "local") -> None:
 
 
 def make_image(project: Path, image_id: str, name: str = "base", *, parent: ImageRecord | None = None,
-               payload: bytes | None = None, sign: bool = True, env_name: str = "local") -> ImageRecord:
+               payload: bytes | None = None, sign: bool = True, env_name: str = "local",
+               target_cls: type[LocalTarget] = LocalTarget) -> ImageRecord:
     """Register a validated image as a bake's `register` does, without a VM: its manifest,
     its junit report, and (with `sign`) the attestation `LocalTarget._sign` writes."""
     env = load_environment(env_name, project)
-    target = LocalTarget(env)
+    target = target_cls(env)
     store = target.store
-    rec = ImageRecord(id=image_id, name=name, env=env.name, fingerprint="f" * 64, created="2026-12-02T10:00:00Z",
+    rec = ImageRecord(id=image_id, name=name, env=env.name, fingerprint=hashlib.sha256(image_id.encode()).hexdigest(), created="2026-12-02T10:00:00Z",
                       status="validated", artifact="disk.qcow2",
                       extra={"parent": {"id": parent.id, "name": parent.name}} if parent else {})
     with store.workspace() as ws:
