@@ -20,6 +20,7 @@ from goldenimage.progress import Reporter
 from goldenimage.rotation.commands import rotate_command
 from goldenimage.sandbox.target import SandboxTarget
 from goldenimage.settings import load_environment
+from tests.integration.conftest import MotoAws
 
 from .test_attest_local import make_image
 
@@ -132,3 +133,24 @@ def test_a_local_image_signed_by_a_key_not_trusted_is_not_registered(
     with pytest.raises(UntrustedImage, match=r"^image web-local-1 \(web\): .*signed by a key not trusted"):
         target._register_remote(rec, Reporter(quiet=True))
     assert [r.id for r in registry_for("sandbox").list("web") if r.extra.get("local_id") == rec.id] == []
+
+
+def test_an_aws_child_is_built_only_on_a_parent_ami_whose_attestation_verifies(moto_aws: MotoAws) -> None:
+    from goldenimage.aws.target import AwsTarget
+    from goldenimage.models import ImageRecord
+    from goldenimage.trust import UntrustedImage
+
+    moto_aws.settings(lambda doc: doc.update(trust={"signing_key": f"kms:{ALIAS}", "unsigned": "deny"}))
+    assert commands.keys_init("aws", Reporter(quiet=True), root=moto_aws.root)["created"] is True
+    reg = registry_for("aws")
+    target = AwsTarget(load_environment("aws", moto_aws.root))
+    parents = []
+    for n in (1, 2):
+        manifest = {"ami_id": moto_aws.ami(f"goldenimage-base-{n}"), "id": f"base-{n}", "name": "base", "env": "aws",
+                    "status": "validated", "validation": {"status": "validated", "failures": []}}
+        parents.append(reg.put(ImageRecord(id=f"base-{n}", name="base", env="aws", fingerprint=f"{n}" * 64,
+                                           created="2026-11-30T01:00:00Z", status="validated", artifact=""), manifest))
+    target.sign_ami(reg, "base", parents[0].id, reg.manifest(parents[0].id), None, None, Reporter(quiet=True))
+    assert target.resolve_base(Reporter(quiet=True), parents[0]).details["id"] == parents[0].id
+    with pytest.raises(UntrustedImage, match=rf"^image {parents[1].id} \(base\): no attestation in SSM"):
+        target.resolve_base(Reporter(quiet=True), parents[1])

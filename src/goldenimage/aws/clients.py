@@ -31,6 +31,7 @@ IAM_PREFIX = {
     "sts": "sts",
     "iam": "iam",
     "ram": "ram",
+    "kms": "kms",
 }
 
 Hook = Callable[..., Any]

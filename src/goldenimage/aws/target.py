@@ -564,7 +564,10 @@ class AwsTarget(AwsSide):
         base: dict[str, Any]
         if parent is None:
             base = resolve_base_ami(self.clients, self.aws.base_ami)
-        else:  # the parent's AMI is the source AMI; its tags record the ancestry
+        else:  # the parent's AMI is the source AMI (once its attestation verifies); its tags record the ancestry
+            checked = self.verify_image(parent.id)
+            reporter.info(f"    parent {parent.id}: " + ("attestation verified" if checked["verified"]
+                                                          else f"no attestation, admitted ({checked['admitted']})"))
             base = {**resolve_base_ami(self.clients, BaseAmiSpec(id=parent.id)),
                     "parent": {"id": parent.id, "name": parent.name, "fingerprint": parent.fingerprint}}
         region = self.clients.ctx.region
