@@ -221,3 +221,98 @@ def store_dir_of(home: Path) -> Path:
     finally:
         if old is not None:
             os.environ["GOLDENIMAGE_HOME"] = old
+
+
+def _finished_build(target: LocalTarget, name: str, base: Any, parent: ImageRecord | None, payload: bytes) -> Any:
+    """What a build and validation leave for `register` (without Packer or a VM): the qcow2,
+    the junit report, a passing suite; `register` itself runs as in a bake."""
+    import datetime as dt
+
+    from goldenimage.adapters.testinfra import SuiteResult
+    from goldenimage.build import NewImage
+    from goldenimage.targets import Checked, Job
+
+    ws = target.store.tmp_dir / f"ws-{name}"
+    (ws / "image").mkdir(parents=True)
+    (ws / "image" / "disk.qcow2").write_bytes(payload)
+    (ws / "image" / "junit.xml").write_text("<testsuites/>")
+    img = NewImage(name, hashlib.sha256(payload).hexdigest(), dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.UTC))
+    tools = SimpleNamespace(versions=lambda: {"packer": "1.14.2", "ansible-core": "2.19.14", "qemu": "9.2",
+                                              "goldenimage": "0.1.0"})
+    job = Job(target.env, img, [], base, tools, ws, artifacts={"packer_manifest": {}, "timings": {}},  # type: ignore[arg-type]
+              parent=parent)
+    suite = SuiteResult(passed=7, failed=0, errors=0, skipped=0, failures=[], junit=ws / "image" / "junit.xml")
+    return job, Checked(True, [], {"suite": suite, "packages": [], "apt_sources": []})
+
+
+def test_register_signs_and_a_child_registered_on_it_names_its_envelope(project: Path, home: Path) -> None:
+    """The bake's own `register` (sign, then publish with the files) and `resolve_base` of a
+    child (verify the parent, then its bytes), as `bake.run` calls them after a build."""
+    from goldenimage.adapters.baseimage import BaseImage
+    from goldenimage.targets import Base
+
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text().replace("accelerator: auto", "accelerator: tcg"))
+    target = LocalTarget(load_environment("local", project))
+    disk = BaseImage(home / "base.qcow2", "d" * 64, "mmdebstrap:test")
+    job, checked = _finished_build(target, "base", Base(disk.identity, {"disk": disk, "accelerator": "tcg"}),
+                                   None, b"parent bytes")
+    out = target.register(job, checked, Reporter(quiet=True))
+    parent = target.store.get(out["image_id"])
+    manifest = target.store.manifest(parent.id)
+    assert manifest["attestation"]["file"] == FILE and manifest["validation"]["junit_sha256"]
+    assert target.verify_image(parent.id)["verified"] is True
+
+    base = target.resolve_base(Reporter(quiet=True), parent)  # verifies the parent first
+    job, checked = _finished_build(target, "web", base, parent, b"child bytes")
+    child = target.register(job, checked, Reporter(quiet=True))["image_id"]
+    doc = target.verify_image(child)
+    assert doc["verified"] is True
+    assert any(c["what"] == "parent attestation" and manifest["attestation"]["sha256"] in c["detail"]
+               for c in doc["checks"])
+
+
+def test_an_attestation_is_published_with_the_images_blobs_and_verified_on_another_machine(
+        project: Path, home: Path, tmp_path: Path, moto_endpoint: str) -> None:
+    from goldenimage.state import BucketBackend
+
+    from .test_state import BUCKET, s3_client
+
+    s3 = s3_client(moto_endpoint, attempts=5)
+    s3.create_bucket(Bucket=BUCKET)
+    env = load_environment("local", project)
+    a, b = LocalTarget(env), LocalTarget(env)
+    a.store = shared_store(tmp_path / "a", BucketBackend(s3, BUCKET, "team/local"))
+    b.store = shared_store(tmp_path / "b", BucketBackend(s3, BUCKET, "team/local"))
+    with a.store.workspace() as ws:
+        img = ws / "image"
+        img.mkdir()
+        (img / "disk.qcow2").write_bytes(b"shared bytes")
+        rec = ImageRecord(id="base-1", name="base", env="local", fingerprint="f" * 64,
+                          created="2026-12-02T10:00:00Z", status="validated", artifact="disk.qcow2")
+        manifest: dict[str, Any] = {"id": rec.id, "name": "base", "env": "local", "fingerprint": rec.fingerprint,
+                                    "created": rec.created, "status": "validated", "artifact": "disk.qcow2",
+                                    "artifact_sha256": sha256_file(img / "disk.qcow2"),
+                                    "validation": {"status": "validated", "passed": 3, "failed": 0, "errors": 0}}
+        a._sign(SimpleNamespace(image=SimpleNamespace(id=rec.id, name="base"), parent=None),  # type: ignore[arg-type]
+                manifest, img, Reporter(quiet=True))
+        a.store.put(rec, manifest, img)
+    assert FILE in s3_entry_files(b.store, rec.id)
+    doc = b.verify_image(rec.id)  # machine b: the envelope downloaded, the qcow2 not (not needed yet)
+    assert doc["verified"] is True
+    assert (tmp_path / "b" / "images" / rec.id / FILE).is_file()
+    assert not (tmp_path / "b" / "images" / rec.id / "disk.qcow2").exists()
+    (tmp_path / "b" / "images" / rec.id / FILE).write_bytes(b"{}")  # a cached copy changed on b
+    with pytest.raises(trust.UntrustedImage, match=r"base-1 .*unreadable"):
+        b.verify_image(rec.id)
+
+
+def shared_store(root: Path, backend: Any) -> Any:
+    from goldenimage.store import LocalStore
+
+    return LocalStore(root, backend)
+
+
+def s3_entry_files(store: Any, image_id: str) -> dict[str, str]:
+    files: dict[str, str] = store._read()["images"][image_id]["files"]
+    return files
