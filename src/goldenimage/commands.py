@@ -22,7 +22,7 @@ from . import fingerprint as fp
 from .adapters.packer import Packer
 from .build import fingerprint_extra, parent_inputs
 from .errors import ConfigError
-from .models import REVOKED, newest_validated
+from .models import REVOKED, VALIDATED, newest_validated
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
@@ -222,7 +222,9 @@ def promote(env_name: str, image_id: str | None, channel: str | None, reporter: 
     assert image_id is not None and channel is not None
     ch.check_channel(channel)
     env, target, reg = _image_registry(env_name, root, registry, image_id)
-    checked = target.verify_image(image_id, reg)  # refused (exit 1): one line naming the image and the check
+    # an image that is not validated keeps the registry's own refusal (exit 2); a validated one
+    # is promoted only if its attestation verifies (refused: exit 1, one line naming the check)
+    checked = target.verify_image(image_id, reg) if reg.get(image_id).status == VALIDATED else {}
     result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
     back = reg.rollback_target(result["image"], channel)
     return {"env": env.name, "target": target.name, **result, "rollback_target": back,

@@ -316,3 +316,19 @@ def shared_store(root: Path, backend: Any) -> Any:
 def s3_entry_files(store: Any, image_id: str) -> dict[str, str]:
     files: dict[str, str] = store._read()["images"][image_id]["files"]
     return files
+
+
+def test_a_quarantined_image_keeps_its_own_refusal_under_deny(project: Path, home: Path) -> None:
+    from goldenimage.store import LocalStore
+
+    set_trust(project, "  unsigned: deny\n")
+    store = LocalStore(store_dir_of(home))
+    with store.workspace() as ws:
+        (ws / "image").mkdir()
+        (ws / "image" / "disk.qcow2").write_bytes(b"q")
+        rec = ImageRecord(id="base-9", name="base", env="local", fingerprint="f" * 64,
+                          created="2026-12-02T10:00:00Z", status="quarantined", artifact="disk.qcow2")
+        store.put(rec, {"id": rec.id, "name": "base", "env": "local", "fingerprint": rec.fingerprint,
+                        "created": rec.created, "status": "quarantined", "artifact": "disk.qcow2"}, ws / "image")
+    res = cli(project, home, "promote", "--image-id", "base-9", "--channel", "stable")
+    assert res.returncode == 2 and "failed validation and can never be promoted" in res.stderr, res.stderr
