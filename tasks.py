@@ -33,12 +33,30 @@ def bake(c, env, image=None, force=False, all=False, jobs=None):
     return lambda r: family.bake_cmd(env, image, all, jobs, force, r)
 
 
-@command("goldenimage.commands:human_validate", image_id="the image to boot and test again")
-def validate(c, env, image_id=None):
+@command("goldenimage.commands:human_validate", image_id="the image to boot and test again",
+         verify_only="check its signed attestation only (boot nothing)")
+def validate(c, env, image_id=None, verify_only=False):
     """Boot a registered image and run its testinfra suites (tests/image/common + its own) again."""
     from goldenimage import commands
 
-    return lambda r: commands.validate(env, image_id, r)
+    return lambda r: commands.validate(env, image_id, r, verify_only=verify_only)
+
+
+@command("goldenimage.commands:human_verify", positional=["image_id"],
+         image_id="the image whose attestation to check (or give it as the argument)")
+def verify(c, env, image_id=None):
+    """Check an image's signed attestation against its bytes (or AMI) and the trusted keys."""
+    from goldenimage import commands
+
+    return lambda r: commands.verify(env, image_id, r)
+
+
+@command("goldenimage.commands:human_keys", name="init")
+def keys_init(c, env):
+    """Create the environment's signing key if it has none (local Ed25519 0600, or the KMS alias named); print its public key."""
+    from goldenimage import commands
+
+    return lambda r: commands.keys_init(env, r)
 
 
 @command("goldenimage.commands:human_images", image="only images of this name",
@@ -223,8 +241,8 @@ def store_push(c, env, source=None):
     return lambda r: commands.store_push(env, source, r)
 
 
-ns = Collection(setup, bake, validate, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
+ns = Collection(setup, bake, validate, verify, images, fingerprint, promote, revoke, history, rotate, rollback, gc, nightly,
                 site, iam_policy, allowed_amis,
                 Collection("sandbox", sandbox_up, sandbox_down, sandbox_status),
-                Collection("image", image_new), Collection("store", store_push))
+                Collection("image", image_new), Collection("store", store_push), Collection("keys", keys_init))
 ns.configure({"goldenimage": {"env": "local", "sandbox_env": "sandbox"}})

@@ -92,7 +92,7 @@ COMMON_HELP = {"env": "environment: a directory under inventories/ (default: the
 
 
 def command(human: str, *, name: str | None = None, default_env: str = "env",
-            **help: str) -> Callable[[Callable[..., Work]], Any]:
+            positional: list[str] | None = None, **help: str) -> Callable[[Callable[..., Work]], Any]:
     """An Invoke task whose body returns the work (a function of the Reporter) for `run`.
 
     The task gets the options every task has: --env (default: `goldenimage.<default_env>`
@@ -118,6 +118,6 @@ def command(human: str, *, name: str | None = None, default_env: str = "env",
             run(work, json_out=json, debug=debug, human=getattr(importlib.import_module(module), func))
 
         wrapper.__signature__ = sig.replace(parameters=[*own, *common])  # type: ignore[attr-defined]
-        return task(wrapper, name=name, help={**COMMON_HELP, **help})
+        return task(wrapper, name=name, help={**COMMON_HELP, **help}, positional=positional or [])
 
     return decorate

@@ -16,13 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import ancestry, timing
+from . import ancestry, timing, trust
 from . import channels as ch
 from . import fingerprint as fp
 from .adapters.packer import Packer
 from .build import fingerprint_extra, parent_inputs
 from .errors import ConfigError
-from .models import REVOKED, newest_validated
+from .models import REVOKED, VALIDATED, newest_validated
 from .progress import Reporter
 from .settings import Environment, load_environment
 from .targets import ImageRegistry, Target, target_for
@@ -161,20 +161,55 @@ def human_images(result: Result) -> list[str]:
     ]
 
 
-def validate(env_name: str, image_id: str | None, reporter: Reporter) -> Result:
-    """`invoke validate`: boot a registered image again and rerun the image suite."""
+def validate(env_name: str, image_id: str | None, reporter: Reporter, verify_only: bool = False) -> Result:
+    """`invoke validate`: boot a registered image again and rerun the image suite; with
+    `verify_only`, check its signed attestation instead (`verify`), booting nothing."""
+    if verify_only:
+        return verify(env_name, image_id, reporter)
     required(image_id=image_id)
     assert image_id is not None
     return target_for(load_environment(env_name)).validate_image(image_id, reporter)
 
 
 def human_validate(result: Result) -> list[str]:
+    if "verified" in result:
+        return human_verify(result)
     if "checks" not in result:  # an AMI: launched, checked, cleaned up
         return [f"passed: {result['image_id']}"]
     c = result["checks"]
     verdict = "passed" if result["ok"] else "FAILED"
     lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
     return lines + [f"  {f}" for f in c["failures"]]
+
+
+# -- trust -------------------------------------------------------------------------------
+def verify(env_name: str, image_id: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
+    """`invoke verify`: check the image's signed attestation against its bytes (or AMI and
+    snapshots) and the environment's trusted keys; what was checked, or UntrustedImage."""
+    required(image_id=image_id)
+    assert image_id is not None
+    env = load_environment(env_name, root)
+    target = target_for(env)
+    reg = target.registry_for(image_id)  # a sandbox knows its local images and its AMIs
+    _image_registry(env_name, root, reg, image_id)
+    return {"env": env.name, "target": target.name, **target.verify_image(image_id, reg)}
+
+
+def human_verify(result: Result) -> list[str]:
+    return trust.human_verify(result)
+
+
+def keys_init(env_name: str, reporter: Reporter, *, root: Path | None = None) -> Result:
+    """`invoke keys.init`: the environment's signing key, made if absent, and its public key."""
+    env = load_environment(env_name, root)
+    return trust.init_keys(env, reporter, target_for(env).kms_client)
+
+
+def human_keys(r: Result) -> list[str]:
+    return [f"{'created' if r['created'] else 'exists'}: signing key {r['signing_key']} of {r['env']} "
+            f"(keyid {r['keyid'][:16]}…)",
+            *([f"  public key file {r['public_key_file']}"] if r.get("public_key_file") else []),
+            *r["public_key"].rstrip().splitlines()]
 
 
 # -- promote -----------------------------------------------------------------------------
@@ -190,9 +225,13 @@ def promote(env_name: str, image_id: str | None, channel: str | None, reporter: 
     assert image_id is not None and channel is not None
     ch.check_channel(channel)
     env, target, reg = _image_registry(env_name, root, registry, image_id)
+    # an image that is not validated keeps the registry's own refusal (exit 2); a validated one
+    # is promoted only if its attestation verifies (refused: exit 1, one line naming the check)
+    checked = target.verify_image(image_id, reg) if reg.get(image_id).status == VALIDATED else {}
     result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
     back = reg.rollback_target(result["image"], channel)
-    return {"env": env.name, "target": target.name, **result, "rollback_target": back}
+    return {"env": env.name, "target": target.name, **result, "rollback_target": back,
+            "attestation": {k: checked[k] for k in ("verified", "keyid", "admitted") if k in checked}}
 
 
 def human_promote(r: Result) -> list[str]:

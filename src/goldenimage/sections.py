@@ -132,6 +132,38 @@ class BuildSpec(_Model):
         return _each(v, re.compile(r"[0-9]{12}").fullmatch, "{v} is not a 12-digit AWS account id")
 
 
+KMS_PREFIX = "kms:"
+
+
+class TrustSettings(_Model):
+    """`trust:`: how the environment signs its images' attestations and which keys it trusts.
+
+    A key is a file path (a local Ed25519 key; relative: to the project root; `~` expanded)
+    or `kms:<key id, ARN or alias>` (an AWS KMS ECC_NIST_P256 key, aws and sandbox targets).
+    An environment without `trust:` signs with its own key under the toolkit's home
+    (`keys/<env>.ed25519`, made on first use), trusts that key, and admits images without
+    an attestation (made before attestations were): `trust:` makes the default `deny`."""
+
+    signing_key: str | None = Field(default=None, description="default: <home>/keys/<env>.ed25519")
+    trusted_keys: list[str] = Field(default_factory=list,
+                                    description="public keys (PEM files) or kms: keys; default: the signing key's")
+    unsigned: Literal["deny", "allow"] = Field(default="deny", description="allow: admit images without "
+                                               "an attestation (a bad one is always refused)")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v == KMS_PREFIX):
+            raise ValueError("a key file path or kms:<key id or alias>")
+        return v
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _trusted(cls, v: list[str]) -> list[str]:
+        return _each(v, lambda k: bool(k.strip()) and k != KMS_PREFIX, "trusted key {v}: a PEM file path or "
+                     "kms:<key id or alias>")
+
+
 class StateSettings(_Model):
     """Where the environment's registry lives when a team shares it (`state:`): an
     S3-compatible bucket. Credentials come the usual boto3 way (environment, profile, role);

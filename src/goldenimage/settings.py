@@ -26,6 +26,7 @@ from .sections import (
     RetentionSettings,
     SandboxSettings,
     StateSettings,
+    TrustSettings,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Settings(_Model):
     qemu: QemuSpec = QemuSpec()
     region: str | None = None
     state: StateSettings | None = Field(default=None, description="a shared registry in a bucket")
+    trust: TrustSettings | None = Field(default=None, description="signing and trusted keys (see trust.py)")
     extra: dict[str, Any] = Field(default_factory=dict, description="target-specific settings")
 
 

@@ -311,6 +311,14 @@ class LocalStore:
         self.shared.get_blob(digest, path)
         return path
 
+    def record_file(self, image_id: str, name: str) -> Path | None:
+        """One of an image's record files (its attestation, say; not the artifact) on this
+        machine, downloaded from the shared store first (digest checked); None: it has none."""
+        entry = self._read()["images"].get(image_id)
+        path = (self.quarantine_dir / image_id / name if entry is None
+                else self._cached(image_id, name, entry))
+        return path if path.is_file() else None
+
     def fetch(self, image_id: str, progress: Transfer | None = None) -> Path:
         """The image's directory with its records on this machine (manifest, SBOM, junit,
         timings, package index: downloaded from the shared store where missing); the

@@ -6,6 +6,7 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -231,7 +232,21 @@ def test_remote_targets_use_their_registry(
         def list(self, name: str | None = None) -> list[ImageRecord]:
             return [self.get("ami-2")]
 
+        def manifest(self, image_id: str) -> dict[str, Any]:
+            return {}
+
+        def snapshots(self, image_id: str) -> list[str]:
+            return []
+
+        def attestation(self, name: str, image_id: str) -> bytes | None:
+            return None  # made before attestations: admitted (no trust: section)
+
+        def attestation_path(self, name: str, image_id: str) -> str:
+            return "/p/_attestation"
+
     monkeypatch.setattr(AwsSide, "registry", lambda self: FakeRegistry())
+    monkeypatch.setattr(AwsSide, "clients", property(lambda self: SimpleNamespace(
+        ctx=SimpleNamespace(region="us-east-1"))))
     p = commands.promote("local", "ami-2", "stable", quiet(), root=root)
     assert p["target"] == target and p["rollback_target"] == "ami-1"
     assert commands.human_promote(p)[0] == "web/stable: ami-1 -> ami-2 (version 2, /p)"

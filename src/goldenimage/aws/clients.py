@@ -31,6 +31,7 @@ IAM_PREFIX = {
     "sts": "sts",
     "iam": "iam",
     "ram": "ram",
+    "kms": "kms",
 }
 
 Hook = Callable[..., Any]
@@ -137,3 +138,4 @@ class Clients:
     cloudwatch = _service("cloudwatch")
     elbv2 = _service("elbv2")
     sts = _service("sts")
+    kms = _service("kms")  # a kms: signing or trusted key (trust.py)

@@ -11,6 +11,7 @@ registry (the rotator): the environment's target says (`targets.target_for`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..settings import Environment, load_environment
 from .clients import AwsContext, Clients
@@ -39,3 +40,11 @@ def registry_for(
     from ..targets import target_for
 
     return target_for(environment(env, root)).aws_registry(clients)
+
+
+def verify_image(env: Environment | str, image_id: str, registry: AwsRegistry) -> dict[str, Any]:
+    """The attestation of the AMI about to be rolled out, verified (`trust.verify`; the
+    checks made), or UntrustedImage."""
+    from ..targets import target_for
+
+    return target_for(environment(env)).verify_image(image_id, registry)

@@ -75,6 +75,11 @@ ACTIONS: dict[str, str] = {
     "ram:ListResources": "gc: AMIs the account shares through RAM resource shares",
     "ssm:DeleteParameter": "gc --apply / --restore: release the environment's gc lock (a parameter below the prefix)",
     "ssm:DeleteParameters": "gc --apply: a deleted AMI's manifest and SBOM parts (below the prefix)",
+    # signed provenance (adapters/signing.py, trust.py): a kms: signing or trusted key
+    "kms:Sign": "bake, sandbox registration: sign an image's attestation with the environment's KMS key",
+    "kms:GetPublicKey": "verify, promote, rotate, a child's bake: the public key of a kms: trusted key",
+    "kms:CreateKey": "keys.init: the environment's KMS signing key (ECC_NIST_P256, SIGN_VERIFY) when its alias is new",
+    "kms:CreateAlias": "keys.init: the alias the settings name for that key",
     # publishing safety (aws/protection.py, aws/allowed.py)
     "ec2:EnableImageDeregistrationProtection": "promote: deregistration protection with cooldown on every copy "
                                                "of the AMI; gc --restore: put back where gc took it off",

@@ -162,6 +162,42 @@ class AwsRegistry:
     def sbom_parameter(self, name: str, image_id: str, part: int) -> str:
         return f"{self.prefix}/_sbom/{name}/{image_id}/{part}"
 
+    def attestation_path(self, name: str, image_id: str) -> str:
+        return f"{self.prefix}/_attestation/{name}/{image_id}"
+
+    # -- the signed attestation (trust.py) -------------------------------------------------
+    def put_attestation(self, name: str, image_id: str, envelope: bytes) -> int:
+        """Keep the AMI's DSSE envelope beside its manifest: compressed, base64, in parts of
+        at most 4 KB (`<prefix>/_attestation/<image>/<ami>/<n>`, standard tier, as the SBOM's);
+        the number of parts. Its signature is its own check: a reader needs no digest."""
+        text = base64.b64encode(zlib.compress(envelope, 9)).decode()
+        parts = [text[i:i + SBOM_CHUNK] for i in range(0, len(text), SBOM_CHUNK)]
+        for n, part in enumerate(parts):
+            self.clients.ssm.put_parameter(
+                Name=f"{self.attestation_path(name, image_id)}/{n}", Value=part, Type="String",
+                Tier="Intelligent-Tiering", Overwrite=True,
+                Description=f"goldenimage attestation of {image_id}, part {n + 1} of {len(parts)}")
+        return len(parts)
+
+    def attestation(self, name: str, image_id: str) -> bytes | None:
+        """The AMI's envelope bytes (None: none kept; a part missing leaves bytes that do
+        not decode, which verification refuses)."""
+        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(
+            Path=self.attestation_path(name, image_id), Recursive=True)
+        found = {p["Name"]: p["Value"] for page in pages for p in page.get("Parameters", [])}
+        if not found:
+            return None
+        ordered = sorted(found, key=lambda n: int(n.rsplit("/", 1)[1]) if n.rsplit("/", 1)[1].isdigit() else -1)
+        try:
+            return zlib.decompress(base64.b64decode("".join(found[n] for n in ordered)))
+        except (ValueError, zlib.error):
+            return b"(attestation parts do not decode)"
+
+    def snapshots(self, image_id: str) -> builtins.list[str]:
+        """The EBS snapshots the AMI's block devices reference."""
+        return sorted(bdm["Ebs"]["SnapshotId"] for bdm in self._image(image_id).get("BlockDeviceMappings", [])
+                      if bdm.get("Ebs", {}).get("SnapshotId"))
+
     # -- reading -------------------------------------------------------------------------
     def _describe(
         self, filters: builtins.list[dict[str, Any]], image_ids: Iterable[str] = ()
@@ -441,11 +477,12 @@ class AwsRegistry:
         }
 
     def image_parameters(self, name: str, image_id: str) -> builtins.list[str]:
-        """The parameters the registry keeps for one AMI: its manifest and its SBOM parts
-        (all parts there are, whatever the manifest says)."""
-        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=f"{self.prefix}/_sbom/{name}/{image_id}", Recursive=True)
-        parts = sorted(p["Name"] for page in pages for p in page.get("Parameters", []))
+        """The parameters the registry keeps for one AMI: its manifest, its SBOM parts and
+        its attestation's parts (all parts there are, whatever the manifest says)."""
+        parts: builtins.list[str] = []
+        for path in (f"{self.prefix}/_sbom/{name}/{image_id}", self.attestation_path(name, image_id)):
+            pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
+            parts += sorted(p["Name"] for page in pages for p in page.get("Parameters", []))
         try:
             self.clients.ssm.get_parameter(Name=self.manifest_parameter(name, image_id))
             manifest = [self.manifest_parameter(name, image_id)]

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped, unused-ignore]
 from botocore.parsers import ResponseParserError  # type: ignore[import-untyped, unused-ignore]
 
-from .. import ancestry, fingerprint, retention
+from .. import ancestry, attestation, fingerprint, retention, trust
 from ..adapters.packer import read_manifest
 from ..build import ID_WILDCARD, TIMINGS, Tools, detect_tools, git_state, packer_build
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
@@ -40,7 +40,7 @@ from ..paths import store_dir
 from ..progress import Reporter
 from ..sections import AwsSettings, BaseAmiSpec
 from ..settings import Environment
-from ..targets import Base, Checked, GcWorld, Job, Result, Target
+from ..targets import Base, Checked, GcWorld, ImageRegistry, Job, Result, Target
 from . import collect, leftovers, protection, references
 from .ami import ami_name, packer_vars, resolve_base_ami
 from .clients import AwsContext, Clients
@@ -490,6 +490,45 @@ class AwsSide(Target):
                             reporter=reporter, instance_type=v.instance_type, ssh_user=v.ssh_user,
                             ssh_cidrs=v.ssh_cidrs or None, registry=reg)
 
+    # -- trust: an AMI's attestation, beside its manifest in SSM -------------------------------
+    def kms_client(self) -> Any:
+        return self.clients.kms
+
+    def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
+        """The AMI's envelope (SSM) and what the AMI is: its id, region and snapshots now;
+        its parent's AMI and that one's envelope digest."""
+        reg: Any = registry if registry is not None else self.registry()
+        rec = reg.get(image_id)
+        manifest = reg.manifest(image_id)
+        parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+        parent_ami = _parent_ami(parent)
+        return trust.Evidence(
+            attestation.Expect(image_id=image_id, name=rec.name, env=self.env.name, ami=image_id,
+                               region=self.clients.ctx.region, snapshots=tuple(reg.snapshots(image_id)),
+                               parent_id=parent_ami,
+                               parent_attestation=trust.envelope_digest(reg.attestation(parent["name"], parent_ami))
+                               if parent and parent_ami else None),
+            reg.attestation(rec.name, image_id), f"SSM {reg.attestation_path(rec.name, image_id)}")
+
+    def sign_ami(self, reg: AwsRegistry, name: str, ami: str, manifest: dict[str, Any],
+                 qcow2_sha256: str | None, junit_sha256: str | None, reporter: Reporter) -> str:
+        """Sign the attestation of a validated AMI and keep it in SSM beside its manifest;
+        the envelope's sha256."""
+        parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+        parent_ami = _parent_ami(parent)
+        parent_att = (trust.envelope_digest(reg.attestation(parent["name"], parent_ami))
+                      if parent and parent_ami else None)
+        doc = attestation.statement(
+            {**manifest, "id": ami, "parent": {**parent, "id": parent_ami} if parent else None},
+            attestation.ami_subject(ami, reg.clients.ctx.region, reg.snapshots(ami), qcow2_sha256),
+            parent_attestation=parent_att, junit_sha256=junit_sha256)
+        envelope = trust.sign(self.env, doc, reporter, self.kms_client)
+        parts = reg.put_attestation(name, ami, envelope)
+        digest = str(trust.envelope_digest(envelope))
+        reporter.info(f"    signed the attestation of {ami} ({parts} SSM part{'s' if parts > 1 else ''}, "
+                      f"envelope sha256 {digest[:12]}…)")
+        return digest
+
     def validate_image(self, image_id: str, reporter: Reporter) -> Result:
         """`invoke validate --image-id ami-...`: launch it, run the image suite, clean up."""
         reg = self.registry()
@@ -501,6 +540,14 @@ class AwsSide(Target):
                       "fingerprint": rec.fingerprint, "build_time": str(built)}
             result = self.launch_and_check(image_id, self.remote_check(expect, Path(work)), reporter, reg)
         return {"env": self.env.name, **result}
+
+
+def _parent_ami(parent: dict[str, Any] | None) -> str | None:
+    """The parent's AMI as a manifest records it (the sandbox's `ami`, the aws target's `id`)."""
+    if parent is None:
+        return None
+    ami = parent.get("ami") or parent.get("id")
+    return str(ami) if isinstance(ami, str) and ami.startswith("ami-") else None
 
 
 class AwsTarget(AwsSide):
@@ -517,7 +564,10 @@ class AwsTarget(AwsSide):
         base: dict[str, Any]
         if parent is None:
             base = resolve_base_ami(self.clients, self.aws.base_ami)
-        else:  # the parent's AMI is the source AMI; its tags record the ancestry
+        else:  # the parent's AMI is the source AMI (once its attestation verifies); its tags record the ancestry
+            checked = self.verify_image(parent.id)
+            reporter.info(f"    parent {parent.id}: " + ("attestation verified" if checked["verified"]
+                                                          else f"no attestation, admitted ({checked['admitted']})"))
             base = {**resolve_base_ami(self.clients, BaseAmiSpec(id=parent.id)),
                     "parent": {"id": parent.id, "name": parent.name, "fingerprint": parent.fingerprint}}
         region = self.clients.ctx.region
@@ -595,6 +645,8 @@ class AwsTarget(AwsSide):
             for region, ami in sorted(amis.items()):  # the copies first: the home AMI is what lookups see
                 if region != c.ctx.region:
                     _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
+            if status == VALIDATED:  # signed first: a validated AMI is never seen without its attestation
+                self.sign_ami(self.registry(), img.name, home, manifest, None, None, reporter)
             self.registry().put(record, manifest)
         job.finished = True
         check = {k: v for k, v in (validated.get("check") or {}).items() if k not in ("packages", "apt_sources")}

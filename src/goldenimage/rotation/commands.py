@@ -56,6 +56,10 @@ def rotate_command(
             )
         image_id = registry.resolve_channel(policy.image, chan).id
         reporter.info(f"{group}: channel {policy.image}/{chan} -> {image_id}")
+    if not resume:  # the image about to be rolled out: its attestation first (refused: exit 1)
+        checked = context.verify_image(environment, image_id, registry)
+        reporter.info(f"{group}: {image_id} " + ("attestation verified" if checked["verified"]
+                                                  else f"has no attestation, admitted ({checked['admitted']})"))
     return rotate(
         clients,
         policy,

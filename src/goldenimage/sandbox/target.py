@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import retention
+from .. import retention, trust
 from ..aws.clients import AwsContext, Clients
 from ..aws.registry import AwsRegistry, local_ami_name
 from ..aws.target import AwsSide
@@ -166,6 +166,11 @@ class SandboxTarget(LocalTarget, AwsSide):
     def provenance(self, image_id: str) -> Result:
         return {}
 
+    def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
+        if image_id.startswith("ami-"):
+            return AwsSide.evidence(self, image_id, registry if isinstance(registry, AwsRegistry) else None)
+        return LocalTarget.evidence(self, image_id, registry)
+
     def default_subnet(self) -> str | None:
         return str(running_state(self.env)["seed"]["subnets"][0])
 
@@ -204,7 +209,7 @@ class SandboxTarget(LocalTarget, AwsSide):
         existing = remote.find_by_fingerprint(rec.name, rec.fingerprint)
         if existing is not None:
             return {"image_id": existing.id, "new": False}
-        self.store.verified(rec.id)  # the bytes that were validated, or nothing is registered
+        self.require_trusted(rec, reporter, "local image")  # its attestation over the bytes that were validated, or nothing
         manifest = self.store.manifest(rec.id)
         parent = manifest.get("parent")
         if isinstance(parent, dict):  # the parent's AMI here, registered before its children
@@ -213,4 +218,6 @@ class SandboxTarget(LocalTarget, AwsSide):
         with reporter.phase("register-remote", f"register {rec.id} in {self.env.name}"):
             done = remote.put(rec, manifest)
             reporter.info(f"registered {done.id} ({done.name}, {done.status}) in {done.extra['region']}")
+            self.sign_ami(remote, rec.name, done.id, manifest, manifest.get("artifact_sha256"),
+                          (manifest.get("validation") or {}).get("junit_sha256"), reporter)
         return {"image_id": done.id, "new": True}

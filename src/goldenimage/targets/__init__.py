@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .. import retention
+from .. import retention, trust
 from ..errors import ConfigError
 from ..fingerprint import FingerprintInput
 from ..locks import FileLock, Lock
@@ -184,6 +184,22 @@ class Target(ABC):
             f"{self.env.rel(self.env.settings_file)}: field target: environment {self.env.name!r} has "
             f"target {self.name!r}; AWS commands need target 'aws' or 'sandbox'"
         )
+
+    # -- trust (trust.py) -----------------------------------------------------------------
+    def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
+        """The image's attestation and what its bytes (or AMI) about to be used are (in
+        `registry`, where a command was handed one, else the target's own)."""
+        raise ConfigError(f"{self.env.rel(self.env.settings_file)}: field target: attestations are not "
+                          f"built for target {self.name!r} yet")
+
+    def kms_client(self) -> Any:
+        """The KMS client of a `kms:` key (aws and sandbox targets only)."""
+        raise ConfigError(f"{self.env.rel(self.env.settings_file)}: field trust: a kms: key needs target "
+                          f"aws or sandbox, not {self.name!r}")
+
+    def verify_image(self, image_id: str, registry: ImageRegistry | None = None) -> Result:
+        """Verify `image_id`'s attestation (`trust.verify`): the checks, or UntrustedImage."""
+        return trust.verify(self.env, self.evidence(image_id, registry), self.kms_client)
 
     # -- retention (invoke gc) -------------------------------------------------------------
     def gc_world(self) -> GcWorld:

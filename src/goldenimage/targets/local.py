@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import ancestry, drift, fingerprint, requirements, retention, timing
+from .. import ancestry, attestation, drift, fingerprint, requirements, retention, timing, trust
 from ..adapters import baseimage, directboot, galaxy, imagefacts, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, TIMINGS, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import NotFoundError, TemplateError
@@ -75,6 +75,52 @@ class LocalTarget(Target):
             }, ws, reporter)
         return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
                 "durations": reporter.durations, "boot": boot, "exit_code": 0 if suite.ok else 1}
+
+    # -- trust -------------------------------------------------------------------------------
+    def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
+        """The image's envelope and what its qcow2 is: the manifest's digest, which the bytes
+        are checked against here (`verified`, once per change of the file) when they are on
+        this machine, and on their download otherwise (the shared store's blob)."""
+        store = registry if isinstance(registry, LocalStore) else self.store
+        rec = store.get(image_id)
+        path = store.image_dir(image_id) / rec.artifact
+        if store.shared is None or path.is_file():
+            path = store.verified(image_id)
+        manifest = store.manifest(image_id)
+        digest = manifest.get("artifact_sha256") or sha256_file(path)
+        parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+        return trust.Evidence(
+            attestation.Expect(image_id=rec.id, name=rec.name, env=self.env.name, sha256=str(digest),
+                               parent_id=parent.get("id") if parent else None,
+                               parent_attestation=self._envelope_digest(str(parent.get("id")), store)
+                               if parent else None),
+            self._envelope(image_id, store), f"{store.where} ({image_id}/{attestation.FILE})")
+
+    def _envelope(self, image_id: str, store: LocalStore | None = None) -> bytes | None:
+        path = (store or self.store).record_file(image_id, attestation.FILE)
+        return path.read_bytes() if path is not None else None
+
+    def _envelope_digest(self, image_id: str, store: LocalStore | None = None) -> str | None:
+        try:
+            return trust.envelope_digest(self._envelope(image_id, store))
+        except NotFoundError:  # a parent gc removed: the child's statement cannot be matched
+            return "(parent gone)"
+
+    def _sign(self, job: Job, manifest: dict[str, Any], image_dir: Path, reporter: Reporter) -> None:
+        """The signed attestation of a validated image, among its files (`attestation.FILE`),
+        so that it is published with the record; the manifest names its digest."""
+        junit = image_dir / "junit.xml"
+        junit_sha = sha256_file(junit) if junit.is_file() else None
+        manifest["validation"].update(junit_sha256=junit_sha,
+                                      suites=[self.env.rel(p) for p in self.env.suites(job.image.name)])
+        parent_att = self._envelope_digest(job.parent.id) if job.parent is not None else None
+        doc = attestation.statement(
+            manifest, attestation.local_subject(job.image.id, "disk.qcow2", manifest["artifact_sha256"]),
+            parent_attestation=parent_att, junit_sha256=junit_sha)
+        envelope = trust.sign(self.env, doc, reporter, self.kms_client)
+        (image_dir / attestation.FILE).write_bytes(envelope)
+        manifest["attestation"] = {"file": attestation.FILE, "sha256": trust.envelope_digest(envelope)}
+        reporter.info(f"    signed {attestation.FILE} (envelope sha256 {manifest['attestation']['sha256'][:12]}…)")
 
     # -- retention (invoke gc) ---------------------------------------------------------------
     def gc_world(self) -> GcWorld:
@@ -191,6 +237,7 @@ class LocalTarget(Target):
             base = baseimage.ensure_base_image(self.env.settings.base, base_cache_dir(), reporter, self.bases,
                                                need_bytes=False)
         else:  # the parent's validated qcow2, checked byte for byte; Packer copies it
+            self.require_trusted(parent, reporter, "parent")
             path = self.store.image_dir(parent.id) / parent.artifact
             if self.store.shared is None or path.is_file():
                 path = self.store.verified(parent.id)
@@ -201,6 +248,15 @@ class LocalTarget(Target):
         if base.path.is_file():
             self._parent_bytes(details, reporter)
         return Base(base.identity, details)
+
+    def require_trusted(self, rec: ImageRecord, reporter: Reporter, what: str) -> dict[str, Any]:
+        """Use a local image (a child's parent, one registered in the sandbox) only if its
+        attestation verifies, before its bytes are used: the digest it attests is the one
+        the download, or `verified`, checks the bytes against."""
+        checked = self.verify_image(rec.id)
+        reporter.info(f"    {what} {rec.id}: " + ("attestation verified" if checked["verified"]
+                                                    else f"no attestation, admitted ({checked['admitted']})"))
+        return checked
 
     def _parent_bytes(self, details: dict[str, Any], reporter: Reporter) -> None:
         """What a build needs of its base beside the identity: the disk's bytes (a parent
@@ -364,6 +420,8 @@ class LocalTarget(Target):
         record = ImageRecord(id=img.id, name=img.name, env=env.name, fingerprint=img.fingerprint,
                              created=img.build_time, status=status, artifact="disk.qcow2",
                              extra={"parent": job.ancestry()} if job.parent else {})
+        if checked.ok:
+            self._sign(job, manifest, image_dir, reporter)
         with reporter.phase("register"):
             manifest["durations"] = dict(reporter.durations)
             self.store.put(record, manifest, image_dir, fence=job.fence)
