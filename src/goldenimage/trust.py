@@ -160,15 +160,24 @@ def verify(env: Environment, evidence: Evidence, kms: KmsClient | None = None,
                     "checks": [{"what": "attestation", "ok": False, "detail": f"none in {evidence.where}"}]}
         raise UntrustedImage(f"{who}: no attestation in {evidence.where} (trust.unsigned is deny)")
     keys = trusted_keys(env, kms) if keys is None else keys
-    if not keys:
+    allow = policy(env).unsigned == "allow"
+    if not keys and not allow:
         raise UntrustedImage(f"{who}: no trusted key to verify its attestation with (trust.trusted_keys)")
+    strangers = signing.signed_by_none_of(evidence.envelope, keys)
+    if strangers is not None and allow:
+        # no more trust than no attestation at all, which this policy admits: another machine's
+        # key (shared state without `trust:`), or a key this environment does not list
+        return {"image_id": expect.image_id, "verified": False, "admitted": "unsigned: allow",
+                "checks": [{"what": "attestation", "ok": False,
+                            "detail": f"signed by a key not trusted here ({', '.join(k[:16] + '…' for k in strangers)})"}]}
     try:
         payload, keyid = signing.open_envelope(evidence.envelope, attestation.PAYLOAD_TYPE, keys)
         doc = attestation.decode(payload)
     except signing.VerificationError as exc:
-        raise UntrustedImage(f"{who}: attestation signature does not verify with a trusted key: "
-                             f"{'unsigned' if 'unsigned' in str(exc) else 'tampered, or signed by a key not trusted'}"
-                             ) from None
+        why = ("unsigned" if "unsigned" in str(exc) else
+               f"signed by a key not trusted ({', '.join(k[:16] + '…' for k in strangers)})" if strangers else
+               "tampered (the signature of a trusted key does not match its bytes)")
+        raise UntrustedImage(f"{who}: attestation signature does not verify with a trusted key: {why}") from None
     except ValueError as exc:
         raise UntrustedImage(f"{who}: attestation in {evidence.where} is unreadable: {exc}") from None
     verdict = attestation.check(doc, expect)

@@ -332,3 +332,24 @@ def test_a_quarantined_image_keeps_its_own_refusal_under_deny(project: Path, hom
                         "created": rec.created, "status": "quarantined", "artifact": "disk.qcow2"}, ws / "image")
     res = cli(project, home, "promote", "--image-id", "base-9", "--channel", "stable")
     assert res.returncode == 2 and "failed validation and can never be promoted" in res.stderr, res.stderr
+
+
+def test_another_machines_key_is_as_good_as_unsigned_where_unsigned_is_allowed(project: Path, home: Path) -> None:
+    """Shared state without `trust:`: each machine signs with its own default key. Here, an
+    image another machine signed is admitted as unsigned (the implicit policy admits those;
+    a stranger's signature grants nothing more), and said so; under `unsigned: deny` it is
+    refused naming the key; a tampered envelope of a key this machine trusts stays refused."""
+    make_image(project, "base-1")  # signed by this home's default key
+    key = home / "keys" / "local.ed25519"
+    key.unlink()
+    key.with_name(key.name + ".pub").unlink(missing_ok=True)
+    res = cli(project, home, "verify", "base-1", "--json")  # a fresh runner: no key of its own yet
+    assert res.returncode == 0 and json.loads(res.stdout)["verified"] is False, res.stderr
+    assert cli(project, home, "keys.init").returncode == 0  # this machine now has another key
+    res = cli(project, home, "verify", "base-1", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["verified"] is False and "signed by a key not trusted here" in json.dumps(doc["checks"])
+    set_trust(project, "  unsigned: deny\n")
+    line = refusal(cli(project, home, "verify", "base-1"))
+    assert "signed by a key not trusted (" in line, line

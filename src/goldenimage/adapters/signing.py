@@ -156,3 +156,15 @@ def open_envelope(data: bytes, payload_type: str, keys: list[Key]) -> tuple[byte
         raise VerificationError("the envelope is unsigned")
     accepted = envelope.verify(keys, 1)
     return envelope.payload, next(iter(accepted))
+
+
+def signed_by_none_of(data: bytes, keys: list[Key]) -> list[str] | None:
+    """The key ids an envelope's signatures name when none of them is one of `keys` (a key
+    this machine does not trust: not a tampered envelope); None when one is, or the bytes are
+    not an envelope."""
+    try:
+        ids = [str(sig["keyid"]) for sig in json.loads(data).get("signatures") or []]
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
+        return None
+    known = {k.keyid for k in keys}
+    return ids if ids and not known.intersection(ids) else None
