@@ -11,6 +11,7 @@ parameters). The results carry the same keys on every target, plus `target`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -225,13 +226,30 @@ def promote(env_name: str, image_id: str | None, channel: str | None, reporter: 
     assert image_id is not None and channel is not None
     ch.check_channel(channel)
     env, target, reg = _image_registry(env_name, root, registry, image_id)
-    # an image that is not validated keeps the registry's own refusal (exit 2); a validated one
-    # is promoted only if its attestation verifies (refused: exit 1, one line naming the check)
-    checked = target.verify_image(image_id, reg) if reg.get(image_id).status == VALIDATED else {}
-    result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
+    rec = reg.get(image_id)
+    with _promote_lease(target, rec.name, channel, image_id, reporter):
+        # an image that is not validated keeps the registry's own refusal (exit 2); a validated one
+        # is promoted only if its attestation verifies (refused: exit 1, one line naming the check)
+        checked = target.verify_image(image_id, reg) if rec.status == VALIDATED else {}
+        result = reg.promote(image_id, channel, **_stamp(user, now))  # refused: one error line, nothing before
     back = reg.rollback_target(result["image"], channel)
     return {"env": env.name, "target": target.name, **result, "rollback_target": back,
             "attestation": {k: checked[k] for k in ("verified", "keyid", "admitted") if k in checked}}
+
+
+PROMOTE_WAIT = 120.0  # seconds a promote waits for another machine's promote to the same channel
+
+
+def _promote_lease(target: Target, name: str, channel: str, image_id: str, reporter: Reporter) -> Any:
+    """With shared state, the lease `promote/<env>/<image>/<channel>`: one promote of a
+    channel at a time across machines, from its checks (attestation, AMI protection) to the
+    move, waited for up to PROMOTE_WAIT saying who holds it. The move itself is a
+    compare-and-swap either way; the lease keeps a promote's checks and move together."""
+    if target.shared_state() is None:
+        return contextlib.nullcontext()
+    lock = target.lease(f"promote/{target.env.name}/{name}/{channel}", f"promote {image_id} to {channel}")
+    return lock.held(f"promote to {name}/{channel}", PROMOTE_WAIT, max_poll=2.0,
+                     on_wait=lambda who: reporter.info(f"    waiting: {who}"))
 
 
 def human_promote(r: Result) -> list[str]:

@@ -368,3 +368,36 @@ def test_a_skip_on_a_fresh_machine_needs_the_blob_not_its_download(tmp_path: Pat
     assert hit is not None and hit.id == "web-1"
     assert refused == [f"image web-2: its disk.qcow2 ({digest}) is not in s3://{BUCKET}/team/local"]
     assert not list(b.images_dir.rglob("*.qcow2"))
+
+
+def test_a_promote_waits_for_another_machines_promote_of_the_channel(tmp_path: Path, moto_endpoint: str,
+                                                                    bucket: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promote/<env>/<image>/<channel>`: while another machine promotes web/stable, a promote
+    says who holds it, waits, and gives up with one line naming the holder; another channel
+    is not held up; once the lease is given back the promote goes through."""
+    from goldenimage import commands
+    from goldenimage.locks import LockHeld
+    from goldenimage.progress import Reporter
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text() + f"state: {{bucket: {BUCKET}, prefix: team/local, "
+                                                f"endpoint_url: '{moto_endpoint}'}}\n")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "GOLDENIMAGE_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(k, v)
+    put(machine(tmp_path, bucket, "a"), record(1))
+    other = LeaseLock(BucketBackend(bucket, BUCKET, "team/local"), "promote/local/web/stable", "promote web-9", ttl=30)
+    assert other.try_acquire() is None
+    monkeypatch.setattr(commands, "PROMOTE_WAIT", 0.5)
+    heard: list[str] = []
+    reporter = Reporter(quiet=True)
+    reporter.info = heard.append  # type: ignore[method-assign]
+    with pytest.raises(LockHeld, match=r"promote to web/stable is already running: lease promote/local/web/stable"):
+        commands.promote("local", "web-1", "stable", reporter, root=project)
+    assert any("promote web-9" in h for h in heard)
+    assert commands.promote("local", "web-1", "canary", reporter, root=project)["changed"]
+    other.release()
+    assert commands.promote("local", "web-1", "stable", reporter, root=project)["changed"]
