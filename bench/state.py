@@ -5,6 +5,8 @@ Prints one JSON document:
   push_mib_per_s            `BucketBackend.put_blob` (multipart upload to a temporary key,
                             hashed on the way, then the publishing server-side copy)
   pull_mib_per_s            `get_blob` (download to a temporary file, sha256 checked, renamed)
+  plain_boto3_*_mib_per_s   the same file with plain boto3 `upload_file` / `download_file`;
+  push_vs_plain, pull_vs_plain  the toolkit's throughput over plain boto3's (goal ≥ 0.9)
   lease_acquire_release_ms  median of a lease taken and given back (conditional create, delete)
   catalog_update_ms         median of one compare-and-swap catalog change (a promote)
   fresh_nightly_seconds     median wall time of a no-change `invoke nightly --json` on a fresh
@@ -81,7 +83,17 @@ def blob_figures(backend: BucketBackend, tmp: Path, mib: int) -> dict[str, Any]:
     start = time.monotonic()
     backend.get_blob(digest, tmp / "pulled")
     pull = time.monotonic() - start
-    return {"blob_mib": mib, "push_mib_per_s": round(mib / push, 1), "pull_mib_per_s": round(mib / pull, 1)}
+    # the same file with plain boto3 (upload_file / download_file, its default transfer config)
+    start = time.monotonic()
+    backend.s3.upload_file(str(src), BUCKET, "plain/blob")
+    plain_push = time.monotonic() - start
+    start = time.monotonic()
+    backend.s3.download_file(BUCKET, "plain/blob", str(tmp / "plain"))
+    plain_pull = time.monotonic() - start
+    return {"blob_mib": mib, "push_mib_per_s": round(mib / push, 1), "pull_mib_per_s": round(mib / pull, 1),
+            "plain_boto3_push_mib_per_s": round(mib / plain_push, 1),
+            "plain_boto3_pull_mib_per_s": round(mib / plain_pull, 1),
+            "push_vs_plain": round(plain_push / push, 3), "pull_vs_plain": round(plain_pull / pull, 3)}
 
 
 def small_figures(backend: BucketBackend, tmp: Path, n: int = 20) -> dict[str, Any]:
