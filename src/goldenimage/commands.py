@@ -63,12 +63,18 @@ def _image_registry(env_name: str, root: Path | None, registry: ImageRegistry | 
     env = load_environment(env_name, root)
     target = target_for(env)
     reg = registry or target.registry()
+    _own_image(env, reg, image_id)
+    return env, target, reg
+
+
+def _own_image(env: Environment, reg: ImageRegistry, image_id: str) -> None:
+    """NotFoundError if `reg` does not know `image_id`, ConfigError if it is another
+    environment's."""
     rec = reg.get(image_id)
     if rec.env and rec.env != env.name:
         raise ConfigError(
             f"image {image_id} belongs to environment {rec.env!r}, not {env.name!r} (use --env)"
         )
-    return env, target, reg
 
 
 def _stamp(user: str | None, now: datetime | None) -> dict[str, Any]:
@@ -192,7 +198,7 @@ def verify(env_name: str, image_id: str | None, reporter: Reporter, *, root: Pat
     env = load_environment(env_name, root)
     target = target_for(env)
     reg = target.registry_for(image_id)  # a sandbox knows its local images and its AMIs
-    _image_registry(env_name, root, reg, image_id)
+    _own_image(env, reg, image_id)
     return {"env": env.name, "target": target.name, **target.verify_image(image_id, reg)}
 
 

@@ -373,8 +373,9 @@ class LocalStore:
         artifact still holds the bytes its manifest records (`verified`). Each newer one whose
         bytes changed is marked corrupt on the way; the reasons come back with the hit."""
         refused: builtins.list[str] = []
+        doc = self._read()
         for hit in reversed(self._with_fingerprint(name, fingerprint)):
-            digest = self._remote_only(hit)
+            digest = self._remote_only(hit, doc)
             if digest is not None:  # in the shared store only: its blob was hashed when it was published
                 assert self.shared is not None
                 if self.shared.has_blob(digest):
@@ -389,13 +390,13 @@ class LocalStore:
             return hit, refused
         return None, refused
 
-    def _remote_only(self, rec: ImageRecord) -> str | None:
-        """The artifact's blob digest when the image's bytes are in the shared store and not
-        on this machine (a skip then needs no download: the bytes are checked when a build,
-        validate or export fetches them); None otherwise."""
+    def _remote_only(self, rec: ImageRecord, doc: dict[str, Any]) -> str | None:
+        """The artifact's blob digest (in the catalog `doc`) when the image's bytes are in the
+        shared store and not on this machine (a skip then needs no download: the bytes are
+        checked when a build, validate or export fetches them); None otherwise."""
         if self.shared is None or (self.image_dir(rec.id) / rec.artifact).is_file():
             return None
-        digest = ((self._read()["images"].get(rec.id) or {}).get(FILES) or {}).get(rec.artifact)
+        digest = ((doc["images"].get(rec.id) or {}).get(FILES) or {}).get(rec.artifact)
         return str(digest) if digest else None
 
     def verified(self, image_id: str) -> Path:
