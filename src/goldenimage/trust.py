@@ -189,6 +189,11 @@ def verify(env: Environment, evidence: Evidence, kms: KmsClient | None = None,
                        *(c.as_dict() for c in verdict.checks)]}
 
 
+def outcome(result: dict[str, Any]) -> str:
+    """A verification's outcome in a few words, for a progress line."""
+    return "attestation verified" if result.get("verified") else f"no attestation, admitted ({result.get('admitted')})"
+
+
 def human_verify(result: dict[str, Any]) -> list[str]:
     head = (f"verified: {result['image_id']} (key {result['keyid'][:16]}…)" if result.get("verified")
             else f"admitted unsigned: {result['image_id']} ({result.get('admitted')})")

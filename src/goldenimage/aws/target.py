@@ -499,25 +499,18 @@ class AwsSide(Target):
         its parent's AMI and that one's envelope digest."""
         reg: Any = registry if registry is not None else self.registry()
         rec = reg.get(image_id)
-        manifest = reg.manifest(image_id)
-        parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
-        parent_ami = _parent_ami(parent)
+        _, parent_ami, parent_att = _parent_attestation(reg, reg.manifest(image_id))
         return trust.Evidence(
             attestation.Expect(image_id=image_id, name=rec.name, env=self.env.name, ami=image_id,
                                region=self.clients.ctx.region, snapshots=tuple(reg.snapshots(image_id)),
-                               parent_id=parent_ami,
-                               parent_attestation=trust.envelope_digest(reg.attestation(parent["name"], parent_ami))
-                               if parent and parent_ami else None),
+                               parent_id=parent_ami, parent_attestation=parent_att),
             reg.attestation(rec.name, image_id), f"SSM {reg.attestation_path(rec.name, image_id)}")
 
     def sign_ami(self, reg: AwsRegistry, name: str, ami: str, manifest: dict[str, Any],
                  qcow2_sha256: str | None, junit_sha256: str | None, reporter: Reporter) -> str:
         """Sign the attestation of a validated AMI and keep it in SSM beside its manifest;
         the envelope's sha256."""
-        parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
-        parent_ami = _parent_ami(parent)
-        parent_att = (trust.envelope_digest(reg.attestation(parent["name"], parent_ami))
-                      if parent and parent_ami else None)
+        parent, parent_ami, parent_att = _parent_attestation(reg, manifest)
         doc = attestation.statement(
             {**manifest, "id": ami, "parent": {**parent, "id": parent_ami} if parent else None},
             attestation.ami_subject(ami, reg.clients.ctx.region, reg.snapshots(ami), qcow2_sha256),
@@ -540,6 +533,15 @@ class AwsSide(Target):
                       "fingerprint": rec.fingerprint, "build_time": str(built)}
             result = self.launch_and_check(image_id, self.remote_check(expect, Path(work)), reporter, reg)
         return {"env": self.env.name, **result}
+
+
+def _parent_attestation(reg: Any, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """An AMI's parent as its manifest records it, the parent's AMI, and the sha256 of that
+    AMI's attestation envelope (None without a parent AMI)."""
+    parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+    parent_ami = _parent_ami(parent)
+    digest = trust.envelope_digest(reg.attestation(parent["name"], parent_ami)) if parent and parent_ami else None
+    return parent, parent_ami, digest
 
 
 def _parent_ami(parent: dict[str, Any] | None) -> str | None:
@@ -565,9 +567,7 @@ class AwsTarget(AwsSide):
         if parent is None:
             base = resolve_base_ami(self.clients, self.aws.base_ami)
         else:  # the parent's AMI is the source AMI (once its attestation verifies); its tags record the ancestry
-            checked = self.verify_image(parent.id)
-            reporter.info(f"    parent {parent.id}: " + ("attestation verified" if checked["verified"]
-                                                          else f"no attestation, admitted ({checked['admitted']})"))
+            self.require_trusted(parent, reporter, "parent")
             base = {**resolve_base_ami(self.clients, BaseAmiSpec(id=parent.id)),
                     "parent": {"id": parent.id, "name": parent.name, "fingerprint": parent.fingerprint}}
         region = self.clients.ctx.region

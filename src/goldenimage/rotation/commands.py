@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .. import trust
 from ..errors import ConfigError
 from ..progress import Reporter
 from ..settings import load_environment
@@ -58,8 +59,7 @@ def rotate_command(
         reporter.info(f"{group}: channel {policy.image}/{chan} -> {image_id}")
     if not resume:  # the image about to be rolled out: its attestation first (refused: exit 1)
         checked = context.verify_image(environment, image_id, registry)
-        reporter.info(f"{group}: {image_id} " + ("attestation verified" if checked["verified"]
-                                                  else f"has no attestation, admitted ({checked['admitted']})"))
+        reporter.info(f"{group}: {image_id}: {trust.outcome(checked)}")
     return rotate(
         clients,
         policy,

@@ -201,6 +201,14 @@ class Target(ABC):
         """Verify `image_id`'s attestation (`trust.verify`): the checks, or UntrustedImage."""
         return trust.verify(self.env, self.evidence(image_id, registry), self.kms_client)
 
+    def require_trusted(self, rec: ImageRecord, reporter: Reporter, what: str) -> Result:
+        """Use an image (a child's parent, one registered in the sandbox) only if its
+        attestation verifies, before its bytes (or AMI) are used: the digest it attests is
+        the one the download, or `verified`, checks the bytes against."""
+        checked = self.verify_image(rec.id)
+        reporter.info(f"    {what} {rec.id}: {trust.outcome(checked)}")
+        return checked
+
     # -- retention (invoke gc) -------------------------------------------------------------
     def gc_world(self) -> GcWorld:
         """The images, their references and channels, and the leftovers, gathered now."""

@@ -249,15 +249,6 @@ class LocalTarget(Target):
             self._parent_bytes(details, reporter)
         return Base(base.identity, details)
 
-    def require_trusted(self, rec: ImageRecord, reporter: Reporter, what: str) -> dict[str, Any]:
-        """Use a local image (a child's parent, one registered in the sandbox) only if its
-        attestation verifies, before its bytes are used: the digest it attests is the one
-        the download, or `verified`, checks the bytes against."""
-        checked = self.verify_image(rec.id)
-        reporter.info(f"    {what} {rec.id}: " + ("attestation verified" if checked["verified"]
-                                                    else f"no attestation, admitted ({checked['admitted']})"))
-        return checked
-
     def _parent_bytes(self, details: dict[str, Any], reporter: Reporter) -> None:
         """What a build needs of its base beside the identity: the disk's bytes (a parent
         image from the shared store is downloaded and checked here), the accelerator, and the
