@@ -178,7 +178,8 @@ class _Run:
                     if (directory := baseimage.cached_dir(base_cache_dir(), source)) is not None:
                         self.target.bases.sync(directory.parent, directory.name, self.reporter, publish=not plan)
             installed = {n: drift.installed_from_manifest(m) if m else None for n, m in manifests.items()}
-            indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []}, self.get,
+            indexes = archive.Indexes({p.name for pkgs in installed.values() for p in pkgs or []},
+                                      lambda url: self.get(self.target.archive_url(url)),
                                       cache=store_dir() / "cache" / "archive", write_cache=not plan)
             items: dict[str, Result] = {}
             for name in checked:

@@ -26,7 +26,7 @@ from goldenimage.progress import Reporter
 from goldenimage.settings import load_environment
 from goldenimage.store import ImageRecord, LocalStore
 from tests.conftest import copy_project
-from tests.debarchive import BASE_PACKAGES, write_suite
+from tests.debarchive import BASE_PACKAGES, served, write_suite
 
 DATE = "Sat, 28 Nov 2026 08:00:00 UTC"
 SUITES = ("bookworm", "bookworm-updates", "bookworm-security")
@@ -459,6 +459,22 @@ def test_plan_says_what_would_be_rebuilt_and_changes_nothing(world: World) -> No
     assert "sudo 1.9.13p3-1+deb12u1 installed, 1.9.13p3-1+deb12u2 in bookworm-security (security fix)" in lines[2]
     with nightly.run_lock("local"):  # the plan released the lock
         pass
+
+
+def test_a_source_at_the_vms_host_address_is_read_on_this_hosts_loopback(world: World) -> None:
+    """An image whose role added an apt repository served on this host, which the build VM
+    reached at QEMU's user-network host address: the drift check reads that repository on
+    127.0.0.1 and reports it as the image records it."""
+    newer = [("sudo", "1.9.13p3-1+deb12u2", "amd64", "sudo")]
+    write_suite(world.archive, "bookworm-security", newer, "Sun, 29 Nov 2026 08:00:00 UTC")
+    with served(world.archive) as url:
+        guest = url.replace("127.0.0.1", "10.0.2.2")
+        world.register("web-2", created="2026-11-30T00:00:00Z", apt_sources=[guest])
+        plan = world.run(no_bake, plan=True)
+    assert plan["exit_code"] == 0 and plan["rebuild"] == ["web"], plan
+    (web,) = plan["images"]
+    assert web["previous_id"] == "web-2" and web["indexes"] == [f"{guest} {s}/main" for s in SUITES]
+    assert [(n["name"], n["suite"]) for n in web["newer"]] == [("sudo", "bookworm-security")]
 
 
 def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from goldenimage.adapters.qemu import convert_args, raw_disk_args, seed_files, write_ssh_config
+from goldenimage.adapters.qemu import convert_args, host_view, raw_disk_args, seed_files, write_ssh_config
 
 
 def test_ssh_control_socket_path_stays_short(tmp_path: Path) -> None:
@@ -56,3 +56,15 @@ def test_console_tail_names_the_trouble_before_the_last_line(tmp_path: Path) -> 
     assert console_tail(log).startswith("[    1.2] Kernel panic - not syncing")
     log.write_text("[ TIME ] Timed out waiting for device /dev/disk/by-id/virtio-gi-apt-in.\nmore\n")
     assert "Timed out waiting for device" in console_tail(log)
+
+
+@pytest.mark.parametrize(("url", "seen"), [
+    ("http://10.0.2.2:8080/debian", "http://127.0.0.1:8080/debian"),
+    ("http://10.0.2.2/debian", "http://127.0.0.1/debian"),
+    ("https://user:pw@10.0.2.2:8443/x", "https://user:pw@127.0.0.1:8443/x"),
+    ("http://deb.debian.org/debian", "http://deb.debian.org/debian"),
+    ("http://10.0.2.20/debian", "http://10.0.2.20/debian"),
+    ("file:///srv/mirror", "file:///srv/mirror"),
+])
+def test_the_guests_host_address_is_this_hosts_loopback(url: str, seen: str) -> None:
+    assert host_view(url) == seen

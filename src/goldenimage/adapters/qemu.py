@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ def raw_disk_args(path: Path, serial: str, *, read_only: bool, slot: int) -> lis
     ro = ",read-only=on" if read_only else ""
     return [["-blockdev", f"driver=raw,node-name={serial}{ro},file.driver=file,file.filename={name}"],
             ["-device", f"virtio-blk-pci,drive={serial},serial={serial},addr={slot:#x}"]]
+
+
+USER_NET_HOST = "10.0.2.2"  # QEMU user networking: the host (its loopback) as a guest reaches it
+
+
+def host_view(url: str) -> str:
+    """`url` as written in a guest on QEMU's user network, as this host reaches it: the
+    gateway address is the host's own loopback; any other URL is the same on both sides."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname != USER_NET_HOST:
+        return url
+    netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def free_port() -> int:

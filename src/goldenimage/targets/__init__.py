@@ -140,6 +140,11 @@ class Target(ABC):
             self._shared = open_backend(self.env)
         return self._shared if not isinstance(self._shared, bool) else None
 
+    def archive_url(self, url: str) -> str:
+        """The URL this machine fetches for an apt source URL recorded on one of the
+        target's images (nightly's drift check reads the indexes the image installs from)."""
+        return url
+
     # -- the registry and its commands ---------------------------------------------------
     @abstractmethod
     def registry(self) -> ImageRegistry:

@@ -53,6 +53,12 @@ class LocalTarget(Target):
     def fence(self, lease: str, token: int) -> None:
         self.store.fence(lease, token)
 
+    def archive_url(self, url: str) -> str:
+        """The images are built and validated on QEMU's user network, where this host's
+        loopback is the gateway address: an apt repository a role added under that address
+        is read here on 127.0.0.1."""
+        return qemu.host_view(url)
+
     def provenance(self, image_id: str) -> Result:
         directory = self.store.fetch(image_id)
         manifest = self.store.manifest(image_id)
