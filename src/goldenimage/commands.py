@@ -25,7 +25,7 @@ from .build import fingerprint_extra, parent_inputs
 from .errors import ConfigError
 from .models import REVOKED, VALIDATED, newest_validated
 from .progress import Reporter
-from .settings import Environment, load_environment
+from .settings import Environment, environment
 from .targets import ImageRegistry, Target, target_for
 
 if TYPE_CHECKING:
@@ -56,11 +56,11 @@ def required(**options: str | None) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} is required")
 
 
-def _image_registry(env_name: str, root: Path | None, registry: ImageRegistry | None,
+def _image_registry(env: Environment | str, root: Path | None, registry: ImageRegistry | None,
                     image_id: str) -> tuple[Environment, Target, ImageRegistry]:
     """The environment, its target and the registry that holds `image_id`, an image of
     this environment (NotFoundError if unknown, ConfigError if another's)."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     target = target_for(env)
     reg = registry or target.registry()
     _own_image(env, reg, image_id)
@@ -83,12 +83,12 @@ def _stamp(user: str | None, now: datetime | None) -> dict[str, Any]:
 
 
 # -- images and validate -----------------------------------------------------------------
-def images(env_name: str, image: str | None, image_id: str | None, reporter: Reporter,
+def images(env: Environment | str, image: str | None, image_id: str | None, reporter: Reporter,
            *, root: Path | None = None, tree: bool = False) -> Result:
     """`invoke images`: the environment's images (each built on a parent that has a newer
     image since is `outdated`); with an id, that image's full provenance; with `tree`, the
     family: each image name under its parent name, with its images."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     if image is not None:
         env.image(image)
     target = target_for(env)
@@ -168,14 +168,14 @@ def human_images(result: Result) -> list[str]:
     ]
 
 
-def validate(env_name: str, image_id: str | None, reporter: Reporter, verify_only: bool = False) -> Result:
+def validate(env: Environment | str, image_id: str | None, reporter: Reporter, verify_only: bool = False) -> Result:
     """`invoke validate`: boot a registered image again and rerun the image suite; with
     `verify_only`, check its signed attestation instead (`verify`), booting nothing."""
     if verify_only:
-        return verify(env_name, image_id, reporter)
+        return verify(env, image_id, reporter)
     required(image_id=image_id)
     assert image_id is not None
-    return target_for(load_environment(env_name)).validate_image(image_id, reporter)
+    return target_for(environment(env)).validate_image(image_id, reporter)
 
 
 def human_validate(result: Result) -> list[str]:
@@ -190,12 +190,12 @@ def human_validate(result: Result) -> list[str]:
 
 
 # -- trust -------------------------------------------------------------------------------
-def verify(env_name: str, image_id: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
+def verify(env: Environment | str, image_id: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
     """`invoke verify`: check the image's signed attestation against its bytes (or AMI and
     snapshots) and the environment's trusted keys; what was checked, or UntrustedImage."""
     required(image_id=image_id)
     assert image_id is not None
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     target = target_for(env)
     reg = target.registry_for(image_id)  # a sandbox knows its local images and its AMIs
     _own_image(env, reg, image_id)
@@ -206,9 +206,9 @@ def human_verify(result: Result) -> list[str]:
     return trust.human_verify(result)
 
 
-def keys_init(env_name: str, reporter: Reporter, *, root: Path | None = None) -> Result:
+def keys_init(env: Environment | str, reporter: Reporter, *, root: Path | None = None) -> Result:
     """`invoke keys.init`: the environment's signing key, made if absent, and its public key."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     return trust.init_keys(env, reporter, target_for(env).kms_client)
 
 
@@ -220,7 +220,7 @@ def human_keys(r: Result) -> list[str]:
 
 
 # -- promote -----------------------------------------------------------------------------
-def promote(env_name: str, image_id: str | None, channel: str | None, reporter: Reporter, *,
+def promote(env: Environment | str, image_id: str | None, channel: str | None, reporter: Reporter, *,
             registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
             now: datetime | None = None) -> Result:
     """Point `channel` at a validated, non-revoked image; the move joins its history.
@@ -231,7 +231,7 @@ def promote(env_name: str, image_id: str | None, channel: str | None, reporter: 
     required(image_id=image_id, channel=channel)
     assert image_id is not None and channel is not None
     ch.check_channel(channel)
-    env, target, reg = _image_registry(env_name, root, registry, image_id)
+    env, target, reg = _image_registry(env, root, registry, image_id)
     rec = reg.get(image_id)
     with _promote_lease(target, rec.name, channel, image_id, reporter):
         # an image that is not validated keeps the registry's own refusal (exit 2); a validated one
@@ -276,7 +276,7 @@ def human_promote(r: Result) -> list[str]:
 
 
 # -- revoke ------------------------------------------------------------------------------
-def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Reporter, *,
+def revoke(env: Environment | str, image_id: str | None, reason: str | None, reporter: Reporter, *,
            registry: ImageRegistry | None = None, root: Path | None = None, user: str | None = None,
            now: datetime | None = None, cascade: bool = False) -> Result:
     """Revoke an image for good; channels on it fall back and the result says where.
@@ -287,7 +287,7 @@ def revoke(env_name: str, image_id: str | None, reason: str | None, reporter: Re
     """
     required(image_id=image_id, reason=reason)
     assert image_id is not None and reason is not None
-    env, target, reg = _image_registry(env_name, root, registry, image_id)
+    env, target, reg = _image_registry(env, root, registry, image_id)
     result = _revoke_one(reg, image_id, reason, reporter, user, now)
     built_on = [i for i in ancestry.built_on([r.summary() for r in reg.list()], image_id)
                 if reg.get(i).status != REVOKED]
@@ -337,7 +337,7 @@ def human_revoke(r: Result) -> list[str]:
 
 # -- channel history ---------------------------------------------------------------------
 def history(
-    env_name: str,
+    env: Environment | str,
     image: str | None,
     channel: str | None,
     reporter: Reporter,
@@ -348,7 +348,7 @@ def history(
     """A channel's moves, oldest first (`models.history_entry`), and its rollback target."""
     required(image=image, channel=channel)
     assert image is not None and channel is not None
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     env.image(image)
     ch.check_channel(channel)
     target = target_for(env)
@@ -414,7 +414,7 @@ def _parent_extra(env: Environment, target: Target, reg: ImageRegistry, name: st
 
 
 def fingerprint_cmd(
-    env_name: str,
+    env: Environment | str,
     image: str | None,
     explain: bool,
     against: str | None,
@@ -426,7 +426,7 @@ def fingerprint_cmd(
 ) -> Result:
     """The fingerprint of one image (or every image of the environment); with `explain`
     each input and its digest; with `against` which inputs differ from an existing image."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     resolve = resolve_extra or bake_extra
     target = target_for(env)
     # what `invoke bake` would skip to
@@ -517,7 +517,7 @@ def human_fingerprint(r: Result) -> list[str]:
     return lines
 
 
-def store_push(env_name: str, source: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
+def store_push(env: Environment | str, source: str | None, reporter: Reporter, *, root: Path | None = None) -> Result:
     """`invoke store.push`: copy a local store (this machine's, or `source`) into the
     environment's shared state: every registered image (files as blobs, uploaded with
     progress, each image's record written after its files), retention stages and channel
@@ -525,7 +525,7 @@ def store_push(env_name: str, source: str | None, reporter: Reporter, *, root: P
     from .paths import store_dir
     from .store import LocalStore
 
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     target = target_for(env)
     where = env.rel(env.settings_file)
     shared = target.shared_state()

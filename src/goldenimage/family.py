@@ -28,7 +28,7 @@ from .adapters.proc import _die_with_parent, stop_group
 from .bake import run
 from .errors import ConfigError, GoldenImageError, Interrupted, internal_error
 from .progress import Reporter
-from .settings import Environment, load_environment
+from .settings import Environment, environment, load_environment
 from .targets import target_for
 
 Result = dict[str, Any]
@@ -89,15 +89,15 @@ def pick_image(env: Environment, image: str | None) -> str:
                       "choose one with --image")
 
 
-def bake(env_name: str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
+def bake(env: Environment | str, image: str | None, force: bool, reporter: Reporter) -> dict[str, Any]:
     """`invoke bake` of one image: its ancestors first (each skipped when up to date), then
     the image; the result is the image's, with `parents` naming what it was built on."""
-    env = load_environment(env_name)
+    env = environment(env)
     name = pick_image(env, image)
     if env.bake_parents.get(name) is None:
         preflight.check(env, [name], reporter)
         return run(target_for(env), name, force, reporter)
-    return bake_all(env_name, [name], 1, force, reporter, only=name)
+    return bake_all(env, [name], 1, force, reporter, only=name)
 
 
 Force = bool | AbstractSet[str]  # every image, or these by name
@@ -107,7 +107,7 @@ def _forced(force: Force, name: str) -> bool:
     return force if isinstance(force, bool) else name in force
 
 
-def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: Force, reporter: Reporter,
+def bake_all(env: Environment | str, images: list[str] | None, jobs: int | None, force: Force, reporter: Reporter,
              *, only: str | None = None) -> Result:
     """Bake `images` (None: all) of the environment with their ancestors, parents first.
 
@@ -118,7 +118,7 @@ def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: F
     errors raised as they are. `force`: rebuild whatever the fingerprint says -- every
     image (True) or the named ones (nightly's images whose packages drifted)."""
     check_jobs(jobs)
-    env = load_environment(env_name)
+    env = environment(env)
     for n in images or []:
         env.image(n)
     schedule = ancestry.Schedule.of(env.bake_parents, images)
@@ -145,14 +145,14 @@ def bake_all(env_name: str, images: list[str] | None, jobs: int | None, force: F
     return {**doc, "exit_code": exit_code(doc)}
 
 
-def bake_cmd(env_name: str, image: str | None, every: bool, jobs: str | int | None, force: bool,
+def bake_cmd(env: Environment | str, image: str | None, every: bool, jobs: str | int | None, force: bool,
              reporter: Reporter) -> Result:
     """`invoke bake`: one image (its parents first), or `--all` / `--image a,b`."""
     n_jobs = _jobs(jobs)
     if every or (image and "," in image):
-        env = load_environment(env_name)
-        return bake_all(env_name, parse_images(env, image, every), n_jobs, force, reporter)
-    return bake(env_name, image, force, reporter)
+        env = environment(env)
+        return bake_all(env, parse_images(env, image, every), n_jobs, force, reporter)
+    return bake(env, image, force, reporter)
 
 
 def _jobs(jobs: str | int | None) -> int | None:

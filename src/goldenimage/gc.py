@@ -22,7 +22,7 @@ from . import retention
 from .errors import ConfigError, GoldenImageError
 from .progress import Reporter
 from .sections import RetentionSettings
-from .settings import load_environment
+from .settings import Environment, environment
 from .targets import Target, target_for
 
 Result = dict[str, Any]
@@ -31,14 +31,14 @@ Result = dict[str, Any]
 LOCK_WAIT = 5.0  # seconds a second `gc --apply` waits for the first before it says who holds the lock
 
 
-def gc(env_name: str, apply: bool, reporter: Reporter, *, root: Path | None = None,
+def gc(env: Environment | str, apply: bool, reporter: Reporter, *, root: Path | None = None,
        now: datetime | None = None, restore: str | None = None, lock_wait: float = LOCK_WAIT) -> Result:
     """The plan (every image's decision with its reason and the bytes a delete reclaims);
     with `apply`, each change's outcome under `applied`; with `restore`, only that: the
     image's deprecate/disable stage taken back. `apply` and `restore` hold the
     environment's gc lock (`Target.gc_lock`) from the gathering to the last step: a second
     run waits `lock_wait` seconds, then fails with one line naming the holder."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     policy = env.retention  # ConfigError (exit 2) before anything is gathered
     target = target_for(env)
     if apply and not target.gc_applies:

@@ -45,16 +45,16 @@ from .models import VALIDATED, ImageRecord
 from .paths import base_cache_dir, store_dir
 from .progress import Reporter
 from .sections import WebhookSpec
-from .settings import Environment, load_environment
+from .settings import Environment, environment
 from .targets import ImageRegistry, Target, target_for
 
 Result = dict[str, Any]
-BakeImages = Callable[..., Result]  # (env_name, jobs, reporter, *, images=None)
+BakeImages = Callable[..., Result]  # (env, jobs, reporter, *, images=None, force=None)
 GC_WAIT = 600.0  # seconds the gc step waits for another run's gc (one nightly job per leaf image)
 
 
 # -- the bake step: one function, replaced by goldenimage.family.bake_all once image families land
-def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
+def _bake_images(env: Environment, jobs: int | None, reporter: Reporter, *,
                  images: list[str] | None = None, force: list[str] | None = None) -> Result:
     """Bake every image of the environment (or `images`, with their parents), parents first,
     independent ones `jobs` at a time (`family.bake_all`), those in `force` rebuilt
@@ -62,7 +62,7 @@ def _bake_images(env_name: str, jobs: int | None, reporter: Reporter, *,
     built|skipped|failed|blocked, image_id, status, fingerprint, previous_id, error}]}."""
     from .family import bake_all
 
-    result = bake_all(env_name, images, jobs, set(force or ()), reporter)
+    result = bake_all(env, images, jobs, set(force or ()), reporter)
     result.pop("exit_code", None)
     return result
 
@@ -299,7 +299,7 @@ class _Run:
     def input_drift(self, name: str, prev: ImageRecord) -> list[str]:
         """Reasons from `invoke fingerprint --against <previous>`; [] when every input is the same."""
         try:
-            res = commands.fingerprint_cmd(self.env.name, name, False, prev.id, self.reporter, root=self.root,
+            res = commands.fingerprint_cmd(self.env, name, False, prev.id, self.reporter, root=self.root,
                                            resolve_extra=self.resolved_extra)
         except ConfigError as exc:
             if "no fingerprint_inputs" not in exc.message:
@@ -324,7 +324,7 @@ class _Run:
             chosen = None if self.names == sorted(self.env.settings.images) else list(self.names)
             forced = sorted(self.force & {i["image"] for i in self.doc["drift"]["images"] if i["drift"]})
             extra: Result = {"force": forced} if forced else {}
-            result = self.bake_images(self.env.name, self.jobs, self.reporter, images=chosen, **extra)
+            result = self.bake_images(self.env, self.jobs, self.reporter, images=chosen, **extra)
             self.doc["bake"] = result
             for img in result["images"]:
                 if not img.get("previous_id") and self.previous.get(img["image"]):
@@ -351,7 +351,7 @@ class _Run:
             for img in new:
                 entry: Result = {"image": img["image"], "image_id": img["image_id"], "channel": channel}
                 try:
-                    res = commands.promote(self.env.name, img["image_id"], channel, self.reporter, root=self.root)
+                    res = commands.promote(self.env, img["image_id"], channel, self.reporter, root=self.root)
                 except GoldenImageError as exc:
                     entry.update(outcome="failed", error=exc.message)
                     failed.append(img["image"])
@@ -386,7 +386,7 @@ class _Run:
                 from .rotation.commands import rotate_command
 
                 try:
-                    res = rotate_command(self.reporter, env=self.env.name, group=group, channel=channel)
+                    res = rotate_command(self.reporter, env=self.env, group=group, channel=channel)
                 except GoldenImageError as exc:
                     entry.update(outcome="failed", detail=exc.message, exit_code=exc.exit_code)
                     continue
@@ -414,7 +414,7 @@ class _Run:
             from . import gc
 
             try:
-                res = gc.gc(self.env.name, mode == "apply", self.reporter, root=self.root, lock_wait=GC_WAIT)
+                res = gc.gc(self.env, mode == "apply", self.reporter, root=self.root, lock_wait=GC_WAIT)
             except GoldenImageError as exc:
                 self.doc["gc"]["error"] = exc.message
                 raise
@@ -489,7 +489,7 @@ class _Run:
         return first
 
 
-def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = None, jobs: int | None = None,
+def nightly(env: Environment | str, reporter: Reporter, *, images: list[str] | None = None, jobs: int | None = None,
             report_dir: str | None = None,
             webhook_url: str | None = None, root: Path | None = None,
             bake_images: BakeImages | None = None, plan: bool = False,
@@ -497,7 +497,7 @@ def nightly(env_name: str, reporter: Reporter, *, images: list[str] | None = Non
     """The nightly job; the result is the report (with `exit_code`). With `plan`, the drift
     check alone: what tonight's run would rebuild and why; nothing is baked, written or
     recorded (the run lock is taken and released, so a plan never overlaps a run)."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     cfg = env.nightly  # bad settings: exit 2 before anything runs
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: {jobs} must be at least 1")
@@ -567,7 +567,7 @@ def regenerate_site(env: Environment, report_dir: Path, reporter: Reporter) -> R
     from . import site
 
     try:
-        made = site.site(env.name, None, reporter, root=env.root, report_dir=report_dir)
+        made = site.site(env, None, reporter, root=env.root, report_dir=report_dir)
     except (GoldenImageError, OSError) as exc:
         reporter.warn(f"cannot write the registry site: {exc} (the job's result is unchanged)")
         return {"outcome": "failed", "error": str(exc)}

@@ -303,6 +303,12 @@ def _check_suite_dir(root: Path, rel: str, field: str, entry: str) -> None:
         raise ConfigError(f"{rel}: field {field}: {entry} is not a directory")
 
 
+def environment(env: Environment | str, root: Path | None = None) -> Environment:
+    """`env` itself when it is already parsed, else the named environment's settings: a
+    command takes either, so that a run composing several (nightly) parses them once."""
+    return env if isinstance(env, Environment) else load_environment(env, root)
+
+
 def load_environment(name: str, root: Path | None = None) -> Environment:
     root = root or project_root()
     inv = root / "inventories"

@@ -21,7 +21,7 @@ from . import commands, site_render
 from .errors import ConfigError, GoldenImageError
 from .paths import store_dir
 from .progress import Reporter
-from .settings import Environment, load_environment
+from .settings import Environment, environment
 from .targets import target_for
 
 Result = dict[str, Any]
@@ -36,7 +36,7 @@ def gather(env: Environment, reporter: Reporter, *, report_dir: Path | None = No
            now: datetime | None = None) -> Result:
     """The snapshot `site_render.render` takes (see there)."""
     target = target_for(env)
-    listing = commands.images(env.name, None, None, reporter, root=env.root, tree=True)
+    listing = commands.images(env, None, None, reporter, tree=True)
     reg = target.registry()
     manifests: dict[str, Any] = {}
     for row in listing["images"]:
@@ -102,11 +102,11 @@ def write(pages: dict[str, str], out: Path, copies: dict[str, Path] | None = Non
         raise
 
 
-def site(env_name: str, out: str | None, reporter: Reporter, *, root: Path | None = None,
+def site(env: Environment | str, out: str | None, reporter: Reporter, *, root: Path | None = None,
          now: datetime | None = None, report_dir: str | Path | None = None) -> Result:
     """`invoke site`: the registry's pages written to `out` (default `default_out`); the
     nightly reports are read from `report_dir` (default: where `invoke nightly` writes)."""
-    env = load_environment(env_name, root)
+    env = environment(env, root)
     target_dir = Path(out).expanduser().resolve() if out else default_out(env.name)
     with reporter.phase("site", f"gather {env.name}'s registry"):
         snap = gather(env, reporter, now=now, report_dir=env.report_dir(report_dir))

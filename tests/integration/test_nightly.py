@@ -21,7 +21,7 @@ from goldenimage.aws.context import clients_for, registry_for
 from goldenimage.errors import OperationFailed
 from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
-from goldenimage.settings import load_environment
+from goldenimage.settings import Environment, load_environment
 from tests.conftest import copy_project, run_invoke
 from tests.debarchive import BASE_PACKAGES, served, write_suite
 from tests.integration.conftest import MotoAws
@@ -115,9 +115,9 @@ def test_sandbox_nightly_promotes_rotates_the_dev_group_and_collects(
     unused = _ami("web-20261127-0100-aaaa", "2026-11-27T01:00:00Z")  # pushed out by the new one: deprecated
     baked: list[str] = []
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         baked.append(_ami("web-20261130-0200-bbbb", "2026-11-30T02:00:00Z"))
-        return {"env": env_name, "ok": True, "images": [
+        return {"env": env.name, "ok": True, "images": [
             {"image": "web", "state": "built", "image_id": baked[0], "status": "validated",
              "fingerprint": None, "previous_id": None, "error": None}]}
 
@@ -176,8 +176,8 @@ def test_aws_a_base_ami_filter_resolving_to_a_newer_ami_is_drift(moto_aws: MotoA
     built = registry_for("aws").put(rec, {"base_ami": old, "fingerprint_inputs": fp.as_manifest(inputs),
                                           "ami_id": vendor_ami("goldenimage-web-1")})
 
-    def skipped(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
-        return {"env": env_name, "ok": True, "images": [
+    def skipped(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env.name, "ok": True, "images": [
             {"image": "web", "state": "skipped", "image_id": built.id, "status": "validated", "fingerprint": None,
              "previous_id": built.id, "error": None}]}
 
@@ -255,9 +255,9 @@ def test_an_amis_sbom_is_kept_in_ssm_parts_and_the_report_lists_package_differen
     raw = json.loads(clients.ssm.get_parameter(Name=reg.manifest_parameter("web", old))["Parameter"]["Value"])
     assert "packages" not in raw and "_dropped" not in raw
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         new = put("web-20261202-2330-bbbb", "2099-12-02T23:30:00Z", "1.22.1-9+deb12u2")
-        return {"env": env_name, "ok": True, "images": [
+        return {"env": env.name, "ok": True, "images": [
             {"image": "web", "state": "built", "image_id": new, "status": "validated",
              "fingerprint": None, "previous_id": None, "error": None}]}
 

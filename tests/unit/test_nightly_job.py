@@ -23,7 +23,7 @@ from goldenimage.drift import Installed
 from goldenimage.errors import OperationFailed
 from goldenimage.fsutil import sha256_file
 from goldenimage.progress import Reporter
-from goldenimage.settings import load_environment
+from goldenimage.settings import Environment, Settings, load_environment
 from goldenimage.store import ImageRecord, LocalStore
 from tests.conftest import copy_project
 from tests.debarchive import BASE_PACKAGES, served, write_suite
@@ -115,7 +115,7 @@ class World:
         return nightly.nightly("local", quiet(), root=self.root, bake_images=bake, **kw)
 
 
-def no_bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+def no_bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
     raise AssertionError("nothing drifted: the bake must not run")
 
 
@@ -163,11 +163,11 @@ def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
-        assert (env_name, jobs) == ("local", 2)
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        assert (env.name, jobs) == ("local", 2)
         pkgs = [(n, v, a) for n, v, a, _ in BASE_PACKAGES if n != "sudo"] + [("nginx", "1.22.1-9", "amd64")]
         world.register("web-2", packages=pkgs)
-        return {"env": env_name, "ok": True, "images": [
+        return {"env": env.name, "ok": True, "images": [
             {"image": "web", "state": "built", "image_id": "web-2", "status": "validated",
              "fingerprint": world.store.get("web-2").fingerprint, "previous_id": None, "error": None}]}
 
@@ -194,6 +194,38 @@ def test_a_changed_role_file_bakes_promotes_and_reports_inputs_and_packages(
     assert "<td>nginx</td><td>added</td>" in web2 and "<td>sudo</td><td>removed</td>" in web2
 
 
+def test_a_run_parses_the_settings_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drift, fingerprint, bake, promote, gc, report and site of one run share the
+    environment nightly parsed: the settings file is validated once, not once per command."""
+    role = world.root / "roles" / "web" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "\n# a change\n")
+    parsed: list[object] = []
+    real = Settings.model_validate.__func__  # type: ignore[attr-defined]
+    standing_in = False  # the stand-in bake's own registration reads the settings: not the run's
+
+    def counting(cls: type[Settings], obj: Any, *args: Any, **kw: Any) -> Settings:
+        if not standing_in:
+            parsed.append(obj)
+        return real(cls, obj, *args, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Settings, "model_validate", classmethod(counting))
+
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        nonlocal standing_in
+        assert isinstance(env, Environment) and env.name == "local"
+        standing_in = True
+        world.register("web-2")
+        standing_in = False
+        return {"env": env.name, "ok": True, "images": [
+            {"image": "web", "state": "built", "image_id": "web-2", "status": "validated",
+             "fingerprint": world.store.get("web-2").fingerprint, "previous_id": None, "error": None}]}
+
+    doc = world.run(bake)
+    assert doc["exit_code"] == 0 and [p["outcome"] for p in doc["promotions"]] == ["done"], doc["steps"]
+    assert {s["step"] for s in doc["steps"]} >= {"drift", "bake", "promote", "gc", "report"}
+    assert len(parsed) == 1, f"the settings were parsed {len(parsed)} times in one run"
+
+
 def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(tmp_path, monkeypatch, images=("web", "api"))
     newer = [(n, "3.0.15-1~deb12u1" if n in ("openssl", "libssl3") else v, a, s) for n, v, a, s in BASE_PACKAGES]
@@ -201,7 +233,7 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
 
     forced: list[Any] = []
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
              force: list[str] | None = None) -> dict[str, Any]:
         # the bake would rebuild the stale base first: every fingerprint changes
         assert baseimage.stale_reason(world.base_dir) is not None
@@ -211,7 +243,7 @@ def test_a_drifted_base_marks_it_stale_and_every_image_drifts(tmp_path: Path, mo
             world.register(f"{name}-{n}", name, packages=[(p, v, a) for p, v, a, _ in newer])
             rows.append({"image": name, "state": "built", "image_id": f"{name}-{n}", "status": "validated",
                          "fingerprint": None, "previous_id": None, "error": None})
-        return {"env": env_name, "ok": True, "images": rows}
+        return {"env": env.name, "ok": True, "images": rows}
 
     doc = world.run(bake)
     assert doc["exit_code"] == 0, doc["steps"]
@@ -268,9 +300,9 @@ def test_a_failed_bake_is_exit_1_no_promotion_and_the_report_is_written(world: W
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# broken\n")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         world.register("web-2", status="quarantined")
-        return {"env": env_name, "ok": False, "images": [
+        return {"env": env.name, "ok": False, "images": [
             {"image": "web", "state": "failed", "image_id": "web-2", "status": "quarantined", "fingerprint": None,
              "previous_id": "web-1", "error": "image web-2 failed validation (1 failing checks)"}]}
 
@@ -363,9 +395,9 @@ def test_one_image_only_checks_and_bakes_that_image(tmp_path: Path, monkeypatch:
         role.write_text(role.read_text() + f"\n# {name}\n")
     asked: list[Any] = []
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         asked.append(images)
-        return {"env": env_name, "ok": True, "images": [
+        return {"env": env.name, "ok": True, "images": [
             {"image": "api", "state": "skipped", "image_id": "api-2", "status": "validated", "fingerprint": None,
              "previous_id": None, "error": None}]}
 
@@ -384,7 +416,7 @@ def test_a_bug_or_an_interruption_in_a_step_still_writes_the_report(world: World
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# a change\n")
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
         raise error
 
     if isinstance(error, KeyboardInterrupt):
@@ -417,10 +449,10 @@ def test_an_archive_that_keeps_failing_names_the_url_and_role_changed_images_sti
         world.settings_file.write_text(yaml.safe_dump(settings))
         asked: list[Any] = []
 
-        def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
             asked.append(images)
             world.register("web-5", "web")
-            return {"env": env_name, "ok": True, "images": [
+            return {"env": env.name, "ok": True, "images": [
                 {"image": "api", "state": "skipped", "image_id": "api-4", "status": "validated", "fingerprint": None,
                  "previous_id": "api-4", "error": None},
                 {"image": "web", "state": "built", "image_id": "web-5", "status": "validated", "fingerprint": None,
@@ -483,8 +515,8 @@ def test_three_failed_runs_in_a_row_are_said_first_and_exit_3(world: World,
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# broken\n")
 
-    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
-        return {"env": env_name, "ok": False, "images": [
+    def failing(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env.name, "ok": False, "images": [
             {"image": "web", "state": "failed", "image_id": None, "status": None, "fingerprint": None,
              "previous_id": "web-1", "error": "packer build failed"}]}
 
@@ -524,10 +556,10 @@ def test_one_image_checks_its_ancestors_packages_and_a_drifted_base_rebuilds_bot
     assert plan["images"][1]["reasons"][0] == f"web: {fix}"
     asked: list[Any] = []
 
-    def bake(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
+    def bake(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None,
              force: list[str] | None = None) -> dict[str, Any]:
         asked.append((images, force))
-        return {"env": env_name, "ok": True, "images": []}
+        return {"env": env.name, "ok": True, "images": []}
 
     world.run(bake, images=["web"])
     assert asked == [(["web"], ["base", "web"])]
@@ -550,8 +582,8 @@ def test_the_streak_is_kept_per_image_selection(tmp_path: Path, monkeypatch: pyt
     role = world.root / "roles" / "web" / "tasks" / "main.yml"
     role.write_text(role.read_text() + "\n# broken\n")
 
-    def failing(env_name: str, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
-        return {"env": env_name, "ok": False, "images": [
+    def failing(env: Environment, jobs: int | None, reporter: Reporter, images: list[str] | None = None) -> dict[str, Any]:
+        return {"env": env.name, "ok": False, "images": [
             {"image": i, "state": "failed", "image_id": None, "status": None, "fingerprint": None,
              "previous_id": None, "error": "packer build failed"} for i in images or ["api", "web"]]}
 

@@ -13,13 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..settings import Environment, load_environment
+from ..settings import Environment, environment
 from .clients import AwsContext, Clients
 from .registry import AwsRegistry
-
-
-def environment(env: Environment | str, root: Path | None = None) -> Environment:
-    return env if isinstance(env, Environment) else load_environment(env, root)
 
 
 def context_for(env: Environment | str, *, root: Path | None = None) -> AwsContext:

@@ -207,7 +207,7 @@ def iam_policy(
     """`invoke iam-policy`: the policy document (with the env's SSM prefix when given)."""
     doc = policy_document(PARAMETER_PREFIX)
     if env is not None:
-        from .context import environment
+        from ..settings import environment
 
         loaded = environment(env, root)
         doc = policy_document(loaded.aws.parameter_prefix)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .. import trust
+from .. import settings, trust
 from ..errors import ConfigError
 from ..progress import Reporter
-from ..settings import load_environment
+from ..settings import Environment
 from .executor import Result, rollback, rotate
 from .policy import GroupPolicy, get_policy
 
 STRATEGIES = ("rolling", "refresh")  # `--strategy` (the policy's `strategy` field allows the same)
 
 
-def _group(env_name: str, group: str) -> tuple[Any, GroupPolicy, Any]:
-    env = load_environment(env_name)
+def _group(env_name: Environment | str, group: str) -> tuple[Any, GroupPolicy, Any]:
+    env = settings.environment(env_name)
     source = env.rel(env.settings_file)
     policy = get_policy(env.rotation, group, source)  # the environment's typed section, parsed once
     context = importlib.import_module("goldenimage.aws.context")
@@ -30,7 +30,7 @@ def _group(env_name: str, group: str) -> tuple[Any, GroupPolicy, Any]:
 def rotate_command(
     reporter: Reporter,
     *,
-    env: str,
+    env: Environment | str,
     group: str,
     image_id: str | None = None,
     channel: str | None = None,
@@ -71,6 +71,6 @@ def rotate_command(
     )
 
 
-def rollback_command(reporter: Reporter, *, env: str, group: str, dry_run: bool = False) -> Result:
+def rollback_command(reporter: Reporter, *, env: Environment | str, group: str, dry_run: bool = False) -> Result:
     environment, policy, context = _group(env, group)
     return rollback(context.clients_for(environment), policy, reporter=reporter, dry_run=dry_run)

@@ -36,17 +36,13 @@ from ..errors import ConfigError, MissingToolError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, pid_alive
 from ..paths import data_home
 from ..progress import Reporter
-from ..settings import SETTINGS_FILE, Environment, load_environment
+from ..settings import SETTINGS_FILE, Environment, environment
 from ..targets import require_sandbox
 from .seed import fleet_counts, seed_fleet, vendor_amis
 
 Result = dict[str, Any]
 STATE_VERSION = 1
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
-
-
-def environment(env: Environment | str, root: Path | None = None) -> Environment:
-    return env if isinstance(env, Environment) else load_environment(env, root)
 
 
 def sandbox_dir() -> Path:
