@@ -1,9 +1,9 @@
 """Benchmark: shared state on an S3 endpoint (a moto server on loopback, in this process).
 
 Prints one JSON document:
-  blob_mib                  size of the blob pushed and pulled
-  push_mib_per_s            `BucketBackend.put_blob` (multipart upload to a temporary key,
-                            hashed on the way, then the publishing server-side copy)
+  blob_mib, blob_runs       size of the blob pushed and pulled, and how many times (medians)
+  push_mib_per_s            `BucketBackend.put_blob` (multipart upload straight to the
+                            digest's key, hashed on the way)
   pull_mib_per_s            `get_blob` (download to a temporary file, sha256 checked, renamed)
   plain_boto3_*_mib_per_s   the same file with plain boto3 `upload_file` / `download_file`;
   push_vs_plain, pull_vs_plain  the toolkit's throughput over plain boto3's (goal ≥ 0.9)
@@ -71,29 +71,32 @@ def moto() -> tuple[Any, str]:
     return server, f"http://{host}:{port}"
 
 
-def blob_figures(backend: BucketBackend, tmp: Path, mib: int) -> dict[str, Any]:
-    src = tmp / "blob"
-    with src.open("wb") as fh:
-        for _ in range(mib):
-            fh.write(os.urandom(1 << 20))
-    digest = sha256_file(src)
-    start = time.monotonic()
-    backend.put_blob(src, digest)
-    push = time.monotonic() - start
-    start = time.monotonic()
-    backend.get_blob(digest, tmp / "pulled")
-    pull = time.monotonic() - start
-    # the same file with plain boto3 (upload_file / download_file, its default transfer config)
-    start = time.monotonic()
-    backend.s3.upload_file(str(src), BUCKET, "plain/blob")
-    plain_push = time.monotonic() - start
-    start = time.monotonic()
-    backend.s3.download_file(BUCKET, "plain/blob", str(tmp / "plain"))
-    plain_pull = time.monotonic() - start
-    return {"blob_mib": mib, "push_mib_per_s": round(mib / push, 1), "pull_mib_per_s": round(mib / pull, 1),
-            "plain_boto3_push_mib_per_s": round(mib / plain_push, 1),
-            "plain_boto3_pull_mib_per_s": round(mib / plain_pull, 1),
-            "push_vs_plain": round(plain_push / push, 3), "pull_vs_plain": round(plain_pull / pull, 3)}
+def blob_figures(backend: BucketBackend, tmp: Path, mib: int, runs: int) -> dict[str, Any]:
+    """Medians over `runs`, the toolkit and plain boto3 taking turns (a new blob each run, so
+    that put_blob uploads rather than finding the digest there)."""
+    times: dict[str, list[float]] = {"push": [], "pull": [], "plain_push": [], "plain_pull": []}
+    for run in range(runs):
+        src = tmp / "blob"
+        with src.open("wb") as fh:
+            for _ in range(mib):
+                fh.write(os.urandom(1 << 20))
+        digest = sha256_file(src)
+        pulled = tmp / f"pulled-{run}"
+        for name, call, args in (("push", backend.put_blob, (src, digest)), ("pull", backend.get_blob, (digest, pulled)),
+                                 # plain boto3: upload_file / download_file, its default transfer config
+                                 ("plain_push", backend.s3.upload_file, (str(src), BUCKET, "plain/blob")),
+                                 ("plain_pull", backend.s3.download_file, (BUCKET, "plain/blob", str(tmp / "plain")))):
+            start = time.monotonic()
+            call(*args)
+            times[name].append(time.monotonic() - start)
+        pulled.unlink()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"blob_mib": mib, "blob_runs": runs, "push_mib_per_s": round(mib / med["push"], 1),
+            "pull_mib_per_s": round(mib / med["pull"], 1),
+            "plain_boto3_push_mib_per_s": round(mib / med["plain_push"], 1),
+            "plain_boto3_pull_mib_per_s": round(mib / med["plain_pull"], 1),
+            "push_vs_plain": round(med["plain_push"] / med["push"], 3),
+            "pull_vs_plain": round(med["plain_pull"] / med["pull"], 3)}
 
 
 def small_figures(backend: BucketBackend, tmp: Path, n: int = 20) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def main() -> None:
         s3.create_bucket(Bucket=BUCKET)
         backend = BucketBackend(s3, BUCKET, "bench")
         out: dict[str, Any] = {}
-        out.update(blob_figures(backend, tmp, args.mib))
+        out.update(blob_figures(backend, tmp, args.mib, args.runs))
         out.update(small_figures(backend, tmp))
         out.update(nightly_figures(endpoint, s3, tmp, args.runs))
         # what the fresh runners downloaded of the images' and base's disks

@@ -179,7 +179,7 @@ def test_images_reads_the_bucket_from_a_fresh_machine(tmp_path: Path, moto_endpo
     assert not (tmp_path / "fresh" / "store" / "images" / "web-1" / "disk.qcow2").exists()
 
 
-# what each S3 operation the state makes needs in IAM (multipart and the publishing copy are
+# what each S3 operation the state makes needs in IAM (a multipart upload's calls are
 # PutObject; HeadObject is GetObject; HeadBucket and ListObjectsV2 are ListBucket)
 S3_ACTION = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "PutObject": "s3:PutObject",
              "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
@@ -198,7 +198,7 @@ def test_the_iam_policy_grants_every_call_the_state_makes(tmp_path: Path, bucket
     bucket.head_bucket(Bucket=BUCKET)
     a, b = machine(tmp_path, bucket, "a"), machine(tmp_path, bucket, "b")
     claim(a.shared, "local", "local", "state")  # type: ignore[arg-type]
-    put(a, record(1), b"x" * (65 << 20))  # over the multipart threshold
+    put(a, record(1), b"x" * (9 << 20))  # over boto3's multipart threshold (8 MiB)
     b.verified("web-1")
     b.promote("web-1", "stable")
     lock = LeaseLock(a.shared, "gc/local", "gc", ttl=30)  # type: ignore[arg-type]

@@ -133,13 +133,12 @@ SANDBOX_ONLY: dict[str, str] = {
 
 
 # Shared state (`state:`, goldenimage/state): objects below the environment's prefix of its
-# bucket, called with the state's own S3 client (not `Clients`). Multipart uploads and the
-# server-side copy that publishes a blob are PutObject/GetObject; HeadBucket and HeadObject
-# are ListBucket and GetObject.
+# bucket, called with the state's own S3 client (not `Clients`). Multipart uploads are
+# PutObject; HeadBucket and HeadObject are ListBucket and GetObject.
 STATE_ACTIONS: dict[str, str] = {
-    "s3:GetObject": "state: read the catalog, leases and blobs (a download, HeadObject, the copy's source)",
-    "s3:PutObject": "state: conditional writes of the catalog and leases; blob uploads and their publishing copy",
-    "s3:DeleteObject": "state: release a lease; drop a blob's temporary upload key",
+    "s3:GetObject": "state: read the catalog, leases and blobs (a download, HeadObject)",
+    "s3:PutObject": "state: conditional writes of the catalog and leases; blob uploads (multipart)",
+    "s3:DeleteObject": "state: release a lease; delete an upload whose bytes were not its digest's",
     "s3:AbortMultipartUpload": "state: an upload that failed halfway",
     "s3:ListBucket": "state: check the bucket (HeadBucket); list keys below the prefix",
 }

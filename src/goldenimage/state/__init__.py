@@ -7,9 +7,10 @@ of a place to keep state is
   compare-and-swap: `put(key, data, expect=VERSION)` succeeds only if the record still has
   that version, `expect=ABSENT` only if it does not exist yet (`Conflict` otherwise), so two
   writers never lose an update;
-- **blobs** — large files stored under their SHA-256 (`blobs/sha256/<hex>`), uploaded to a
-  temporary key and published under the digest only when complete, checked against the
-  digest when fetched;
+- **blobs** — large files stored under their SHA-256 (`blobs/sha256/<hex>`), uploaded straight
+  to the digest's key (a multipart upload appears only when it completes), hashed on the way
+  and removed again if the bytes are not the digest's, checked against the digest when
+  fetched;
 - **leases** (`state.lease`) built on the records.
 
 `DirectoryBackend` keeps them in a directory (versions are content hashes, CAS under a file
@@ -253,36 +254,34 @@ class BucketBackend:
         return True
 
     def put_blob(self, path: Path, digest: str, progress: Progress | None = None) -> str:
-        """Upload to a temporary key (multipart, boto3's transfer manager), hashing the bytes
-        as they are sent; publish under the digest (a server-side copy) only if they are the
-        digest's: a reader never sees half a blob or other bytes, and a killed upload leaves
-        only a temporary key (gc removes those)."""
-        from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
-
+        """Upload straight to the digest's key (multipart above 8 MiB, boto3's transfer manager
+        with its default part size), hashing the bytes as they are sent. A multipart upload
+        appears only when it completes, so a reader never sees half a blob, and a killed upload
+        leaves only parts the bucket's lifecycle rule aborts. Bytes that are not the digest's
+        (the file changed while it was sent) are deleted again and refused; until then they
+        cannot be used either, as every reader checks a blob's sha256 before use (get_blob)."""
         if self.has_blob(digest):
             return blob_key(digest)
-        tmp = self._key(f"tmp/uploads/{uuid.uuid4().hex}")
-        seen, cfg = _counter(progress), TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-        try:
-            with path.open("rb") as fh:
-                reader = _Hashing(fh)
-                self.s3.upload_fileobj(reader, self.bucket, tmp, Callback=seen, Config=cfg)
-            if reader.hexdigest() != digest.removeprefix("sha256:"):
-                raise IntegrityError(f"{path}: the bytes sent have sha256 {reader.hexdigest()}, not {digest}: "
-                                     "not published")
-            self.s3.copy(CopySource={"Bucket": self.bucket, "Key": tmp}, Bucket=self.bucket,
-                         Key=self._key(blob_key(digest)), Config=cfg)
-        finally:
-            self.s3.delete_object(Bucket=self.bucket, Key=tmp)
+        key = self._key(blob_key(digest))
+        with path.open("rb") as fh:
+            reader = _Hashing(fh)
+            self.s3.upload_fileobj(reader, self.bucket, key, Callback=_counter(progress))
+        if reader.hexdigest() != digest.removeprefix("sha256:"):
+            etag = self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
+            self.s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+            raise IntegrityError(f"{path}: the bytes sent have sha256 {reader.hexdigest()}, not {digest}: "
+                                 "not published")
         return blob_key(digest)
 
     def get_blob(self, digest: str, dest: Path, progress: Progress | None = None) -> Path:
+        """Download in 64 MiB ranges (measured against moto, 128 MiB: 341 MiB/s where boto3's
+        default 8 MiB ranges give 109; an upload is the other way round, bench/README.md)."""
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
 
-        key = self._key(blob_key(digest))
-        seen, cfg = _counter(progress), TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-        _fetch_checked(lambda tmp: self.s3.download_file(self.bucket, key, str(tmp), Callback=seen, Config=cfg),
-                       digest, dest)
+        key, cfg = self._key(blob_key(digest)), TransferConfig(multipart_threshold=64 << 20,
+                                                               multipart_chunksize=64 << 20)
+        _fetch_checked(lambda tmp: self.s3.download_file(self.bucket, key, str(tmp), Callback=_counter(progress),
+                                                         Config=cfg), digest, dest)
         return dest
 
 
