@@ -52,6 +52,15 @@ def _fail(doc: Result, line: str, code: int, *, json_out: bool, debug: bool) -> 
     sys.exit(code)
 
 
+def _remember_on_this_host() -> None:
+    """Templates' digests are kept between commands (adapters.hostcache): a command that
+    builds nothing does not parse the templates again."""
+    from . import fingerprint
+    from .adapters.hostcache import HclDigests
+
+    fingerprint.keep_hcl_digests(HclDigests())
+
+
 def run(
     work: Callable[[Reporter], Result],
     *,
@@ -61,6 +70,7 @@ def run(
 ) -> None:
     """Run one task's work; exit the process with the contract's exit code."""
     signal.signal(signal.SIGTERM, _sigterm)
+    _remember_on_this_host()
     reporter = Reporter()
     result: Result | None = None
     try:

@@ -40,7 +40,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +80,14 @@ _HCL_OPTIONS = {
     "explicit_blocks": True,  # tells blocks (sortable at top level) from object values
     "preserve_heredocs": False,  # <<EOF and <<-EOT spelling of the same string hash alike
 }
-_hcl_digests: dict[str, str] = {}  # sha256 of a template's text -> digest of its normal form
+_hcl_digests: MutableMapping[str, str] = {}  # sha256 of a template's text -> digest of its normal form
+
+
+def keep_hcl_digests(store: MutableMapping[str, str]) -> None:
+    """Where `hcl_digest` remembers what it computed (a dict per process by default; the CLI
+    hands it the host's cache, adapters.hostcache)."""
+    global _hcl_digests
+    _hcl_digests = store
 
 
 # -- pure core ---------------------------------------------------------------------------
@@ -213,8 +220,8 @@ def normalise_hcl(text: str, name: str) -> str:
 
 
 def hcl_digest(text: str, name: str) -> str:
-    """`sha256_text(normalise_hcl(text, name))`, each distinct text parsed once per process:
-    the images of one bake share the templates. Keyed by the text's own hash, so an edited
+    """`sha256_text(normalise_hcl(text, name))`, each distinct text parsed once per process
+    (the images of one bake share the templates), or once per host (keep_hcl_digests). Keyed by the text's own hash, so an edited
     template is parsed again; an invalid one is never cached (its error names `name`)."""
     key = sha256_text(text)
     digest = _hcl_digests.get(key)

@@ -20,15 +20,19 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import attestation
-from .adapters import signing
 from .errors import ConfigError, OperationFailed
 from .paths import data_home
 from .progress import Reporter
 from .sections import KMS_PREFIX, TrustSettings
 from .settings import Environment
+
+# adapters.signing (securesystemslib, its signers and boto3: 0.16 s of imports) is imported by
+# the functions that sign or verify, not by a command that checks nothing (a skipped bake)
+if TYPE_CHECKING:
+    from .adapters import signing
 
 KmsClient = Callable[[], Any]  # the environment's KMS client, made when a kms: key is used
 IMPLICIT = TrustSettings(unsigned="allow")  # an environment without `trust:` (see sections.TrustSettings)
@@ -85,6 +89,8 @@ def init_keys(env: Environment, reporter: Reporter, kms: KmsClient | None = None
     """`invoke keys.init`: the signing key of the environment, made if it is not there (a
     local Ed25519 key, or the KMS key the settings name, created with that alias), and its
     public key."""
+    from .adapters import signing
+
     ref = signing_ref(env)
     if ref.startswith(KMS_PREFIX):
         client = _kms(kms, ref, env)
@@ -112,6 +118,8 @@ def ensure_key(env: Environment, reporter: Reporter, *, quiet: bool = False) -> 
     """Make the environment's default local key if it has none yet (the first bake on a
     fresh machine), saying so; a key the settings name is never made behind the user's
     back. True: made now."""
+    from .adapters import signing
+
     if policy(env).signing_key is not None or default_key(env).is_file():
         return False
     pub = signing.create_key(default_key(env))
@@ -121,6 +129,8 @@ def ensure_key(env: Environment, reporter: Reporter, *, quiet: bool = False) -> 
 
 
 def signer(env: Environment, reporter: Reporter, kms: KmsClient | None = None) -> signing.Signer:
+    from .adapters import signing
+
     ref = signing_ref(env)
     if ref.startswith(KMS_PREFIX):
         return signing.KmsSigner(_kms(kms, ref, env), ref[len(KMS_PREFIX):])
@@ -131,6 +141,8 @@ def signer(env: Environment, reporter: Reporter, kms: KmsClient | None = None) -
 def trusted_keys(env: Environment, kms: KmsClient | None = None) -> list[signing.Key]:
     """The public keys attestations are verified with: `trust.trusted_keys`, else the
     signing key's own public key (none while a default key is not made yet)."""
+    from .adapters import signing
+
     keys: list[signing.Key] = []
     listed = policy(env).trusted_keys
     for ref in listed or [signing_ref(env)]:
@@ -145,6 +157,8 @@ def trusted_keys(env: Environment, kms: KmsClient | None = None) -> list[signing
 
 def sign(env: Environment, statement: dict[str, Any], reporter: Reporter, kms: KmsClient | None = None) -> bytes:
     """The DSSE envelope (JSON bytes) of `statement`, signed with the environment's key."""
+    from .adapters import signing
+
     return signing.sign(attestation.encode(statement), attestation.PAYLOAD_TYPE, signer(env, reporter, kms))
 
 
@@ -159,6 +173,8 @@ def verify(env: Environment, evidence: Evidence, kms: KmsClient | None = None,
             return {"image_id": expect.image_id, "verified": False, "admitted": "unsigned: allow",
                     "checks": [{"what": "attestation", "ok": False, "detail": f"none in {evidence.where}"}]}
         raise UntrustedImage(f"{who}: no attestation in {evidence.where} (trust.unsigned is deny)")
+    from .adapters import signing
+
     keys = trusted_keys(env, kms) if keys is None else keys
     allow = policy(env).unsigned == "allow"
     if not keys and not allow:

@@ -120,8 +120,10 @@ def recipe_key(spec: BaseImageSpec, mmdebstrap_version: str) -> str:
 
 @functools.cache
 def mmdebstrap_version() -> str:
-    """The installed mmdebstrap's version (a recipe input), asked once per process."""
-    return proc.output([proc.which("mmdebstrap", "mmdebstrap"), "--version"]).split()[-1]
+    """The installed mmdebstrap's version (a recipe input), asked once while it is unchanged."""
+    from .hostcache import version_output
+
+    return version_output(["mmdebstrap", "--version"], hint="mmdebstrap").split()[-1]
 
 
 def is_at_hand(spec: BaseImageSpec, cache: Path) -> bool:

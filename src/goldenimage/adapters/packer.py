@@ -46,8 +46,10 @@ class Packer:
 
     @classmethod
     def detect(cls) -> Packer:
+        from .hostcache import version_output
+
         path = proc.which("packer", "Debian's `packer` package")
-        out = proc.output([path, "version"], what="packer version")
+        out = version_output([path, "version"], what="packer version")
         m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
         if not m:
             raise BuildFailed(f"cannot read the Packer version from {out.strip()!r}")

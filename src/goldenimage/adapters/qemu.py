@@ -39,8 +39,10 @@ APT_IN_SLOT, APT_OUT_SLOT = 0x1E, 0x1F  # the last PCI slots of the bus: after t
 
 @functools.cache
 def qemu_version() -> str:
-    """The installed QEMU's version, asked once per process."""
-    out = proc.output([proc.which(QEMU, "qemu-system-x86"), "--version"])
+    """The installed QEMU's version, asked once while the binary is unchanged."""
+    from .hostcache import version_output
+
+    out = version_output([QEMU, "--version"], hint="qemu-system-x86")
     m = re.search(r"version (\S+)", out)
     return m[1] if m else out.split("\n")[0]
 
