@@ -7,9 +7,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import http.server
 import lzma
+import shutil
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +107,48 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def build_deb(out: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A real binary package (Architecture: all) built with dpkg-deb: `files` maps absolute
+    paths in the package to their text."""
+    tree = out / f"{name}_{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: goldenimage tests <tests@example.org>\n"
+        f"Section: misc\nPriority: optional\nDescription: {name}, a package the tests publish\n")
+    for path, text in files.items():
+        target = tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    deb = out / f"{name}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def write_repo(root: Path, suite: str, debs: list[Path], *, arch: str = "amd64") -> None:
+    """An apt repository apt itself accepts (with `[trusted=yes]`: no signature): the .debs
+    under pool/, dists/<suite>/main/binary-<arch>/Packages(.gz) with Filename, Size and
+    digests, and a Release listing the indexes' sha256 (what apt-ftparchive writes)."""
+    pool = root / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    paras = []
+    for deb in debs:
+        shutil.copy2(deb, pool / deb.name)
+        data = deb.read_bytes()
+        control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
+        paras.append(control.rstrip("\n") + f"\nFilename: pool/{deb.name}\nSize: {len(data)}\n"
+                     f"MD5sum: {hashlib.md5(data).hexdigest()}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
+    d = root / "dists" / suite
+    idx = d / "main" / f"binary-{arch}"
+    idx.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(paras).encode()
+    (idx / "Packages").write_bytes(text)
+    (idx / "Packages.gz").write_bytes(gzip.compress(text, mtime=0))
+    listed = "".join(f" {hashlib.sha256(p.read_bytes()).hexdigest()} {p.stat().st_size} main/binary-{arch}/{p.name}\n"
+                     for p in sorted(idx.iterdir()))
+    date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
+    (d / "Release").write_text(f"Origin: goldenimage-tests\nLabel: goldenimage-tests\nSuite: {suite}\n"
+                               f"Codename: {suite}\nDate: {date}\nArchitectures: {arch}\nComponents: main\n"
+                               f"SHA256:\n{listed}")

@@ -15,12 +15,15 @@ import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from goldenimage.fsutil import sha256_file
 from tests.conftest import ROOT, copy_project, run_invoke, wait_for_output
+from tests.debarchive import build_deb, served, write_repo
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +31,59 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory, base_cache: Path) -> dict[str, Path]:
     return {"base": base_cache, "home": tmp_path_factory.mktemp("home")}
+
+
+@dataclass
+class ProbeRepo:
+    """An apt repository the tests serve over HTTP on loopback, seen by the build VM at
+    QEMU's user-network host address: suite `e2e-security` holds goldenimage-probe, a real
+    .deb, in the version last published."""
+
+    root: Path
+    port: int
+
+    @property
+    def guest_url(self) -> str:
+        return f"http://10.0.2.2:{self.port}"
+
+    def publish(self, version: str) -> None:
+        deb = build_deb(self.root / "build", PROBE, version, {"/usr/share/goldenimage-probe/version": f"{version}\n"})
+        write_repo(self.root / "repo", "e2e-security", [deb])
+
+    def role(self, project: Path) -> None:
+        """Role `probe` in `project`: adds the repository, reads its index only, installs the
+        package (what a role adding a vendor's apt repository does)."""
+        tasks = project / "roles" / "probe" / "tasks"
+        tasks.mkdir(parents=True)
+        listed = "/etc/apt/sources.list.d/goldenimage-e2e.list"
+        (tasks / "main.yml").write_text(
+            "---\n"
+            "- name: Add the tests' apt repository\n"
+            "  ansible.builtin.copy:\n"
+            f"    dest: {listed}\n"
+            f'    content: "deb [trusted=yes] {self.guest_url} e2e-security main\\n"\n'
+            '    mode: "0644"\n'
+            "- name: Read that repository's index\n"
+            f"  ansible.builtin.command: >-  # noqa: command-instead-of-module (one list, not the whole update)\n"
+            f"    apt-get update -o Dir::Etc::sourcelist={listed} -o Dir::Etc::sourceparts=-\n"
+            "    -o APT::Get::List-Cleanup=0\n"
+            "  changed_when: true\n"
+            f"- name: Install {PROBE}\n"
+            "  ansible.builtin.apt:\n"
+            f"    name: {PROBE}\n")
+
+
+PROBE = "goldenimage-probe"
+
+
+@pytest.fixture(scope="module")
+def probe_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProbeRepo]:
+    root = tmp_path_factory.mktemp("probe-repo")
+    (root / "repo").mkdir()
+    with served(root / "repo") as url:
+        repo = ProbeRepo(root, int(url.rsplit(":", 1)[1]))
+        repo.publish("1.0")
+        yield repo
 
 
 def env_for(shared: dict[str, Path], home: Path | None = None) -> dict[str, str]:
@@ -300,22 +356,29 @@ def test_the_registry_site_of_the_baked_family(shared: dict[str, Path], tmp_path
         assert driver.save_screenshot(str(artifacts_dir() / "site-web-image.png"))
 
 
-def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Path], tmp_path: Path) -> None:
+def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Path], tmp_path: Path,
+                                                           probe_repo: ProbeRepo) -> None:
     """`invoke image.new` on the base baked above, plus a role installed from a local tarball
     through requirements.yml that includes OS-specific variables from facts (the pattern of
-    popular Galaxy roles): one real bake on the family's validated base, checked by its suite."""
+    popular Galaxy roles), and a role that installs a package from an apt repository it adds
+    (the tests' own, on loopback): one real bake on the family's validated base, checked by
+    its suite. The nightly test below republishes that package."""
     from tests.vendored import vendor
 
     project = copy_project(tmp_path / "project")
     vendor(project, collection_version=None)  # a role only: base's inputs stay those of the family's base
+    probe_repo.role(project)
     made = run_invoke("image.new", "--image", "osinfo", root=project, env=env_for(shared))
     assert made.returncode == 0, made.stderr
     play = project / "playbooks/osinfo.yml"
-    play.write_text(play.read_text().replace("    - role: osinfo\n", "    - role: osvars\n    - role: osinfo\n"))
+    play.write_text(play.read_text().replace("    - role: osinfo\n",
+                                             "    - role: osvars\n    - role: probe\n    - role: osinfo\n"))
     suite = project / "tests/image/osinfo/test_osinfo.py"
     suite.write_text(suite.read_text() + (
         "\n\ndef test_the_vendored_role_chose_the_debian_variables(host: Any) -> None:\n"
-        "    assert host.file('/etc/osvars.conf').content_string == 'family=Debian packager=apt\\n'\n"))
+        "    assert host.file('/etc/osvars.conf').content_string == 'family=Debian packager=apt\\n'\n"
+        "\n\ndef test_the_probe_package_is_installed(host: Any) -> None:\n"
+        f"    assert host.package('{PROBE}').is_installed\n"))
     res = run_invoke("bake", "--image", "osinfo", "--json", root=project, env=env_for(shared))
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
@@ -326,10 +389,51 @@ def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Pat
     gathered = [t["seconds"] for t in manifest["timings"]["ansible_tasks"] if t["task"] == "Gathering Facts"]
     print(f"gather_subset min under this accelerator: {gathered} s")  # the figure the README quotes
     assert gathered, manifest["timings"]["ansible_tasks"][:3]
+    assert {"name": PROBE, "version": "1.0", "arch": "all", "source": PROBE} in manifest["packages"]
+    assert {"uri": probe_repo.guest_url, "suite": "e2e-security", "component": "main"} in manifest["apt_sources"]
+    shared["osinfo"] = project
 
 
-def _image_id(shared: dict[str, Path], name: str) -> str:
-    listed = json.loads(run_invoke("images", "--json", "--image", name, env=env_for(shared)).stdout)
+def test_nightly_rebuilds_the_image_whose_role_package_got_a_security_fix(shared: dict[str, Path],
+                                                                         probe_repo: ProbeRepo) -> None:
+    """The repository above publishes goldenimage-probe 1.1 in its security suite, a package
+    osinfo's role installed and the base does not hold. `nightly --plan` names the image, the
+    package, both versions and the security suite, and bakes nothing; `nightly --image osinfo`
+    (the form the shipped workflow runs) rebuilds osinfo on its base, and the validated new
+    image's SBOM and the report's package differences hold 1.1."""
+    if "osinfo" not in shared:
+        pytest.skip("needs the osinfo image of the test above")
+    project = shared["osinfo"]
+    before = _image_id(shared, "osinfo", project)
+    probe_repo.publish("1.1")
+    plan = run_invoke("nightly", "--plan", "--image", "osinfo", "--json", root=project, env=env_for(shared))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = {i["image"]: i for i in json.loads(plan.stdout)["images"]}
+    reason = f"osinfo: {PROBE} 1.0 installed, 1.1 in e2e-security (security fix)"
+    assert planned["osinfo"]["rebuild"] and planned["osinfo"]["drifted"], planned["osinfo"]
+    assert reason in planned["osinfo"]["reasons"], planned["osinfo"]["reasons"]
+    assert f"{probe_repo.guest_url} e2e-security/main" in planned["osinfo"]["indexes"]
+    assert _image_id(shared, "osinfo", project) == before, "a plan baked"
+
+    res = run_invoke("nightly", "--image", "osinfo", "--json", root=project, env=env_for(shared))
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    drifted = {i["image"]: i for i in doc["drift"]["images"]}
+    assert reason in drifted["osinfo"]["reasons"], drifted["osinfo"]
+    after = _image_id(shared, "osinfo", project)
+    assert after != before
+    rebuilt = next(i for i in doc["images"] if i["image"] == "osinfo")
+    assert rebuilt["image_id"] == after and rebuilt["validation"]["status"] == "validated", rebuilt
+    assert [c["kind"] for c in rebuilt["packages"]["changes"] if c["name"] == PROBE] == ["upgraded"], rebuilt["packages"]
+    if not drifted["base"]["drift"]:  # (the Debian archive itself may have moved base meanwhile)
+        assert [i["image"] for i in doc["images"]] == ["osinfo"], doc["images"]
+    listed = json.loads(run_invoke("images", "--image-id", after, "--json", root=project, env=env_for(shared)).stdout)
+    assert {"name": PROBE, "version": "1.1", "arch": "all", "source": PROBE} in listed["manifest"]["packages"]
+    assert reason in Path(doc["report"]["markdown"]).read_text()
+
+
+def _image_id(shared: dict[str, Path], name: str, root: Path = ROOT) -> str:
+    listed = json.loads(run_invoke("images", "--json", "--image", name, root=root, env=env_for(shared)).stdout)
     return str(listed["images"][-1]["id"])
 
 
