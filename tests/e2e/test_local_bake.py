@@ -274,7 +274,7 @@ def test_what_a_change_rebuilds(shared: dict[str, Path], tmp_path: Path) -> None
                                                                       "base_journald_system_max_use: 300M"))
     assert _fingerprints(root, shared) == {"base": None, "cache": None, "web": None}
     explained = run_invoke("fingerprint", "--image", "web", "--against",
-                           _image_id(shared, "web"), root=root, env=env_for(shared))
+                           _image_id(env_for(shared), "web"), root=root, env=env_for(shared))
     assert "parent changed" in explained.stdout, explained.stdout
 
 
@@ -342,7 +342,7 @@ def test_the_registry_site_of_the_baked_family(shared: dict[str, Path], tmp_path
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)
     assert doc["nightly_runs"] >= 2 and doc["images"] >= 3
-    web = _image_id(shared, "web")
+    web = _image_id(env_for(shared), "web")
     with chromium() as driver:
         pages = crawl(driver, tmp_path / "site" / "index.html")
         assert len(pages) == doc["pages"], sorted(pages)
@@ -356,19 +356,39 @@ def test_the_registry_site_of_the_baked_family(shared: dict[str, Path], tmp_path
         assert driver.save_screenshot(str(artifacts_dir() / "site-web-image.png"))
 
 
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def runner_env(runner: Path) -> dict[str, str]:
+    """A machine that has nothing but the bucket: its own empty home and base cache."""
+    return {"GOLDENIMAGE_HOME": str(runner), "GOLDENIMAGE_BASE_CACHE": str(runner / "base"), **CREDS}
+
+
 def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Path], tmp_path: Path,
-                                                           probe_repo: ProbeRepo) -> None:
+                                                           probe_repo: ProbeRepo, moto_server: str) -> None:
     """`invoke image.new` on the base baked above, plus a role installed from a local tarball
     through requirements.yml that includes OS-specific variables from facts (the pattern of
     popular Galaxy roles), and a role that installs a package from an apt repository it adds
-    (the tests' own, on loopback): one real bake on the family's validated base, checked by
-    its suite. The nightly test below republishes that package."""
+    (the tests' own, on loopback): one real bake, checked by its suite, on another machine
+    than the family's. The family's store is pushed into a bucket of the moto server's S3; a
+    fresh runner (empty home and base cache) builds the child on the validated base it
+    downloads from the bucket (digest checked), and registers it there, where a third machine
+    sees it. The nightly test below republishes that package, on the same runner."""
+    import boto3
+
     from tests.vendored import vendor
 
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="osinfo-state")
     project = copy_project(tmp_path / "project")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text() + f"state: {{bucket: osinfo-state, endpoint_url: '{moto_server}'}}\n")
     vendor(project, collection_version=None)  # a role only: base's inputs stay those of the family's base
     probe_repo.role(project)
-    made = run_invoke("image.new", "--image", "osinfo", root=project, env=env_for(shared))
+    push = run_invoke("store.push", "--json", root=project, env={**env_for(shared), **CREDS})
+    assert push.returncode == 0, push.stderr[-3000:]
+    runner = tmp_path / "runner"
+    made = run_invoke("image.new", "--image", "osinfo", root=project, env=runner_env(runner))
     assert made.returncode == 0, made.stderr
     play = project / "playbooks/osinfo.yml"
     play.write_text(play.read_text().replace("    - role: osinfo\n",
@@ -379,10 +399,17 @@ def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Pat
         "    assert host.file('/etc/osvars.conf').content_string == 'family=Debian packager=apt\\n'\n"
         "\n\ndef test_the_probe_package_is_installed(host: Any) -> None:\n"
         f"    assert host.package('{PROBE}').is_installed\n"))
-    res = run_invoke("bake", "--image", "osinfo", "--json", root=project, env=env_for(shared))
+    res = run_invoke("bake", "--image", "osinfo", "--json", root=project, env=runner_env(runner))
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     assert doc["status"] == "validated" and doc["parents"][0]["skipped"], doc.get("parents")
+    parent = doc["parents"][0]["image_id"]
+    downloaded = runner / "store" / "images" / parent / "disk.qcow2"
+    assert downloaded.is_file(), sorted(str(p) for p in runner.rglob("*.qcow2"))
+    family_copy = shared["home"] / "store" / "images" / parent / "disk.qcow2"
+    assert sha256_file(downloaded) == sha256_file(family_copy)
+    seen = run_invoke("images", "--image", "osinfo", "--json", root=project, env=runner_env(tmp_path / "third"))
+    assert [i["id"] for i in json.loads(seen.stdout)["images"]] == [doc["image_id"]], seen.stdout + seen.stderr
     manifest = json.loads((Path(doc["artifact"]).parent / "manifest.json").read_text())
     assert [(r["name"], bool(r["files_sha256"])) for r in manifest["requirements"]] == [("osvars", True)]
     assert "requirement:role:osvars" in manifest["fingerprint_inputs"]
@@ -391,7 +418,7 @@ def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Pat
     assert gathered, manifest["timings"]["ansible_tasks"][:3]
     assert {"name": PROBE, "version": "1.0", "arch": "all", "source": PROBE} in manifest["packages"]
     assert {"uri": probe_repo.guest_url, "suite": "e2e-security", "component": "main"} in manifest["apt_sources"]
-    shared["osinfo"] = project
+    shared["osinfo"], shared["osinfo_runner"] = project, runner
 
 
 def test_nightly_rebuilds_the_image_whose_role_package_got_a_security_fix(shared: dict[str, Path],
@@ -400,40 +427,41 @@ def test_nightly_rebuilds_the_image_whose_role_package_got_a_security_fix(shared
     osinfo's role installed and the base does not hold. `nightly --plan` names the image, the
     package, both versions and the security suite, and bakes nothing; `nightly --image osinfo`
     (the form the shipped workflow runs) rebuilds osinfo on its base, and the validated new
-    image's SBOM and the report's package differences hold 1.1."""
+    image's SBOM and the report's package differences hold 1.1. On the runner of the test
+    above, whose registry is the bucket."""
     if "osinfo" not in shared:
         pytest.skip("needs the osinfo image of the test above")
-    project = shared["osinfo"]
-    before = _image_id(shared, "osinfo", project)
+    project, env = shared["osinfo"], runner_env(shared["osinfo_runner"])
+    before = _image_id(env, "osinfo", project)
     probe_repo.publish("1.1")
-    plan = run_invoke("nightly", "--plan", "--image", "osinfo", "--json", root=project, env=env_for(shared))
+    plan = run_invoke("nightly", "--plan", "--image", "osinfo", "--json", root=project, env=env)
     assert plan.returncode == 0, plan.stderr[-3000:]
     planned = {i["image"]: i for i in json.loads(plan.stdout)["images"]}
     reason = f"osinfo: {PROBE} 1.0 installed, 1.1 in e2e-security (security fix)"
     assert planned["osinfo"]["rebuild"] and planned["osinfo"]["drifted"], planned["osinfo"]
     assert reason in planned["osinfo"]["reasons"], planned["osinfo"]["reasons"]
     assert f"{probe_repo.guest_url} e2e-security/main" in planned["osinfo"]["indexes"]
-    assert _image_id(shared, "osinfo", project) == before, "a plan baked"
+    assert _image_id(env, "osinfo", project) == before, "a plan baked"
 
-    res = run_invoke("nightly", "--image", "osinfo", "--json", root=project, env=env_for(shared))
+    res = run_invoke("nightly", "--image", "osinfo", "--json", root=project, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     drifted = {i["image"]: i for i in doc["drift"]["images"]}
     assert reason in drifted["osinfo"]["reasons"], drifted["osinfo"]
-    after = _image_id(shared, "osinfo", project)
+    after = _image_id(env, "osinfo", project)
     assert after != before
     rebuilt = next(i for i in doc["images"] if i["image"] == "osinfo")
     assert rebuilt["image_id"] == after and rebuilt["validation"]["status"] == "validated", rebuilt
     assert [c["kind"] for c in rebuilt["packages"]["changes"] if c["name"] == PROBE] == ["upgraded"], rebuilt["packages"]
     if not drifted["base"]["drift"]:  # (the Debian archive itself may have moved base meanwhile)
         assert [i["image"] for i in doc["images"] if i["state"] == "built"] == ["osinfo"], doc["images"]
-    listed = json.loads(run_invoke("images", "--image-id", after, "--json", root=project, env=env_for(shared)).stdout)
+    listed = json.loads(run_invoke("images", "--image-id", after, "--json", root=project, env=env).stdout)
     assert {"name": PROBE, "version": "1.1", "arch": "all", "source": PROBE} in listed["manifest"]["packages"]
     assert reason in Path(doc["report"]["markdown"]).read_text()
 
 
-def _image_id(shared: dict[str, Path], name: str, root: Path = ROOT) -> str:
-    listed = json.loads(run_invoke("images", "--json", "--image", name, root=root, env=env_for(shared)).stdout)
+def _image_id(env: dict[str, str], name: str, root: Path = ROOT) -> str:
+    listed = json.loads(run_invoke("images", "--json", "--image", name, root=root, env=env).stdout)
     return str(listed["images"][-1]["id"])
 
 
