@@ -171,3 +171,20 @@ def register(
         **(manifest or {}),
     }
     return store.put(rec, doc, files)
+
+
+def count_hcl_parses(monkeypatch: Any) -> list[str]:
+    """The names of the templates fingerprint parses from now on (an empty per-test cache
+    first); `monkeypatch` puts everything back."""
+    from goldenimage import fingerprint
+
+    seen: list[str] = []
+    real = fingerprint.normalise_hcl
+
+    def counting(text: str, name: str) -> str:
+        seen.append(name)
+        return real(text, name)
+
+    monkeypatch.setattr(fingerprint, "_hcl_digests", {})
+    monkeypatch.setattr(fingerprint, "normalise_hcl", counting)
+    return seen

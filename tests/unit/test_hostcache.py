@@ -11,6 +11,7 @@ import pytest
 from goldenimage import fingerprint
 from goldenimage.adapters.hostcache import HclDigests, version_output
 from goldenimage.errors import MissingToolError, TemplateError
+from tests.unit.fp_helpers import count_hcl_parses
 
 
 @pytest.fixture()
@@ -66,16 +67,7 @@ TEMPLATE = 'variable "a" {\n  default = "x"\n}\n'
 
 @pytest.fixture()
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    real = fingerprint.normalise_hcl
-
-    def counting(text: str, name: str) -> str:
-        seen.append(name)
-        return real(text, name)
-
-    monkeypatch.setattr(fingerprint, "normalise_hcl", counting)
-    monkeypatch.setattr(fingerprint, "_hcl_digests", {})
-    return seen
+    return count_hcl_parses(monkeypatch)
 
 
 def test_a_template_is_parsed_once_per_host_not_once_per_process(home: Path, parses: list[str]) -> None:

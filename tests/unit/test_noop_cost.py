@@ -11,7 +11,7 @@ import pytest
 
 from goldenimage import fingerprint as fp
 from goldenimage.settings import load_environment
-from tests.unit.fp_helpers import EXTRA, make_project
+from tests.unit.fp_helpers import EXTRA, count_hcl_parses, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,15 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_each_template_is_parsed_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_project(tmp_path / "proj")
     env = load_environment("local", root)
-    monkeypatch.setattr(fp, "_hcl_digests", {}, raising=False)  # this test's own cache
-    parsed: list[str] = []
-    real = fp.normalise_hcl
-
-    def counting(text: str, name: str) -> str:
-        parsed.append(name)
-        return real(text, name)
-
-    monkeypatch.setattr(fp, "normalise_hcl", counting)
+    parsed = count_hcl_parses(monkeypatch)  # this test's own cache
     templates = sorted(p.relative_to(root).as_posix() for p in (root / "packer").iterdir()
                        if p.name.endswith(fp.HCL_SUFFIXES))
     web = fp.compute(fp.collect(root, env, "web", EXTRA))
