@@ -221,8 +221,9 @@ def normalise_hcl(text: str, name: str) -> str:
 
 def hcl_digest(text: str, name: str) -> str:
     """`sha256_text(normalise_hcl(text, name))`, each distinct text parsed once per process
-    (the images of one bake share the templates), or once per host (keep_hcl_digests). Keyed by the text's own hash, so an edited
-    template is parsed again; an invalid one is never cached (its error names `name`)."""
+    (the images of one bake share the templates), or once per host (keep_hcl_digests). Keyed
+    by the text's own hash, so an edited template is parsed again; an invalid one is never
+    cached (its error names `name`)."""
     key = sha256_text(text)
     digest = _hcl_digests.get(key)
     if digest is None:

@@ -118,10 +118,10 @@ def ensure_key(env: Environment, reporter: Reporter, *, quiet: bool = False) -> 
     """Make the environment's default local key if it has none yet (the first bake on a
     fresh machine), saying so; a key the settings name is never made behind the user's
     back. True: made now."""
-    from .adapters import signing
-
     if policy(env).signing_key is not None or default_key(env).is_file():
         return False
+    from .adapters import signing
+
     pub = signing.create_key(default_key(env))
     if not quiet:
         reporter.info(f"created the signing key of environment {env.name}: {default_key(env)} (public key {pub})")

@@ -183,8 +183,7 @@ def test_images_reads_the_bucket_from_a_fresh_machine(tmp_path: Path, moto_endpo
 # PutObject; HeadObject is GetObject; HeadBucket and ListObjectsV2 are ListBucket)
 S3_ACTION = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "PutObject": "s3:PutObject",
              "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
-             "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:PutObject",
-             "UploadPartCopy": "s3:PutObject", "DeleteObject": "s3:DeleteObject",
+             "CompleteMultipartUpload": "s3:PutObject", "DeleteObject": "s3:DeleteObject",
              "AbortMultipartUpload": "s3:AbortMultipartUpload", "HeadBucket": "s3:ListBucket",
              "ListObjectsV2": "s3:ListBucket"}
 

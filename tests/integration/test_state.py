@@ -100,7 +100,7 @@ def test_blobs_are_content_addressed_and_checked(backend: Any, tmp_path: Path) -
     assert backend.has_blob(digest) and seen and seen[-1] == 3 << 20
     out = backend.get_blob(digest, tmp_path / "back" / "disk.qcow2")
     assert out.read_bytes() == disk.read_bytes()
-    # bytes that are not the digest's are not left under the digest, nor anywhere else
+    # bytes that are not the digest's are not left under the digest, nor under tmp/
     other = tmp_path / "other.qcow2"
     other.write_bytes(b"not those bytes")
     wrong = "sha256:" + "0" * 64
