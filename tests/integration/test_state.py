@@ -262,3 +262,39 @@ def test_s3_faults_are_retried_and_a_lost_race_is_one_line(bucket: Any, moto_end
     with pytest.raises(Conflict) as err:
         backend.put("records/a.json", b"2", expect=v + "x")
     assert str(err.value) == "s3://goldenimage-state/p: records/a.json changed since it was read"
+
+
+def _push(endpoint: str, path: str, digest: str, started: Any) -> None:
+    """Child: put_blob of `path`, telling the parent once the first parts are sent."""
+    def progress(done: int) -> None:
+        if done >= 16 << 20:
+            started.set()
+
+    BucketBackend(s3_client(endpoint, attempts=5), BUCKET, "team/local").put_blob(Path(path), digest, progress)
+
+
+def test_a_push_killed_halfway_publishes_nothing_and_a_second_push_completes(tmp_path: Path, bucket: Any,
+                                                                            moto_endpoint: str) -> None:
+    """SIGKILL of a real process in the middle of a multipart upload: nothing is under the
+    digest (an incomplete multipart upload is no object), and the next push publishes it."""
+    from goldenimage.fsutil import sha256_file
+
+    disk = tmp_path / "disk.qcow2"
+    with disk.open("wb") as fh:
+        for _ in range(96):
+            fh.write(os.urandom(1 << 20))
+    digest = "sha256:" + sha256_file(disk)
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    child = ctx.Process(target=_push, args=(moto_endpoint, str(disk), digest, started))
+    child.start()
+    assert started.wait(120), "the upload never started"
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join(30)
+    backend = BucketBackend(bucket, BUCKET, "team/local")
+    assert not backend.has_blob(digest)
+    assert not bucket.list_objects_v2(Bucket=BUCKET).get("Contents"), "a killed push left an object"
+    assert bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), "the kill came after the upload"
+    backend.put_blob(disk, digest)
+    backend.get_blob(digest, tmp_path / "back.qcow2")  # the digest checked on the way
+    assert sha256_file(tmp_path / "back.qcow2") == digest.removeprefix("sha256:")
