@@ -28,12 +28,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compliance import attested
+
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 BUILD_TYPE = "https://github.com/goldenimage/goldenimage/bake/v1"
 BUILDER_ID = "https://github.com/goldenimage/goldenimage/invoke-bake"
 VALIDATION = "goldenimage-validation"  # the byproduct that carries the validation result
+COMPLIANCE = "goldenimage-compliance"  # the compliance audit's verdict (compliance.attested)
 FILE = "attestation.dsse.json"  # the envelope among an image's files
 _DIGEST = re.compile(r"^(?P<algo>[a-z0-9-]+):(?P<hex>[0-9a-f]{32,128})$")
 
@@ -108,10 +111,20 @@ def statement(manifest: dict[str, Any], subject: list[dict[str, Any]], *,
                 "builder": {"id": BUILDER_ID, "version": {k: str(v) for k, v in sorted(tools.items())}},
                 "metadata": {"invocationId": manifest.get("id"), "finishedOn": manifest.get("created")},
                 "byproducts": [{"name": VALIDATION, "annotations": validation,
-                                **({"digest": {"sha256": junit_sha256}} if junit_sha256 else {})}],
+                                **({"digest": {"sha256": junit_sha256}} if junit_sha256 else {})},
+                               *_compliance_byproduct(manifest)],
             },
         },
     }
+
+
+def _compliance_byproduct(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    audit = manifest.get("compliance")
+    if not isinstance(audit, dict):
+        return []
+    said = attested(audit)
+    return [{"name": COMPLIANCE, "annotations": said,
+             **({"digest": {"sha256": said["report_sha256"]}} if said.get("report_sha256") else {})}]
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -228,6 +241,13 @@ def check(doc: dict[str, Any], expect: Expect) -> Verdict:
         checks.append(Check("validation", ok,
                             f"{validation.get('passed', 0)} passed, {validation.get('failed', 0)} failed, "
                             f"{validation.get('errors', 0)} errors ({validation.get('status')})"))
+    audit = next((b.get("annotations") or {} for b in byproducts
+                  if isinstance(b, dict) and b.get("name") == COMPLIANCE), None)
+    if audit is not None:  # an image validated before the audit gate records none
+        floor = f", minimum {audit.get('min_score')}" if audit.get("min_score") is not None else ""
+        checks.append(Check("compliance", audit.get("ok") is True,
+                            f"{audit.get('scanner')} hardening index {audit.get('score')}{floor}: "
+                            f"{'passed' if audit.get('ok') is True else 'failed'}"))
     parent = _get(doc, "predicate", "buildDefinition", "internalParameters", "parent")
     if expect.parent_id is None:
         checks.append(Check("parent", parent is None, "no parent" if parent is None else

@@ -186,7 +186,12 @@ def human_validate(result: Result) -> list[str]:
     c = result["checks"]
     verdict = "passed" if result["ok"] else "FAILED"
     lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
-    return lines + [f"  {f}" for f in c["failures"]]
+    audit = result.get("compliance") or {}
+    if audit:
+        lines.append(f"  compliance: {audit.get('scanner')} hardening index {audit.get('score')}"
+                     f"{'' if audit.get('min_score') is None else ' (minimum ' + str(audit['min_score']) + ')'}: "
+                     f"{'passed' if audit.get('ok') else 'FAILED'}")
+    return lines + [f"  {f}" for f in [*c["failures"], *audit.get("failures", [])]]
 
 
 # -- trust -------------------------------------------------------------------------------

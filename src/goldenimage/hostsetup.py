@@ -24,6 +24,8 @@ TOOLS: dict[str, tuple[str, list[str]]] = {
     "ssh": ("openssh-client", ["ssh", "-V"]),
     "ssh-keygen": ("openssh-client", ["ssh", "-V"]),
     "git": ("git", ["git", "--version"]),
+    # the validation's compliance audit: brought into the booted image, never installed in it
+    "lynis": ("lynis", ["lynis", "--version"]),
 }
 # needed as files, not commands
 EXTRA_PACKAGES = ["syslinux-common", "debian-archive-keyring", "ca-certificates"]

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .channels import CHANNEL_RE
+from .compliance import DEFAULT_GROUPS, TEST_ID
+from .compliance import GROUPS as AUDIT_GROUPS
 from .errors import ConfigError, NotFoundError
 from .paths import default_report_dir
 from .sections import (
@@ -62,6 +64,33 @@ class ParentSpec(_Model):
         return v
 
 
+class ComplianceSpec(_Model):
+    """The compliance audit that gates an image's validation (`images.<name>.compliance`):
+    Lynis's test groups to run in the validation boot, and what the image must reach; an
+    image under it is quarantined (see compliance.py)."""
+
+    groups: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUPS), min_length=1,
+                              description="Lynis test groups to run")
+    min_score: int | None = Field(default=None, ge=0, le=100, description="minimum hardening index")
+    must_pass: list[str] = Field(default_factory=list, description="Lynis test ids that must pass")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if g not in AUDIT_GROUPS:
+                raise ValueError(f"unknown lynis test group {g!r} (known: {', '.join(AUDIT_GROUPS)})")
+        return v
+
+    @field_validator("must_pass")
+    @classmethod
+    def _tests(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not TEST_ID.match(t):
+                raise ValueError(f"{t!r} is not a lynis test id (like SSH-7408)")
+        return v
+
+
 class ImageSpec(_Model):
     """One image the environment can bake: a playbook run against inventory groups."""
 
@@ -74,6 +103,7 @@ class ImageSpec(_Model):
                     "(default: tests/image/common and tests/image/<image> when it exists)",
     )
     parent: ParentSpec | None = Field(default=None, description="bake on this image of the environment")
+    compliance: ComplianceSpec = Field(default_factory=ComplianceSpec, description="the audit that gates validation")
 
     @field_validator("parent", mode="before")
     @classmethod
@@ -260,6 +290,12 @@ class Environment:
         chain = lineage(self.parents, name) if name in self.settings.images else [name]
         own = [self.root / IMAGE_SUITES / n for n in chain]
         return [self.root / COMMON_SUITE] + [d for d in own if d.is_dir()]
+
+    def compliance(self, name: str) -> ComplianceSpec:
+        """The audit that gates image `name` (the default one for an image no longer in the
+        settings, validated again)."""
+        spec = self.settings.images.get(name)
+        return spec.compliance if spec is not None else ComplianceSpec()
 
     def suite_note(self, name: str) -> str | None:
         """A line for the bake output when image `name` gets the common checks only."""

@@ -187,6 +187,19 @@ def test_bake_web_end_to_end(shared: dict[str, Path]) -> None:
     assert "var/cache/apt/srcpkgcache.bin" in names and "apt_state" not in manifest
     assert f"package index of {parent['image_id']}" in res.stderr  # web's build started from it
     assert (image_dir / "sbom.cdx.json").is_file()
+    # the compliance audit ran in the validation boot: its report kept, its verdict recorded
+    # and signed, its top findings shown
+    audit = manifest["compliance"]
+    assert audit["scanner"] == "lynis" and audit["version"] and audit["ok"] is True, audit
+    assert audit["groups"] == ["ssh", "authentication", "shells"] and audit["min_score"] == 60
+    assert 0 < audit["score"] <= 100 and audit["tests_executed"] >= 20 and audit["seconds"] > 0
+    report = (image_dir / audit["report"]).read_text()
+    assert sha256_file(image_dir / audit["report"]) == audit["report_sha256"]
+    assert f"hardening_index={audit['score']}" in report and "SSH-7408" in report
+    assert (image_dir / "lynis.log").is_file() and manifest["timings"]["compliance_seconds"] == audit["seconds"]
+    assert f"compliance: lynis {audit['version']} hardening index {audit['score']}" in res.stderr
+    checked = json.loads(run_invoke("verify", "--image-id", doc["image_id"], "--json", env=env_for(shared)).stdout)
+    assert any(c["what"] == "compliance" and c["ok"] for c in checked["checks"]), checked
     # where the build's time went, kept with the image and shown at the end of the bake
     timings = manifest["timings"]
     assert {"Provisioning with Ansible...", "Converting hard drive..."} <= {s["step"] for s in timings["packer_steps"]}
@@ -492,10 +505,16 @@ def test_failing_ansible_task_names_task_and_host(shared: dict[str, Path], tmp_p
 
 
 def test_failing_image_test_quarantines(shared: dict[str, Path], tmp_path: Path) -> None:
-    # an image without the web role: it boots, but the image suite must fail (no nginx)
+    # an image without the web role: it boots, but the image suite must fail (no nginx), and
+    # it cannot meet a hardening index of 100 (the compliance gate fails it as well)
     project = _small_project(tmp_path, (
         "- name: Image without nginx\n  hosts: all\n  become: true\n  roles:\n    - hygiene\n"
     ))
+    settings = project / "inventories/local/goldenimage.yml"
+    text = settings.read_text()
+    assert "    compliance: *compliance\n" in text  # web's: the first image with the alias
+    settings.write_text(text.replace(
+        "    compliance: *compliance\n", "    compliance: {groups: [ssh], min_score: 100, must_pass: [SSH-7402]}\n", 1))
     home = tmp_path / "home"
     res = run_invoke("bake", "--json", root=project, env=env_for(shared, home))
     assert res.returncode == 1, res.stderr[-3000:]
@@ -510,5 +529,10 @@ def test_failing_image_test_quarantines(shared: dict[str, Path], tmp_path: Path)
     manifest = json.loads((qdir / "manifest.json").read_text())
     assert manifest["status"] == "quarantined" and manifest["validation"]["failures"]
     assert (qdir / "junit.xml").is_file()
+    audit = manifest["compliance"]
+    assert audit["ok"] is False and audit["groups"] == ["ssh"] and isinstance(audit["score"], int)
+    assert audit["failures"] == [f"compliance: lynis hardening index {audit['score']} is under the minimum 100"]
+    assert audit["failures"][0] in doc["failures"] and audit["failures"][0] in res.stderr
+    assert sha256_file(qdir / audit["report"]) == audit["report_sha256"]  # the report is kept
     listed = json.loads(run_invoke("images", "--json", root=project, env=env_for(shared, home)).stdout)
     assert [i["status"] for i in listed["images"]] == ["quarantined"]

@@ -481,7 +481,8 @@ class AwsSide(Target):
         note = self.env.suite_note(str(expect["image_name"]))
         return TestinfraCheck(self.env.suites(str(expect["image_name"])), root=self.env.root,
                               expect=expect, work=work, note=note,
-                              boot_timeout=self.aws.validation.boot_timeout)
+                              boot_timeout=self.aws.validation.boot_timeout,
+                              compliance=self.env.compliance(str(expect["image_name"])))
 
     def launch_and_check(self, image_id: str, check: RemoteCheck, reporter: Reporter,
                          reg: AwsRegistry) -> dict[str, Any]:
@@ -634,7 +635,7 @@ class AwsTarget(AwsSide):
                                "instance": validated.get("instance_id"), "cleaned_up": validated.get("cleaned_up")},
                 "durations": dict(reporter.durations),
                 # the SBOM read on the validation instance (the registry stores it in SSM parts)
-                **{k: validated["check"][k] for k in ("packages", "apt_sources")
+                **{k: validated["check"][k] for k in ("packages", "apt_sources", "compliance")
                    if isinstance(validated.get("check"), dict) and k in validated["check"]},
                 # the whole record stays with the build's logs; the SSM manifest keeps its gist
                 "timings": {k: job.artifacts["timings"][k] for k in ("ansible_seconds", "slowest_tasks")},

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
@@ -37,6 +37,9 @@ from ..progress import Reporter
 from .clients import Clients
 from .errors import aws_errors, code_means, error_code
 from .registry import AwsRegistry
+
+if TYPE_CHECKING:
+    from ..settings import ComplianceSpec
 
 VALIDATION_TAG = "goldenimage:validation"
 VALIDATION_IMAGE_TAG = "goldenimage:validation-image"
@@ -98,9 +101,10 @@ class TestinfraCheck:
 
     def __init__(
         self, suites: Sequence[Path], *, root: Path, expect: dict[str, Any], work: Path,
-        boot_timeout: float = 600, note: str | None = None,
+        boot_timeout: float = 600, note: str | None = None, compliance: ComplianceSpec | None = None,
     ) -> None:
         self.suites = list(suites)
+        self.compliance = compliance  # the audit after the checks (adapters.lynis); None: none
         self.root = root
         self.note = note  # said in the output: e.g. the image gets the common checks only
         self.expect = expect
@@ -130,10 +134,17 @@ class TestinfraCheck:
                                         root=self.root)
             # the AMI's SBOM and apt sources, over the same control connection
             installed, sources = imagefacts.read(lambda cmd: _ssh(config, cmd))
-        reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
-        return CheckResult(passed=suite.ok, failures=suite.failures,
+            reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+            audit = None
+            if self.compliance is not None:
+                from ..adapters import lynis
+
+                audit = lynis.audit_image(config, "target", self.compliance, self.work, reporter)
+        return CheckResult(passed=suite.ok and (audit is None or audit["ok"]),
+                           failures=[*suite.failures, *(audit["failures"] if audit else [])],
                            details={**suite.as_dict(), "junit": str(suite.junit),
-                                    **imagefacts.as_manifest(installed, sources)})
+                                    **imagefacts.as_manifest(installed, sources),
+                                    **({"compliance": audit} if audit else {})})
 
 
 def _ssh(config: Path, command: str) -> tuple[int, str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ancestry, attestation, drift, fingerprint, requirements, retention, timing, trust
-from ..adapters import baseimage, directboot, galaxy, imagefacts, packer, qemu, testinfra, usage
+from ..adapters import baseimage, directboot, galaxy, imagefacts, lynis, packer, qemu, testinfra, usage
 from ..build import BUILD_USER, TIMINGS, Tools, common_packer_vars, detect_tools, git_state
 from ..errors import NotFoundError, TemplateError
 from ..fsutil import atomic_write_json, sha256_file, tar_length
@@ -73,14 +73,16 @@ class LocalTarget(Target):
         rec = store.get(image_id)
         manifest = store.manifest(image_id)
         disk = store.verified(image_id)
+        lynis.version()
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
         with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
-            suite, _, _, boot = validate_disk(self.env, disk, accel, {
+            suite, _, _, boot, audit = validate_disk(self.env, disk, accel, {
                 "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
                 "build_time": manifest["created"],
             }, ws, reporter)
-        return {"image_id": image_id, "status": rec.status, "ok": suite.ok, "checks": suite.as_dict(),
-                "durations": reporter.durations, "boot": boot, "exit_code": 0 if suite.ok else 1}
+        ok = suite.ok and audit["ok"]
+        return {"image_id": image_id, "status": rec.status, "ok": ok, "checks": suite.as_dict(),
+                "compliance": audit, "durations": reporter.durations, "boot": boot, "exit_code": 0 if ok else 1}
 
     # -- trust -------------------------------------------------------------------------------
     def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
@@ -218,6 +220,7 @@ class LocalTarget(Target):
             return detect_tools()
 
     def check_build(self, name: str, tools: Tools, reporter: Reporter) -> None:
+        lynis.version()  # the validation's audit needs the scanner: said before any slow step
         check_templates(self.env, name, tools)
 
     def base_is_at_hand(self, parent: ImageRecord | None) -> bool:
@@ -370,16 +373,20 @@ class LocalTarget(Target):
 
     def validate(self, job: Job, reporter: Reporter) -> Checked:
         image_dir = job.ws / "image"
-        with reporter.phase("validate", "boot the final image and run the image checks"):
-            suite, packages, sources, boot = validate_disk(
+        with reporter.phase("validate", "boot the final image, run the image checks and the compliance audit"):
+            suite, packages, sources, boot, audit = validate_disk(
                 self.env, image_dir / "disk.qcow2", job.base.details["accelerator"], job.image.facts(),
                 job.ws / "validate", reporter)
             shutil.copy2(suite.junit, image_dir / "junit.xml")
+            for kept in (lynis.REPORT_FILE, lynis.LOG_FILE):
+                shutil.copy2(job.ws / "validate" / kept, image_dir / kept)
             timings = job.artifacts.setdefault("timings", {})
             timings.setdefault("boot", {})["validation"] = boot
+            timings["compliance_seconds"] = audit["seconds"]
             atomic_write_json(image_dir / TIMINGS, timings)
-        return Checked(suite.ok, list(suite.as_dict().get("failures", [])),
-                       {"suite": suite, "packages": packages, "apt_sources": sources})
+        failures = list(suite.as_dict().get("failures", [])) + list(audit["failures"])
+        return Checked(suite.ok and audit["ok"], failures,
+                       {"suite": suite, "packages": packages, "apt_sources": sources, "compliance": audit})
 
     def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
         env, img, ws = self.env, job.image, job.ws
@@ -401,6 +408,7 @@ class LocalTarget(Target):
             **imagefacts.as_manifest(installed, checked.details["apt_sources"]),  # packages, apt_sources
             "sbom": "sbom.cdx.json",
             "validation": {"status": status, **checked.details["suite"].as_dict(), "junit": "junit.xml"},
+            "compliance": checked.details["compliance"],
             "packer_manifest": job.artifacts["packer_manifest"],
             **({"apt_state": {"file": APT_STATE, "sha256": sha256_file(image_dir / APT_STATE),
                               "bytes": (image_dir / APT_STATE).stat().st_size}}
@@ -456,11 +464,13 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
 
 def validate_disk(
     env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
-) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source], dict[str, Any]]:
+) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source], dict[str, Any], dict[str, Any]]:
     """Boot `disk` through an overlay with a fresh key and run the image's suite directories
     (`Environment.suites` of expect["image_name"]) against it; read its packages and apt
-    sources while it runs. Also returns the boot's own account (`timing.boot_analysis`,
-    with when SSH answered)."""
+    sources while it runs, then audit it (`Environment.compliance`; lynis's report and log
+    are left in `work`). Also returns the boot's own account (`timing.boot_analysis`, with
+    when SSH answered) and the audit's manifest entry: the checks and the SBOM read see the
+    image before the scanner is brought in, and the overlay takes it away."""
     q = env.settings.qemu
     suites = env.suites(expect["image_name"])
     note = env.suite_note(expect["image_name"])
@@ -473,10 +483,11 @@ def validate_disk(
             **expect, "validation_user": BUILD_USER, "validation_pubkey": pub,
         }, work, reporter, root=env.root, workers=min(q.cpus, 2))  # one per vCPU: more were slower
         packages, sources = imagefacts.read(lambda cmd: _run(vm, cmd))
-    reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+        reporter.info(f"    testinfra: {suite.passed} passed, {suite.failed} failed, {suite.errors} errors")
+        audit = lynis.audit_image(vm.ssh_config, vm.host, env.compliance(expect["image_name"]), work, reporter)
     for line in timing.boot_lines("validation", vm.boot, top=3):
         reporter.info(f"    {line}")
-    return suite, packages, sources, vm.boot
+    return suite, packages, sources, vm.boot, audit
 
 
 def _run(vm: qemu.Vm, command: str) -> tuple[int, str, str]:

@@ -141,6 +141,10 @@ def test_hostname_resolves(host: Any) -> None:
         ("kbdinteractiveauthentication", "no"),
         ("permitrootlogin", "no"),
         ("permitemptypasswords", "no"),
+        ("allowtcpforwarding", "no"),
+        ("allowagentforwarding", "no"),
+        ("compression", "no"),
+        ("loglevel", "VERBOSE"),
     ],
 )
 def test_sshd_effective_setting(sshd_settings: dict[str, str], keyword: str, value: str) -> None:
