@@ -74,7 +74,7 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
     store = LocalStore(store_dir())  # the bake's lock, workspace and kept logs, on every target
     result: dict[str, Any] = {"image": name, "env": env.name, "skipped": False}
 
-    with bake_lock(target, store, name, reporter) as lease:
+    with bake_lock(store, name, reporter):
         target.check_ready(name, tools, reporter)
         parent = resolve_parent(target, name, parent_ids or {})
         checked_build = False
@@ -94,43 +94,44 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
             reporter.info(f"    fingerprint {fp}")
         result["fingerprint"] = fp
 
-        hit, refused = (None, []) if force else target.lookup(name, fp, reporter)
-        decision = plan(name, fp, hit, force, refused)
-        result["reason"] = decision.reason
-        if refused:
-            result["refused"] = refused
-        if decision.image is not None:  # the plan first: a skip validates no template, builds nothing
-            result.update(skipped=True, **target.skipped(decision.image, reporter), durations=reporter.durations)
-            return result
-        reporter.info(decision.reason)
-        if not checked_build:
-            target.check_build(name, tools, reporter)
+        with bake_lease(target, name, fp, reporter) as lease:
+            hit, refused = (None, []) if force else target.lookup(name, fp, reporter)
+            decision = plan(name, fp, hit, force, refused)
+            result["reason"] = decision.reason
+            if refused:
+                result["refused"] = refused
+            if decision.image is not None:  # the plan first: a skip validates no template, builds nothing
+                result.update(skipped=True, **target.skipped(decision.image, reporter), durations=reporter.durations)
+                return result
+            reporter.info(decision.reason)
+            if not checked_build:
+                target.check_build(name, tools, reporter)
 
-        with store.workspace() as ws:
-            spec = env.image(name).parent
-            job = Job(env, NewImage.start(name, fp), inputs, base, tools, ws,
-                      parent=parent, parent_channel=spec.channel if spec else None,
-                      fence=(lease.lease_name, lease.lease.token) if lease is not None and lease.lease else None)
-            with logs_kept_on_failure(store, ws, lambda: job.image.id):
-                result.update(target.started(job))
-                try:
-                    result.update(target.build(job, reporter))
-                    timings = job.artifacts.get("timings", {})
-                    result["slowest_tasks"] = timings.get("slowest_tasks", [])
-                    result["ansible_task_count"] = len(timings.get("ansible_tasks") or [])
-                    result["ansible_seconds"] = timings.get("ansible_seconds", 0)
-                    checked = target.validate(job, reporter)
-                    if lease is not None:
-                        lease.check()  # a run whose lease was taken over registers nothing
-                    result.update(target.register(job, checked, reporter))
-                except BaseException:
-                    if not job.finished:
-                        target.discard(job, reporter)
-                    raise
-                logs = target.kept_logs(job)
-                if logs is not None:
-                    result["logs"] = str(logs)
-            result["durations"] = reporter.durations
+            with store.workspace() as ws:
+                spec = env.image(name).parent
+                job = Job(env, NewImage.start(name, fp), inputs, base, tools, ws,
+                          parent=parent, parent_channel=spec.channel if spec else None,
+                          fence=(lease.lease_name, lease.lease.token) if lease is not None and lease.lease else None)
+                with logs_kept_on_failure(store, ws, lambda: job.image.id):
+                    result.update(target.started(job))
+                    try:
+                        result.update(target.build(job, reporter))
+                        timings = job.artifacts.get("timings", {})
+                        result["slowest_tasks"] = timings.get("slowest_tasks", [])
+                        result["ansible_task_count"] = len(timings.get("ansible_tasks") or [])
+                        result["ansible_seconds"] = timings.get("ansible_seconds", 0)
+                        checked = target.validate(job, reporter)
+                        if lease is not None:
+                            lease.check()  # a run whose lease was taken over registers nothing
+                        result.update(target.register(job, checked, reporter))
+                    except BaseException:
+                        if not job.finished:
+                            target.discard(job, reporter)
+                        raise
+                    logs = target.kept_logs(job)
+                    if logs is not None:
+                        result["logs"] = str(logs)
+                result["durations"] = reporter.durations
     if result["status"] != VALIDATED:
         exc = ValidationFailed(
             f"image {result['image_id']} failed validation ({len(result['failures'])} failing checks); "
@@ -143,26 +144,33 @@ def run(target: Target, name: str, force: bool, reporter: Reporter,
 
 
 @contextlib.contextmanager
-def bake_lock(target: Target, store: LocalStore, name: str, reporter: Reporter,
-              wait: float = BAKE_WAIT, sleep: Callable[[float], None] = time.sleep) -> Iterator[LeaseLock | None]:
-    """One bake of an image name at a time: a lock file on this machine, and with shared
-    state (`state:`) the lease `bake/<env>/<name>` across machines, waited for (saying who
-    holds it and since when) so that the waiting run then finds, and skips to, what the
-    holder made. The lease comes back for `check()` before anything is registered."""
+def bake_lock(store: LocalStore, name: str, reporter: Reporter) -> Iterator[None]:
+    """One bake of an image name at a time on this machine: a lock file."""
     def waiting() -> None:
         reporter.info(f"another bake of {name!r} is running; waiting for it to finish")
 
     with file_lock(store.root / "locks" / f"{name}.lock", on_wait=waiting):
-        if target.shared_state() is None:
-            yield None
-            return
-        lock = target.lease(f"bake/{target.env.name}/{name}", f"bake {name}")
-        assert isinstance(lock, LeaseLock)
-        with lock.held(f"bake of {name!r}", wait, sleep, max_poll=10.0,
-                       on_wait=lambda who: reporter.info(f"    waiting: {who}")):
-            assert lock.lease is not None
-            target.fence(lock.lease_name, lock.lease.token)  # an older holder's register is refused from now on
-            yield lock
+        yield
+
+
+@contextlib.contextmanager
+def bake_lease(target: Target, name: str, fp: str, reporter: Reporter, wait: float = BAKE_WAIT,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[LeaseLock | None]:
+    """With shared state (`state:`), one bake of an image's fingerprint across machines: the
+    lease `bake/<env>/<name>/<fingerprint>`, waited for (saying who holds it and since when)
+    so that the waiting run then finds, and skips to, what the holder made. Two machines
+    baking different fingerprints of one image (two branches) do not wait for each other.
+    The lease comes back for `check()` before anything is registered; None without state."""
+    if target.shared_state() is None:
+        yield None
+        return
+    lock = target.lease(f"bake/{target.env.name}/{name}/{fp}", f"bake {name}")
+    assert isinstance(lock, LeaseLock)
+    with lock.held(f"bake of {name!r} (fingerprint {fp[:12]})", wait, sleep, max_poll=10.0,
+                   on_wait=lambda who: reporter.info(f"    waiting: {who}")):
+        assert lock.lease is not None
+        target.fence(lock.lease_name, lock.lease.token)  # an older holder's register is refused from now on
+        yield lock
 
 
 @contextlib.contextmanager

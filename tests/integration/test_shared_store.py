@@ -237,30 +237,35 @@ def test_store_push_from_the_command_line(tmp_path: Path, moto_endpoint: str, bu
 
 
 def test_a_bake_waits_for_another_machines_lease_saying_who_holds_it(tmp_path: Path, bucket: Any) -> None:
-    """`bake.bake_lock` on shared state: while another machine holds `bake/<env>/<name>` the
-    bake says who holds it, waits, and gives up with one line naming the holder; once the
-    lease is given back it is taken."""
+    """`bake.bake_lease` on shared state: while another machine holds
+    `bake/<env>/<name>/<fingerprint>` the bake says who holds it, waits, and gives up with one
+    line naming the holder; once the lease is given back it is taken. Another fingerprint of
+    the same image (another branch) does not wait."""
     from types import SimpleNamespace
 
-    from goldenimage.bake import bake_lock
+    from goldenimage.bake import bake_lease
     from goldenimage.locks import LockHeld
     from goldenimage.progress import Reporter
 
     shared = BucketBackend(bucket, BUCKET, "team/local")
     target = SimpleNamespace(env=SimpleNamespace(name="local"), shared_state=lambda: shared, fence=lambda *_: None,
                              lease=lambda name, command: LeaseLock(shared, name, command, ttl=30))
-    other = LeaseLock(shared, "bake/local/web", "bake web", ttl=30)
+    fp, other_fp = "a" * 64, "b" * 64
+    other = LeaseLock(shared, f"bake/local/web/{fp}", "bake web", ttl=30)
     assert other.try_acquire() is None
     heard: list[str] = []
     reporter = Reporter(quiet=True)
     reporter.info = heard.append  # type: ignore[method-assign]
-    store = LocalStore(tmp_path / "store")
-    waiting = bake_lock(target, store, "web", reporter, wait=0.3, sleep=lambda s: None)  # type: ignore[arg-type]
-    with pytest.raises(LockHeld, match=r"bake of 'web' is already running: lease bake/local/web .* held by"), waiting:
+    waiting = bake_lease(target, "web", fp, reporter, wait=0.3, sleep=lambda s: None)  # type: ignore[arg-type]
+    with pytest.raises(LockHeld, match=r"bake of 'web' \(fingerprint aaaaaaaaaaaa\) is already running: "
+                                       rf"lease bake/local/web/{fp} .* held by"), waiting:
         pass
-    assert len(heard) == 1 and "waiting: lease bake/local/web" in heard[0] and "bake web" in heard[0]
+    assert len(heard) == 1 and f"waiting: lease bake/local/web/{fp}" in heard[0] and "bake web" in heard[0]
+    with bake_lease(target, "web", other_fp, reporter, wait=0.3) as lease:  # type: ignore[arg-type]
+        assert lease is not None and lease.lease_name == f"bake/local/web/{other_fp}"
+        lease.check()
     other.release()
-    with bake_lock(target, store, "web", reporter, wait=0.3) as lease:  # type: ignore[arg-type]
+    with bake_lease(target, "web", fp, reporter, wait=0.3) as lease:  # type: ignore[arg-type]
         assert lease is not None
         lease.check()
 
