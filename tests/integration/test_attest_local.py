@@ -46,7 +46,7 @@ def set_trust(project: Path, text: str, env: str = "local") -> None:
 
 def make_image(project: Path, image_id: str, name: str = "base", *, parent: ImageRecord | None = None,
                payload: bytes | None = None, sign: bool = True, env_name: str = "local",
-               target_cls: type[LocalTarget] = LocalTarget) -> ImageRecord:
+               target_cls: type[LocalTarget] = LocalTarget, audit: dict[str, Any] | None = None) -> ImageRecord:
     """Register a validated image as a bake's `register` does, without a VM: its manifest,
     its junit report, and (with `sign`) the attestation `LocalTarget._sign` writes."""
     env = load_environment(env_name, project)
@@ -70,6 +70,7 @@ def make_image(project: Path, image_id: str, name: str = "base", *, parent: Imag
             "tools": {"packer": "1.14.2", "ansible-core": "2.19.14", "qemu": "9.2", "goldenimage": "0.1.0"},
             "validation": {"status": "validated", "passed": 12, "failed": 0, "errors": 0, "skipped": 0,
                            "failures": [], "junit": "junit.xml"},
+            **({"compliance": audit} if audit is not None else {}),
         }
         if sign:
             job = SimpleNamespace(image=SimpleNamespace(id=rec.id, name=name), parent=parent)
@@ -242,7 +243,7 @@ def _finished_build(target: LocalTarget, name: str, base: Any, parent: ImageReco
     job = Job(target.env, img, [], base, tools, ws, artifacts={"packer_manifest": {}, "timings": {}},  # type: ignore[arg-type]
               parent=parent)
     suite = SuiteResult(passed=7, failed=0, errors=0, skipped=0, failures=[], junit=ws / "image" / "junit.xml")
-    return job, Checked(True, [], {"suite": suite, "packages": [], "apt_sources": []})
+    return job, Checked(True, [], {"suite": suite, "packages": [], "apt_sources": [], "compliance": _audit(True)})
 
 
 def test_register_signs_and_a_child_registered_on_it_names_its_envelope(project: Path, home: Path) -> None:
@@ -262,6 +263,8 @@ def test_register_signs_and_a_child_registered_on_it_names_its_envelope(project:
     manifest = target.store.manifest(parent.id)
     assert manifest["attestation"]["file"] == FILE and manifest["validation"]["junit_sha256"]
     assert target.verify_image(parent.id)["verified"] is True
+    assert manifest["compliance"]["ok"] is True
+    assert any(c["what"] == "compliance" and c["ok"] for c in target.verify_image(parent.id)["checks"])
 
     base = target.resolve_base(Reporter(quiet=True), parent)  # verifies the parent first
     job, checked = _finished_build(target, "web", base, parent, b"child bytes")
@@ -353,3 +356,59 @@ def test_another_machines_key_is_as_good_as_unsigned_where_unsigned_is_allowed(p
     set_trust(project, "  unsigned: deny\n")
     line = refusal(cli(project, home, "verify", "base-1"))
     assert "signed by a key not trusted (" in line, line
+
+
+def _audit(ok: bool) -> dict[str, Any]:
+    return {"scanner": "lynis", "version": "3.0.8", "groups": ["ssh"], "score": 55, "min_score": 60,
+            "must_pass": [], "ok": ok, "failures": [] if ok else ["compliance: lynis hardening index 55 is under "
+                                                                   "the minimum 60"],
+            "warnings": [], "suggestions": [{"test": "SSH-7408", "text": "Consider hardening", "details": "-"}],
+            "report": "lynis-report.dat", "report_sha256": "e" * 64}
+
+
+def test_the_audit_verdict_is_signed_and_a_failed_one_refused(project: Path, home: Path) -> None:
+    """A validated image whose signed statement records a failed compliance audit (a store
+    edited to say `validated`) is refused at verify and promote, one line naming the audit."""
+    make_image(project, "base-1", audit=_audit(True))
+    doc = json.loads(cli(project, home, "verify", "base-1", "--json").stdout)
+    [check] = [c for c in doc["checks"] if c["what"] == "compliance"]
+    assert check == {"what": "compliance", "ok": True, "detail": "lynis hardening index 55, minimum 60: passed"}
+    make_image(project, "base-2", audit=_audit(False))
+    line = refusal(cli(project, home, "verify", "base-2"))
+    assert line.startswith("error: image base-2 (base): attestation compliance"), line
+    assert "lynis hardening index 55, minimum 60: failed" in line
+    assert refusal(cli(project, home, "promote", "--image-id", "base-2", "--channel", "stable")) == line
+
+
+def _readme_block(after: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("```sh\n", text.index(after)) + len("```sh\n")
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.parametrize("recipe", ["**Verifying a copied attestation without the toolkit.**",
+                                    "**With openssl alone.**"])
+def test_the_readme_recipes_verify_a_copied_attestation(project: Path, home: Path, tmp_path: Path,
+                                                        recipe: str) -> None:
+    """The README's commands, run as written in a directory holding only the copied files,
+    accept the real envelope and refuse a tampered one."""
+    import shutil
+    import subprocess
+
+    make_image(project, "base-1")
+    here = tmp_path / "copied"
+    here.mkdir()
+    shutil.copy(store_dir_of(home) / "images" / "base-1" / FILE, here / FILE)
+    shutil.copy(store_dir_of(home) / "images" / "base-1" / "disk.qcow2", here / "disk.qcow2")
+    shutil.copy(home / "keys" / "local.ed25519.pub", here / "local.ed25519.pub")
+    script = _readme_block(recipe)
+    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
+    ok = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=here, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    digest = sha256_file(here / "disk.qcow2")
+    assert ok.stdout.count(digest) >= 2, ok.stdout  # the statement's digest, and sha256sum's
+    doc = json.loads((here / FILE).read_text())
+    doc["payload"] = doc["payload"][:-8] + ("A" * 8 if not doc["payload"].endswith("A" * 8) else "B" * 8)
+    (here / FILE).write_text(json.dumps(doc))
+    bad = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=here, capture_output=True, text=True, env=env)
+    assert bad.returncode != 0, bad.stdout
