@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,7 @@ PROGRAM = Path("/usr/sbin/lynis")
 SHARE = Path("/usr/share/lynis")  # include/ and db/
 DEFAULT_PROFILE = Path("/etc/lynis/default.prf")
 HINT = "apt-get install lynis (the compliance audit's scanner, Debian's package)"
-REMOTE = "/tmp/goldenimage-audit"
-REPORT = f"{REMOTE}/report.dat"
-LOG = f"{REMOTE}/lynis.log"
+REMOTE = "/tmp/goldenimage-audit"  # in the audited machine (the validation boot's overlay)
 
 PROFILE_SETTINGS = (
     "colors=no", "error-on-warnings=no", "machine-role=server", "pause-between-tests=0", "quick=yes",
@@ -114,41 +113,50 @@ def bundle(groups: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def audit_command(groups: list[str]) -> str:
-    """The guest's command (run as root): unpack the tarball from stdin, audit the chosen
-    groups, print the report; the log is read after."""
-    audit = (f"cd {REMOTE} && ./lynis audit system --usecwd --no-colors --quick --quiet "
-             f"--profile {REMOTE}/audit.prf --plugindir {REMOTE}/plugins "
-             f"--tests-from-group {shlex.quote(' '.join(groups))} "
-             f"--report-file {REPORT} --logfile {LOG} >{REMOTE}/out.txt 2>&1")
-    script = (f"rm -rf {REMOTE} && mkdir -m 0700 {REMOTE} && tar -xzf - -C {REMOTE} && "
-              f"{{ {audit}; code=$?; }}; "
-              f"if [ -s {REPORT} ]; then cat {REPORT}; else tail -n 5 {REMOTE}/out.txt >&2; exit 3; fi; "
-              f"exit $code")
-    return "sudo -n sh -c " + shlex.quote(script)
+def audit_script(groups: list[str], where: str = REMOTE) -> str:
+    """The shell script the audited machine runs as root: unpack the tarball from stdin into
+    `where`, audit the chosen groups, print the report on stdout (exit 3 and Lynis's last
+    lines on stderr when it wrote none); the log stays in `where`."""
+    report, log, q = f"{where}/report.dat", f"{where}/lynis.log", shlex.quote
+    audit = (f"cd {q(where)} && ./lynis audit system --usecwd --no-colors --quick --quiet "
+             f"--profile {q(where + '/audit.prf')} --plugindir {q(where + '/plugins')} "
+             f"--tests-from-group {q(' '.join(groups))} "
+             f"--report-file {q(report)} --logfile {q(log)} >{q(where + '/out.txt')} 2>&1")
+    return (f"rm -rf {q(where)} && mkdir -m 0700 {q(where)} && tar -xzf - -C {q(where)} && "
+            f"{{ {audit}; code=$?; }}; "
+            f"if [ -s {q(report)} ]; then cat {q(report)}; else tail -n 5 {q(where + '/out.txt')} >&2; exit 3; fi; "
+            f"exit $code")
+
+
+# runs a root shell script on the audited machine, with bytes on its stdin
+Execute = Callable[[str, bytes], "subprocess.CompletedProcess[bytes]"]
 
 
 def run(ssh_config: Path, host: str, groups: list[str], *, timeout: float = 1800) -> Run:
     """Audit the machine behind `host` of `ssh_config` (its user may sudo without a
     password, as the validation user does). OperationFailed, naming what the guest said,
     when Lynis could not produce a report."""
-    payload = bundle(groups)
-    started = time.monotonic()
-
-    def ssh(command: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    def ssh(script: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
         try:
-            return subprocess.run(["ssh", "-F", str(ssh_config), host, command], input=data,
-                                  capture_output=True, timeout=timeout)
+            return subprocess.run(["ssh", "-F", str(ssh_config), host, "sudo -n sh -c " + shlex.quote(script)],
+                                  input=data, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise OperationFailed(f"the lynis audit on the image took over {timeout:.0f}s") from None
 
-    res = ssh(audit_command(groups), payload)
+    return run_with(ssh, groups)
+
+
+def run_with(execute: Execute, groups: list[str], where: str = REMOTE) -> Run:
+    """`run` through any root shell on the audited machine (`execute`)."""
+    payload = bundle(groups)
+    started = time.monotonic()
+    res = execute(audit_script(groups, where), payload)
     if res.returncode != 0 or not res.stdout.strip():
         said = res.stderr.decode(errors="replace").strip().splitlines()
         raise OperationFailed(f"the lynis audit on the image failed (exit {res.returncode}): "
                               f"{' / '.join(said[-3:]) or 'no report'}")
     seconds = time.monotonic() - started
-    log = ssh(f"sudo -n cat {LOG}").stdout.decode(errors="replace")
+    log = execute(f"cat {shlex.quote(where + '/lynis.log')}", b"").stdout.decode(errors="replace")
     return Run(res.stdout.decode(errors="replace"), log, round(seconds, 1), version())
 
 
