@@ -433,7 +433,7 @@ class LocalTarget(Target):
         job.finished = True
         return {"image_id": record.id, "status": record.status,
                 "artifact": str(self.store.image_dir(record.id) / record.artifact),
-                **({} if checked.ok else {"failures": manifest["validation"]["failures"]})}
+                **({} if checked.ok else {"failures": list(checked.failures)})}
 
     def quarantined(self, result: Result) -> str:
         return f"quarantined at {self.store.image_dir(result['image_id'])}"
