@@ -26,8 +26,8 @@ GROUPS = (
     "tooling", "usb", "virtualization", "webservers",
 )
 # the default scope: what an image's own configuration decides (sshd, accounts and PAM,
-# shells), at a cost a TCG boot can afford: ~51 s measured (bench/README has each group's
-# cost; kernel_hardening adds ~17 s)
+# shells), at a cost a TCG boot can afford: 51-58 s measured (bench/README has each group's
+# cost; kernel_hardening adds ~18 s)
 DEFAULT_GROUPS = ("ssh", "authentication", "shells")
 
 
@@ -120,7 +120,7 @@ def top(audit: Audit, n: int = 5) -> list[str]:
         details = grouped.setdefault((f.kind, f.test, f.text), [])
         if f.details and f.details != "-":
             details.append(f.details)
-    return [f"{kind} {test}: {text}" + (f" ({'; '.join(details)})" if details else "")
+    return [Finding(test, kind, text, "; ".join(details)).line()
             for (kind, test, text), details in list(grouped.items())[:n]]
 
 
