@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,14 @@ class LocalTarget(Target):
         lynis.version()
         accel = qemu.choose_accelerator(self.env.settings.qemu.accelerator, disk, base_cache_dir(), reporter)
         with store.workspace() as ws, reporter.phase("validate", f"boot {image_id} and run the image checks"):
-            suite, _, _, boot, audit = validate_disk(self.env, disk, accel, {
+            done = validate_disk(self.env, disk, accel, {
                 "image_name": rec.name, "image_id": rec.id, "fingerprint": rec.fingerprint,
                 "build_time": manifest["created"],
             }, ws, reporter)
-        ok = suite.ok and audit["ok"]
-        return {"image_id": image_id, "status": rec.status, "ok": ok, "checks": suite.as_dict(),
-                "compliance": audit, "durations": reporter.durations, "boot": boot, "exit_code": 0 if ok else 1}
+        ok = done.suite.ok and done.audit["ok"]
+        return {"image_id": image_id, "status": rec.status, "ok": ok, "checks": done.suite.as_dict(),
+                "compliance": done.audit, "durations": reporter.durations, "boot": done.boot,
+                "exit_code": 0 if ok else 1}
 
     # -- trust -------------------------------------------------------------------------------
     def evidence(self, image_id: str, registry: ImageRegistry | None = None) -> trust.Evidence:
@@ -374,19 +376,20 @@ class LocalTarget(Target):
     def validate(self, job: Job, reporter: Reporter) -> Checked:
         image_dir = job.ws / "image"
         with reporter.phase("validate", "boot the final image, run the image checks and the compliance audit"):
-            suite, packages, sources, boot, audit = validate_disk(
+            done = validate_disk(
                 self.env, image_dir / "disk.qcow2", job.base.details["accelerator"], job.image.facts(),
                 job.ws / "validate", reporter)
-            shutil.copy2(suite.junit, image_dir / "junit.xml")
+            shutil.copy2(done.suite.junit, image_dir / "junit.xml")
             for kept in (lynis.REPORT_FILE, lynis.LOG_FILE):
                 shutil.copy2(job.ws / "validate" / kept, image_dir / kept)
             timings = job.artifacts.setdefault("timings", {})
-            timings.setdefault("boot", {})["validation"] = boot
-            timings["compliance_seconds"] = audit["seconds"]
+            timings.setdefault("boot", {})["validation"] = done.boot
+            timings["compliance_seconds"] = done.audit["seconds"]
             atomic_write_json(image_dir / TIMINGS, timings)
-        failures = list(suite.as_dict().get("failures", [])) + list(audit["failures"])
-        return Checked(suite.ok and audit["ok"], failures,
-                       {"suite": suite, "packages": packages, "apt_sources": sources, "compliance": audit})
+        failures = list(done.suite.as_dict().get("failures", [])) + list(done.audit["failures"])
+        return Checked(done.suite.ok and done.audit["ok"], failures,
+                       {"suite": done.suite, "packages": done.packages, "apt_sources": done.sources,
+                        "compliance": done.audit})
 
     def register(self, job: Job, checked: Checked, reporter: Reporter) -> Result:
         env, img, ws = self.env, job.image, job.ws
@@ -462,15 +465,28 @@ def check_templates(env: Environment, name: str, tools: Tools) -> None:
         tools.packer.validate(staged, var_file, "qemu.local", rel_to=env.root, work=work)
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What one validation boot found (`validate_disk`): the suite's result, the packages
+    and apt sources read from the running image, the boot's own account
+    (`timing.boot_analysis`, with when SSH answered) and the audit's manifest entry
+    (`lynis.audit_image`)."""
+
+    suite: testinfra.SuiteResult
+    packages: list[drift.Installed]
+    sources: list[drift.Source]
+    boot: dict[str, Any]
+    audit: dict[str, Any]
+
+
 def validate_disk(
     env: Environment, disk: Path, accel: str, expect: dict[str, Any], work: Path, reporter: Reporter
-) -> tuple[testinfra.SuiteResult, list[drift.Installed], list[drift.Source], dict[str, Any], dict[str, Any]]:
+) -> Validation:
     """Boot `disk` through an overlay with a fresh key and run the image's suite directories
     (`Environment.suites` of expect["image_name"]) against it; read its packages and apt
     sources while it runs, then audit it (`Environment.compliance`; lynis's report and log
-    are left in `work`). Also returns the boot's own account (`timing.boot_analysis`, with
-    when SSH answered) and the audit's manifest entry: the checks and the SBOM read see the
-    image before the scanner is brought in, and the overlay takes it away."""
+    are left in `work`). The checks and the SBOM read see the image before the scanner is
+    brought in, and the overlay takes it away."""
     q = env.settings.qemu
     suites = env.suites(expect["image_name"])
     note = env.suite_note(expect["image_name"])
@@ -487,7 +503,7 @@ def validate_disk(
         audit = lynis.audit_image(vm.ssh_config, vm.host, env.compliance(expect["image_name"]), work, reporter)
     for line in timing.boot_lines("validation", vm.boot, top=3):
         reporter.info(f"    {line}")
-    return suite, packages, sources, vm.boot, audit
+    return Validation(suite, packages, sources, vm.boot, audit)
 
 
 def _run(vm: qemu.Vm, command: str) -> tuple[int, str, str]:
