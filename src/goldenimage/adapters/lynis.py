@@ -84,8 +84,14 @@ def profile(groups: list[str]) -> str:
 def bundle(groups: list[str]) -> bytes:
     """A gzipped tarball of the scanner laid out as Lynis runs it from its own directory
     (`--usecwd`): lynis, include/, db/, an empty plugins/ and the short profile, owned by
-    root and not writable by others (Lynis refuses include files that are)."""
+    root and not writable by others (Lynis refuses include files that are). MissingToolError
+    when the program is not there (`version`)."""
     version()
+    return _tarball(groups)
+
+
+def _tarball(groups: list[str]) -> bytes:
+    """`bundle` once the program is known to be there (`version` read it)."""
     for need in (SHARE / "include", SHARE / "db", DEFAULT_PROFILE):
         if not need.exists():
             raise MissingToolError(f"lynis is incomplete: {need} is missing: {HINT}")
@@ -148,7 +154,8 @@ def run(ssh_config: Path, host: str, groups: list[str], *, timeout: float = 1800
 
 def run_with(execute: Execute, groups: list[str], where: str = REMOTE) -> Run:
     """`run` through any root shell on the audited machine (`execute`)."""
-    payload = bundle(groups)
+    scanner = version()  # read once: it checks the program is there, and the Run records it
+    payload = _tarball(groups)
     started = time.monotonic()
     res = execute(audit_script(groups, where), payload)
     if res.returncode != 0 or not res.stdout.strip():
@@ -157,7 +164,7 @@ def run_with(execute: Execute, groups: list[str], where: str = REMOTE) -> Run:
                               f"{' / '.join(said[-3:]) or 'no report'}")
     seconds = time.monotonic() - started
     log = execute(f"cat {shlex.quote(where + '/lynis.log')}", b"").stdout.decode(errors="replace")
-    return Run(res.stdout.decode(errors="replace"), log, round(seconds, 1), version())
+    return Run(res.stdout.decode(errors="replace"), log, round(seconds, 1), scanner)
 
 
 REPORT_FILE = "lynis-report.dat"  # kept with the image, beside junit.xml
