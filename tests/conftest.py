@@ -83,15 +83,15 @@ def use_file_base(project: Path, env: str, tmp_path: Path) -> None:
     settings.write_text(text)
 
 
-def put_validated(store_root: Path, image_id: str, fingerprint: str, env: str = "local", name: str = "web",
+def put_validated(store_root: Path | Any, image_id: str, fingerprint: str, env: str = "local", name: str = "web",
                   *, artifact_sha256: bool = False) -> Path:
-    """Register a validated image (`web` by default) in a local store, as a finishing bake
-    would (with `artifact_sha256`, its manifest records its disk's hash, as a bake's does);
-    returns its disk."""
+    """Register a validated image (`web` by default) in a local store (its directory, or a
+    `LocalStore` on shared state), as a finishing bake would (with `artifact_sha256`, its
+    manifest records its disk's hash, as a bake's does); returns its disk."""
     from goldenimage.fsutil import sha256_file
     from goldenimage.store import ImageRecord, LocalStore
 
-    store = LocalStore(store_root)
+    store = store_root if isinstance(store_root, LocalStore) else LocalStore(store_root)
     with store.workspace() as ws:
         (ws / "image").mkdir()
         disk = ws / "image" / "disk.qcow2"

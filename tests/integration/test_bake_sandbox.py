@@ -41,14 +41,26 @@ def invoke(project: Path, env: dict[str, str], *args: str) -> subprocess.Complet
                           capture_output=True, text=True, timeout=300)
 
 
+def sandbox_store(project: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> LocalStore:
+    """The sandbox environment's store as its commands see it: the catalog in the bucket the
+    sandbox serves (the shipped settings' `state:`), the files under the home."""
+    from goldenimage.settings import load_environment
+    from goldenimage.targets import target_for
+
+    monkeypatch.setenv("GOLDENIMAGE_HOME", env["GOLDENIMAGE_HOME"])
+    store: LocalStore = target_for(load_environment("sandbox", project)).store  # type: ignore[attr-defined]
+    assert store.shared is not None and "goldenimage-state" in store.where
+    return store
+
+
 def test_local_image_registered_once_and_never_reused_after_revocation(
-    sandbox_env: tuple[Path, dict[str, str]], tmp_path: Path
+    sandbox_env: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project, env = sandbox_env
     fp = json.loads(invoke(project, env, "fingerprint", "--env", "sandbox", "--json").stdout)
     fingerprint = {r["image"]: r["fingerprint"] for r in fp["images"]}["base"]  # base has no parent
-    store = LocalStore(tmp_path / "home" / "store")
-    put_validated(store.root, "base-local-1", fingerprint, env="sandbox", name="base")  # a finished bake
+    store = sandbox_store(project, env, monkeypatch)
+    put_validated(store, "base-local-1", fingerprint, env="sandbox", name="base")  # a finished bake
 
     first = invoke(project, env, "bake", "--env", "sandbox", "--image", "base", "--json")
     assert first.returncode == 0, first.stderr
@@ -90,10 +102,9 @@ def test_a_sandbox_child_takes_its_parent_as_the_sandbox_has_it(
     from goldenimage.targets import target_for
 
     project, env = sandbox_env
-    monkeypatch.setenv("GOLDENIMAGE_HOME", env["GOLDENIMAGE_HOME"])
-    store = LocalStore(tmp_path / "home" / "store")
+    store = sandbox_store(project, env, monkeypatch)
     for i in (1, 2):
-        put_validated(store.root, f"base-local-{i}", str(i) * 64, env="sandbox", name="base")
+        put_validated(store, f"base-local-{i}", str(i) * 64, env="sandbox", name="base")
     target = target_for(load_environment("sandbox", project))
     ami = {i: target._register_remote(store.get(f"base-local-{i}"), Reporter(quiet=True))["image_id"]  # type: ignore[attr-defined]
            for i in (1, 2)}

@@ -3,7 +3,12 @@
 `sandbox_up` starts `goldenimage.sandbox.server` as a detached process on 127.0.0.1,
 records it in `data_home()/sandbox/<env>.json` (written atomically), and seeds it from the
 environment's `extra.sandbox.seed`. A second `up` finds it running and reports its status.
-`sandbox_status` shows it; `sandbox_down` stops it and removes the state. Every AWS-side
+The record is also left in the sandbox itself (bucket `goldenimage-sandbox`): with a fixed
+`extra.sandbox.port`, `up` from another home on this host finds the server there and
+attaches to it (its AWS API and the environment's shared state, `state:` without an
+endpoint, which `up` makes in the sandbox), as a second machine shares a team's AWS account
+and bucket. `sandbox_status` shows it; `sandbox_down` stops it and removes the state (from
+an attached home: lets go of it only). Every AWS-side
 command of a `target: sandbox` environment reaches it through its target (`sandbox.target`).
 The package holds everything of the sandbox target: its server (`server`), the seeded
 fleet (`seed`) and the target itself (`target`); nothing else loads moto.
@@ -43,6 +48,7 @@ from .seed import fleet_counts, seed_fleet, vendor_amis
 Result = dict[str, Any]
 STATE_VERSION = 1
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
+META_BUCKET = "goldenimage-sandbox"  # each environment's sandbox record, for homes that attach
 
 
 def sandbox_dir() -> Path:
@@ -111,6 +117,56 @@ def sandbox_context(state: dict[str, Any], max_attempts: int = 5) -> AwsContext:
         max_attempts=max_attempts,
         credentials=dict(SANDBOX_CREDENTIALS),
     )
+
+
+def state_bucket(env: Environment, state: dict[str, Any]) -> str | None:
+    """Make the bucket of the environment's shared state in its sandbox (`state:` without
+    `endpoint_url`: the sandbox's moto server serves it) if it is not there yet; its name,
+    or None when the environment keeps its state elsewhere."""
+    spec = env.settings.state
+    if spec is None or spec.endpoint_url is not None:
+        return None
+    s3 = _sandbox_s3(state)
+    try:
+        s3.head_bucket(Bucket=spec.bucket)
+    except Exception:  # 404: a sandbox started before the settings named it, or a fresh one
+        region = str(state["region"])
+        s3.create_bucket(Bucket=spec.bucket, **({} if region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}))
+        s3.put_bucket_versioning(Bucket=spec.bucket, VersioningConfiguration={"Status": "Enabled"})
+    return spec.bucket
+
+
+def _sandbox_s3(state: dict[str, Any]) -> Any:
+    from ..state.bucket import s3_client
+
+    return s3_client(str(state["region"]), str(state["endpoint"]), credentials=dict(SANDBOX_CREDENTIALS))
+
+
+def _publish(state: dict[str, Any]) -> None:
+    """Leave the sandbox's record in the sandbox itself, so that another home on this host
+    (another user, a CI job's own home) can attach to it (`_attach`)."""
+    s3 = _sandbox_s3(state)
+    with contextlib.suppress(Exception):  # made by an earlier publish of this server
+        s3.create_bucket(Bucket=META_BUCKET)
+    s3.put_object(Bucket=META_BUCKET, Key=f"{state['env']}.json", Body=json.dumps(state).encode())
+
+
+def _attach(env: Environment, host: str, port: int) -> dict[str, Any] | None:
+    """The record of this environment's sandbox that another home started on `host:port`
+    (a fixed `extra.sandbox.port`), or None when what answers there is not one."""
+    endpoint = f"http://{host}:{port}"
+    if not _answers(endpoint):
+        return None
+    try:
+        got = _sandbox_s3({"region": env.region, "endpoint": endpoint}).get_object(
+            Bucket=META_BUCKET, Key=f"{env.name}.json")
+        state: dict[str, Any] = json.loads(got["Body"].read())
+    except Exception:
+        return None
+    if state.get("endpoint") != endpoint or not state.get("seeded") or not probe(state)["answers"]:
+        return None
+    return {**state, "attached": True}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -252,6 +308,12 @@ def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = N
             if alive["process"]:
                 _stop_pid(int(state["pid"]))
             state_path(e.name).unlink(missing_ok=True)
+        attached = None if _port_free(sb.host, sb.port) else _attach(e, sb.host, sb.port)
+        if attached is not None:
+            atomic_write_json(state_path(e.name), attached)
+            rep.info(f"sandbox {e.name!r}: attached to the one another home started at {attached['endpoint']} "
+                     f"(pid {attached['pid']}); its AWS API and its shared state are this home's too")
+            return {**_status_result(e, attached), "started_now": False, "attached": True}
         if not _port_free(sb.host, sb.port):
             raise ConfigError(
                 f"inventories/{e.name}/{SETTINGS_FILE}: field extra.sandbox.port: "
@@ -279,11 +341,16 @@ def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = N
                 clients = Clients(sandbox_context(state, aws.max_attempts))
                 with aws_errors(clients):
                     seeded = seed_fleet(clients, sb.seed, env=e.name, reporter=rep)
+                    bucket = state_bucket(e, state)
+                if bucket is not None:
+                    seeded = {**seeded, "state_bucket": bucket}
+                    rep.info(f"shared state in s3://{bucket} (it lives as long as the sandbox)")
+                state = {**state, "seeded": True, "seed": seeded}
+                _publish(state)
         except BaseException:
             _stop_pid(proc.pid)
             state_path(e.name).unlink(missing_ok=True)
             raise
-        state = {**state, "seeded": True, "seed": seeded}
         atomic_write_json(state_path(e.name), state)
     return {**_status_result(e, state), "started_now": True}
 
@@ -325,6 +392,11 @@ def sandbox_down(env: str | Environment = "sandbox", reporter: Reporter | None =
                 "note": "no sandbox was running",
             }
         pid = int(state.get("pid", 0) or 0)
+        if state.get("attached"):  # another home's server: this home lets go of it, it runs on
+            state_path(e.name).unlink(missing_ok=True)
+            rep.info(f"sandbox {e.name!r}: detached from {state.get('endpoint')} (pid {pid}, another home's)")
+            return {"env": e.name, "stopped": False, "detached": True, "running": False, "pid": pid,
+                    "endpoint": state.get("endpoint")}
         gone = _stop_pid(pid) if pid else True
         if not gone:
             raise OperationFailed(
@@ -353,7 +425,7 @@ def human_status(result: Result) -> list[str]:
         if result.get("hint"):
             lines.append(f"  {result['hint']}")
         return lines
-    verb = "started" if result.get("started_now") else "running"
+    verb = "started" if result.get("started_now") else "attached" if result.get("attached") else "running"
     lines = [
         f"sandbox {result['env']!r} {verb}: {result['endpoint']} "
         f"(pid {result['pid']}, region {result['region']})",
@@ -370,6 +442,8 @@ def human_status(result: Result) -> list[str]:
 
 
 def human_down(result: Result) -> list[str]:
+    if result.get("detached"):
+        return [f"sandbox {result['env']!r}: detached (pid {result['pid']} runs on for the home that started it)"]
     if result.get("stopped"):
         return [f"sandbox {result['env']!r} stopped (pid {result['pid']})"]
     return [f"sandbox {result['env']!r}: {result.get('note', 'not running')}"]

@@ -26,10 +26,11 @@ from ..locks import Lock
 from ..models import REVOKED, VALIDATED, ImageRecord
 from ..progress import Reporter
 from ..settings import Environment
+from ..state import Backend
 from ..store import LocalStore
 from ..targets import Checked, GcWorld, ImageRegistry, Job, Result
 from ..targets.local import LocalTarget
-from . import running_state, sandbox_context
+from . import SANDBOX_CREDENTIALS, running_state, sandbox_context, state_bucket
 
 
 class SandboxCheck:
@@ -142,6 +143,19 @@ class SandboxTarget(LocalTarget, AwsSide):
 
     def gc_remove_leftover(self, decision: retention.Decision) -> Result:
         return AwsSide.gc_remove_leftover(self, decision)
+
+    def shared_state(self) -> Backend | None:
+        """`state:` naming no endpoint: the bucket is the sandbox's own (its moto server serves
+        S3 too), reached with the sandbox's endpoint and credentials; ConfigError when the
+        sandbox is not running."""
+        spec = self.env.settings.state
+        if self._shared is False and spec is not None and spec.endpoint_url is None:
+            from ..state.bucket import open_backend
+
+            state = running_state(self.env)
+            state_bucket(self.env, state)
+            self._shared = open_backend(self.env, str(state["endpoint"]), dict(SANDBOX_CREDENTIALS))
+        return super().shared_state()
 
     def aws_context(self) -> AwsContext:
         # ConfigError when the environment's sandbox is not running

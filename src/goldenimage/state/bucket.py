@@ -17,13 +17,14 @@ CLAIM = "environment.json"  # at the prefix: which environment's state this is
 
 
 def s3_client(region: str, endpoint_url: str | None = None, profile: str | None = None,
-              max_attempts: int = 5) -> Any:
+              max_attempts: int = 5, credentials: dict[str, str] | None = None) -> Any:
     """A boto3 S3 client: botocore's standard retries (resets, throttling, 5xx), path-style
-    addressing for an S3-compatible endpoint."""
+    addressing for an S3-compatible endpoint; `credentials` (access key and secret) instead
+    of the usual chain where the endpoint has its own (the sandbox's)."""
     import boto3
     from botocore.config import Config
 
-    session = boto3.session.Session(profile_name=profile, region_name=region)
+    session = boto3.session.Session(profile_name=profile, region_name=region, **(credentials or {}))
     config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
                     s3={"addressing_style": "path"} if endpoint_url else {})
     return session.client("s3", endpoint_url=endpoint_url, config=config)
@@ -58,24 +59,29 @@ def describe_failure(exc: Exception, where: str, bucket: str, endpoint: str | No
     return None
 
 
-def open_backend(env: Environment) -> BucketBackend | None:
+def open_backend(env: Environment, endpoint_url: str | None = None,
+                 credentials: dict[str, str] | None = None) -> BucketBackend | None:
     """The environment's bucket backend, or None without `state:`. ConfigError (exit 2, one
     line) when the bucket does not exist, no credentials are found, the endpoint does not
-    answer, or the prefix already holds another environment's state."""
+    answer, or the prefix already holds another environment's state. `endpoint_url` and
+    `credentials`: where the settings name no endpoint and the target has one of its own
+    (a sandbox's bucket is served by its moto server)."""
     spec = env.settings.state
     if spec is None:
         return None
     where = f"{env.rel(env.settings_file)}: field state"
     prefix = spec.prefix or env.name
+    endpoint = spec.endpoint_url or endpoint_url
     try:
-        s3 = s3_client(spec.region or env.region, spec.endpoint_url, spec.profile)
+        s3 = s3_client(spec.region or env.region, endpoint, spec.profile,
+                       credentials=None if spec.endpoint_url else credentials)
         s3.head_bucket(Bucket=spec.bucket)
         backend = BucketBackend(s3, spec.bucket, prefix)
         claim(backend, env.name, env.settings.target, where)
     except ConfigError:
         raise
     except Exception as exc:
-        err = describe_failure(exc, where, spec.bucket, spec.endpoint_url)
+        err = describe_failure(exc, where, spec.bucket, endpoint)
         if err is None:
             raise
         raise err from None

@@ -129,7 +129,11 @@ class Target(ABC):
     def __init__(self, env: Environment) -> None:
         self.env = env
         self._shared: Backend | bool | None = False  # False: not opened yet
-        self.bases: SharedBases | None = None  # base disks in the shared state (targets that build them)
+
+    @property
+    def bases(self) -> SharedBases | None:
+        """The base disks in the shared state (targets that build them)."""
+        return None
 
     def shared_state(self) -> Backend | None:
         """The environment's shared state (`state:`): where bake, nightly and gc take their

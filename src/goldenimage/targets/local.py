@@ -14,6 +14,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,16 @@ class LocalTarget(Target):
     name = "local"
     gc_applies = True
 
-    def __init__(self, env: Environment) -> None:
-        super().__init__(env)
-        self.store = LocalStore(store_dir(), self.shared_state())
+    # opened on first use, not with the target: the shared state may need a server that a
+    # command which reads no image (a sandbox's name patterns) does not ask for
+    @cached_property
+    def store(self) -> LocalStore:
+        return LocalStore(store_dir(), self.shared_state())
+
+    @cached_property
+    def bases(self) -> baseimage.SharedBases | None:
         shared = self.store.shared
-        self.bases = baseimage.SharedBases(shared) if shared is not None else None
+        return baseimage.SharedBases(shared) if shared is not None else None
 
     # -- registry ----------------------------------------------------------------------------
     def registry(self) -> ImageRegistry:
