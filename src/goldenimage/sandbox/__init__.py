@@ -308,17 +308,17 @@ def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = N
             if alive["process"]:
                 _stop_pid(int(state["pid"]))
             state_path(e.name).unlink(missing_ok=True)
-        attached = None if _port_free(sb.host, sb.port) else _attach(e, sb.host, sb.port)
-        if attached is not None:
+        if not _port_free(sb.host, sb.port):  # another home's sandbox of this environment, or not ours
+            attached = _attach(e, sb.host, sb.port)
+            if attached is None:
+                raise ConfigError(
+                    f"inventories/{e.name}/{SETTINGS_FILE}: field extra.sandbox.port: "
+                    f"port {sb.port} on {sb.host} is in use (use 0 for a free port)"
+                )
             atomic_write_json(state_path(e.name), attached)
             rep.info(f"sandbox {e.name!r}: attached to the one another home started at {attached['endpoint']} "
                      f"(pid {attached['pid']}); its AWS API and its shared state are this home's too")
             return {**_status_result(e, attached), "started_now": False, "attached": True}
-        if not _port_free(sb.host, sb.port):
-            raise ConfigError(
-                f"inventories/{e.name}/{SETTINGS_FILE}: field extra.sandbox.port: "
-                f"port {sb.port} on {sb.host} is in use (use 0 for a free port)"
-            )
         with rep.phase("sandbox", f"starting a moto server on {sb.host}"):
             proc, info, log = _start_server(sb.host, sb.port, e.name, sb.start_timeout)
             endpoint = f"http://{sb.host}:{info['port']}"
