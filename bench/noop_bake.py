@@ -49,6 +49,7 @@ def make_home(home: Path, artifact_mib: int) -> dict[str, Any]:
     os.environ["GOLDENIMAGE_ROOT"] = str(ROOT)
     import io
     import platform
+    from types import SimpleNamespace
 
     from goldenimage import fingerprint
     from goldenimage.adapters import baseimage, proc, qemu
@@ -92,11 +93,18 @@ def make_home(home: Path, artifact_mib: int) -> dict[str, Any]:
                                    "channel": None}} if parent else {}
             rec = ImageRecord(id=img.id, name=name, env=env.name, fingerprint=img.fingerprint,
                               created=img.build_time, status="validated", artifact="disk.qcow2", extra=ancestry)
-            store.put(rec, {"id": img.id, "name": name, "env": env.name, "fingerprint": img.fingerprint,
-                            "fingerprint_inputs": fingerprint.as_manifest(inputs), "created": img.build_time,
-                            "status": "validated", "artifact": "disk.qcow2",
-                            "artifact_sha256": sha256_file(files / "disk.qcow2"), **ancestry,
-                            "durations": DURATIONS[name]}, files)
+            manifest = {"id": img.id, "name": name, "env": env.name, "fingerprint": img.fingerprint,
+                        "fingerprint_inputs": fingerprint.as_manifest(inputs), "created": img.build_time,
+                        "status": "validated", "artifact": "disk.qcow2",
+                        "artifact_sha256": sha256_file(files / "disk.qcow2"), **ancestry,
+                        "validation": {"status": "validated", "passed": 1, "failed": 0, "errors": 0, "skipped": 0,
+                                       "failures": []},
+                        "durations": DURATIONS[name]}
+            # signed as a bake's register signs (the home's key, made on first use): a child's
+            # bake verifies its parent's attestation
+            job = SimpleNamespace(image=SimpleNamespace(id=img.id, name=name), parent=parent)
+            target._sign(job, manifest, files, reporter)  # type: ignore[attr-defined]
+            store.put(rec, manifest, files)
         parent = store.get(img.id)
         made[name] = img.id
         time.sleep(1.1)  # ids carry the second they were made

@@ -141,8 +141,8 @@ class TrustSettings(_Model):
     A key is a file path (a local Ed25519 key; relative: to the project root; `~` expanded)
     or `kms:<key id, ARN or alias>` (an AWS KMS ECC_NIST_P256 key, aws and sandbox targets).
     An environment without `trust:` signs with its own key under the toolkit's home
-    (`keys/<env>.ed25519`, made on first use), trusts that key, and admits images without
-    an attestation (made before attestations were): `trust:` makes the default `deny`."""
+    (`keys/<env>.ed25519`, made on first use), trusts that key, and refuses images without
+    an attestation; `unsigned: allow` admits those (a store made before attestations)."""
 
     signing_key: str | None = Field(default=None, description="default: <home>/keys/<env>.ed25519")
     trusted_keys: list[str] = Field(default_factory=list,

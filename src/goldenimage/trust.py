@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .adapters import signing
 
 KmsClient = Callable[[], Any]  # the environment's KMS client, made when a kms: key is used
-IMPLICIT = TrustSettings(unsigned="allow")  # an environment without `trust:` (see sections.TrustSettings)
+DEFAULT_POLICY = TrustSettings()  # an environment without `trust:`: unsigned images refused
 
 
 class UntrustedImage(OperationFailed):
@@ -58,7 +58,7 @@ def envelope_digest(data: bytes | None) -> str | None:
 
 
 def policy(env: Environment) -> TrustSettings:
-    return env.settings.trust or IMPLICIT
+    return env.settings.trust or DEFAULT_POLICY
 
 
 def default_key(env: Environment) -> Path:
@@ -182,7 +182,7 @@ def verify(env: Environment, evidence: Evidence, kms: KmsClient | None = None,
     strangers = signing.signed_by_none_of(evidence.envelope, keys)
     if strangers is not None and allow:
         # no more trust than no attestation at all, which this policy admits: another machine's
-        # key (shared state without `trust:`), or a key this environment does not list
+        # key (shared state without `trusted_keys`), or a key this environment does not list
         return {"image_id": expect.image_id, "verified": False, "admitted": "unsigned: allow",
                 "checks": [{"what": "attestation", "ok": False,
                             "detail": f"signed by a key not trusted here ({', '.join(k[:16] + '…' for k in strangers)})"}]}

@@ -324,7 +324,9 @@ def test_a_fresh_runner_on_shared_state_skips_the_baked_family(shared: dict[str,
                  aws_secret_access_key="testing").create_bucket(Bucket="team-state")
     project = copy_project(tmp_path / "project")
     settings = project / "inventories" / "local" / "goldenimage.yml"
-    settings.write_text(settings.read_text() + f"state: {{bucket: team-state, endpoint_url: '{moto_endpoint}'}}\n")
+    settings.write_text(settings.read_text() + f"state: {{bucket: team-state, endpoint_url: '{moto_endpoint}'}}\n"
+                        # the runner verifies the parents the family's machine signed: it trusts that key
+                        f"trust: {{trusted_keys: ['{shared['home'] / 'keys' / 'local.ed25519.pub'}']}}\n")
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     push = run_invoke("store.push", "--json", root=project, env={**env_for(shared), **creds})
     assert push.returncode == 0, push.stderr[-3000:]
@@ -401,6 +403,13 @@ def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Pat
     push = run_invoke("store.push", "--json", root=project, env={**env_for(shared), **CREDS})
     assert push.returncode == 0, push.stderr[-3000:]
     runner = tmp_path / "runner"
+    # two machines, two keys: each trusts the other's attestations only because the settings
+    # list both public keys (without them the runner refuses the base the family home signed)
+    keys = run_invoke("keys.init", "--json", root=project, env=runner_env(runner))
+    assert keys.returncode == 0, keys.stderr
+    pubs = [shared["home"] / "keys" / "local.ed25519.pub", Path(json.loads(keys.stdout)["public_key_file"])]
+    assert all(p.is_file() for p in pubs), pubs
+    settings.write_text(settings.read_text() + f"trust: {{trusted_keys: {json.dumps([str(p) for p in pubs])}}}\n")
     made = run_invoke("image.new", "--image", "osinfo", root=project, env=runner_env(runner))
     assert made.returncode == 0, made.stderr
     play = project / "playbooks/osinfo.yml"
@@ -417,6 +426,7 @@ def test_a_new_image_with_a_vendored_role_that_reads_facts(shared: dict[str, Pat
     doc = json.loads(res.stdout)
     assert doc["status"] == "validated" and doc["parents"][0]["skipped"], doc.get("parents")
     parent = doc["parents"][0]["image_id"]
+    assert f"parent {parent}: attestation verified" in res.stderr  # signed on the family's machine
     downloaded = runner / "store" / "images" / parent / "disk.qcow2"
     assert downloaded.is_file(), sorted(str(p) for p in runner.rglob("*.qcow2"))
     family_copy = shared["home"] / "store" / "images" / parent / "disk.qcow2"

@@ -37,8 +37,11 @@ def cli(capsys: pytest.CaptureFixture[str], work: Callable[[Reporter], dict[str,
 
 
 def trust(project: Path, text: str) -> None:
+    """Replace the shipped sandbox's `trust:` section (`unsigned: allow`) with `text`."""
     path = project / "inventories" / "sandbox" / "goldenimage.yml"
-    path.write_text(path.read_text() + "\ntrust:\n" + text)
+    shipped = "\ntrust:\n  unsigned: allow\n"
+    assert shipped in path.read_text()
+    path.write_text(path.read_text().replace(shipped, "\n") + "\ntrust:\n" + text)
 
 
 def refused(capsys: pytest.CaptureFixture[str], work: Callable[[Reporter], dict[str, Any]]) -> str:

@@ -177,10 +177,15 @@ def test_a_missing_attestation_is_refused_with_a_trust_section_and_admitted_by_u
     assert json.loads(res.stdout)["attestation"] == {"verified": False, "admitted": "unsigned: allow"}
 
 
-def test_an_environment_without_trust_admits_unsigned_images_made_before(project: Path, home: Path) -> None:
+def test_an_environment_without_trust_is_strict(project: Path, home: Path) -> None:
+    """The shipped settings have no `trust:` section: an image without an attestation is
+    refused, one signed by this machine's own key verifies."""
     make_image(project, "base-1", sign=False)
-    res = cli(project, home, "verify", "base-1")
-    assert res.returncode == 0 and res.stdout.startswith("admitted unsigned: base-1"), res.stderr
+    line = refusal(cli(project, home, "verify", "base-1"))
+    assert line.startswith("error: image base-1 (base): no attestation in ") and "(trust.unsigned is deny)" in line
+    make_image(project, "base-2")
+    res = cli(project, home, "verify", "base-2")
+    assert res.returncode == 0 and res.stdout.startswith("verified: base-2"), res.stderr
 
 
 def test_bad_trust_settings_are_exit_2(project: Path, home: Path) -> None:
@@ -338,10 +343,11 @@ def test_a_quarantined_image_keeps_its_own_refusal_under_deny(project: Path, hom
 
 
 def test_another_machines_key_is_as_good_as_unsigned_where_unsigned_is_allowed(project: Path, home: Path) -> None:
-    """Shared state without `trust:`: each machine signs with its own default key. Here, an
-    image another machine signed is admitted as unsigned (the implicit policy admits those;
-    a stranger's signature grants nothing more), and said so; under `unsigned: deny` it is
-    refused naming the key; a tampered envelope of a key this machine trusts stays refused."""
+    """Shared state being moved over (`unsigned: allow`, no `trusted_keys`): each machine
+    signs with its own default key. Here, an image another machine signed is admitted as
+    unsigned (the policy admits those; a stranger's signature grants nothing more), and said
+    so; under `unsigned: deny` it is refused naming the key."""
+    set_trust(project, "  unsigned: allow\n")
     make_image(project, "base-1")  # signed by this home's default key
     key = home / "keys" / "local.ed25519"
     key.unlink()
@@ -353,7 +359,8 @@ def test_another_machines_key_is_as_good_as_unsigned_where_unsigned_is_allowed(p
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["verified"] is False and "signed by a key not trusted here" in json.dumps(doc["checks"])
-    set_trust(project, "  unsigned: deny\n")
+    settings = project / "inventories" / "local" / "goldenimage.yml"
+    settings.write_text(settings.read_text().replace("unsigned: allow", "unsigned: deny"))
     line = refusal(cli(project, home, "verify", "base-1"))
     assert "signed by a key not trusted (" in line, line
 

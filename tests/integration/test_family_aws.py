@@ -23,6 +23,7 @@ def test_a_child_ami_stands_on_its_parent_ami(moto_aws: MotoAws) -> None:
     def settings(doc: dict[str, Any]) -> None:
         doc["extra"]["aws"]["build"]["ssh_cidrs"] = ["203.0.113.7/32"]
         doc["extra"]["aws"]["deprecate_revoked"] = False  # moto has no EnableImageDeprecation
+        doc["trust"] = {"unsigned": "allow"}  # the parent AMI is registered here, unsigned
 
     moto_aws.settings(settings)
     root, ami = moto_aws.root, moto_aws.ami

@@ -111,6 +111,7 @@ FILES: dict[str, str] = {
         "  other:\n    playbook: playbooks/other.yml\n"
         "base:\n  suite: bookworm\n"
         "qemu:\n  cpus: 2\n"
+        "trust:\n  unsigned: allow\n"  # `register` puts images without an attestation
     ),
 }
 
