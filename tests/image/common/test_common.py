@@ -145,6 +145,9 @@ def test_hostname_resolves(host: Any) -> None:
         ("allowagentforwarding", "no"),
         ("compression", "no"),
         ("loglevel", "VERBOSE"),
+        ("clientaliveinterval", "300"),
+        ("clientalivecountmax", "2"),
+        ("tcpkeepalive", "no"),
     ],
 )
 def test_sshd_effective_setting(sshd_settings: dict[str, str], keyword: str, value: str) -> None:
