@@ -81,7 +81,7 @@ def machine_id(host: Any) -> str:
 # --- packages --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["openssh-server", "systemd-timesyncd", "curl"])
+@pytest.mark.parametrize("name", ["openssh-server", "systemd-timesyncd", "curl", "libpam-pwquality"])
 def test_package_installed(host: Any, name: str) -> None:
     assert host.package(name).is_installed
 
