@@ -1,7 +1,7 @@
 """Checks of the base image's own (roles base + hygiene), which its children inherit: the
-journald limits, time synchronisation, automatic upgrades off, cloud-init's first-boot
-settings and the first-boot host key unit. sshd hardening and hygiene are in
-tests/image/common/. One condition per test.
+journald limits, time synchronisation, the password rules (hashing rounds, strength checks),
+automatic upgrades off, cloud-init's first-boot settings and the first-boot host key unit. sshd
+hardening and hygiene are in tests/image/common/. One condition per test.
 
 Everything is read from inside the guest through testinfra's `host` (run with --sudo).
 """
@@ -52,6 +52,16 @@ def test_timesyncd_is_active(host: Any) -> None:
 
 def test_first_boot_host_key_unit_enabled(host: Any) -> None:
     assert host.service("base-ssh-host-keys.service").is_enabled
+
+
+@pytest.mark.parametrize(("key", "value"), [("SHA_CRYPT_MIN_ROUNDS", "5000"), ("SHA_CRYPT_MAX_ROUNDS", "50000")])
+def test_login_defs_hashing_rounds(host: Any, key: str, value: str) -> None:
+    lines = [line.split() for line in host.file("/etc/login.defs").content_string.splitlines()]
+    assert [f[1] for f in lines if len(f) == 2 and f[0] == key] == [value]
+
+
+def test_pam_checks_new_passwords_strength(host: Any) -> None:
+    assert "pam_pwquality.so" in host.file("/etc/pam.d/common-password").content_string
 
 
 def test_unattended_upgrades_absent(host: Any) -> None:

@@ -81,7 +81,7 @@ def machine_id(host: Any) -> str:
 # --- packages --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["openssh-server", "systemd-timesyncd", "curl"])
+@pytest.mark.parametrize("name", ["openssh-server", "systemd-timesyncd", "curl", "libpam-pwquality"])
 def test_package_installed(host: Any, name: str) -> None:
     assert host.package(name).is_installed
 
@@ -145,6 +145,9 @@ def test_hostname_resolves(host: Any) -> None:
         ("allowagentforwarding", "no"),
         ("compression", "no"),
         ("loglevel", "VERBOSE"),
+        ("clientaliveinterval", "300"),
+        ("clientalivecountmax", "2"),
+        ("tcpkeepalive", "no"),
     ],
 )
 def test_sshd_effective_setting(sshd_settings: dict[str, str], keyword: str, value: str) -> None:
