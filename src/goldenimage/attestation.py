@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compliance import attested
+from .compliance import attested, index_text
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -244,9 +244,8 @@ def check(doc: dict[str, Any], expect: Expect) -> Verdict:
     audit = next((b.get("annotations") or {} for b in byproducts
                   if isinstance(b, dict) and b.get("name") == COMPLIANCE), None)
     if audit is not None:  # an image validated before the audit gate records none
-        floor = f", minimum {audit.get('min_score')}" if audit.get("min_score") is not None else ""
         checks.append(Check("compliance", audit.get("ok") is True,
-                            f"{audit.get('scanner')} hardening index {audit.get('score')}{floor}: "
+                            f"{index_text(str(audit.get('scanner')), audit.get('score'), audit.get('min_score'))}: "
                             f"{'passed' if audit.get('ok') is True else 'failed'}"))
     parent = _get(doc, "predicate", "buildDefinition", "internalParameters", "parent")
     if expect.parent_id is None:

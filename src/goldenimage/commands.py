@@ -22,6 +22,7 @@ from . import channels as ch
 from . import fingerprint as fp
 from .adapters.packer import Packer
 from .build import fingerprint_extra, parent_inputs
+from .compliance import index_text
 from .errors import ConfigError
 from .models import REVOKED, VALIDATED, newest_validated
 from .progress import Reporter
@@ -188,8 +189,7 @@ def human_validate(result: Result) -> list[str]:
     lines = [f"{verdict}: {result['image_id']} ({c['passed']} passed, {c['failed']} failed, {c['errors']} errors)"]
     audit = result.get("compliance") or {}
     if audit:
-        lines.append(f"  compliance: {audit.get('scanner')} hardening index {audit.get('score')}"
-                     f"{'' if audit.get('min_score') is None else ' (minimum ' + str(audit['min_score']) + ')'}: "
+        lines.append(f"  compliance: {index_text(str(audit.get('scanner')), audit.get('score'), audit.get('min_score'))}: "
                      f"{'passed' if audit.get('ok') else 'FAILED'}")
     return lines + [f"  {f}" for f in [*c["failures"], *audit.get("failures", [])]]
 

@@ -93,6 +93,12 @@ def parse_report(text: str) -> Audit:
     )
 
 
+def index_text(scanner: str, score: Any, min_score: int | None) -> str:
+    """A hardening index as every output line says it: `lynis hardening index 75 (minimum 60)`."""
+    floor = f" (minimum {min_score})" if min_score is not None else ""
+    return f"{scanner} hardening index {score}{floor}"
+
+
 def evaluate(audit: Audit, min_score: int | None, must_pass: list[str] | tuple[str, ...]) -> list[str]:
     """What keeps the image from passing the gate, one line each (empty: it passes)."""
     failures: list[str] = []

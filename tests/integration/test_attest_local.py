@@ -379,11 +379,11 @@ def test_the_audit_verdict_is_signed_and_a_failed_one_refused(project: Path, hom
     make_image(project, "base-1", audit=_audit(True))
     doc = json.loads(cli(project, home, "verify", "base-1", "--json").stdout)
     [check] = [c for c in doc["checks"] if c["what"] == "compliance"]
-    assert check == {"what": "compliance", "ok": True, "detail": "lynis hardening index 55, minimum 60: passed"}
+    assert check == {"what": "compliance", "ok": True, "detail": "lynis hardening index 55 (minimum 60): passed"}
     make_image(project, "base-2", audit=_audit(False))
     line = refusal(cli(project, home, "verify", "base-2"))
     assert line.startswith("error: image base-2 (base): attestation compliance"), line
-    assert "lynis hardening index 55, minimum 60: failed" in line
+    assert "lynis hardening index 55 (minimum 60): failed" in line
     assert refusal(cli(project, home, "promote", "--image-id", "base-2", "--channel", "stable")) == line
 
 

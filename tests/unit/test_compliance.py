@@ -120,7 +120,7 @@ def test_verification_checks_the_audit_verdict() -> None:
     failed = attestation.check(_statement(_entry(["compliance: lynis hardening index 64 is under the minimum 70"])),
                                _expect())
     assert failed.failed is not None and failed.failed.what == "compliance"
-    assert failed.failed.detail == "lynis hardening index 64, minimum 60: failed"
+    assert failed.failed.detail == "lynis hardening index 64 (minimum 60): failed"
     # the report's digest is the byproduct's
     doc = _statement(_entry([]))
     byproduct = next(b for b in doc["predicate"]["runDetails"]["byproducts"]  # type: ignore[index]

@@ -188,8 +188,7 @@ def audit_image(ssh_config: Path, host: str, spec: ComplianceSpec, work: Path, r
     result = compliance.as_manifest(
         audit, min_score=spec.min_score, must_pass=spec.must_pass, failures=failures, report=REPORT_FILE,
         report_sha256=hashlib.sha256(done.report.encode()).hexdigest(), seconds=done.seconds)
-    floor = f" (minimum {spec.min_score})" if spec.min_score is not None else ""
-    reporter.info(f"    compliance: lynis {audit.version} hardening index {audit.score}{floor}, "
+    reporter.info(f"    compliance: {compliance.index_text(f'lynis {audit.version}', audit.score, spec.min_score)}, "
                   f"{len(audit.executed)} tests, {len(audit.warnings)} warnings, "
                   f"{len(audit.suggestions)} suggestions, {done.seconds:.1f}s")
     for line in compliance.top(audit, 5):
