@@ -146,7 +146,8 @@ class Expect:
 
     `sha256`: the local artifact's digest (already checked against its bytes); `ami`,
     `region`, `snapshots`: the AMI's; `parent_attestation`: sha256 of the envelope of the
-    parent the image was actually built on (None: it has no parent)."""
+    parent the image was actually built on (None: it has no parent); `report_sha256`: the
+    compliance report kept with the image now (None: none kept)."""
 
     image_id: str
     name: str
@@ -157,6 +158,7 @@ class Expect:
     snapshots: tuple[str, ...] = ()
     parent_id: str | None = None
     parent_attestation: str | None = None
+    report_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,11 @@ def check(doc: dict[str, Any], expect: Expect) -> Verdict:
         checks.append(Check("compliance", audit.get("ok") is True,
                             f"{index_text(str(audit.get('scanner')), audit.get('score'), audit.get('min_score'))}: "
                             f"{'passed' if audit.get('ok') is True else 'failed'}"))
+        if expect.report_sha256 is not None:  # the report kept is the one the audit wrote
+            said = audit.get("report_sha256")
+            checks.append(Check("compliance report", said == expect.report_sha256,
+                                f"sha256 {said}" if said == expect.report_sha256 else
+                                f"the report kept has sha256 {expect.report_sha256}, the statement names {said}"))
     parent = _get(doc, "predicate", "buildDefinition", "internalParameters", "parent")
     if expect.parent_id is None:
         checks.append(Check("parent", parent is None, "no parent" if parent is None else

@@ -93,6 +93,9 @@ def parse_report(text: str) -> Audit:
     )
 
 
+REPORT_FILE = "lynis-report.dat"  # the audit's full report, kept with the image (beside junit.xml)
+
+
 def index_text(scanner: str, score: Any, min_score: int | None) -> str:
     """A hardening index as every output line says it: `lynis hardening index 75 (minimum 60)`."""
     floor = f" (minimum {min_score})" if min_score is not None else ""

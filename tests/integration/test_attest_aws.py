@@ -6,6 +6,7 @@ its manifest, and promote, verify and rotate refusing what does not verify (exit
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from goldenimage.sandbox.target import SandboxTarget
 from goldenimage.settings import load_environment
 from tests.integration.conftest import MotoAws
 
-from .test_attest_local import make_image
+from .test_attest_local import REPORT, _audit, make_image
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +88,26 @@ def test_a_kms_signed_ami_verifies_is_promoted_and_rotated(kms_env: Path, runnin
     assert any("/_attestation/web/" in n for n in names)
     reg.forget("web", ami)
     assert reg.attestation("web", ami) is None
+
+
+def test_an_amis_compliance_report_is_kept_in_ssm_and_checked(kms_env: Path, running: dict[str, Any],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Registration keeps the local image's audit report with the AMI (SSM parts, as the
+    attestation's); verification compares it with the attested digest; gc's forget deletes it."""
+    rec = make_image(kms_env, "web-local-3", "web", env_name="sandbox", target_cls=SandboxTarget,
+                     audit=_audit(True), report=REPORT)
+    ami = SandboxTarget(load_environment("sandbox", kms_env))._register_remote(rec, Reporter(quiet=True))["image_id"]
+    reg = registry_for("sandbox")
+    assert reg.compliance_report("web", ami) == REPORT
+    code, doc, err = cli(capsys, lambda r: commands.verify("sandbox", ami, r))
+    assert code == 0 and {"what": "compliance report", "ok": True,
+                          "detail": f"sha256 {hashlib.sha256(REPORT).hexdigest()}"} in doc["checks"], err
+    reg.put_compliance_report("web", ami, REPORT + b"warning[]=AUTH-9262|edited|-|-|\n")
+    line = refused(capsys, lambda r: commands.promote("sandbox", ami, "stable", r))
+    assert line.startswith(f"error: image {ami} (web): attestation compliance report does not match"), line
+    assert any("/_compliance/web/" in n for n in reg.image_parameters("web", ami))
+    reg.forget("web", ami)
+    assert reg.compliance_report("web", ami) is None
 
 
 def test_an_unsigned_ami_is_refused_by_promote_and_rotate(kms_env: Path, running: dict[str, Any],

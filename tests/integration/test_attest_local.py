@@ -46,9 +46,11 @@ def set_trust(project: Path, text: str, env: str = "local") -> None:
 
 def make_image(project: Path, image_id: str, name: str = "base", *, parent: ImageRecord | None = None,
                payload: bytes | None = None, sign: bool = True, env_name: str = "local",
-               target_cls: type[LocalTarget] = LocalTarget, audit: dict[str, Any] | None = None) -> ImageRecord:
+               target_cls: type[LocalTarget] = LocalTarget, audit: dict[str, Any] | None = None,
+               report: bytes | None = None) -> ImageRecord:
     """Register a validated image as a bake's `register` does, without a VM: its manifest,
-    its junit report, and (with `sign`) the attestation `LocalTarget._sign` writes."""
+    its junit report, (with `report`) the audit's report named by `audit`, and (with `sign`)
+    the attestation `LocalTarget._sign` writes."""
     env = load_environment(env_name, project)
     target = target_cls(env)
     store = target.store
@@ -60,6 +62,9 @@ def make_image(project: Path, image_id: str, name: str = "base", *, parent: Imag
         img.mkdir()
         (img / "disk.qcow2").write_bytes(payload or f"qcow2 of {image_id}".encode())
         (img / "junit.xml").write_text("<testsuites/>")
+        if report is not None and audit is not None:
+            (img / audit["report"]).write_bytes(report)
+            audit = {**audit, "report_sha256": hashlib.sha256(report).hexdigest()}
         manifest: dict[str, Any] = {
             "id": rec.id, "name": name, "env": env.name, "fingerprint": rec.fingerprint,
             "fingerprint_inputs": {"playbook": "sha256:" + "a" * 64, "tool:packer": "Packer v1.14.2"},
@@ -385,6 +390,24 @@ def test_the_audit_verdict_is_signed_and_a_failed_one_refused(project: Path, hom
     assert line.startswith("error: image base-2 (base): attestation compliance"), line
     assert "lynis hardening index 55 (minimum 60): failed" in line
     assert refusal(cli(project, home, "promote", "--image-id", "base-2", "--channel", "stable")) == line
+
+
+REPORT = b"report_version_major=1\nhardening_index=55\nsuggestion[]=SSH-7408|Consider hardening|-|-|\n"
+
+
+def test_the_compliance_report_kept_is_the_one_attested(project: Path, home: Path) -> None:
+    """Verification compares the report kept with the image with the digest the statement
+    signs: an edited report is refused, one line naming it."""
+    make_image(project, "base-1", audit=_audit(True), report=REPORT)
+    doc = json.loads(cli(project, home, "verify", "base-1", "--json").stdout)
+    [check] = [c for c in doc["checks"] if c["what"] == "compliance report"]
+    assert check == {"what": "compliance report", "ok": True, "detail": f"sha256 {hashlib.sha256(REPORT).hexdigest()}"}
+    kept = store_dir_of(home) / "images" / "base-1" / "lynis-report.dat"
+    kept.write_bytes(REPORT.replace(b"=55", b"=95"))
+    line = refusal(cli(project, home, "verify", "base-1"))
+    assert line.startswith("error: image base-1 (base): attestation compliance report does not match: the report "
+                           f"kept has sha256 {sha256_file(kept)}, the statement names "
+                           f"{hashlib.sha256(REPORT).hexdigest()}"), line
 
 
 def _readme_block(after: str) -> str:

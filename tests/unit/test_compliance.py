@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,14 @@ def test_bad_compliance_settings_name_the_field(project: Path, value: str, messa
         load_environment("local", project)
     assert str(exc.value).startswith("inventories/local/goldenimage.yml: ") and message in str(exc.value)
     assert exc.value.exit_code == 2 and "\n" not in str(exc.value)
+
+
+def test_verification_compares_the_report_kept_with_the_attested_digest() -> None:
+    doc = _statement(_entry([]))
+    kept = attestation.check(doc, dataclasses.replace(_expect(), report_sha256="ab" * 32))
+    assert kept.failed is None and [c.ok for c in kept.checks if c.what == "compliance report"] == [True]
+    edited = attestation.check(doc, dataclasses.replace(_expect(), report_sha256="ef" * 32))
+    assert edited.failed is not None and edited.failed.what == "compliance report"
+    assert edited.failed.detail == f"the report kept has sha256 {'ef' * 32}, the statement names {'ab' * 32}"
+    # none kept (an AMI audited before reports were kept): nothing to compare, nothing refused
+    assert all(c.what != "compliance report" for c in attestation.check(doc, _expect()).checks)

@@ -167,7 +167,7 @@ def run_with(execute: Execute, groups: list[str], where: str = REMOTE) -> Run:
     return Run(res.stdout.decode(errors="replace"), log, round(seconds, 1), scanner)
 
 
-REPORT_FILE = "lynis-report.dat"  # kept with the image, beside junit.xml
+REPORT_FILE = compliance.REPORT_FILE
 LOG_FILE = "lynis.log"
 
 

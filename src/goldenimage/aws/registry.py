@@ -15,12 +15,17 @@ manifest), plus promote, revoke and channel history.
   that Intelligent-Tiering keeps every one in the standard tier (no per-parameter charge).
   They are written before the manifest, which names their count and the sha256 of the
   compressed bytes: a manifest is the commit point, and a reader checks the digest.
+- The AMI's signed attestation and its compliance audit's report are kept the same way, in
+  parts under `<prefix>/_attestation/<image>/<ami-id>/` and `<prefix>/_compliance/<image>/
+  <ami-id>/`; the attestation checks itself (its signature), the report against the digest
+  the attestation signs.
 - A channel is the SSM parameter `<prefix>/<image>/<channel>` whose value is an AMI id
   (data type `aws:ec2:image`). Every promotion is a new parameter version, so the
   parameter's history is the promotion history and names the exact rollback target.
 - Promote first turns on EC2 deregistration protection with cooldown on every copy of the
   AMI in every region (`aws.protection`); gc alone takes it off, through its stages. When
-  gc deletes an AMI, the registry forgets its parameters (manifest and SBOM parts).
+  gc deletes an AMI, the registry forgets its parameters (manifest, SBOM, attestation and
+  compliance report parts).
 - Revoke tags the AMI `revoked`, deprecates it (`EnableImageDeprecation`) and moves every
   channel that points at it back to its previous validated image; promote, channel
   resolution and `require_usable` refuse a revoked image from then on.
@@ -165,25 +170,25 @@ class AwsRegistry:
     def attestation_path(self, name: str, image_id: str) -> str:
         return f"{self.prefix}/_attestation/{name}/{image_id}"
 
-    # -- the signed attestation (trust.py) -------------------------------------------------
-    def put_attestation(self, name: str, image_id: str, envelope: bytes) -> int:
-        """Keep the AMI's DSSE envelope beside its manifest: compressed, base64, in parts of
-        at most 4 KB (`<prefix>/_attestation/<image>/<ami>/<n>`, standard tier, as the SBOM's);
-        the number of parts. Its signature is its own check: a reader needs no digest."""
-        text = base64.b64encode(zlib.compress(envelope, 9)).decode()
+    def compliance_path(self, name: str, image_id: str) -> str:
+        return f"{self.prefix}/_compliance/{name}/{image_id}"
+
+    # -- files kept beside the manifest, in parts: the attestation, the audit's report ------
+    def _put_parts(self, path: str, data: bytes, what: str, image_id: str) -> int:
+        """Keep `data` compressed, base64, in parameters `<path>/<n>` of at most 4 KB
+        (standard tier, as the SBOM's); the number of parts."""
+        text = base64.b64encode(zlib.compress(data, 9)).decode()
         parts = [text[i:i + SBOM_CHUNK] for i in range(0, len(text), SBOM_CHUNK)]
         for n, part in enumerate(parts):
             self.clients.ssm.put_parameter(
-                Name=f"{self.attestation_path(name, image_id)}/{n}", Value=part, Type="String",
-                Tier="Intelligent-Tiering", Overwrite=True,
-                Description=f"goldenimage attestation of {image_id}, part {n + 1} of {len(parts)}")
+                Name=f"{path}/{n}", Value=part, Type="String", Tier="Intelligent-Tiering", Overwrite=True,
+                Description=f"goldenimage {what} of {image_id}, part {n + 1} of {len(parts)}")
         return len(parts)
 
-    def attestation(self, name: str, image_id: str) -> bytes | None:
-        """The AMI's envelope bytes (None: none kept; a part missing leaves bytes that do
-        not decode, which verification refuses)."""
-        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(
-            Path=self.attestation_path(name, image_id), Recursive=True)
+    def _read_parts(self, path: str) -> bytes | None:
+        """What `_put_parts` kept under `path` (None: nothing); b"" when the parts do not
+        decode (one missing, say)."""
+        pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
         found = {p["Name"]: p["Value"] for page in pages for p in page.get("Parameters", [])}
         if not found:
             return None
@@ -191,7 +196,30 @@ class AwsRegistry:
         try:
             return zlib.decompress(base64.b64decode("".join(found[n] for n in ordered)))
         except (ValueError, zlib.error):
-            return b"(attestation parts do not decode)"
+            return b""
+
+    def put_attestation(self, name: str, image_id: str, envelope: bytes) -> int:
+        """Keep the AMI's DSSE envelope beside its manifest (`<prefix>/_attestation/<image>/
+        <ami>/<n>`); the number of parts. Its signature is its own check: a reader needs no
+        digest."""
+        return self._put_parts(self.attestation_path(name, image_id), envelope, "attestation", image_id)
+
+    def attestation(self, name: str, image_id: str) -> bytes | None:
+        """The AMI's envelope bytes (None: none kept; a part missing leaves bytes that do
+        not decode, which verification refuses)."""
+        data = self._read_parts(self.attestation_path(name, image_id))
+        return b"(attestation parts do not decode)" if data == b"" else data
+
+    def put_compliance_report(self, name: str, image_id: str, report: bytes) -> int:
+        """Keep the compliance audit's full report with the AMI (`<prefix>/_compliance/
+        <image>/<ami>/<n>`); the number of parts. Its digest is in the manifest and the
+        attestation, which verification compares it with."""
+        return self._put_parts(self.compliance_path(name, image_id), report, "compliance report", image_id)
+
+    def compliance_report(self, name: str, image_id: str) -> bytes | None:
+        """The AMI's compliance report (None: none kept, as for an AMI audited before
+        reports were kept in SSM)."""
+        return self._read_parts(self.compliance_path(name, image_id))
 
     def snapshots(self, image_id: str) -> builtins.list[str]:
         """The EBS snapshots the AMI's block devices reference."""
@@ -477,10 +505,12 @@ class AwsRegistry:
         }
 
     def image_parameters(self, name: str, image_id: str) -> builtins.list[str]:
-        """The parameters the registry keeps for one AMI: its manifest, its SBOM parts and
-        its attestation's parts (all parts there are, whatever the manifest says)."""
+        """The parameters the registry keeps for one AMI: its manifest, its SBOM parts, its
+        attestation's and its compliance report's parts (all parts there are, whatever the
+        manifest says)."""
         parts: builtins.list[str] = []
-        for path in (f"{self.prefix}/_sbom/{name}/{image_id}", self.attestation_path(name, image_id)):
+        for path in (f"{self.prefix}/_sbom/{name}/{image_id}", self.attestation_path(name, image_id),
+                     self.compliance_path(name, image_id)):
             pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
             parts += sorted(p["Name"] for page in pages for p in page.get("Parameters", []))
         try:

@@ -19,6 +19,7 @@ of an AMI and where validation launches.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from botocore.parsers import ResponseParserError  # type: ignore[import-untyped,
 from .. import ancestry, attestation, fingerprint, retention, trust
 from ..adapters.packer import read_manifest
 from ..build import ID_WILDCARD, TIMINGS, Tools, detect_tools, git_state, packer_build
+from ..compliance import REPORT_FILE
 from ..errors import BuildFailed, ConfigError, NotFoundError, OperationFailed, ValidationFailed
 from ..locks import Lock
 from ..models import ENV_TAG, PARENT_ID_TAG, QUARANTINED, STATUS_TAG, TAG, VALIDATED, ImageRecord
@@ -501,10 +503,12 @@ class AwsSide(Target):
         reg: Any = registry if registry is not None else self.registry()
         rec = reg.get(image_id)
         _, parent_ami, parent_att = _parent_attestation(reg, reg.manifest(image_id))
+        report = reg.compliance_report(rec.name, image_id)
         return trust.Evidence(
             attestation.Expect(image_id=image_id, name=rec.name, env=self.env.name, ami=image_id,
                                region=self.clients.ctx.region, snapshots=tuple(reg.snapshots(image_id)),
-                               parent_id=parent_ami, parent_attestation=parent_att),
+                               parent_id=parent_ami, parent_attestation=parent_att,
+                               report_sha256=hashlib.sha256(report).hexdigest() if report is not None else None),
             reg.attestation(rec.name, image_id), f"SSM {reg.attestation_path(rec.name, image_id)}")
 
     def sign_ami(self, reg: AwsRegistry, name: str, ami: str, manifest: dict[str, Any],
@@ -522,6 +526,13 @@ class AwsSide(Target):
         reporter.info(f"    signed the attestation of {ami} ({parts} SSM part{'s' if parts > 1 else ''}, "
                       f"envelope sha256 {digest[:12]}…)")
         return digest
+
+    def keep_report(self, reg: AwsRegistry, name: str, ami: str, report: Path | None, reporter: Reporter) -> None:
+        """Keep the compliance audit's report (a file, None: no audit) with the AMI, in SSM."""
+        if report is None or not report.is_file():
+            return
+        parts = reg.put_compliance_report(name, ami, report.read_bytes())
+        reporter.info(f"    kept the compliance report of {ami} ({parts} SSM part{'s' if parts > 1 else ''})")
 
     def validate_image(self, image_id: str, reporter: Reporter) -> Result:
         """`invoke validate --image-id ami-...`: launch it, run the image suite, clean up."""
@@ -646,7 +657,9 @@ class AwsTarget(AwsSide):
             for region, ami in sorted(amis.items()):  # the copies first: the home AMI is what lookups see
                 if region != c.ctx.region:
                     _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
-            if status == VALIDATED:  # signed first: a validated AMI is never seen without its attestation
+            # the report and the signature first: a validated AMI is never seen without them
+            self.keep_report(self.registry(), img.name, home, job.ws / "validate" / REPORT_FILE, reporter)
+            if status == VALIDATED:
                 self.sign_ami(self.registry(), img.name, home, manifest, None, None, reporter)
             self.registry().put(record, manifest)
         job.finished = True

@@ -21,6 +21,7 @@ from ..aws.registry import AwsRegistry, local_ami_name
 from ..aws.target import AwsSide
 from ..aws.validate import CheckResult, RemoteCheck, RemoteTarget
 from ..build import ID_WILDCARD
+from ..compliance import REPORT_FILE
 from ..errors import NotFoundError, OperationFailed
 from ..locks import Lock
 from ..models import REVOKED, VALIDATED, ImageRecord
@@ -234,4 +235,5 @@ class SandboxTarget(LocalTarget, AwsSide):
             reporter.info(f"registered {done.id} ({done.name}, {done.status}) in {done.extra['region']}")
             self.sign_ami(remote, rec.name, done.id, manifest, manifest.get("artifact_sha256"),
                           (manifest.get("validation") or {}).get("junit_sha256"), reporter)
+            self.keep_report(remote, rec.name, done.id, self.store.record_file(rec.id, REPORT_FILE), reporter)
         return {"image_id": done.id, "new": True}

@@ -105,11 +105,15 @@ class LocalTarget(Target):
         manifest = store.manifest(image_id)
         digest = manifest.get("artifact_sha256") or sha256_file(path)
         parent = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+        audit = manifest.get("compliance")
+        named = audit.get("report") if isinstance(audit, dict) else None
+        report = store.record_file(image_id, str(named)) if named else None
         return trust.Evidence(
             attestation.Expect(image_id=rec.id, name=rec.name, env=self.env.name, sha256=str(digest),
                                parent_id=parent.get("id") if parent else None,
                                parent_attestation=self._envelope_digest(str(parent.get("id")), store)
-                               if parent else None),
+                               if parent else None,
+                               report_sha256=sha256_file(report) if report is not None else None),
             self._envelope(image_id, store), f"{store.where} ({image_id}/{attestation.FILE})")
 
     def _envelope(self, image_id: str, store: LocalStore | None = None) -> bytes | None:
