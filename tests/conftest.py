@@ -83,6 +83,13 @@ def use_file_base(project: Path, env: str, tmp_path: Path) -> None:
     settings.write_text(text)
 
 
+def allow_unsigned(project: Path, env: str = "local") -> None:
+    """`trust: {unsigned: allow}` in `env`'s settings: for tests whose images are registered
+    without a bake (`put_validated`: no attestation) and whose subject is not trust."""
+    settings = project / "inventories" / env / "goldenimage.yml"
+    settings.write_text(settings.read_text() + "\ntrust: {unsigned: allow}\n")
+
+
 def put_validated(store_root: Path | Any, image_id: str, fingerprint: str, env: str = "local", name: str = "web",
                   *, artifact_sha256: bool = False) -> Path:
     """Register a validated image (`web` by default) in a local store (its directory, or a

@@ -143,6 +143,21 @@ def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+def sign_registered(ami: str, env: str = "sandbox") -> str:
+    """Sign an AMI a test registered without a bake, as `sandbox.up` signs the AMIs it seeds
+    (the environment's key; no inputs or checks recorded), so that promote and rotate take it."""
+    from goldenimage.progress import Reporter
+    from goldenimage.sandbox.seed import seed_manifest
+    from goldenimage.sandbox.target import SandboxTarget
+    from goldenimage.settings import load_environment
+
+    target = SandboxTarget(load_environment(env, Path(os.environ["GOLDENIMAGE_ROOT"])))
+    reg = target.registry()
+    rec = reg.get(ami)
+    target.sign_ami(reg, rec.name, rec.id, seed_manifest(rec), None, None, Reporter(quiet=True))
+    return ami
+
+
 @pytest.fixture
 def running(sandbox_project: Path) -> Iterator[dict[str, Any]]:
     """The sandbox up (a moto server seeded from the project's inventories/sandbox), and

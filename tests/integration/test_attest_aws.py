@@ -17,6 +17,7 @@ import pytest
 from goldenimage import commands
 from goldenimage.aws.context import registry_for
 from goldenimage.cli import run
+from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
 from goldenimage.rotation.commands import rotate_command
 from goldenimage.sandbox.target import SandboxTarget
@@ -38,11 +39,8 @@ def cli(capsys: pytest.CaptureFixture[str], work: Callable[[Reporter], dict[str,
 
 
 def trust(project: Path, text: str) -> None:
-    """Replace the shipped sandbox's `trust:` section (`unsigned: allow`) with `text`."""
     path = project / "inventories" / "sandbox" / "goldenimage.yml"
-    shipped = "\ntrust:\n  unsigned: allow\n"
-    assert shipped in path.read_text()
-    path.write_text(path.read_text().replace(shipped, "\n") + "\ntrust:\n" + text)
+    path.write_text(path.read_text() + "\ntrust:\n" + text)
 
 
 def refused(capsys: pytest.CaptureFixture[str], work: Callable[[Reporter], dict[str, Any]]) -> str:
@@ -110,9 +108,22 @@ def test_an_amis_compliance_report_is_kept_in_ssm_and_checked(kms_env: Path, run
     assert reg.compliance_report("web", ami) is None
 
 
+def test_the_seeded_amis_are_signed_and_verify(running: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`sandbox.up` signs the AMIs it seeds with the environment's key (made then): the shipped
+    sandbox is strict and its own fleet's images verify, saying they record no checks."""
+    base = running["seed"]["images"]["web"]
+    code, doc, err = cli(capsys, lambda r: commands.verify("sandbox", base, r))
+    assert code == 0 and doc["verified"] is True, err
+    assert {"what": "validation", "ok": True, "detail": "0 passed, 0 failed, 0 errors (validated)"} in doc["checks"]
+    code, doc, err = cli(capsys, lambda r: commands.promote("sandbox", base, "canary", r))
+    assert code == 0 and doc["attestation"]["verified"] is True, err
+
+
 def test_an_unsigned_ami_is_refused_by_promote_and_rotate(kms_env: Path, running: dict[str, Any],
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    base = running["seed"]["images"]["web"]  # the seeded AMI: made before any attestation
+    base = registry_for("sandbox").put(ImageRecord(  # registered without a bake: no attestation
+        id="web-unsigned", name="web", env="sandbox", fingerprint="sha256:" + "9" * 64,
+        created="2026-12-01T00:00:00Z", status="validated", artifact=""), {}).id
     line = refused(capsys, lambda r: commands.promote("sandbox", base, "stable", r))
     assert line.startswith(f"error: image {base} (web): no attestation in SSM "), line
     line = refused(capsys, lambda r: rotate_command(r, env="sandbox", group="web", image_id=base, dry_run=True))

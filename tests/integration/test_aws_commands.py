@@ -21,6 +21,7 @@ from goldenimage.models import ImageRecord
 from goldenimage.progress import Reporter
 from goldenimage.sections import BaseAmiSpec
 from goldenimage.settings import load_environment
+from tests.integration.conftest import sign_registered
 
 
 def cli(
@@ -49,7 +50,7 @@ def test_the_sandbox_walkthrough(
         artifact="images/web-20261126-1200-abcd/disk.qcow2",
     )
     rec = registry_for("sandbox").put(baked, {"base_ami": "debian-12-sha256:x", "git_commit": "0123abc"})
-    ami = rec.id
+    ami = sign_registered(rec.id)
     assert rec.extra["local_id"] == baked.id and rec.status == "validated"
 
     code, doc, _ = cli(capsys, lambda rep: commands.promote("sandbox", ami, "canary", rep))
@@ -175,7 +176,7 @@ def test_every_sandbox_command_completes_under_throttling(
             artifact="",
         )
         quiet = Reporter(quiet=True)
-        ami = registry_for("sandbox").put(rec, {}).id
+        ami = sign_registered(registry_for("sandbox").put(rec, {}).id)
         assert commands.promote("sandbox", ami, "stable", quiet)["previous"] == base
         assert commands.revoke("sandbox", ami, "throttled", quiet)["channels_moved"] == {"stable": base}
         assert len(commands.images("sandbox", None, None, quiet)["images"]) == 2

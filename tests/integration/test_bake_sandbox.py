@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from goldenimage.store import LocalStore
-from tests.conftest import copy_project, put_validated, use_file_base, wait_for_output
+from tests.conftest import allow_unsigned, copy_project, put_validated, use_file_base, wait_for_output
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,7 @@ def test_local_image_registered_once_and_never_reused_after_revocation(
     sandbox_env: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project, env = sandbox_env
+    allow_unsigned(project, "sandbox")
     fp = json.loads(invoke(project, env, "fingerprint", "--env", "sandbox", "--json").stdout)
     fingerprint = {r["image"]: r["fingerprint"] for r in fp["images"]}["base"]  # base has no parent
     store = sandbox_store(project, env, monkeypatch)
@@ -102,6 +103,7 @@ def test_a_sandbox_child_takes_its_parent_as_the_sandbox_has_it(
     from goldenimage.targets import target_for
 
     project, env = sandbox_env
+    allow_unsigned(project, "sandbox")
     store = sandbox_store(project, env, monkeypatch)
     for i in (1, 2):
         put_validated(store, f"base-local-{i}", str(i) * 64, env="sandbox", name="base")

@@ -24,7 +24,7 @@ from goldenimage.progress import Reporter
 from goldenimage.settings import Environment, load_environment
 from tests.conftest import copy_project, run_invoke
 from tests.debarchive import BASE_PACKAGES, served, write_suite
-from tests.integration.conftest import MotoAws
+from tests.integration.conftest import MotoAws, sign_registered
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def running(sandbox_project: Path) -> Any:
 def _ami(image_id: str, created: str) -> str:
     rec = ImageRecord(id=image_id, name="web", env="sandbox", fingerprint="sha256:" + image_id[-1] * 64,
                       created=created, status="validated", artifact=f"images/{image_id}/disk.qcow2")
-    return registry_for("sandbox").put(rec, {"git_commit": "0123abc"}).id
+    return sign_registered(registry_for("sandbox").put(rec, {"git_commit": "0123abc"}).id)
 
 
 def test_sandbox_nightly_promotes_rotates_the_dev_group_and_collects(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, put_validated, run_invoke, use_file_base
+from tests.conftest import allow_unsigned, copy_project, put_validated, run_invoke, use_file_base
 from tests.integration.test_bake_sandbox import sandbox_store
 
 pytestmark = pytest.mark.integration
@@ -31,6 +31,7 @@ def test_a_second_home_attaches_and_shares_the_sandboxs_registry(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     project = copy_project(tmp_path / "project")
     use_file_base(project, "sandbox", tmp_path)
+    allow_unsigned(project, "sandbox")  # home a's image is registered without a bake
     settings = project / "inventories" / "sandbox" / "goldenimage.yml"
     port = free_port()
     settings.write_text(settings.read_text().replace("    port: 0 ", f"    port: {port} ", 1))

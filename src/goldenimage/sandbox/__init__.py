@@ -37,13 +37,15 @@ import goldenimage
 
 from ..aws.clients import AwsContext, Clients
 from ..aws.errors import aws_errors
+from ..aws.registry import AwsRegistry
 from ..errors import ConfigError, MissingToolError, OperationFailed
 from ..fsutil import atomic_write_json, file_lock, pid_alive
+from ..models import ImageRecord
 from ..paths import data_home
 from ..progress import Reporter
 from ..settings import SETTINGS_FILE, Environment, environment
 from ..targets import require_sandbox
-from .seed import fleet_counts, seed_fleet, vendor_amis
+from .seed import Sign, fleet_counts, seed_fleet, seed_manifest, vendor_amis
 
 Result = dict[str, Any]
 STATE_VERSION = 1
@@ -340,7 +342,7 @@ def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = N
             with rep.phase("seed", f"from inventories/{e.name}/{SETTINGS_FILE}"):
                 clients = Clients(sandbox_context(state, aws.max_attempts))
                 with aws_errors(clients):
-                    seeded = seed_fleet(clients, sb.seed, env=e.name, reporter=rep)
+                    seeded = seed_fleet(clients, sb.seed, env=e.name, reporter=rep, sign=_seed_signer(e, clients, rep))
                     bucket = state_bucket(e, state)
                 if bucket is not None:
                     seeded = {**seeded, "state_bucket": bucket}
@@ -353,6 +355,23 @@ def sandbox_up(env: str | Environment = "sandbox", reporter: Reporter | None = N
             raise
         atomic_write_json(state_path(e.name), state)
     return {**_status_result(e, state), "started_now": True}
+
+
+def _seed_signer(env: Environment, clients: Clients, reporter: Reporter) -> Sign:
+    """Sign the seeded AMIs with the environment's key, made first if it is not there (a
+    local key, or the KMS key of `trust.signing_key` on the sandbox's own KMS), as a bake
+    signs what it registers: the seed stands for images this toolkit baked and validated."""
+    from .. import trust
+    from .target import SandboxTarget
+
+    made = trust.init_keys(env, Reporter(quiet=True), lambda: clients.kms)
+    reporter.info(f"    seeded AMIs signed with {made['signing_key']} (key {made['keyid'][:16]}…)")
+    target = SandboxTarget(env, clients=clients)
+
+    def sign(reg: AwsRegistry, rec: ImageRecord) -> None:
+        target.sign_ami(reg, rec.name, rec.id, seed_manifest(rec), None, None, reporter)
+
+    return sign
 
 
 def sandbox_status(env: str | Environment = "sandbox", reporter: Reporter | None = None, *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from ..aws.clients import Clients
@@ -71,9 +72,22 @@ def base_record(image: str, env: str, now: dt.datetime) -> ImageRecord:
     )
 
 
+def seed_manifest(rec: ImageRecord) -> dict[str, Any]:
+    """What a seeded AMI's attestation says of it: a stand-in for an image baked and
+    validated before the sandbox existed, with no inputs, no base and no checks recorded."""
+    return {"id": rec.id, "name": rec.name, "env": rec.env, "fingerprint": rec.fingerprint, "created": rec.created,
+            "status": "validated", "base": {"source": "sandbox seed", "identity": None},
+            "validation": {"status": "validated", "suites": [], "passed": 0, "failed": 0, "errors": 0, "skipped": 0}}
+
+
+Sign = Callable[[AwsRegistry, ImageRecord], None]  # signs a seeded AMI's attestation
+
+
 def seed_fleet(clients: Clients, seed: SeedSettings, *, env: str, reporter: Reporter | None = None,
-               registry: AwsRegistry | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Create the fleet; returns the ids of what it made."""
+               registry: AwsRegistry | None = None, now: dt.datetime | None = None,
+               sign: Sign | None = None) -> dict[str, Any]:
+    """Create the fleet; returns the ids of what it made. `sign`: each base AMI is signed
+    before it is put in its channels (as promote requires of an AMI)."""
     rep = reporter or Reporter(quiet=True)
     now = now or dt.datetime.now(dt.UTC)
     reg = registry or AwsRegistry(clients, env)
@@ -131,6 +145,8 @@ def seed_fleet(clients: Clients, seed: SeedSettings, *, env: str, reporter: Repo
     for image in sorted({g.image for g in seed.groups.values()}):
         rep.step(f"base AMI for image {image}")
         rec = reg.put(base_record(image, env, now), {"note": "sandbox seed base image"})
+        if sign is not None:
+            sign(reg, rec)
         images[image] = rec.id
         for channel in seed.channels:
             reg.promote(rec.id, channel)
