@@ -189,3 +189,22 @@ def test_an_aws_child_is_built_only_on_a_parent_ami_whose_attestation_verifies(m
     assert target.resolve_base(Reporter(quiet=True), parents[0]).details["id"] == parents[0].id
     with pytest.raises(UntrustedImage, match=rf"^image {parents[1].id} \(base\): no attestation in SSM"):
         target.resolve_base(Reporter(quiet=True), parents[1])
+
+
+def test_a_bake_that_did_not_finish_leaves_no_report_or_attestation(moto_aws: MotoAws) -> None:
+    """The report and the attestation of an AMI go into SSM before its manifest: a bake
+    stopped after them (`discard`) removes them with the AMI."""
+    from types import SimpleNamespace
+
+    from goldenimage.aws.target import AwsTarget
+
+    target = AwsTarget(load_environment("aws", moto_aws.root))
+    ami = moto_aws.ami("goldenimage-web-9")
+    reg = target.registry()
+    reg.put_compliance_report("web", ami, REPORT)
+    reg.put_attestation("web", ami, b"{}")
+    assert len(reg.image_parameters("web", ami)) == 2
+    job = SimpleNamespace(image=SimpleNamespace(name="web"), artifacts={"amis": {"us-east-1": ami}})
+    target.discard(job, Reporter(quiet=True))  # type: ignore[arg-type]
+    assert reg.image_parameters("web", ami) == [] and reg.compliance_report("web", ami) is None
+    assert moto_aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [ami]}])["Images"] == []

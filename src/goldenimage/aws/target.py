@@ -667,13 +667,16 @@ class AwsTarget(AwsSide):
         return {"failures": checked.failures, "validation": {**validated, "check": check}, "status": status}
 
     def discard(self, job: Job, reporter: Reporter) -> None:
-        """Deregister the AMIs of a bake that did not finish, with their snapshots."""
+        """Deregister the AMIs of a bake that did not finish, with their snapshots, and the
+        home AMI's parameters (its report and attestation are written before its manifest)."""
         c = self.clients
         for region, ami in sorted(job.artifacts.get("amis", {}).items()):
             reporter.info(f"    removing {region}:{ami} (the bake did not finish)")
             reg = AwsRegistry(_in_region(c, region), env="")
             try:
                 reg.discard(ami)
+                if region == c.ctx.region:
+                    self.registry().forget(job.image.name, ami)
             except Exception as exc:  # keep removing the others; say what is left
                 reporter.warn(f"could not remove {region}:{ami}: {exc} (tagged {STATUS_TAG}=building)")
 
