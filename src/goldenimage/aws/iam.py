@@ -34,7 +34,7 @@ ACTIONS: dict[str, str] = {
     "ssm:GetParameters": "registry: read an image's SBOM parts (under the prefix)",
     "ssm:GetParametersByPath": "registry: list an image's channels; gc: AMI ids in any parameter (read-only, all paths)",
     "ssm:GetParameterHistory": "registry: channel promotion history and rollback target; gc: pinned parameter versions",
-    "ssm:PutParameter": "registry: promote (a new channel version), store a manifest and its SBOM parts",
+    "ssm:PutParameter": "registry: promote (a new channel version), store a manifest, its SBOM, attestation and compliance report parts",
     # sandbox status and fleet counts (sandbox/seed.py: fleet_counts)
     "autoscaling:DescribeAutoScalingGroups": "status: groups and their instances",
     "ec2:DescribeInstances": "status and validation: an instance's AMI and state; gc: AMIs instances use",
@@ -74,7 +74,7 @@ ACTIONS: dict[str, str] = {
     "ec2:DescribeImageAttribute": "gc: who else may launch an AMI gc would change (launch permissions)",
     "ram:ListResources": "gc: AMIs the account shares through RAM resource shares",
     "ssm:DeleteParameter": "gc --apply / --restore: release the environment's gc lock (a parameter below the prefix)",
-    "ssm:DeleteParameters": "gc --apply: a deleted AMI's manifest and SBOM parts (below the prefix)",
+    "ssm:DeleteParameters": "gc --apply, a bake that did not finish: an AMI's manifest and parts (below the prefix)",
     # signed provenance (adapters/signing.py, trust.py): a kms: signing or trusted key
     "kms:Sign": "bake, sandbox registration: sign an image's attestation with the environment's KMS key",
     "kms:GetPublicKey": "verify, promote, rotate, a child's bake: the public key of a kms: trusted key",
