@@ -383,13 +383,13 @@ def test_a_promote_waits_for_another_machines_promote_of_the_channel(tmp_path: P
     from goldenimage import commands
     from goldenimage.locks import LockHeld
     from goldenimage.progress import Reporter
-    from tests.conftest import copy_project
+    from tests.conftest import allow_unsigned, copy_project
 
     project = copy_project(tmp_path / "project")
     settings = project / "inventories" / "local" / "goldenimage.yml"
     settings.write_text(settings.read_text() + f"state: {{bucket: {BUCKET}, prefix: team/local, "
-                                                f"endpoint_url: '{moto_endpoint}'}}\n"
-                        "trust: {unsigned: allow}\n")  # `put` registers images without an attestation
+                                                f"endpoint_url: '{moto_endpoint}'}}\n")
+    allow_unsigned(project)  # `put` registers images without an attestation
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "GOLDENIMAGE_HOME": str(tmp_path / "home")}.items():
         monkeypatch.setenv(k, v)

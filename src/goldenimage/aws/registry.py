@@ -164,8 +164,11 @@ class AwsRegistry:
     def manifest_parameter(self, name: str, image_id: str) -> str:
         return f"{self.prefix}/_manifest/{name}/{image_id}"
 
+    def sbom_path(self, name: str, image_id: str) -> str:
+        return f"{self.prefix}/_sbom/{name}/{image_id}"
+
     def sbom_parameter(self, name: str, image_id: str, part: int) -> str:
-        return f"{self.prefix}/_sbom/{name}/{image_id}/{part}"
+        return f"{self.sbom_path(name, image_id)}/{part}"
 
     def attestation_path(self, name: str, image_id: str) -> str:
         return f"{self.prefix}/_attestation/{name}/{image_id}"
@@ -174,10 +177,10 @@ class AwsRegistry:
         return f"{self.prefix}/_compliance/{name}/{image_id}"
 
     # -- files kept beside the manifest, in parts: the attestation, the audit's report ------
-    def _put_parts(self, path: str, data: bytes, what: str, image_id: str) -> int:
-        """Keep `data` compressed, base64, in parameters `<path>/<n>` of at most 4 KB
-        (standard tier, as the SBOM's); the number of parts."""
-        text = base64.b64encode(zlib.compress(data, 9)).decode()
+    def _put_parts(self, path: str, blob: bytes, what: str, image_id: str) -> int:
+        """Keep `blob` (zlib-compressed bytes), base64, in parameters `<path>/<n>` of at most
+        4 KB (standard tier); the number of parts."""
+        text = base64.b64encode(blob).decode()
         parts = [text[i:i + SBOM_CHUNK] for i in range(0, len(text), SBOM_CHUNK)]
         for n, part in enumerate(parts):
             self.clients.ssm.put_parameter(
@@ -202,7 +205,8 @@ class AwsRegistry:
         """Keep the AMI's DSSE envelope beside its manifest (`<prefix>/_attestation/<image>/
         <ami>/<n>`); the number of parts. Its signature is its own check: a reader needs no
         digest."""
-        return self._put_parts(self.attestation_path(name, image_id), envelope, "attestation", image_id)
+        return self._put_parts(self.attestation_path(name, image_id), zlib.compress(envelope, 9), "attestation",
+                               image_id)
 
     def attestation(self, name: str, image_id: str) -> bytes | None:
         """The AMI's envelope bytes (None: none kept; a part missing leaves bytes that do
@@ -214,7 +218,8 @@ class AwsRegistry:
         """Keep the compliance audit's full report with the AMI (`<prefix>/_compliance/
         <image>/<ami>/<n>`); the number of parts. Its digest is in the manifest and the
         attestation, which verification compares it with."""
-        return self._put_parts(self.compliance_path(name, image_id), report, "compliance report", image_id)
+        return self._put_parts(self.compliance_path(name, image_id), zlib.compress(report, 9), "compliance report",
+                               image_id)
 
     def compliance_report(self, name: str, image_id: str) -> bytes | None:
         """The AMI's compliance report (None: none kept, as for an AMI audited before
@@ -509,7 +514,7 @@ class AwsRegistry:
         attestation's and its compliance report's parts (all parts there are, whatever the
         manifest says)."""
         parts: builtins.list[str] = []
-        for path in (f"{self.prefix}/_sbom/{name}/{image_id}", self.attestation_path(name, image_id),
+        for path in (self.sbom_path(name, image_id), self.attestation_path(name, image_id),
                      self.compliance_path(name, image_id)):
             pages = self.clients.ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True)
             parts += sorted(p["Name"] for page in pages for p in page.get("Parameters", []))
@@ -645,15 +650,8 @@ class AwsRegistry:
 
     def _put_sbom(self, name: str, ami: str, sbom: dict[str, Any]) -> dict[str, Any]:
         blob = zlib.compress(json.dumps(sbom, sort_keys=True, separators=(",", ":")).encode(), 9)
-        text = base64.b64encode(blob).decode()
-        parts = [text[i:i + SBOM_CHUNK] for i in range(0, len(text), SBOM_CHUNK)]
-        for n, part in enumerate(parts):
-            self.clients.ssm.put_parameter(
-                Name=self.sbom_parameter(name, ami, n), Value=part, Type="String",
-                Tier="Intelligent-Tiering", Overwrite=True,
-                Description=f"goldenimage SBOM of {ami}, part {n + 1} of {len(parts)}",
-            )
-        return {"parts": len(parts), "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+        parts = self._put_parts(self.sbom_path(name, ami), blob, "SBOM", ami)
+        return {"parts": parts, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                 "encoding": "json+zlib+base64", "packages": len(sbom.get("packages") or [])}
 
     def _put_manifest(self, name: str, ami: str, manifest: dict[str, Any]) -> None:

@@ -658,10 +658,11 @@ class AwsTarget(AwsSide):
                 if region != c.ctx.region:
                     _in_region(c, region).ec2.create_tags(Resources=[ami], Tags=tags)
             # the report and the signature first: a validated AMI is never seen without them
-            self.keep_report(self.registry(), img.name, home, job.ws / "validate" / REPORT_FILE, reporter)
+            reg = self.registry()
+            self.keep_report(reg, img.name, home, job.ws / "validate" / REPORT_FILE, reporter)
             if status == VALIDATED:
-                self.sign_ami(self.registry(), img.name, home, manifest, None, None, reporter)
-            self.registry().put(record, manifest)
+                self.sign_ami(reg, img.name, home, manifest, None, None, reporter)
+            reg.put(record, manifest)
         job.finished = True
         check = {k: v for k, v in (validated.get("check") or {}).items() if k not in ("packages", "apt_sources")}
         return {"failures": checked.failures, "validation": {**validated, "check": check}, "status": status}
